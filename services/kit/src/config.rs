@@ -1,0 +1,531 @@
+//! The gateway's configuration file (one YAML file for every service).
+//!
+//! Loading is two steps, as in TensorZero: serde structs with
+//! `deny_unknown_fields` read the file, then [`Config::parse`] validates them
+//! into runtime types. `${VAR}` (and `${VAR:-default}`) in any string is
+//! replaced from the environment map the caller passes in (never from the
+//! process directly, so tests need no `set_var`). A provider whose settings
+//! name an unset variable is disabled rather than an error: the example config
+//! lists every provider, and the keys that are set decide which run.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+use crate::secret::Secret;
+
+/// A configuration error, naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+// ---- the file as written --------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_data_dir")]
+    data_dir: PathBuf,
+    /// A `tracing` filter such as `info` or `llmgw_edge=debug,info`.
+    #[serde(default)]
+    log: Option<String>,
+    #[serde(default)]
+    edge: EdgeConfig,
+    #[serde(default)]
+    providers: Vec<RawProvider>,
+    #[serde(default)]
+    models: Vec<RawModel>,
+    #[serde(default)]
+    services: ServicesConfig,
+    #[serde(default)]
+    metering: MeteringConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    api_key: Option<String>,
+    /// Per-try timeout until the provider's first byte.
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    /// OpenAI `OpenAI-Organization` header.
+    #[serde(default)]
+    organization: Option<String>,
+    /// OpenAI `OpenAI-Project` header.
+    #[serde(default)]
+    project: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: String,
+    target: String,
+    #[serde(default)]
+    price: Price,
+}
+
+/// Prices in USD per million tokens.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    #[serde(default)]
+    pub input_per_mtok: f64,
+    #[serde(default)]
+    pub output_per_mtok: f64,
+    #[serde(default)]
+    pub cached_input_per_mtok: Option<f64>,
+}
+
+/// The edge: the public HTTP and gRPC surface.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// OpenAI REST, Anthropic REST and gRPC-Web.
+    pub http_addr: SocketAddr,
+    /// Public gRPC (`llmgw.v1.Gateway`).
+    pub grpc_addr: SocketAddr,
+    /// Largest request body accepted (413 above it).
+    pub max_body_bytes: usize,
+    /// One total deadline per request, attempts included.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Longest silence allowed between two chunks of a stream.
+    #[serde(with = "humantime_serde")]
+    pub stream_idle_timeout: Duration,
+    /// How long an authenticated key is trusted without asking `auth` again.
+    #[serde(with = "humantime_serde")]
+    pub auth_cache_ttl: Duration,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            max_body_bytes: 32 << 20,
+            request_timeout: Duration::from_secs(600),
+            stream_idle_timeout: Duration::from_secs(120),
+            auth_cache_ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Where the internal services listen (and, with static discovery, where
+/// clients find them) when they run as separate processes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServicesConfig {
+    pub discovery: Discovery,
+    pub auth: ServiceAddr,
+    pub router: ServiceAddr,
+    pub adapter: ServiceAddr,
+    pub metering: ServiceAddr,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        Self {
+            discovery: Discovery::Static,
+            auth: ServiceAddr::port(50061),
+            router: ServiceAddr::port(50062),
+            adapter: ServiceAddr::port(50063),
+            metering: ServiceAddr::port(50064),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Discovery {
+    /// Addresses straight from this file.
+    Static,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAddr {
+    pub addr: SocketAddr,
+}
+
+impl ServiceAddr {
+    fn port(port: u16) -> Self {
+        Self { addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+    }
+}
+
+/// How the edge ships usage events to `usage-metering`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeteringConfig {
+    /// Longest an event waits before its batch is sent.
+    #[serde(with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Events per batch at most.
+    pub batch_size: usize,
+    /// Events held in memory while metering is unreachable; beyond it the
+    /// oldest batch is logged and dropped (the on-disk spill is issue 6).
+    pub buffer: usize,
+}
+
+impl Default for MeteringConfig {
+    fn default() -> Self {
+        Self { flush_interval: Duration::from_millis(200), batch_size: 256, buffer: 100_000 }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("./data")
+}
+
+// ---- validated ------------------------------------------------------------
+
+/// A provider wire type. OpenAI-compatible hosts will be rows of data here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProviderKind {
+    OpenAi,
+}
+
+impl ProviderKind {
+    const ALL: [(&'static str, ProviderKind); 1] = [("openai", ProviderKind::OpenAi)];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(name, _)| *name == s).map(|(_, k)| *k)
+    }
+
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            Self::OpenAi => "https://api.openai.com/v1",
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A configured, enabled provider.
+#[derive(Debug, Clone)]
+pub struct ProviderConfig {
+    /// Also its slug: `@name/model`.
+    pub name: String,
+    pub kind: ProviderKind,
+    /// Without a trailing slash.
+    pub base_url: String,
+    pub api_key: Option<Secret>,
+    pub timeout: Duration,
+    pub organization: Option<String>,
+    pub project: Option<String>,
+}
+
+/// A provider left out because a variable it needs is not set.
+#[derive(Debug, Clone)]
+pub struct DisabledProvider {
+    pub name: String,
+    pub reason: String,
+}
+
+/// A platform model: a name clients use, and where it goes.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub name: String,
+    /// The provider's config name.
+    pub provider: String,
+    /// The model name the provider knows.
+    pub upstream_model: String,
+    pub price: Price,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from, for messages.
+    pub file: String,
+    pub data_dir: PathBuf,
+    pub log: Option<String>,
+    pub edge: EdgeConfig,
+    pub providers: Vec<ProviderConfig>,
+    pub disabled_providers: Vec<DisabledProvider>,
+    pub models: Vec<ModelConfig>,
+    pub services: ServicesConfig,
+    pub metering: MeteringConfig,
+    /// `LLMGW_MASTER_KEY`: the key for keyed hashes and encryption at rest.
+    /// When unset, `auth` keeps one in `data_dir`.
+    pub master_key: Option<Secret>,
+}
+
+const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(600);
+
+impl Config {
+    /// Reads and validates `path`; `env` is the process environment as a map.
+    pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { file: file.clone(), message: format!("cannot read: {e}") })?;
+        let mut config = Self::parse(&text, &file, env)?;
+        if config.data_dir.is_relative() {
+            // Relative to the working directory, as a user running `make up` expects.
+            config.data_dir = std::env::current_dir().map(|d| d.join(&config.data_dir)).unwrap_or(config.data_dir);
+        }
+        Ok(config)
+    }
+
+    /// Parses and validates YAML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError { file: file.to_owned(), message };
+        let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
+        if value.is_null() {
+            value = Value::Mapping(Default::default());
+        }
+        let mut unset = Vec::new();
+        expand_value(&mut value, &mut String::new(), env, &mut unset);
+        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| err(describe_serde_error(&e)))?;
+        let unset_at = |prefix: &str| -> Option<&str> {
+            unset
+                .iter()
+                .find(|(path, _)| path == prefix || path.starts_with(&format!("{prefix}.")))
+                .map(|(_, var)| var.as_str())
+        };
+        if let Some((path, var)) = unset.iter().find(|(path, _)| !path.starts_with("providers[")) {
+            return Err(err(format!("`{path}` uses ${{{var}}}, which is not set")));
+        }
+
+        let mut providers = Vec::new();
+        let mut disabled = Vec::new();
+        let mut names = HashSet::new();
+        for (i, p) in raw.providers.into_iter().enumerate() {
+            let at = format!("providers[{i}]");
+            if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+                return Err(err(format!(
+                    "`{at}.name` must be letters, digits, `-`, `_` or `.`, got `{}`",
+                    p.name
+                )));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err(err(format!("`{at}.name`: provider `{}` is defined twice", p.name)));
+            }
+            let Some(kind) = ProviderKind::parse(&p.kind) else {
+                let valid: Vec<&str> = ProviderKind::ALL.iter().map(|(n, _)| *n).collect();
+                return Err(err(format!(
+                    "`{at}.type`: unknown provider type `{}`{}",
+                    p.kind,
+                    suggest(&p.kind, &valid)
+                )));
+            };
+            if let Some(var) = unset_at(&at) {
+                disabled.push(DisabledProvider { name: p.name, reason: format!("${{{var}}} is not set") });
+                continue;
+            }
+            let base_url = p.base_url.unwrap_or_else(|| kind.default_base_url().to_owned());
+            let base_url = base_url.trim_end_matches('/').to_owned();
+            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+                return Err(err(format!("`{at}.base_url` must be an http:// or https:// URL, got `{base_url}`")));
+            }
+            providers.push(ProviderConfig {
+                name: p.name,
+                kind,
+                base_url,
+                api_key: p.api_key.filter(|k| !k.is_empty()).map(Secret::new),
+                timeout: p.timeout.unwrap_or(DEFAULT_PROVIDER_TIMEOUT),
+                organization: p.organization,
+                project: p.project,
+            });
+        }
+
+        let mut models: Vec<ModelConfig> = Vec::new();
+        let mut model_names = HashSet::new();
+        for (i, m) in raw.models.into_iter().enumerate() {
+            let at = format!("models[{i}]");
+            if m.name.is_empty() {
+                return Err(err(format!("`{at}.name` is empty")));
+            }
+            if !model_names.insert(m.name.clone()) {
+                return Err(err(format!("`{at}.name`: model `{}` is defined twice", m.name)));
+            }
+            let Some((provider, upstream)) = m.target.split_once('/').filter(|(p, m)| !p.is_empty() && !m.is_empty())
+            else {
+                return Err(err(format!("`{at}.target` must be `provider/model`, got `{}`", m.target)));
+            };
+            if disabled.iter().any(|d| d.name == provider) {
+                continue;
+            }
+            if !providers.iter().any(|p| p.name == provider) {
+                let known: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+                return Err(err(format!(
+                    "`{at}.target`: no provider named `{provider}`{}",
+                    suggest(provider, &known)
+                )));
+            }
+            for (field, v) in [
+                ("input_per_mtok", Some(m.price.input_per_mtok)),
+                ("output_per_mtok", Some(m.price.output_per_mtok)),
+                ("cached_input_per_mtok", m.price.cached_input_per_mtok),
+            ] {
+                if let Some(v) = v
+                    && !(v.is_finite() && v >= 0.0)
+                {
+                    return Err(err(format!("`{at}.price.{field}` must be a non-negative number")));
+                }
+            }
+            models.push(ModelConfig {
+                name: m.name,
+                provider: provider.to_owned(),
+                upstream_model: upstream.to_owned(),
+                price: m.price,
+            });
+        }
+
+        let edge = raw.edge;
+        if edge.max_body_bytes == 0 {
+            return Err(err("`edge.max_body_bytes` must be above 0".to_owned()));
+        }
+        if raw.metering.batch_size == 0 || raw.metering.buffer == 0 {
+            return Err(err("`metering.batch_size` and `metering.buffer` must be above 0".to_owned()));
+        }
+
+        Ok(Self {
+            file: file.to_owned(),
+            data_dir: raw.data_dir,
+            log: raw.log,
+            edge,
+            providers,
+            disabled_providers: disabled,
+            models,
+            services: raw.services,
+            metering: raw.metering,
+            master_key: env.get("LLMGW_MASTER_KEY").filter(|k| !k.is_empty()).map(Secret::new),
+        })
+    }
+
+    pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+}
+
+/// Replaces `${VAR}` / `${VAR:-default}` in every string, recording the path
+/// and name of each variable that is not set (or empty, without a default).
+fn expand_value(value: &mut Value, path: &mut String, env: &HashMap<String, String>, unset: &mut Vec<(String, String)>) {
+    match value {
+        Value::String(s) if s.contains("${") => {
+            let (expanded, missing) = expand_str(s, env);
+            if let Some(var) = missing {
+                unset.push((path.clone(), var));
+            }
+            *s = expanded;
+        }
+        Value::Sequence(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                expand_value(item, path, env, unset);
+                path.truncate(len);
+            }
+        }
+        Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k.as_str().unwrap_or("?"));
+                expand_value(v, path, env, unset);
+                path.truncate(len);
+            }
+        }
+        Value::Tagged(tagged) => expand_value(&mut tagged.value, path, env, unset),
+        _ => {}
+    }
+}
+
+fn expand_str(s: &str, env: &HashMap<String, String>) -> (String, Option<String>) {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    let mut missing = None;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else {
+            out.push_str(&rest[start..]);
+            return (out, missing);
+        };
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        match (env.get(name).filter(|v| !v.is_empty()), default) {
+            (Some(v), _) => out.push_str(v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                missing.get_or_insert_with(|| name.to_owned());
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    (out, missing)
+}
+
+/// Turns serde's "unknown field `x`, expected one of ..." into a message that
+/// names the full key path and the nearest valid key.
+fn describe_serde_error(e: &serde_path_to_error::Error<serde_yaml_ng::Error>) -> String {
+    let path = e.path().to_string();
+    let inner = e.inner().to_string();
+    let inner = inner.split(" at line ").next().unwrap_or(&inner).to_owned();
+    for (marker, what) in [("unknown field `", "key"), ("unknown variant `", "value")] {
+        if let Some(pos) = inner.find(marker) {
+            let after = &inner[pos + marker.len()..];
+            let name = after.split('`').next().unwrap_or("");
+            let expected: Vec<&str> = after.split('`').skip(2).step_by(2).collect();
+            let full = match path.as_str() {
+                "." | "" => name.to_owned(),
+                p if what == "value" || p == name || p.ends_with(&format!(".{name}")) => p.to_owned(),
+                p => format!("{p}.{name}"),
+            };
+            return format!("unknown {what} `{full}`{}", suggest(name, &expected));
+        }
+    }
+    if path == "." || path.is_empty() { inner } else { format!("`{path}`: {inner}") }
+}
+
+fn suggest(name: &str, valid: &[&str]) -> String {
+    let best = valid
+        .iter()
+        .map(|v| (strsim::jaro_winkler(name, v), *v))
+        .filter(|(score, _)| *score > 0.7)
+        .max_by(|a, b| a.0.total_cmp(&b.0));
+    match best {
+        Some((_, v)) => format!("; did you mean `{v}`?"),
+        None if valid.is_empty() => String::new(),
+        None => format!("; expected one of: {}", valid.join(", ")),
+    }
+}
+
+/// The process environment as a map, for `Config::load` (read once, in `main`).
+pub fn process_env() -> HashMap<String, String> {
+    std::env::vars().collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,92 @@
+use super::*;
+
+const SMALLEST: &str = r#"
+data_dir: ./data                       # SQLite store and anything else on disk
+edge:
+  http_addr: 127.0.0.1:8080            # OpenAI REST, Anthropic REST, gRPC-Web
+  grpc_addr: 127.0.0.1:8081            # public gRPC
+providers:
+  - name: openai                       # also the slug: @openai/<model>
+    type: openai
+    base_url: https://api.openai.com/v1   # optional; each type has its default
+    api_key: ${OPENAI_API_KEY}
+models:
+  - name: gpt-4o-mini                  # a platform model, used by name
+    target: openai/gpt-4o-mini
+    price: { input_per_mtok: 0.15, output_per_mtok: 0.60 }
+"#;
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+#[test]
+fn smallest_config_works_as_written() {
+    let c = Config::parse(SMALLEST, "gateway.yaml", &env(&[("OPENAI_API_KEY", "sk-test")])).unwrap();
+    assert_eq!(c.providers.len(), 1);
+    assert_eq!(c.providers[0].api_key.as_ref().map(Secret::expose), Some("sk-test"));
+    assert_eq!(c.models[0].provider, "openai");
+    assert_eq!(c.models[0].upstream_model, "gpt-4o-mini");
+    assert!((c.models[0].price.output_per_mtok - 0.60).abs() < 1e-12);
+    assert_eq!(c.edge.grpc_addr.port(), 8081);
+}
+
+#[test]
+fn unset_key_disables_the_provider_and_its_models() {
+    let c = Config::parse(SMALLEST, "gateway.yaml", &env(&[])).unwrap();
+    assert!(c.providers.is_empty());
+    assert!(c.models.is_empty());
+    assert_eq!(c.disabled_providers[0].name, "openai");
+    assert!(c.disabled_providers[0].reason.contains("OPENAI_API_KEY"));
+}
+
+#[test]
+fn unknown_key_names_file_key_and_nearest() {
+    let text = SMALLEST.replace("    base_url:", "    bse_url:");
+    let e = Config::parse(&text, "gateway.yaml", &env(&[])).unwrap_err().to_string();
+    assert!(e.starts_with("gateway.yaml: "), "{e}");
+    assert!(e.contains("providers[0].bse_url"), "{e}");
+    assert!(e.contains("did you mean `base_url`"), "{e}");
+
+    let e = Config::parse("edge:\n  http_adr: 127.0.0.1:1\n", "g.yaml", &env(&[])).unwrap_err().to_string();
+    assert!(e.contains("edge.http_adr") && e.contains("`http_addr`"), "{e}");
+
+    let e = Config::parse("modles: []\n", "g.yaml", &env(&[])).unwrap_err().to_string();
+    assert!(e.contains("`modles`") && e.contains("`models`"), "{e}");
+}
+
+#[test]
+fn unknown_provider_type_suggests() {
+    let text = SMALLEST.replace("type: openai", "type: opnai");
+    let e = Config::parse(&text, "g.yaml", &env(&[])).unwrap_err().to_string();
+    assert!(e.contains("opnai") && e.contains("`openai`"), "{e}");
+}
+
+#[test]
+fn model_target_must_name_a_provider() {
+    let text = SMALLEST.replace("target: openai/gpt-4o-mini", "target: opena/gpt-4o-mini");
+    let e = Config::parse(&text, "g.yaml", &env(&[("OPENAI_API_KEY", "k")])).unwrap_err().to_string();
+    assert!(e.contains("models[0].target") && e.contains("`openai`"), "{e}");
+    let text = SMALLEST.replace("target: openai/gpt-4o-mini", "target: gpt-4o-mini");
+    assert!(Config::parse(&text, "g.yaml", &env(&[("OPENAI_API_KEY", "k")])).is_err());
+}
+
+#[test]
+fn defaults_and_expansion() {
+    let c = Config::parse("data_dir: ${DIR:-/tmp/x}/d\n", "g.yaml", &env(&[])).unwrap();
+    assert_eq!(c.data_dir, PathBuf::from("/tmp/x/d"));
+    assert_eq!(c.edge.http_addr.port(), 8080);
+    let e = Config::parse("data_dir: ${NOPE}\n", "g.yaml", &env(&[])).unwrap_err().to_string();
+    assert!(e.contains("NOPE") && e.contains("data_dir"), "{e}");
+    let c = Config::parse("", "g.yaml", &env(&[])).unwrap();
+    assert!(c.providers.is_empty());
+}
+
+#[test]
+fn provider_timeout_and_type_errors() {
+    let text = SMALLEST.replace("    type: openai", "    type: openai\n    timeout: 250ms");
+    let c = Config::parse(&text, "g.yaml", &env(&[("OPENAI_API_KEY", "k")])).unwrap();
+    assert_eq!(c.providers[0].timeout, Duration::from_millis(250));
+    let e = Config::parse("edge:\n  http_addr: 42\n", "g.yaml", &env(&[])).unwrap_err().to_string();
+    assert!(e.contains("edge.http_addr"), "{e}");
+}

@@ -1,0 +1,97 @@
+//! The one place that owns gRPC transport settings: every server and every
+//! client channel goes through these builders (connect timeout, keepalive,
+//! TCP_NODELAY, message size), and every server gets `grpc.health.v1` and
+//! reflection.
+
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::error::{ErrorCode, GwError};
+
+/// Largest message any llmgw server or client accepts or sends (vision
+/// payloads inline base64 images).
+pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A lazily connecting channel to `addr` (`host:port` or a full `http://` URI).
+/// The channel reconnects with backoff on its own; calls fail fast with
+/// `UNAVAILABLE` while the peer is down.
+pub fn channel(addr: &str) -> Result<Channel, GwError> {
+    let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+    let endpoint = Endpoint::from_shared(uri)
+        .map_err(|e| GwError::new(ErrorCode::Internal, format!("bad service address `{addr}`: {e}")))?;
+    Ok(configure(endpoint).connect_lazy())
+}
+
+fn configure(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
+        .http2_adaptive_window(true)
+}
+
+/// Health reporting for one server: every named service starts SERVING and
+/// turns NOT_SERVING when shutdown begins.
+pub struct Health {
+    reporter: HealthReporter,
+    names: Vec<String>,
+}
+
+impl Health {
+    pub async fn set_serving(&self, serving: bool) {
+        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        self.reporter.set_service_status("", status).await;
+        for name in &self.names {
+            self.reporter.set_service_status(name, status).await;
+        }
+    }
+}
+
+/// Adds `grpc.health.v1` (overall and per named service) and reflection over
+/// every llmgw proto to `routes`.
+pub async fn with_health_and_reflection(routes: Routes, names: &[&str]) -> Result<(Routes, Health), GwError> {
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health { reporter, names: names.iter().map(|n| (*n).to_owned()).collect() };
+    health.set_serving(true).await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(llmgw_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| GwError::internal(format!("reflection: {e}")))?;
+    Ok((routes.add_service(health_service).add_service(reflection), health))
+}
+
+/// Serves `routes` on `listener` until `shutdown` fires, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    health: Health,
+    shutdown: CancellationToken,
+) -> Result<(), GwError> {
+    let incoming = TcpListenerStream::new(listener);
+    let signal = async move {
+        shutdown.cancelled().await;
+        health.set_serving(false).await;
+    };
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .http2_adaptive_window(Some(true))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, signal)
+        .await
+        .map_err(|e| GwError::internal(format!("grpc server: {e}")))
+}

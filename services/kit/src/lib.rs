@@ -1,0 +1,17 @@
+//! What every llmgw service shares: configuration loading, the error type and
+//! its codes, the service traits with their local-or-remote clients, the gRPC
+//! server and channel builders, storage pools, telemetry and shutdown.
+//!
+//! Small and boring on purpose: service crates hold the logic.
+
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod grpc;
+pub mod pricing;
+pub mod secret;
+pub mod services;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use error::{ErrorCode, GwError};

@@ -1,0 +1,254 @@
+//! The service traits and the one client type each.
+//!
+//! Each service is a plain async trait over the proto messages. A client is an
+//! `Arc<dyn Trait>`: built from a local implementation (`llmgw all`: no
+//! serialisation, no socket, no extra hop) or from a tonic channel (the
+//! `Grpc*` types here), or a test double. The `*GrpcServer` adapters expose a
+//! local implementation over tonic, so the remote path is the same trait on
+//! both ends.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::{Stream, StreamExt as _};
+use llmgw_proto as pb;
+use pb::adapter_client::AdapterClient;
+use pb::auth_client::AuthClient;
+use pb::metering_client::MeteringClient;
+use pb::router_client::RouterClient;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::error::GwError;
+use crate::grpc::MAX_MESSAGE_BYTES;
+
+/// A stream of chat chunks, as every hop passes it on.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChatChunk, GwError>> + Send + 'static>>;
+
+/// "Who are you, and may you?"
+#[async_trait]
+pub trait AuthService: Send + Sync + 'static {
+    async fn authenticate(&self, req: pb::AuthenticateRequest) -> Result<pb::Principal, GwError>;
+}
+
+/// "Which targets, in what order?"
+#[async_trait]
+pub trait RouterService: Send + Sync + 'static {
+    async fn route(&self, req: pb::RouteRequest) -> Result<pb::RoutePlan, GwError>;
+    async fn list_models(&self, req: pb::ModelsRequest) -> Result<pb::ModelList, GwError>;
+}
+
+/// "Say it to this provider, and say its answer back."
+#[async_trait]
+pub trait AdapterService: Send + Sync + 'static {
+    async fn complete(&self, req: pb::AdapterRequest) -> Result<pb::ChatResponse, GwError>;
+    /// Resolves once the provider has accepted the request (its headers
+    /// arrived), so errors before the first byte are still retryable.
+    async fn stream(&self, req: pb::AdapterRequest) -> Result<ChunkStream, GwError>;
+}
+
+/// "What did it cost, and who spent it?"
+#[async_trait]
+pub trait MeteringService: Send + Sync + 'static {
+    /// Records a batch; idempotent by `request_id`.
+    async fn record(&self, events: Vec<pb::UsageEvent>) -> Result<pb::RecordAck, GwError>;
+    async fn get_usage(&self, query: pb::UsageQuery) -> Result<pb::UsageSummary, GwError>;
+}
+
+pub type Auth = Arc<dyn AuthService>;
+pub type Router = Arc<dyn RouterService>;
+pub type Adapter = Arc<dyn AdapterService>;
+pub type Metering = Arc<dyn MeteringService>;
+
+// ---- remote clients -------------------------------------------------------
+
+/// [`AuthService`] over gRPC.
+#[derive(Clone)]
+pub struct GrpcAuth(AuthClient<Channel>);
+
+impl GrpcAuth {
+    pub fn new(channel: Channel) -> Auth {
+        Arc::new(Self(
+            AuthClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        ))
+    }
+}
+
+#[async_trait]
+impl AuthService for GrpcAuth {
+    async fn authenticate(&self, req: pb::AuthenticateRequest) -> Result<pb::Principal, GwError> {
+        Ok(self.0.clone().authenticate(req).await?.into_inner())
+    }
+}
+
+/// [`RouterService`] over gRPC.
+#[derive(Clone)]
+pub struct GrpcRouter(RouterClient<Channel>);
+
+impl GrpcRouter {
+    pub fn new(channel: Channel) -> Router {
+        Arc::new(Self(
+            RouterClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        ))
+    }
+}
+
+#[async_trait]
+impl RouterService for GrpcRouter {
+    async fn route(&self, req: pb::RouteRequest) -> Result<pb::RoutePlan, GwError> {
+        Ok(self.0.clone().route(req).await?.into_inner())
+    }
+
+    async fn list_models(&self, req: pb::ModelsRequest) -> Result<pb::ModelList, GwError> {
+        Ok(self.0.clone().list_models(req).await?.into_inner())
+    }
+}
+
+/// [`AdapterService`] over gRPC.
+#[derive(Clone)]
+pub struct GrpcAdapter(AdapterClient<Channel>);
+
+impl GrpcAdapter {
+    pub fn new(channel: Channel) -> Adapter {
+        Arc::new(Self(
+            AdapterClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        ))
+    }
+}
+
+#[async_trait]
+impl AdapterService for GrpcAdapter {
+    async fn complete(&self, req: pb::AdapterRequest) -> Result<pb::ChatResponse, GwError> {
+        Ok(self.0.clone().complete(req).await?.into_inner())
+    }
+
+    async fn stream(&self, req: pb::AdapterRequest) -> Result<ChunkStream, GwError> {
+        let mut stream = self.0.clone().stream(req).await?.into_inner();
+        // The server sends its first message (or error) only once the provider
+        // answered, so waiting for it keeps pre-first-byte errors retryable.
+        let first = stream.message().await?;
+        let rest = stream.map(|item| item.map_err(GwError::from));
+        Ok(match first {
+            Some(first) => Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(rest)),
+            None => Box::pin(futures_util::stream::empty()),
+        })
+    }
+}
+
+/// [`MeteringService`] over gRPC: a batch is sent as one client stream.
+#[derive(Clone)]
+pub struct GrpcMetering(MeteringClient<Channel>);
+
+impl GrpcMetering {
+    pub fn new(channel: Channel) -> Metering {
+        Arc::new(Self(
+            MeteringClient::new(channel)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        ))
+    }
+}
+
+#[async_trait]
+impl MeteringService for GrpcMetering {
+    async fn record(&self, events: Vec<pb::UsageEvent>) -> Result<pb::RecordAck, GwError> {
+        let stream = futures_util::stream::iter(events);
+        Ok(self.0.clone().record(stream).await?.into_inner())
+    }
+
+    async fn get_usage(&self, query: pb::UsageQuery) -> Result<pb::UsageSummary, GwError> {
+        Ok(self.0.clone().get_usage(query).await?.into_inner())
+    }
+}
+
+// ---- gRPC servers over local implementations -----------------------------
+
+/// Serves an [`AuthService`] over tonic.
+pub struct AuthGrpcServer(pub Auth);
+
+#[async_trait]
+impl pb::auth_server::Auth for AuthGrpcServer {
+    async fn authenticate(
+        &self,
+        req: Request<pb::AuthenticateRequest>,
+    ) -> Result<Response<pb::Principal>, Status> {
+        Ok(Response::new(self.0.authenticate(req.into_inner()).await?))
+    }
+}
+
+/// Serves a [`RouterService`] over tonic.
+pub struct RouterGrpcServer(pub Router);
+
+#[async_trait]
+impl pb::router_server::Router for RouterGrpcServer {
+    async fn route(&self, req: Request<pb::RouteRequest>) -> Result<Response<pb::RoutePlan>, Status> {
+        Ok(Response::new(self.0.route(req.into_inner()).await?))
+    }
+
+    async fn list_models(&self, req: Request<pb::ModelsRequest>) -> Result<Response<pb::ModelList>, Status> {
+        Ok(Response::new(self.0.list_models(req.into_inner()).await?))
+    }
+}
+
+/// Serves an [`AdapterService`] over tonic.
+pub struct AdapterGrpcServer(pub Adapter);
+
+type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::ChatChunk, Status>> + Send + 'static>>;
+
+#[async_trait]
+impl pb::adapter_server::Adapter for AdapterGrpcServer {
+    async fn complete(&self, req: Request<pb::AdapterRequest>) -> Result<Response<pb::ChatResponse>, Status> {
+        Ok(Response::new(self.0.complete(req.into_inner()).await?))
+    }
+
+    type StreamStream = StatusStream;
+
+    async fn stream(&self, req: Request<pb::AdapterRequest>) -> Result<Response<Self::StreamStream>, Status> {
+        let stream = self.0.stream(req.into_inner()).await?;
+        Ok(Response::new(Box::pin(stream.map(|item| item.map_err(|e| e.to_status())))))
+    }
+}
+
+/// Serves a [`MeteringService`] over tonic; each client stream is one batch.
+pub struct MeteringGrpcServer(pub Metering);
+
+/// Events decoded per `record` call before they are written; bounds memory
+/// for an endless client stream.
+const RECORD_CHUNK: usize = 512;
+
+#[async_trait]
+impl pb::metering_server::Metering for MeteringGrpcServer {
+    async fn record(
+        &self,
+        req: Request<tonic::Streaming<pb::UsageEvent>>,
+    ) -> Result<Response<pb::RecordAck>, Status> {
+        let mut stream = req.into_inner();
+        let mut total = pb::RecordAck::default();
+        let mut batch = Vec::new();
+        while let Some(event) = stream.message().await? {
+            batch.push(event);
+            if batch.len() >= RECORD_CHUNK {
+                let ack = self.0.record(std::mem::take(&mut batch)).await?;
+                total.accepted += ack.accepted;
+                total.duplicates += ack.duplicates;
+            }
+        }
+        if !batch.is_empty() {
+            let ack = self.0.record(batch).await?;
+            total.accepted += ack.accepted;
+            total.duplicates += ack.duplicates;
+        }
+        Ok(Response::new(total))
+    }
+
+    async fn get_usage(&self, req: Request<pb::UsageQuery>) -> Result<Response<pb::UsageSummary>, Status> {
+        Ok(Response::new(self.0.get_usage(req.into_inner()).await?))
+    }
+}

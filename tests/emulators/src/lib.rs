@@ -1,0 +1,98 @@
+//! Provider emulators for end-to-end tests and benchmarks.
+//!
+//! Today one emulator: OpenAI's Chat Completions API (`/v1/chat/completions`, `/v1/models`),
+//! built from OpenAI's API reference — completion and chunk objects, usage details, tool
+//! calls streamed as argument fragments, the error object. Test behaviour is steered by
+//! `[emu:...]` directives in the last user message (see [`directives`]), and requests can be
+//! recorded and read back through `GET /_emu/requests`.
+//!
+//! It is also the upstream of `make bench`, so the hot path avoids needless work: the request
+//! body is deserialised borrowing from the received bytes, responses are serialised straight
+//! from borrowed structs, and a stream is encoded into one buffer that is then sent slice by
+//! slice. Nothing is recorded unless [`Options::record`] is set.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+mod chat;
+pub mod directives;
+mod record;
+mod routes;
+mod schema;
+mod wire;
+
+/// How an emulator behaves.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    /// The key clients must send as `Authorization: Bearer <key>`; `None` accepts anything.
+    pub api_key: Option<String>,
+    /// Keep the last 200 API requests for `GET /_emu/requests`. Off for benchmarks.
+    pub record: bool,
+}
+
+/// A running emulator on a loopback port; dropping it stops accepting connections.
+#[derive(Debug)]
+pub struct Emulator {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    task: JoinHandle<io::Result<()>>,
+}
+
+impl Emulator {
+    /// The OpenAI base URL of this emulator, `http://ADDR/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    /// Stops accepting connections (connections already open finish on their own).
+    pub fn shutdown(self) {
+        // Drop does the work.
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Binds `127.0.0.1:0` and serves in a background task.
+pub async fn spawn(opts: Options) -> io::Result<Emulator> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(serve(listener, opts));
+    Ok(Emulator { addr, task })
+}
+
+/// Serves the emulator on `listener` until the task is dropped or the listener fails.
+pub async fn serve(listener: TcpListener, opts: Options) -> io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        // Best effort: a socket that refuses NODELAY still works, only slower.
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router(opts)).await
+}
+
+/// The emulator's routes, for callers that want to mount it themselves.
+pub fn router(opts: Options) -> Router {
+    let state = Arc::new(routes::State::new(opts));
+    Router::new()
+        .route("/v1/chat/completions", post(routes::chat_completions))
+        .route("/v1/models", get(routes::list_models))
+        .route(
+            "/_emu/requests",
+            get(routes::recorded).delete(routes::clear_recorded),
+        )
+        .fallback(routes::not_found)
+        // Image parts may carry base64 data URLs; OpenAI accepts large bodies, so do we.
+        .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
+        .with_state(state)
+}
