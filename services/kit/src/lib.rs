@@ -8,6 +8,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod grpc;
+pub mod openai;
 pub mod pricing;
 pub mod secret;
 pub mod services;

@@ -1,0 +1,87 @@
+//! `AuthService::authenticate`: an API key in, its principal out.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use llmgw_kit::db::db_error;
+use llmgw_kit::services::{Auth, AuthService};
+use llmgw_kit::{ErrorCode, GwError};
+use llmgw_proto as pb;
+use sqlx::Row as _;
+use subtle::ConstantTimeEq as _;
+
+use crate::keys::MAX_KEY_LEN;
+use crate::store::{AuthStore, now_ms};
+
+/// The auth service over `store`, as the one client type the edge uses.
+pub fn service(store: AuthStore) -> Auth {
+    Arc::new(AuthServiceImpl { store })
+}
+
+struct AuthServiceImpl {
+    store: AuthStore,
+}
+
+/// The one answer for every rejected key: it says nothing about why, and
+/// never contains the key or its hash.
+fn invalid_key() -> GwError {
+    GwError::new(ErrorCode::Unauthenticated, "invalid api key")
+}
+
+#[async_trait]
+impl AuthService for AuthServiceImpl {
+    async fn authenticate(&self, req: pb::AuthenticateRequest) -> Result<pb::Principal, GwError> {
+        let key = req.api_key;
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Err(invalid_key());
+        }
+        let hash = self.store.hasher.hash(&key);
+        let row = sqlx::query(
+            "SELECT k.id, k.key_hash, k.revoked_at, k.expires_at, o.id, o.name, p.id, p.name \
+             FROM api_keys k \
+             JOIN orgs o ON o.id = k.org_id \
+             LEFT JOIN projects p ON p.id = k.project_id \
+             WHERE k.key_hash = $1",
+        )
+        .bind(&hash)
+        .fetch_optional(&self.store.pool)
+        .await
+        .map_err(db_error("authenticating"))?;
+        let Some(row) = row else {
+            tracing::debug!(reason = "unknown", "api key rejected");
+            return Err(invalid_key());
+        };
+        let read = || -> Result<_, sqlx::Error> {
+            Ok((
+                row.try_get::<String, _>(0)?,
+                row.try_get::<String, _>(1)?,
+                row.try_get::<Option<i64>, _>(2)?,
+                row.try_get::<Option<i64>, _>(3)?,
+                pb::Principal {
+                    org_id: row.try_get(4)?,
+                    org_name: row.try_get(5)?,
+                    project_id: row.try_get(6)?,
+                    project_name: row.try_get(7)?,
+                    key_id: String::new(),
+                },
+            ))
+        };
+        let (key_id, stored_hash, revoked_at, expires_at, mut principal) =
+            read().map_err(db_error("authenticating"))?;
+        // The lookup already matched the hash; comparing again in constant
+        // time keeps a collation or index quirk from ever deciding alone.
+        if !bool::from(stored_hash.as_bytes().ct_eq(hash.as_bytes())) {
+            return Err(invalid_key());
+        }
+        if revoked_at.is_some() {
+            tracing::debug!(key_id, reason = "revoked", "api key rejected");
+            return Err(invalid_key());
+        }
+        if expires_at.is_some_and(|at| at <= now_ms()) {
+            tracing::debug!(key_id, reason = "expired", "api key rejected");
+            return Err(invalid_key());
+        }
+        principal.key_id = key_id;
+        Ok(principal)
+    }
+}

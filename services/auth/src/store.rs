@@ -1,0 +1,211 @@
+//! The auth store: orgs, projects and API keys over one `sqlx::AnyPool`.
+//!
+//! Every write that may race with another process runs in one transaction
+//! whose first statement is a write (so SQLite takes its write lock before
+//! reading anything) and leans on a unique constraint, so PostgreSQL is just
+//! as safe.
+
+use std::fmt;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use llmgw_kit::config::Config;
+use llmgw_kit::db::{self, MigrationSpec, db_error};
+use llmgw_kit::secret::Secret;
+use llmgw_kit::GwError;
+use sqlx::{Any, AnyPool, Row as _, Transaction};
+
+use crate::keys::{self, KeyHasher};
+
+/// The schema, in order; portable SQL.
+const MIGRATIONS: &[MigrationSpec] = &[(1, "orgs projects api keys", include_str!("../migrations/0001_init.sql"))];
+
+/// Longest org or project name, in characters.
+const MAX_NAME_CHARS: usize = 64;
+
+/// The org [`AuthStore::ensure_default_org`] creates in an empty store.
+pub const DEFAULT_ORG: &str = "default";
+
+/// Orgs, projects and API keys. Cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct AuthStore {
+    pub(crate) pool: AnyPool,
+    pub(crate) hasher: KeyHasher,
+}
+
+impl fmt::Debug for AuthStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthStore").finish_non_exhaustive()
+    }
+}
+
+/// A key just created. `key` is its only copy: show it once, then drop it.
+#[derive(Debug, Clone)]
+pub struct CreatedKey {
+    pub key: Secret,
+    pub key_id: String,
+    pub org_id: String,
+    pub org_name: String,
+    pub project_id: Option<String>,
+}
+
+/// Opens (creating and migrating if needed) `<data_dir>/auth.db` and loads
+/// the master key: `LLMGW_MASTER_KEY` when set, else `<data_dir>/master.key`,
+/// created on first use.
+pub async fn open(config: &Config) -> Result<AuthStore, GwError> {
+    let pool = db::open_sqlite(&config.data_dir, "auth.db", MIGRATIONS).await?;
+    let master_key = keys::master_key(config.master_key.as_ref(), &config.data_dir)?;
+    Ok(AuthStore { pool, hasher: KeyHasher::new(&master_key)? })
+}
+
+impl AuthStore {
+    /// Creates a key for `org` (and `project` in it), creating either if
+    /// missing. Names are 1 to 64 characters, without control characters or
+    /// surrounding whitespace.
+    pub async fn create_key(&self, org: &str, project: Option<&str>) -> Result<CreatedKey, GwError> {
+        validate_name("org", org)?;
+        if let Some(project) = project {
+            validate_name("project", project)?;
+        }
+        let mut tx = self.pool.begin().await.map_err(db_error("creating a key"))?;
+        let now = now_ms();
+        sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+            .bind(keys::new_id("org")?)
+            .bind(org)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error("creating an org"))?;
+        let org_id: String = sqlx::query("SELECT id FROM orgs WHERE name = $1")
+            .bind(org)
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(db_error("reading an org"))?;
+        let project_id = match project {
+            None => None,
+            Some(project) => {
+                sqlx::query(
+                    "INSERT INTO projects (id, org_id, name, created_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (org_id, name) DO NOTHING",
+                )
+                .bind(keys::new_id("proj")?)
+                .bind(&org_id)
+                .bind(project)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error("creating a project"))?;
+                let id: String = sqlx::query("SELECT id FROM projects WHERE org_id = $1 AND name = $2")
+                    .bind(&org_id)
+                    .bind(project)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .and_then(|row| row.try_get(0))
+                    .map_err(db_error("reading a project"))?;
+                Some(id)
+            }
+        };
+        let created = self.insert_key(&mut tx, org_id, org, project_id, now).await?;
+        tx.commit().await.map_err(db_error("creating a key"))?;
+        Ok(created)
+    }
+
+    /// In a store without any org, creates org `default` and one key for it
+    /// and returns that key; otherwise `None`. Safe when several processes
+    /// start at once: exactly one of them gets the key.
+    pub async fn ensure_default_org(&self) -> Result<Option<CreatedKey>, GwError> {
+        let mut tx = self.pool.begin().await.map_err(db_error("creating the default org"))?;
+        let now = now_ms();
+        let org_id = keys::new_id("org")?;
+        // One statement, so SQLite's write lock covers the check; on PostgreSQL
+        // a concurrent insert of the same name waits on the unique index and
+        // then does nothing.
+        let inserted = sqlx::query(
+            "INSERT INTO orgs (id, name, created_at) SELECT $1, $2, $3 \
+             WHERE NOT EXISTS (SELECT 1 FROM orgs) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(&org_id)
+        .bind(DEFAULT_ORG)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error("creating the default org"))?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok(None);
+        }
+        let created = self.insert_key(&mut tx, org_id, DEFAULT_ORG, None, now).await?;
+        tx.commit().await.map_err(db_error("creating the default org"))?;
+        Ok(Some(created))
+    }
+
+    /// The id of the org named `name`, if there is one.
+    pub async fn org_id(&self, name: &str) -> Result<Option<String>, GwError> {
+        let row = sqlx::query("SELECT id FROM orgs WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error("reading an org"))?;
+        row.map(|row| row.try_get(0)).transpose().map_err(db_error("reading an org"))
+    }
+
+    /// Revokes key `key_id`; false when there is no such key or it was
+    /// already revoked. Edges that cached it trust it until their cache expires.
+    pub async fn revoke_key(&self, key_id: &str) -> Result<bool, GwError> {
+        let done = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
+            .bind(now_ms())
+            .bind(key_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("revoking a key"))?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn insert_key(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        org_id: String,
+        org_name: &str,
+        project_id: Option<String>,
+        now: i64,
+    ) -> Result<CreatedKey, GwError> {
+        let key = keys::generate_key()?;
+        let key_id = keys::new_id("key")?;
+        sqlx::query(
+            "INSERT INTO api_keys (id, org_id, project_id, key_hash, created_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&key_id)
+        .bind(&org_id)
+        .bind(project_id.as_deref())
+        .bind(self.hasher.hash(key.expose()))
+        .bind(now)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error("storing a key"))?;
+        tracing::info!(key_id, org_id, project_id, "created an api key");
+        Ok(CreatedKey { key, key_id, org_id, org_name: org_name.to_owned(), project_id })
+    }
+}
+
+/// Checks an org or project name; `what` is the param named in the error.
+fn validate_name(what: &'static str, name: &str) -> Result<(), GwError> {
+    let problem = if name.is_empty() {
+        "must not be empty"
+    } else if name.chars().count() > MAX_NAME_CHARS {
+        "must be at most 64 characters"
+    } else if name.chars().any(char::is_control) {
+        "must not contain control characters"
+    } else if name.trim() != name {
+        "must not start or end with whitespace"
+    } else {
+        return Ok(());
+    };
+    Err(GwError::invalid(what, format!("{what} name {problem}")))
+}
+
+/// Now, in Unix epoch milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
