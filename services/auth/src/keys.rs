@@ -37,13 +37,22 @@ pub(crate) struct KeyHasher(HmacSha256);
 
 impl KeyHasher {
     pub(crate) fn new(master_key: &Secret) -> Result<Self, GwError> {
-        let derived = mac(master_key.expose().as_bytes())?.chain_update(HASH_KEY_LABEL).finalize().into_bytes();
+        let derived = mac(master_key.expose().as_bytes())?
+            .chain_update(HASH_KEY_LABEL)
+            .finalize()
+            .into_bytes();
         Ok(Self(mac(&derived)?))
     }
 
     /// The keyed hash of `api_key`, as lowercase hex (the stored form).
     pub(crate) fn hash(&self, api_key: &str) -> String {
-        hex::encode(self.0.clone().chain_update(api_key.as_bytes()).finalize().into_bytes())
+        hex::encode(
+            self.0
+                .clone()
+                .chain_update(api_key.as_bytes())
+                .finalize()
+                .into_bytes(),
+        )
     }
 }
 
@@ -67,7 +76,10 @@ pub(crate) fn master_key(configured: Option<&Secret>, data_dir: &Path) -> Result
     let key = hex::encode(random_bytes::<32>()?);
     // Write a private temp file, then link it into place: the link fails if
     // another process got there first, and nobody ever reads a half-written key.
-    let tmp = data_dir.join(format!("{MASTER_KEY_FILE}.{}.tmp", hex::encode(random_bytes::<8>()?)));
+    let tmp = data_dir.join(format!(
+        "{MASTER_KEY_FILE}.{}.tmp",
+        hex::encode(random_bytes::<8>()?)
+    ));
     let written = write_private(&tmp, key.as_bytes());
     let linked = written.and_then(|()| std::fs::hard_link(&tmp, &path));
     let _ = std::fs::remove_file(&tmp);
@@ -78,7 +90,10 @@ pub(crate) fn master_key(configured: Option<&Secret>, data_dir: &Path) -> Result
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_master_key(&path)?
             .ok_or_else(|| GwError::internal(format!("master key file {} vanished", path.display()))),
-        Err(e) => Err(GwError::internal(format!("cannot create master key file {}: {e}", path.display()))),
+        Err(e) => Err(GwError::internal(format!(
+            "cannot create master key file {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -86,7 +101,12 @@ fn read_master_key(path: &Path) -> Result<Option<Secret>, GwError> {
     let text = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(GwError::internal(format!("cannot read master key file {}: {e}", path.display()))),
+        Err(e) => {
+            return Err(GwError::internal(format!(
+                "cannot read master key file {}: {e}",
+                path.display()
+            )));
+        }
     };
     let key = text.trim();
     if key.len() != 64 || !key.bytes().all(|b| b.is_ascii_hexdigit()) {

@@ -8,16 +8,20 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use llmgw_kit::GwError;
 use llmgw_kit::config::Config;
 use llmgw_kit::db::{self, MigrationSpec, db_error};
 use llmgw_kit::secret::Secret;
-use llmgw_kit::GwError;
 use sqlx::{Any, AnyPool, Row as _, Transaction};
 
 use crate::keys::{self, KeyHasher};
 
 /// The schema, in order; portable SQL.
-const MIGRATIONS: &[MigrationSpec] = &[(1, "orgs projects api keys", include_str!("../migrations/0001_init.sql"))];
+const MIGRATIONS: &[MigrationSpec] = &[(
+    1,
+    "orgs projects api keys",
+    include_str!("../migrations/0001_init.sql"),
+)];
 
 /// Longest org or project name, in characters.
 const MAX_NAME_CHARS: usize = 64;
@@ -54,7 +58,10 @@ pub struct CreatedKey {
 pub async fn open(config: &Config) -> Result<AuthStore, GwError> {
     let pool = db::open_sqlite(&config.data_dir, "auth.db", MIGRATIONS).await?;
     let master_key = keys::master_key(config.master_key.as_ref(), &config.data_dir)?;
-    Ok(AuthStore { pool, hasher: KeyHasher::new(&master_key)? })
+    Ok(AuthStore {
+        pool,
+        hasher: KeyHasher::new(&master_key)?,
+    })
 }
 
 impl AuthStore {
@@ -68,13 +75,15 @@ impl AuthStore {
         }
         let mut tx = self.pool.begin().await.map_err(db_error("creating a key"))?;
         let now = now_ms();
-        sqlx::query("INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
-            .bind(keys::new_id("org")?)
-            .bind(org)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("creating an org"))?;
+        sqlx::query(
+            "INSERT INTO orgs (id, name, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(keys::new_id("org")?)
+        .bind(org)
+        .bind(now)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error("creating an org"))?;
         let org_id: String = sqlx::query("SELECT id FROM orgs WHERE name = $1")
             .bind(org)
             .fetch_one(&mut *tx)
@@ -114,7 +123,11 @@ impl AuthStore {
     /// and returns that key; otherwise `None`. Safe when several processes
     /// start at once: exactly one of them gets the key.
     pub async fn ensure_default_org(&self) -> Result<Option<CreatedKey>, GwError> {
-        let mut tx = self.pool.begin().await.map_err(db_error("creating the default org"))?;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(db_error("creating the default org"))?;
         let now = now_ms();
         let org_id = keys::new_id("org")?;
         // One statement, so SQLite's write lock covers the check; on PostgreSQL
@@ -146,7 +159,9 @@ impl AuthStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error("reading an org"))?;
-        row.map(|row| row.try_get(0)).transpose().map_err(db_error("reading an org"))
+        row.map(|row| row.try_get(0))
+            .transpose()
+            .map_err(db_error("reading an org"))
     }
 
     /// Revokes key `key_id`; false when there is no such key or it was
@@ -183,7 +198,13 @@ impl AuthStore {
         .await
         .map_err(db_error("storing a key"))?;
         tracing::info!(key_id, org_id, project_id, "created an api key");
-        Ok(CreatedKey { key, key_id, org_id, org_name: org_name.to_owned(), project_id })
+        Ok(CreatedKey {
+            key,
+            key_id,
+            org_id,
+            org_name: org_name.to_owned(),
+            project_id,
+        })
     }
 }
 

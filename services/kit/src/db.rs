@@ -38,12 +38,39 @@ pub async fn open_sqlite(data_dir: &Path, file: &str, migrations: &[MigrationSpe
         .connect(&url)
         .await
         .map_err(|e| GwError::internal(format!("cannot open {}: {e}", path.display())))?;
-    sqlx::query("PRAGMA journal_mode = WAL")
-        .execute(&pool)
-        .await
-        .map_err(|e| GwError::internal(format!("cannot set WAL on {}: {e}", path.display())))?;
-    migrate(&pool, migrations).await?;
+    // Two processes opening the same new file at once race on these two
+    // steps: the loser's attempt fails ("database is locked", "table already
+    // exists") and rolls back, and its retry finds the work done.
+    retry(|| async {
+        sqlx::query("PRAGMA journal_mode = WAL")
+            .execute(&pool)
+            .await
+            .map_err(|e| GwError::internal(format!("cannot set WAL on {}: {e}", path.display())))?;
+        migrate(&pool, migrations).await
+    })
+    .await?;
     Ok(pool)
+}
+
+/// Attempts at a setup step that may lose a race with another process.
+const SETUP_ATTEMPTS: u32 = 8;
+
+async fn retry<F, Fut>(mut step: F) -> Result<(), GwError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), GwError>>,
+{
+    let mut attempt = 1;
+    loop {
+        match step().await {
+            Err(e) if attempt < SETUP_ATTEMPTS => {
+                tracing::debug!(attempt, error = %e, "storage setup failed; retrying");
+                tokio::time::sleep(Duration::from_millis(25 << attempt.min(5))).await;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
 }
 
 /// Applies the migrations not yet applied.

@@ -1,1 +1,285 @@
-fn main() {}
+//! `llmgw`: every service in one process (`all`), or one service each
+//! (`edge`, `auth`, `router`, `adapter`, `metering`), plus admin commands.
+//! Thin on purpose: the logic lives in the service crates; this file reads
+//! the config, wires clients (local or gRPC) and runs named tasks.
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use llmgw_edge::{Deps, Edge};
+use llmgw_kit::config::Config;
+use llmgw_kit::grpc;
+use llmgw_kit::services::{
+    AdapterGrpcServer, AuthGrpcServer, GrpcAdapter, GrpcAuth, GrpcMetering, GrpcRouter, MeteringGrpcServer,
+    RouterGrpcServer,
+};
+use llmgw_kit::shutdown::{self, CancellationToken};
+use llmgw_proto as pb;
+use tokio::net::TcpListener;
+use tonic::service::Routes;
+
+#[derive(Parser)]
+#[command(name = "llmgw", version, about = "One OpenAI-compatible API in front of every LLM provider")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The gateway's YAML config file.
+    #[arg(long, short)]
+    config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Every service in one process, wired with local clients.
+    All(ConfigArg),
+    /// The public REST/gRPC edge, calling the other services over gRPC.
+    Edge(ConfigArg),
+    /// The auth service.
+    Auth(ConfigArg),
+    /// The router service.
+    Router(ConfigArg),
+    /// The provider-adapter service.
+    Adapter(ConfigArg),
+    /// The usage-metering service.
+    Metering(ConfigArg),
+    /// API keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// An org's spend.
+    Usage {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The org's name.
+        #[arg(long)]
+        org: String,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Creates an API key (and the org and project if new); prints the key
+    /// alone on the last line. It is shown once and stored only as a hash.
+    Create {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        project: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(path: &Path) -> anyhow::Result<Config> {
+    let env: HashMap<String, String> = llmgw_kit::config::process_env();
+    let config = Config::load(path, &env)?;
+    llmgw_kit::telemetry::init(config.log.as_deref());
+    for d in &config.disabled_providers {
+        tracing::info!(provider = %d.name, reason = %d.reason, "provider disabled");
+    }
+    Ok(config)
+}
+
+/// Writes one line to stdout (the CLI's output, as opposed to logs on stderr).
+fn say(line: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()?;
+    Ok(())
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::All(c) => all(&load(&c.config)?).await,
+        Command::Edge(c) => edge(&load(&c.config)?).await,
+        Command::Auth(c) => {
+            let config = load(&c.config)?;
+            let store = open_auth(&config).await?;
+            let routes = Routes::new(
+                pb::auth_server::AuthServer::new(AuthGrpcServer(llmgw_auth::service(store)))
+                    .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
+            );
+            serve_one("auth", config.services.auth.addr, routes, "llmgw.v1.Auth").await
+        }
+        Command::Router(c) => {
+            let config = load(&c.config)?;
+            let routes = Routes::new(
+                pb::router_server::RouterServer::new(RouterGrpcServer(llmgw_router::service(&config)))
+                    .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
+            );
+            serve_one("router", config.services.router.addr, routes, "llmgw.v1.Router").await
+        }
+        Command::Adapter(c) => {
+            let config = load(&c.config)?;
+            let adapter = llmgw_provider_adapter::service(&config)?;
+            let routes = Routes::new(
+                pb::adapter_server::AdapterServer::new(AdapterGrpcServer(adapter))
+                    .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
+                    .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
+            );
+            serve_one("adapter", config.services.adapter.addr, routes, "llmgw.v1.Adapter").await
+        }
+        Command::Metering(c) => {
+            let config = load(&c.config)?;
+            let store = llmgw_usage_metering::open(&config).await?;
+            let routes = Routes::new(
+                pb::metering_server::MeteringServer::new(MeteringGrpcServer(llmgw_usage_metering::service(store)))
+                    .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
+            );
+            serve_one("metering", config.services.metering.addr, routes, "llmgw.v1.Metering").await
+        }
+        Command::Keys { command: KeysCommand::Create { config, org, project } } => {
+            let config = load(&config.config)?;
+            let store = llmgw_auth::open(&config).await?;
+            let created = store.create_key(&org, project.as_deref()).await?;
+            let scope = match &created.project_id {
+                Some(p) => format!("org `{}` ({}), project {p}", created.org_name, created.org_id),
+                None => format!("org `{}` ({})", created.org_name, created.org_id),
+            };
+            say(&format!("created key {} for {scope}; it is shown once, store it now:", created.key_id))?;
+            say(created.key.expose())
+        }
+        Command::Usage { config, org, json } => {
+            let config = load(&config.config)?;
+            let auth = llmgw_auth::open(&config).await?;
+            let org_id = auth.org_id(&org).await?.with_context(|| format!("no org named `{org}`"))?;
+            let store = llmgw_usage_metering::open(&config).await?;
+            let summary = llmgw_usage_metering::service(store)
+                .get_usage(pb::UsageQuery { org_id: org_id.clone() })
+                .await?;
+            if json {
+                let by_model: Vec<_> = summary
+                    .by_model
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "model": m.model, "provider": m.provider, "requests": m.requests,
+                            "input_tokens": m.input_tokens, "output_tokens": m.output_tokens, "cost_usd": m.cost_usd,
+                        })
+                    })
+                    .collect();
+                return say(&serde_json::json!({
+                    "org": org, "org_id": org_id, "requests": summary.requests,
+                    "input_tokens": summary.input_tokens, "output_tokens": summary.output_tokens,
+                    "cost_usd": summary.cost_usd, "by_model": by_model,
+                })
+                .to_string());
+            }
+            say(&format!(
+                "org {org}: {} requests, {} input tokens, {} output tokens, ${:.10}",
+                summary.requests, summary.input_tokens, summary.output_tokens, summary.cost_usd
+            ))?;
+            for m in &summary.by_model {
+                say(&format!(
+                    "  {} via {}: {} requests, {} input tokens, {} output tokens, ${:.10}",
+                    m.model, m.provider, m.requests, m.input_tokens, m.output_tokens, m.cost_usd
+                ))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Opens the auth store; on a first start with an empty store, creates the
+/// `default` org and prints its one key, once.
+async fn open_auth(config: &Config) -> anyhow::Result<llmgw_auth::AuthStore> {
+    let store = llmgw_auth::open(config).await?;
+    if let Some(created) = store.ensure_default_org().await? {
+        say(&format!(
+            "first start: created org `{}` and an API key; it is shown once, store it now:",
+            created.org_name
+        ))?;
+        say(created.key.expose())?;
+    }
+    Ok(store)
+}
+
+async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot bind {what} on {addr}"))
+}
+
+fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    shutdown::on_signal(token.clone());
+    token
+}
+
+async fn all(config: &Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_token();
+    let auth = open_auth(config).await?;
+    let metering = llmgw_usage_metering::open(config).await?;
+    let deps = Deps {
+        auth: llmgw_auth::service(auth),
+        router: llmgw_router::service(config),
+        adapter: llmgw_provider_adapter::service(config)?,
+        metering: llmgw_usage_metering::service(metering),
+    };
+    run_edge(config, deps, shutdown).await
+}
+
+async fn edge(config: &Config) -> anyhow::Result<()> {
+    let shutdown = shutdown_token();
+    let s = &config.services;
+    let deps = Deps {
+        auth: GrpcAuth::new(grpc::channel(&s.auth.addr.to_string())?),
+        router: GrpcRouter::new(grpc::channel(&s.router.addr.to_string())?),
+        adapter: GrpcAdapter::new(grpc::channel(&s.adapter.addr.to_string())?),
+        metering: GrpcMetering::new(grpc::channel(&s.metering.addr.to_string())?),
+    };
+    run_edge(config, deps, shutdown).await
+}
+
+async fn run_edge(config: &Config, deps: Deps, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let http = bind("edge http", config.edge.http_addr).await?;
+    let grpc_listener = bind("edge grpc", config.edge.grpc_addr).await?;
+    tracing::info!(
+        http = %http.local_addr()?,
+        grpc = %grpc_listener.local_addr()?,
+        providers = config.providers.len(),
+        models = config.models.len(),
+        "llmgw edge listening"
+    );
+    Edge::build(config, deps).run(http, grpc_listener, shutdown).await?;
+    tracing::info!("llmgw stopped");
+    Ok(())
+}
+
+async fn serve_one(what: &str, addr: std::net::SocketAddr, routes: Routes, name: &str) -> anyhow::Result<()> {
+    let shutdown = shutdown_token();
+    let listener = bind(what, addr).await?;
+    let (routes, health) = grpc::with_health_and_reflection(routes, &[name]).await?;
+    tracing::info!(service = what, addr = %listener.local_addr()?, "llmgw service listening");
+    grpc::serve(listener, routes, health, shutdown).await?;
+    tracing::info!(service = what, "stopped");
+    Ok(())
+}

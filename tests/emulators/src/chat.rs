@@ -74,6 +74,8 @@ pub struct ChatRequest<'a> {
 pub struct StreamOptions {
     #[serde(default)]
     pub include_usage: Option<bool>,
+    #[serde(default)]
+    pub include_obfuscation: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -185,7 +187,11 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn invalid(message: impl Into<String>, param: Option<&'static str>, code: Option<&'static str>) -> Self {
+    pub fn invalid(
+        message: impl Into<String>,
+        param: Option<&'static str>,
+        code: Option<&'static str>,
+    ) -> Self {
         Self {
             status: 400,
             message: message.into(),
@@ -330,6 +336,8 @@ pub struct Plan<'r> {
     pub directives: Directives,
     pub stream: bool,
     pub include_usage: bool,
+    /// OpenAI pads delta chunks with an `obfuscation` string unless told not to.
+    pub obfuscate: bool,
     pub choices: Vec<Choice<'r>>,
     pub usage: Usage,
 }
@@ -343,7 +351,10 @@ enum ToolChoice<'v> {
 /// Validates the request and decides the answer.
 pub fn plan<'r>(req: &'r ChatRequest<'_>, ids: &IdGen) -> Result<Plan<'r>, ApiError> {
     let model: &str = &req.model.as_ref().ok_or_else(|| ApiError::missing("model"))?.0;
-    let messages = req.messages.as_deref().ok_or_else(|| ApiError::missing("messages"))?;
+    let messages = req
+        .messages
+        .as_deref()
+        .ok_or_else(|| ApiError::missing("messages"))?;
     let Some(last) = messages.last() else {
         return Err(ApiError::invalid(
             "Invalid 'messages': empty array. Expected an array with minimum length 1, but got an empty array instead.",
@@ -394,7 +405,11 @@ pub fn plan<'r>(req: &'r ChatRequest<'_>, ids: &IdGen) -> Result<Plan<'r>, ApiEr
     let tool_choice = match &req.tool_choice {
         None => ToolChoice::Auto,
         Some(Value::String(s)) if s == "none" => ToolChoice::None,
-        Some(Value::Object(o)) => match o.get("function").and_then(|f| f.get("name")).and_then(Value::as_str) {
+        Some(Value::Object(o)) => match o
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+        {
             Some(name) => ToolChoice::Named(name),
             None => ToolChoice::Auto,
         },
@@ -409,7 +424,9 @@ pub fn plan<'r>(req: &'r ChatRequest<'_>, ids: &IdGen) -> Result<Plan<'r>, ApiEr
                 Some(t) => vec![*t],
                 None => {
                     return Err(ApiError::invalid(
-                        format!("Invalid value for 'tool_choice': tool '{name}' is not among the provided tools."),
+                        format!(
+                            "Invalid value for 'tool_choice': tool '{name}' is not among the provided tools."
+                        ),
                         Some("tool_choice"),
                         None,
                     ));
@@ -429,7 +446,11 @@ pub fn plan<'r>(req: &'r ChatRequest<'_>, ids: &IdGen) -> Result<Plan<'r>, ApiEr
                 }
                 None => Value::Object(serde_json::Map::new()),
             };
-            let args = if args.is_object() { args } else { Value::Object(serde_json::Map::new()) };
+            let args = if args.is_object() {
+                args
+            } else {
+                Value::Object(serde_json::Map::new())
+            };
             let text = args.to_string();
             completion_tokens += (text.chars().count() as u64).div_ceil(4) * u64::from(n);
             arguments.push(text);
@@ -466,11 +487,18 @@ pub fn plan<'r>(req: &'r ChatRequest<'_>, ids: &IdGen) -> Result<Plan<'r>, ApiEr
             .as_ref()
             .and_then(|o| o.include_usage)
             .unwrap_or(false);
+    let obfuscate = stream
+        && req
+            .stream_options
+            .as_ref()
+            .and_then(|o| o.include_obfuscation)
+            .unwrap_or(true);
     Ok(Plan {
         model,
         directives,
         stream,
         include_usage,
+        obfuscate,
         choices,
         usage: Usage {
             prompt_tokens,
@@ -540,8 +568,22 @@ fn stop_position(text: &str, stop: Option<&Value>) -> Option<usize> {
 }
 
 const LOREM: [&str; 16] = [
-    "lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit", "sed", "do",
-    "eiusmod", "tempor", "incididunt", "ut", "labore", "et",
+    "lorem",
+    "ipsum",
+    "dolor",
+    "sit",
+    "amet",
+    "consectetur",
+    "adipiscing",
+    "elit",
+    "sed",
+    "do",
+    "eiusmod",
+    "tempor",
+    "incididunt",
+    "ut",
+    "labore",
+    "et",
 ];
 
 fn lorem(count: usize) -> String {
@@ -591,7 +633,10 @@ mod tests {
             assert_eq!(parts.concat(), text);
             assert_eq!(parts.len(), word_count(text));
         }
-        assert_eq!(pieces("You said: hi").collect::<Vec<_>>(), ["You", " said:", " hi"]);
+        assert_eq!(
+            pieces("You said: hi").collect::<Vec<_>>(),
+            ["You", " said:", " hi"]
+        );
     }
 
     #[test]

@@ -79,7 +79,12 @@ fn redact(key: &str) -> String {
 }
 
 fn json(status: StatusCode, body: impl Into<Body>) -> Response {
-    (status, [(CONTENT_TYPE, HeaderValue::from_static("application/json"))], body.into()).into_response()
+    (
+        status,
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body.into(),
+    )
+        .into_response()
 }
 
 fn error_response(e: &ApiError) -> Response {
@@ -100,7 +105,11 @@ fn unix_now() -> u64 {
 }
 
 /// `POST /v1/chat/completions`.
-pub async fn chat_completions(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn chat_completions(
+    Extract(state): Extract<Arc<State>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let mut tracker = state.track("POST", "/v1/chat/completions", &headers, Some(&body));
     let result = answer(&state, &headers, &body, &mut tracker).await;
     match result {
@@ -112,7 +121,12 @@ pub async fn chat_completions(Extract(state): Extract<Arc<State>>, headers: Head
     }
 }
 
-async fn answer(state: &State, headers: &HeaderMap, body: &Bytes, tracker: &mut Tracker) -> Result<Response, ApiError> {
+async fn answer(
+    state: &State,
+    headers: &HeaderMap,
+    body: &Bytes,
+    tracker: &mut Tracker,
+) -> Result<Response, ApiError> {
     state.check_auth(headers)?;
     let req: ChatRequest<'_> = serde_json::from_slice(body).map_err(|e| {
         if e.is_data() {
@@ -150,7 +164,10 @@ async fn answer(state: &State, headers: &HeaderMap, body: &Bytes, tracker: &mut 
         return Ok((
             StatusCode::OK,
             [
-                (CONTENT_TYPE, HeaderValue::from_static("text/event-stream; charset=utf-8")),
+                (
+                    CONTENT_TYPE,
+                    HeaderValue::from_static("text/event-stream; charset=utf-8"),
+                ),
                 (CACHE_CONTROL, HeaderValue::from_static("no-cache")),
             ],
             body,
@@ -182,7 +199,13 @@ struct Paced {
 /// A body sending `buf[ends[i-1]..ends[i]]` as frame `i`, `gap` apart; after `abort_after`
 /// frames it fails, which makes hyper drop the connection. The tracker records `completed`
 /// at the end, `error` at an abort, and `cancelled` if the body is dropped first.
-fn paced_body(buf: Bytes, ends: Vec<usize>, gap: Duration, abort_after: Option<usize>, tracker: Tracker) -> Body {
+fn paced_body(
+    buf: Bytes,
+    ends: Vec<usize>,
+    gap: Duration,
+    abort_after: Option<usize>,
+    tracker: Tracker,
+) -> Body {
     let state = Paced {
         buf,
         ends,

@@ -28,7 +28,11 @@ fn gen_value(root: &Value, schema: &Value, depth: usize) -> Value {
     if let Some(first) = obj.get("enum").and_then(Value::as_array).and_then(|a| a.first()) {
         return first.clone();
     }
-    if let Some(target) = obj.get("$ref").and_then(Value::as_str).and_then(|r| resolve(root, r)) {
+    if let Some(target) = obj
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| resolve(root, r))
+    {
         return gen_value(root, target, depth + 1);
     }
     for key in ["anyOf", "oneOf", "allOf"] {

@@ -145,7 +145,12 @@ struct Chunk<'a> {
     /// Absent unless `stream_options.include_usage`; then `null` on every chunk but the last.
     #[serde(skip_serializing_if = "Option::is_none")]
     usage: Option<Option<&'a Usage>>,
+    /// Side-channel padding OpenAI adds to delta chunks unless `include_obfuscation: false`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    obfuscation: Option<&'a str>,
 }
+
+const PADDING: &str = "k3Xq9ZpL0vB7mT2w";
 
 #[derive(Serialize)]
 struct ChunkChoice<'a> {
@@ -197,6 +202,7 @@ struct Encoder<'a> {
     created: u64,
     model: &'a str,
     include_usage: bool,
+    obfuscate: bool,
     buf: Vec<u8>,
     ends: Vec<usize>,
 }
@@ -213,6 +219,8 @@ impl<'a> Encoder<'a> {
             system_fingerprint: "fp_emu",
             choices,
             usage: self.include_usage.then_some(usage),
+            obfuscation: (self.obfuscate && !choices.is_empty())
+                .then(|| &PADDING[..1 + self.ends.len() * 7 % (PADDING.len() - 1)]),
         };
         // Serialising these plain structs into a Vec cannot fail.
         let _ = serde_json::to_writer(&mut self.buf, &chunk);
@@ -243,6 +251,7 @@ pub fn stream_events(id: &str, created: u64, plan: &Plan<'_>) -> EncodedStream {
         created,
         model: plan.model,
         include_usage: plan.include_usage,
+        obfuscate: plan.obfuscate,
         buf: Vec::with_capacity(512 + 256 * plan.usage.completion_tokens as usize),
         ends: Vec::new(),
     };

@@ -318,7 +318,7 @@ pub fn parse_request(body: &[u8]) -> Result<pb::ChatRequest, GwError> {
     };
     de.end().map_err(|_| malformed())?;
     let req = convert_request(raw)?;
-    validate(&req)?;
+    validate_request(&req)?;
     Ok(req)
 }
 
@@ -487,7 +487,8 @@ fn range(param: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<(), GwError> {
 }
 
 /// Checks what types alone cannot: required values, ranges and message rules.
-fn validate(req: &pb::ChatRequest) -> Result<(), GwError> {
+/// The gRPC door calls it on requests that arrive as protobuf.
+pub fn validate_request(req: &pb::ChatRequest) -> Result<(), GwError> {
     if req.model.trim().is_empty() {
         return Err(GwError::invalid("model", "Invalid value for 'model': it must not be empty."));
     }

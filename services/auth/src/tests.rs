@@ -1,0 +1,329 @@
+//! The store and the service against a real SQLite file in a temp dir.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use llmgw_kit::config::Config;
+use llmgw_kit::services::Auth;
+use llmgw_kit::{ErrorCode, GwError};
+use llmgw_proto as pb;
+use sqlx::Row as _;
+
+use super::*;
+use crate::keys::{KEY_BODY_LEN, KEY_PREFIX, MASTER_KEY_FILE};
+
+fn config(dir: &Path, master_key: Option<&str>) -> Config {
+    let env: HashMap<String, String> = master_key
+        .map(|k| ("LLMGW_MASTER_KEY".to_owned(), k.to_owned()))
+        .into_iter()
+        .collect();
+    let mut config = Config::parse("{}", "test.yaml", &env).unwrap();
+    config.data_dir = dir.to_path_buf();
+    config
+}
+
+async fn store(dir: &Path) -> AuthStore {
+    open(&config(dir, None)).await.unwrap()
+}
+
+async fn authenticate(auth: &Auth, key: &str) -> Result<pb::Principal, GwError> {
+    auth.authenticate(pb::AuthenticateRequest {
+        api_key: key.to_owned(),
+    })
+    .await
+}
+
+fn assert_invalid_key(result: Result<pb::Principal, GwError>) {
+    let err = result.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unauthenticated);
+    assert_eq!(err.message(), "invalid api key");
+}
+
+#[tokio::test]
+async fn created_key_authenticates_to_its_principal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let created = store.create_key("acme", Some("search")).await.unwrap();
+    assert!(created.org_id.starts_with("org_"));
+    assert!(created.key_id.starts_with("key_"));
+    assert!(
+        created
+            .project_id
+            .as_deref()
+            .is_some_and(|p| p.starts_with("proj_"))
+    );
+    assert_eq!(created.org_name, "acme");
+
+    let key = created.key.expose();
+    assert!(key.starts_with(KEY_PREFIX));
+    assert_eq!(key.len(), KEY_PREFIX.len() + KEY_BODY_LEN);
+    assert!(key[KEY_PREFIX.len()..].bytes().all(|b| b.is_ascii_alphanumeric()));
+    assert!(!format!("{created:?}").contains(key));
+
+    let auth = service(store.clone());
+    let principal = authenticate(&auth, key).await.unwrap();
+    assert_eq!(principal.org_id, created.org_id);
+    assert_eq!(principal.org_name, "acme");
+    assert_eq!(principal.project_id, created.project_id);
+    assert_eq!(principal.project_name.as_deref(), Some("search"));
+    assert_eq!(principal.key_id, created.key_id);
+
+    // Org and project are reused; an org-wide key has no project.
+    let again = store.create_key("acme", Some("search")).await.unwrap();
+    assert_eq!(
+        (&again.org_id, &again.project_id),
+        (&created.org_id, &created.project_id)
+    );
+    assert_ne!(again.key_id, created.key_id);
+    assert_ne!(again.key.expose(), key);
+    let org_wide = store.create_key("acme", None).await.unwrap();
+    let principal = authenticate(&auth, org_wide.key.expose()).await.unwrap();
+    assert_eq!(principal.org_id, created.org_id);
+    assert_eq!((principal.project_id, principal.project_name), (None, None));
+
+    assert_eq!(store.org_id("acme").await.unwrap(), Some(created.org_id));
+    assert_eq!(store.org_id("nobody").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn wrong_empty_revoked_and_expired_keys_are_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let auth = service(store.clone());
+    let created = store.create_key("acme", None).await.unwrap();
+    let key = created.key.expose();
+
+    assert_invalid_key(authenticate(&auth, "").await);
+    assert_invalid_key(authenticate(&auth, "sk-llmgw-nope").await);
+    assert_invalid_key(authenticate(&auth, &format!("{key}x")).await);
+    assert_invalid_key(authenticate(&auth, &"k".repeat(10_000)).await);
+    // A different master key hashes differently: the same key is unknown.
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = open(&config(other_dir.path(), Some("another-master-key")))
+        .await
+        .unwrap();
+    assert_invalid_key(authenticate(&service(other), key).await);
+
+    assert!(authenticate(&auth, key).await.is_ok());
+    assert!(store.revoke_key(&created.key_id).await.unwrap());
+    assert!(!store.revoke_key(&created.key_id).await.unwrap());
+    assert!(!store.revoke_key("key_unknown").await.unwrap());
+    let err = authenticate(&auth, key).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unauthenticated);
+    assert!(!err.message().contains(key));
+    assert!(!err.message().contains(&store.hasher.hash(key)));
+
+    let expiring = store.create_key("acme", None).await.unwrap();
+    assert!(authenticate(&auth, expiring.key.expose()).await.is_ok());
+    sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2")
+        .bind(crate::store::now_ms() - 1)
+        .bind(&expiring.key_id)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    assert_invalid_key(authenticate(&auth, expiring.key.expose()).await);
+    sqlx::query("UPDATE api_keys SET expires_at = $1 WHERE id = $2")
+        .bind(crate::store::now_ms() + 60_000)
+        .bind(&expiring.key_id)
+        .execute(&store.pool)
+        .await
+        .unwrap();
+    assert!(authenticate(&auth, expiring.key.expose()).await.is_ok());
+}
+
+#[tokio::test]
+async fn only_the_keyed_hash_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let created = store.create_key("acme", Some("web")).await.unwrap();
+    let key = created.key.expose();
+    let body = &key[KEY_PREFIX.len()..];
+
+    let row = sqlx::query(
+        "SELECT id, org_id, project_id, key_hash, created_at, revoked_at, expires_at FROM api_keys",
+    )
+    .fetch_one(&store.pool)
+    .await
+    .unwrap();
+    let stored_hash: String = row.try_get("key_hash").unwrap();
+    assert_eq!(stored_hash.len(), 64);
+    assert_eq!(stored_hash, store.hasher.hash(key));
+    for text in [
+        row.try_get::<String, _>("id").unwrap(),
+        row.try_get::<String, _>("org_id").unwrap(),
+        row.try_get::<Option<String>, _>("project_id").unwrap().unwrap(),
+        stored_hash,
+    ] {
+        assert!(!text.contains(body));
+    }
+    // Nor anywhere on disk: database, WAL, master key file.
+    drop(row);
+    store.pool.close().await;
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+        assert!(!bytes.windows(body.len()).any(|w| w == body.as_bytes()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_org_is_created_once_even_by_concurrent_callers() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two "processes": separate pools on the same files.
+    let (a, b) = (store(dir.path()).await, store(dir.path()).await);
+    let (ra, rb) = tokio::join!(
+        tokio::spawn({
+            let a = a.clone();
+            async move { a.ensure_default_org().await }
+        }),
+        tokio::spawn({
+            let b = b.clone();
+            async move { b.ensure_default_org().await }
+        }),
+    );
+    let created: Vec<CreatedKey> = [ra.unwrap().unwrap(), rb.unwrap().unwrap()]
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0].org_name, DEFAULT_ORG);
+    assert!(a.ensure_default_org().await.unwrap().is_none());
+
+    let count = |sql: &'static str| {
+        let pool = a.pool.clone();
+        async move {
+            sqlx::query(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+                .try_get::<i64, _>(0)
+                .unwrap()
+        }
+    };
+    assert_eq!(count("SELECT COUNT(*) FROM orgs").await, 1);
+    assert_eq!(count("SELECT COUNT(*) FROM api_keys").await, 1);
+    let principal = authenticate(&service(b), created[0].key.expose()).await.unwrap();
+    assert_eq!(principal.org_name, DEFAULT_ORG);
+}
+
+#[tokio::test]
+async fn no_default_org_once_any_org_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    store.create_key("acme", None).await.unwrap();
+    assert!(store.ensure_default_org().await.unwrap().is_none());
+    assert_eq!(store.org_id(DEFAULT_ORG).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn master_key_file_is_created_once_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store_a = store(dir.path()).await;
+    let created = store_a.create_key("acme", None).await.unwrap();
+    let path = dir.path().join(MASTER_KEY_FILE);
+    let master = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(master.len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    store_a.pool.close().await;
+    drop(store_a);
+
+    let reopened = store(dir.path()).await;
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), master);
+    let principal = authenticate(&service(reopened), created.key.expose())
+        .await
+        .unwrap();
+    assert_eq!(principal.key_id, created.key_id);
+
+    // The file's content works unchanged as LLMGW_MASTER_KEY.
+    let from_env = open(&config(dir.path(), Some(&master))).await.unwrap();
+    assert!(
+        authenticate(&service(from_env), created.key.expose())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn configured_master_key_needs_no_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&config(dir.path(), Some("configured-master-key")))
+        .await
+        .unwrap();
+    let created = store.create_key("acme", None).await.unwrap();
+    assert!(!dir.path().join(MASTER_KEY_FILE).exists());
+    let reopened = open(&config(dir.path(), Some("configured-master-key")))
+        .await
+        .unwrap();
+    assert!(
+        authenticate(&service(reopened), created.key.expose())
+            .await
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn malformed_master_key_file_is_an_error_without_its_content() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join(MASTER_KEY_FILE), "not-a-key").unwrap();
+    let err = open(&config(dir.path(), None)).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Internal);
+    assert!(err.message().contains("malformed"));
+    assert!(!err.message().contains("not-a-key"));
+}
+
+#[tokio::test]
+async fn names_are_validated() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let long = "n".repeat(65);
+    for (org, project, param) in [
+        ("", None, "org"),
+        (long.as_str(), None, "org"),
+        ("ac\nme", None, "org"),
+        ("ac\u{7f}me", None, "org"),
+        (" acme", None, "org"),
+        ("acme", Some(""), "project"),
+        ("acme", Some(long.as_str()), "project"),
+        ("acme", Some("we\tb"), "project"),
+    ] {
+        let err = store.create_key(org, project).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::InvalidRequest, "{org:?} {project:?}");
+        assert_eq!(err.param(), Some(param), "{org:?} {project:?}");
+        assert!(err.message().starts_with(param), "{}", err.message());
+    }
+    assert_eq!(store.org_id("acme").await.unwrap(), None, "nothing was created");
+
+    let longest = "é".repeat(64);
+    let created = store.create_key(&longest, Some("my project")).await.unwrap();
+    assert_eq!(created.org_name, longest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_starting_at_once_share_one_master_key_and_one_default_org() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = |dir: std::path::PathBuf| {
+        tokio::spawn(async move {
+            let store = open(&config(&dir, None)).await?;
+            let created = store.ensure_default_org().await?;
+            Ok::<_, GwError>((store, created))
+        })
+    };
+    let (a, b) = tokio::join!(start(dir.path().to_path_buf()), start(dir.path().to_path_buf()));
+    let ((store_a, created_a), (store_b, created_b)) = (a.unwrap().unwrap(), b.unwrap().unwrap());
+    let created: Vec<CreatedKey> = [created_a, created_b].into_iter().flatten().collect();
+    assert_eq!(created.len(), 1);
+    // Both hash with the same master key: each authenticates the one key.
+    for store in [store_a, store_b] {
+        assert!(
+            authenticate(&service(store), created[0].key.expose())
+                .await
+                .is_ok()
+        );
+    }
+}

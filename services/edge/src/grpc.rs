@@ -1,0 +1,67 @@
+//! The public gRPC API, `llmgw.v1.Gateway`: the same pipeline as REST, with
+//! canonical protobuf messages in and out. The API key travels in metadata
+//! `authorization: Bearer <key>`.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures_util::{Stream, StreamExt as _};
+use llmgw_kit::grpc::MAX_MESSAGE_BYTES;
+use llmgw_kit::{ErrorCode, GwError};
+use llmgw_proto as pb;
+use tonic::service::Routes;
+use tonic::{Request, Response, Status};
+
+use crate::pipeline::{ChatOutput, Pipeline};
+
+pub fn routes(pipeline: Arc<Pipeline>) -> Routes {
+    Routes::new(
+        pb::gateway_server::GatewayServer::new(GatewayGrpc(pipeline))
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
+}
+
+struct GatewayGrpc(Arc<Pipeline>);
+
+fn bearer<T>(req: &Request<T>) -> Option<&str> {
+    let v = req.metadata().get("authorization")?.to_str().ok()?.trim();
+    Some(v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v))
+}
+
+impl GatewayGrpc {
+    async fn run(&self, req: Request<pb::ChatRequest>, stream: bool) -> Result<ChatOutput, GwError> {
+        let principal = self.0.authenticate(bearer(&req)).await?;
+        let mut chat = req.into_inner();
+        chat.stream = stream;
+        llmgw_kit::openai::validate_request(&chat)?;
+        self.0.chat(principal, chat).await
+    }
+}
+
+type ChunkStatusStream = Pin<Box<dyn Stream<Item = Result<pb::ChatChunk, Status>> + Send + 'static>>;
+
+#[async_trait]
+impl pb::gateway_server::Gateway for GatewayGrpc {
+    async fn chat(&self, req: Request<pb::ChatRequest>) -> Result<Response<pb::ChatResponse>, Status> {
+        match self.run(req, false).await? {
+            ChatOutput::Complete(resp) => Ok(Response::new(*resp)),
+            ChatOutput::Stream(_) => Err(GwError::internal("expected a complete response").to_status()),
+        }
+    }
+
+    type ChatStreamStream = ChunkStatusStream;
+
+    async fn chat_stream(&self, req: Request<pb::ChatRequest>) -> Result<Response<Self::ChatStreamStream>, Status> {
+        match self.run(req, true).await? {
+            ChatOutput::Stream(s) => Ok(Response::new(Box::pin(s.chunks.map(|c| c.map_err(|e| e.to_status()))))),
+            ChatOutput::Complete(_) => Err(GwError::new(ErrorCode::Internal, "expected a stream").to_status()),
+        }
+    }
+
+    async fn list_models(&self, req: Request<pb::ListModelsRequest>) -> Result<Response<pb::ModelList>, Status> {
+        let principal = self.0.authenticate(bearer(&req)).await?;
+        Ok(Response::new(self.0.list_models(principal).await?))
+    }
+}

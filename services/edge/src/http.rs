@@ -1,0 +1,314 @@
+//! The OpenAI REST surface (axum) and gRPC-Web.
+//!
+//! Layer order, outermost first: axum's router (routes below; unknown paths
+//! and methods answer in the OpenAI error shape) → per route: the handler,
+//! which checks Content-Type (415), declared length (413), the API key
+//! (401), reads the body under the size limit (413), parses and validates
+//! (400), then runs the [`Pipeline`]. The gRPC `Gateway` service is merged
+//! under its own paths behind `GrpcWebLayer`, so gRPC-Web (HTTP/1.1) and
+//! plain gRPC both work on the HTTP port. No request extensions are used.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::StreamExt as _;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::BodyExt as _;
+use llmgw_kit::{ErrorCode, GwError};
+use llmgw_proto as pb;
+use serde::Serialize;
+
+use crate::grpc;
+use crate::pipeline::{ChatOutput, Pipeline, error_type};
+
+pub fn router(pipeline: Arc<Pipeline>) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{*id}", get(get_model))
+        .route("/health", get(health))
+        .route("/", get(health))
+        .with_state(pipeline.clone());
+    // tonic's router brings a fallback of its own; ours replaces it after the
+    // merge so unknown paths answer in the OpenAI error shape.
+    grpc::routes(pipeline)
+        .into_axum_router()
+        .layer(tonic_web::GrpcWebLayer::new())
+        .merge(api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+// ---- errors: the one place the OpenAI error shape is written ---------------
+
+#[derive(Serialize)]
+struct ErrorEnvelope<'a> {
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    param: Option<&'a str>,
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    provider: Option<&'a str>,
+}
+
+fn openai_type(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::InvalidRequest
+        | ErrorCode::NotFound
+        | ErrorCode::ModelNotFound
+        | ErrorCode::PayloadTooLarge
+        | ErrorCode::UnsupportedMediaType
+        | ErrorCode::MethodNotAllowed
+        | ErrorCode::UpstreamRejected
+        | ErrorCode::Unauthenticated => "invalid_request_error",
+        ErrorCode::PermissionDenied => "permission_error",
+        ErrorCode::RateLimited | ErrorCode::UpstreamRateLimited => "rate_limit_error",
+        ErrorCode::BudgetExceeded => "insufficient_quota",
+        ErrorCode::UpstreamError | ErrorCode::UpstreamTimeout | ErrorCode::Unavailable => "api_error",
+        ErrorCode::Internal | ErrorCode::Unspecified => "server_error",
+    }
+}
+
+/// `{"error": {"message", "type", "param", "code"}}` for `err`.
+pub fn error_json(err: &GwError) -> Vec<u8> {
+    let body = ErrorEnvelope {
+        error: ErrorBody {
+            message: err.message(),
+            kind: openai_type(err.code()),
+            param: err.param(),
+            code: error_type(err),
+            provider: err.provider(),
+        },
+    };
+    serde_json::to_vec(&body).unwrap_or_else(|_| br#"{"error":{"message":"internal error","type":"server_error","param":null,"code":"internal_error"}}"#.to_vec())
+}
+
+pub fn error_response(err: &GwError) -> Response {
+    let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], error_json(err))
+        .into_response();
+    if let Some(secs) = err.retry_after_secs() {
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+async fn not_found() -> Response {
+    error_response(&GwError::new(ErrorCode::NotFound, "Unknown request URL. Please check the URL and method."))
+}
+
+async fn method_not_allowed() -> Response {
+    error_response(&GwError::new(ErrorCode::MethodNotAllowed, "Method not allowed for this URL."))
+}
+
+// ---- request plumbing -------------------------------------------------------
+
+/// The API key from `Authorization: Bearer <key>` (or `api-key`, as Azure
+/// OpenAI clients send it).
+fn api_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        return Some(v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v));
+    }
+    headers.get("api-key").and_then(|v| v.to_str().ok())
+}
+
+fn require_json(headers: &HeaderMap) -> Result<(), GwError> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    if essence.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        let shown = if ct.is_empty() { "none" } else { ct };
+        Err(GwError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("Unsupported Content-Type `{shown}`: send `application/json`."),
+        ))
+    }
+}
+
+fn too_large(limit: usize) -> GwError {
+    GwError::new(ErrorCode::PayloadTooLarge, format!("Request body is larger than the limit of {limit} bytes."))
+}
+
+fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), GwError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    match declared {
+        Some(n) if n > limit as u64 => Err(too_large(limit)),
+        _ => Ok(()),
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, GwError> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large(limit)),
+        Err(e) => Err(GwError::invalid("", format!("could not read the request body: {e}"))),
+    }
+}
+
+fn routing_headers(resp: &mut Response, meta: &pb::RoutingMetadata) {
+    let h = resp.headers_mut();
+    for (name, value) in [
+        ("x-request-id", &meta.request_id),
+        ("x-llmgw-provider", &meta.used_provider),
+        ("x-llmgw-model", &meta.used_model),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(name, v);
+        }
+    }
+    h.insert("x-llmgw-attempts", HeaderValue::from(meta.attempts.len()));
+}
+
+// ---- handlers ---------------------------------------------------------------
+
+async fn chat_completions(State(p): State<Arc<Pipeline>>, headers: HeaderMap, body: Body) -> Response {
+    match chat(&p, &headers, body).await {
+        Ok(resp) => resp,
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn chat(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response, GwError> {
+    require_json(headers)?;
+    check_declared_length(headers, p.max_body_bytes)?;
+    let principal = p.authenticate(api_key(headers)).await?;
+    let bytes = read_body(body, p.max_body_bytes).await?;
+    let req = llmgw_kit::openai::parse_request(&bytes)?;
+    match p.chat(principal, req).await? {
+        ChatOutput::Complete(resp) => {
+            let json = llmgw_kit::openai::response_json(&resp)?;
+            let mut out = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response();
+            if let Some(meta) = &resp.metadata {
+                routing_headers(&mut out, meta);
+            }
+            Ok(out)
+        }
+        ChatOutput::Stream(stream) => {
+            let mut out = Response::new(Body::from_stream(sse(stream.chunks)));
+            let h = out.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+            routing_headers(&mut out, &stream.metadata);
+            Ok(out)
+        }
+    }
+}
+
+/// Frames chunks as server-sent events: `data: {json}\n\n` each, then
+/// `data: [DONE]\n\n` — or, when the stream fails, one `data: {"error": …}`
+/// event and no `[DONE]`, as OpenAI does.
+fn sse(
+    chunks: llmgw_kit::services::ChunkStream,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static {
+    futures_util::stream::unfold((chunks, false), |(mut chunks, finished)| async move {
+        if finished {
+            return None;
+        }
+        let mut buf = BytesMut::with_capacity(512).writer();
+        let finished = match chunks.next().await {
+            Some(Ok(chunk)) => {
+                let buf_ref = buf.get_mut();
+                buf_ref.put_slice(b"data: ");
+                let mut json = Vec::with_capacity(384);
+                if let Err(e) = llmgw_kit::openai::chunk_json(&chunk, &mut json) {
+                    buf_ref.clear();
+                    buf_ref.put_slice(b"data: ");
+                    buf_ref.put_slice(&error_json(&e));
+                    buf_ref.put_slice(b"\n\n");
+                    return Some((Ok(buf.into_inner().freeze()), (chunks, true)));
+                }
+                buf_ref.put_slice(&json);
+                buf_ref.put_slice(b"\n\n");
+                false
+            }
+            Some(Err(e)) => {
+                let b = buf.get_mut();
+                b.put_slice(b"data: ");
+                b.put_slice(&error_json(&e));
+                b.put_slice(b"\n\n");
+                true
+            }
+            None => {
+                buf.get_mut().put_slice(b"data: [DONE]\n\n");
+                true
+            }
+        };
+        Some((Ok(buf.into_inner().freeze()), (chunks, finished)))
+    })
+}
+
+#[derive(Serialize)]
+struct ModelOut<'a> {
+    id: &'a str,
+    object: &'static str,
+    created: i64,
+    owned_by: &'a str,
+}
+
+#[derive(Serialize)]
+struct ModelListOut<'a> {
+    object: &'static str,
+    data: Vec<ModelOut<'a>>,
+}
+
+fn model_out(m: &pb::Model) -> ModelOut<'_> {
+    ModelOut { id: &m.id, object: "model", created: m.created, owned_by: &m.owned_by }
+}
+
+fn json_response<T: Serialize>(value: &T) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
+        Err(e) => error_response(&GwError::internal(format!("cannot write response: {e}"))),
+    }
+}
+
+async fn list_models(State(p): State<Arc<Pipeline>>, headers: HeaderMap) -> Response {
+    let result = async {
+        let principal = p.authenticate(api_key(&headers)).await?;
+        p.list_models(principal).await
+    }
+    .await;
+    match result {
+        Ok(list) => json_response(&ModelListOut { object: "list", data: list.data.iter().map(model_out).collect() }),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn get_model(State(p): State<Arc<Pipeline>>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let result = async {
+        let principal = p.authenticate(api_key(&headers)).await?;
+        p.list_models(principal).await
+    }
+    .await;
+    match result {
+        Ok(list) => match list.data.iter().find(|m| m.id == id) {
+            Some(m) => json_response(&model_out(m)),
+            None => error_response(
+                &GwError::new(ErrorCode::ModelNotFound, format!("The model `{id}` does not exist or you do not have access to it."))
+                    .with_param("model"),
+            ),
+        },
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn health() -> Response {
+    json_response(&serde_json::json!({"status": "ok"}))
+}

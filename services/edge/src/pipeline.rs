@@ -1,0 +1,401 @@
+//! One request, whatever door it came in by: authenticate (cached) → route →
+//! attempt each target in order (falling back only on retryable errors, only
+//! before the first byte, within one total deadline) → meter.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use llmgw_kit::config::Config;
+use llmgw_kit::pricing::{Tokens, cost_usd};
+use llmgw_kit::services::ChunkStream;
+use llmgw_kit::{ErrorCode, GwError};
+use llmgw_proto as pb;
+
+use crate::Deps;
+use crate::auth_cache::AuthCache;
+use crate::meter::MeterSender;
+use crate::stream::metered;
+
+pub struct Pipeline {
+    deps: Deps,
+    meter: MeterSender,
+    auth_cache: AuthCache,
+    request_timeout: Duration,
+    stream_idle_timeout: Duration,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+}
+
+/// What a chat request produced.
+pub enum ChatOutput {
+    Complete(Box<pb::ChatResponse>),
+    Stream(ChatStream),
+}
+
+/// A stream that has started: the provider accepted the request.
+pub struct ChatStream {
+    /// Routing so far (for response headers); the last chunk repeats it.
+    pub metadata: Arc<pb::RoutingMetadata>,
+    pub chunks: ChunkStream,
+}
+
+impl Pipeline {
+    pub fn new(config: &Config, deps: Deps, meter: MeterSender) -> Self {
+        Self {
+            deps,
+            meter,
+            auth_cache: AuthCache::new(config.edge.auth_cache_ttl),
+            request_timeout: config.edge.request_timeout,
+            stream_idle_timeout: config.edge.stream_idle_timeout,
+            max_body_bytes: config.edge.max_body_bytes,
+        }
+    }
+
+    /// Resolves a presented API key to its principal, asking `auth` only when
+    /// the key is not in the short-lived cache.
+    pub async fn authenticate(&self, key: Option<&str>) -> Result<pb::Principal, GwError> {
+        let key = key.map(str::trim).filter(|k| !k.is_empty()).ok_or_else(|| {
+            GwError::new(
+                ErrorCode::Unauthenticated,
+                "You didn't provide an API key. Provide it in the Authorization header as 'Bearer YOUR_KEY'.",
+            )
+        })?;
+        let digest = AuthCache::digest(key);
+        if let Some(principal) = self.auth_cache.get(&digest) {
+            return Ok(principal);
+        }
+        let principal = self.deps.auth.authenticate(pb::AuthenticateRequest { api_key: key.to_owned() }).await?;
+        self.auth_cache.put(digest, principal.clone());
+        Ok(principal)
+    }
+
+    pub async fn list_models(&self, principal: pb::Principal) -> Result<pb::ModelList, GwError> {
+        self.deps.router.list_models(pb::ModelsRequest { principal: Some(principal) }).await
+    }
+
+    /// Runs a chat request to its first byte: a complete response, or a
+    /// started stream.
+    pub async fn chat(&self, principal: pb::Principal, req: pb::ChatRequest) -> Result<ChatOutput, GwError> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
+        let streaming = req.stream;
+        let client_wants_usage =
+            streaming && req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+
+        let plan = self
+            .deps
+            .router
+            .route(pb::RouteRequest {
+                model: req.model.clone(),
+                principal: Some(principal.clone()),
+                needed: Some(needed_capabilities(&req)),
+                config: None,
+            })
+            .await?;
+        if plan.targets.is_empty() {
+            return Err(GwError::new(ErrorCode::ModelNotFound, format!("no provider can serve `{}`", req.model))
+                .with_param("model"));
+        }
+
+        let mut meta = pb::RoutingMetadata {
+            request_id: request_id.clone(),
+            requested_model: req.model.clone(),
+            requested_provider: plan.requested_provider.clone(),
+            ..Default::default()
+        };
+        let mut guard = MeterGuard::new(self.meter.clone(), &principal, &request_id, &req, streaming);
+
+        let attempts = plan.targets.len();
+        let mut req = Some(req);
+        let mut last_error = None;
+        for (i, target) in plan.targets.into_iter().enumerate() {
+            // Only the last attempt may take the request; earlier ones copy it.
+            let request = if i + 1 == attempts { req.take() } else { req.clone() };
+            guard.set_target(&target);
+            let attempt_started = Instant::now();
+            let adapter_req = pb::AdapterRequest { request_id: request_id.clone(), target: Some(target.clone()), request };
+            let result = if streaming {
+                tokio::time::timeout_at(deadline, self.deps.adapter.stream(adapter_req))
+                    .await
+                    .map(|r| r.map(Outcome::Stream))
+            } else {
+                tokio::time::timeout_at(deadline, self.deps.adapter.complete(adapter_req))
+                    .await
+                    .map(|r| r.map(|resp| Outcome::Complete(Box::new(resp))))
+            };
+            let result = result.unwrap_or_else(|_| {
+                Err(GwError::new(
+                    ErrorCode::UpstreamTimeout,
+                    format!("provider `{}`: request timed out after {:?}", target.provider, self.request_timeout),
+                )
+                .with_provider(target.provider.clone()))
+            });
+            let latency_ms = attempt_started.elapsed().as_secs_f64() * 1000.0;
+            match result {
+                Ok(outcome) => {
+                    meta.attempts.push(pb::Attempt {
+                        provider: target.provider.clone(),
+                        model: target.model.clone(),
+                        status: "ok".to_owned(),
+                        error_type: None,
+                        http_status: Some(200),
+                        latency_ms,
+                    });
+                    meta.used_provider = target.provider;
+                    meta.used_model = target.model;
+                    let price = target.price.unwrap_or_default();
+                    return Ok(match outcome {
+                        Outcome::Complete(mut resp) => {
+                            if resp.usage.is_none() {
+                                resp.usage = Some(guard.estimated_usage(&resp));
+                            }
+                            let usage = resp.usage.get_or_insert_default();
+                            usage.cost_usd = Some(cost(&price, usage));
+                            guard.record("ok", 200, Some(usage), started);
+                            resp.metadata = Some(meta);
+                            ChatOutput::Complete(resp)
+                        }
+                        Outcome::Stream(chunks) => {
+                            let metadata = Arc::new(meta);
+                            let chunks = metered(
+                                chunks,
+                                guard,
+                                metadata.clone(),
+                                price,
+                                client_wants_usage,
+                                self.stream_idle_timeout,
+                                started,
+                            );
+                            ChatOutput::Stream(ChatStream { metadata, chunks })
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::info!(
+                        provider = %target.provider,
+                        code = e.code().as_str_name(),
+                        retryable = e.retryable(),
+                        attempt = i + 1,
+                        "attempt failed"
+                    );
+                    meta.attempts.push(pb::Attempt {
+                        provider: target.provider,
+                        model: target.model,
+                        status: "error".to_owned(),
+                        error_type: Some(error_type(&e).to_owned()),
+                        http_status: Some(u32::from(e.upstream_status().unwrap_or_else(|| e.http_status()))),
+                        latency_ms,
+                    });
+                    let retry = e.retryable() && i + 1 < attempts && tokio::time::Instant::now() < deadline;
+                    last_error = Some(e);
+                    if !retry {
+                        break;
+                    }
+                }
+            }
+        }
+        let err = last_error.unwrap_or_else(|| GwError::internal("no attempt was made"));
+        guard.record("error", err.http_status(), None, started);
+        Err(err)
+    }
+}
+
+enum Outcome {
+    Complete(Box<pb::ChatResponse>),
+    Stream(ChunkStream),
+}
+
+/// The error code's name as an OpenAI-style snake_case code.
+pub fn error_type(e: &GwError) -> &'static str {
+    match e.code() {
+        ErrorCode::InvalidRequest => "invalid_request",
+        ErrorCode::Unauthenticated => "invalid_api_key",
+        ErrorCode::BudgetExceeded => "budget_exceeded",
+        ErrorCode::PermissionDenied => "permission_denied",
+        ErrorCode::NotFound => "not_found",
+        ErrorCode::ModelNotFound => "model_not_found",
+        ErrorCode::PayloadTooLarge => "payload_too_large",
+        ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+        ErrorCode::RateLimited => "rate_limit_exceeded",
+        ErrorCode::UpstreamRejected => "upstream_rejected",
+        ErrorCode::UpstreamError => "upstream_error",
+        ErrorCode::UpstreamTimeout => "upstream_timeout",
+        ErrorCode::Unavailable => "service_unavailable",
+        ErrorCode::Internal | ErrorCode::Unspecified => "internal_error",
+        ErrorCode::UpstreamRateLimited => "upstream_rate_limited",
+        ErrorCode::MethodNotAllowed => "method_not_allowed",
+    }
+}
+
+pub fn cost(price: &pb::Price, usage: &pb::Usage) -> f64 {
+    cost_usd(
+        price,
+        Tokens {
+            input: usage.prompt_tokens,
+            output: usage.completion_tokens,
+            cached: usage.cached_tokens.unwrap_or(0),
+        },
+    )
+}
+
+fn needed_capabilities(req: &pb::ChatRequest) -> pb::Capabilities {
+    let vision = req.messages.iter().any(|m| {
+        matches!(&m.content, Some(pb::Content { value: Some(pb::content::Value::Parts(p)) })
+            if p.parts.iter().any(|p| matches!(p.part, Some(pb::content_part::Part::ImageUrl(_)))))
+    });
+    let json_schema = matches!(
+        req.response_format,
+        Some(pb::ResponseFormat { format: Some(pb::response_format::Format::JsonSchema(_)) })
+    );
+    pb::Capabilities { tools: !req.tools.is_empty(), vision, json_schema, streaming: req.stream }
+}
+
+/// Rough token count of text, for when a provider reports none: four
+/// characters a token, at least one for non-empty text.
+pub fn estimate_tokens(chars: usize) -> u32 {
+    u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+fn prompt_chars(req: &pb::ChatRequest) -> usize {
+    req.messages
+        .iter()
+        .map(|m| {
+            let content = match &m.content {
+                Some(pb::Content { value: Some(pb::content::Value::Text(t)) }) => t.len(),
+                Some(pb::Content { value: Some(pb::content::Value::Parts(p)) }) => p
+                    .parts
+                    .iter()
+                    .map(|p| match &p.part {
+                        Some(pb::content_part::Part::Text(t)) => t.len(),
+                        // A low-detail image costs 85 tokens at OpenAI.
+                        Some(pb::content_part::Part::ImageUrl(_)) => 340,
+                        _ => 0,
+                    })
+                    .sum(),
+                _ => 0,
+            };
+            let calls: usize = m
+                .tool_calls
+                .iter()
+                .map(|t| t.function.as_ref().map_or(0, |f| f.name.len() + f.arguments.len()))
+                .sum();
+            // Per-message framing is about four tokens.
+            content + calls + 16
+        })
+        .sum()
+}
+
+/// Records a request's usage exactly once: when it ends, or, if the client
+/// goes away first, when this guard is dropped (tokens counted from what was
+/// streamed, marked estimated).
+pub struct MeterGuard {
+    sender: MeterSender,
+    event: Option<pb::UsageEvent>,
+    started: Instant,
+    prompt_estimate: u32,
+    streamed_chars: usize,
+    /// Usage the provider reported, once it has.
+    pub usage: Option<pb::Usage>,
+}
+
+impl MeterGuard {
+    fn new(sender: MeterSender, principal: &pb::Principal, request_id: &str, req: &pb::ChatRequest, streamed: bool) -> Self {
+        let started_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        Self {
+            sender,
+            event: Some(pb::UsageEvent {
+                request_id: request_id.to_owned(),
+                org_id: principal.org_id.clone(),
+                project_id: principal.project_id.clone(),
+                key_id: principal.key_id.clone(),
+                model: req.model.clone(),
+                streamed,
+                started_at_ms,
+                ..Default::default()
+            }),
+            started: Instant::now(),
+            prompt_estimate: estimate_tokens(prompt_chars(req)),
+            streamed_chars: 0,
+            usage: None,
+        }
+    }
+
+    fn set_target(&mut self, target: &pb::Target) {
+        if let Some(ev) = self.event.as_mut() {
+            ev.provider.clone_from(&target.provider);
+            ev.provider_model.clone_from(&target.model);
+            ev.price = target.price;
+        }
+    }
+
+    /// Counts streamed output, for the estimate a cancelled stream needs.
+    pub fn count(&mut self, chunk: &pb::ChatChunk) {
+        for c in &chunk.choices {
+            if let Some(d) = &c.delta {
+                self.streamed_chars += d.content.as_ref().map_or(0, String::len)
+                    + d.reasoning.as_ref().map_or(0, String::len)
+                    + d.tool_calls.iter().map(|t| t.arguments.as_ref().map_or(0, String::len)).sum::<usize>();
+            }
+        }
+    }
+
+    fn estimated_usage(&self, resp: &pb::ChatResponse) -> pb::Usage {
+        let chars: usize = resp
+            .choices
+            .iter()
+            .filter_map(|c| c.message.as_ref())
+            .map(|m| {
+                let text = match &m.content {
+                    Some(pb::Content { value: Some(pb::content::Value::Text(t)) }) => t.len(),
+                    _ => 0,
+                };
+                text + m.tool_calls.iter().map(|t| t.function.as_ref().map_or(0, |f| f.arguments.len())).sum::<usize>()
+            })
+            .sum();
+        let completion = estimate_tokens(chars);
+        pb::Usage {
+            prompt_tokens: self.prompt_estimate,
+            completion_tokens: completion,
+            total_tokens: self.prompt_estimate + completion,
+            estimated: true,
+            ..Default::default()
+        }
+    }
+
+    /// Sends the event (once). Without `usage`, tokens are estimated from the
+    /// prompt and from what was streamed.
+    pub fn record(&mut self, status: &str, http_status: u16, usage: Option<&pb::Usage>, started: Instant) {
+        let Some(mut ev) = self.event.take() else { return };
+        let usage = usage.or(self.usage.as_ref());
+        match usage {
+            Some(u) => {
+                ev.input_tokens = u.prompt_tokens;
+                ev.output_tokens = u.completion_tokens;
+                ev.cached_tokens = u.cached_tokens.unwrap_or(0);
+                ev.reasoning_tokens = u.reasoning_tokens.unwrap_or(0);
+                ev.estimated = u.estimated;
+            }
+            None if status == "error" && self.streamed_chars == 0 => {}
+            None => {
+                ev.input_tokens = self.prompt_estimate;
+                ev.output_tokens = estimate_tokens(self.streamed_chars);
+                ev.estimated = true;
+            }
+        }
+        ev.status = status.to_owned();
+        ev.http_status = u32::from(http_status);
+        ev.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.sender.send(ev);
+    }
+}
+
+impl Drop for MeterGuard {
+    fn drop(&mut self) {
+        if self.event.is_some() {
+            let started = self.started;
+            // 499: the client closed the request (nginx's convention).
+            self.record("cancelled", 499, None, started);
+        }
+    }
+}

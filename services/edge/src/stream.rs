@@ -1,0 +1,89 @@
+//! Passes a provider's chunk stream through to the client, one chunk at a
+//! time (never buffered), while metering it: usage is taken from the
+//! provider's usage chunk (priced, and passed on only if the client asked for
+//! it), routing metadata rides on each finishing chunk, a silent provider is
+//! cut off after the idle timeout, and a client that goes away drops this
+//! stream — which drops the provider's — and is metered for what was sent.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt as _;
+use llmgw_kit::services::ChunkStream;
+use llmgw_kit::{ErrorCode, GwError};
+use llmgw_proto as pb;
+
+use crate::pipeline::{MeterGuard, cost};
+
+struct State {
+    inner: ChunkStream,
+    guard: MeterGuard,
+    metadata: Arc<pb::RoutingMetadata>,
+    price: pb::Price,
+    client_wants_usage: bool,
+    idle: Duration,
+    started: Instant,
+    done: bool,
+}
+
+pub fn metered(
+    inner: ChunkStream,
+    guard: MeterGuard,
+    metadata: Arc<pb::RoutingMetadata>,
+    price: pb::Price,
+    client_wants_usage: bool,
+    idle: Duration,
+    started: Instant,
+) -> ChunkStream {
+    let state = State { inner, guard, metadata, price, client_wants_usage, idle, started, done: false };
+    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        loop {
+            let item = match tokio::time::timeout(st.idle, st.inner.next()).await {
+                Ok(item) => item,
+                Err(_) => {
+                    let provider = st.metadata.used_provider.clone();
+                    let err = GwError::new(
+                        ErrorCode::UpstreamTimeout,
+                        format!("provider `{provider}` sent nothing for {:?}", st.idle),
+                    )
+                    .with_provider(provider);
+                    st.guard.record("error", err.http_status(), None, st.started);
+                    st.done = true;
+                    return Some((Err(err), st));
+                }
+            };
+            match item {
+                None => {
+                    st.guard.record("ok", 200, None, st.started);
+                    return None;
+                }
+                Some(Err(err)) => {
+                    st.guard.record("error", err.http_status(), None, st.started);
+                    st.done = true;
+                    return Some((Err(err), st));
+                }
+                Some(Ok(mut chunk)) => {
+                    st.guard.count(&chunk);
+                    if let Some(mut usage) = chunk.usage.take() {
+                        usage.cost_usd = Some(cost(&st.price, &usage));
+                        if st.client_wants_usage {
+                            chunk.usage = Some(usage.clone());
+                            chunk.metadata = Some((*st.metadata).clone());
+                        }
+                        st.guard.usage = Some(usage);
+                        if !st.client_wants_usage && chunk.choices.is_empty() {
+                            continue;
+                        }
+                    }
+                    if chunk.choices.iter().any(|c| c.finish_reason != pb::FinishReason::Unspecified as i32) {
+                        chunk.metadata = Some((*st.metadata).clone());
+                    }
+                    return Some((Ok(chunk), st));
+                }
+            }
+        }
+    }))
+}
