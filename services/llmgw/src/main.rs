@@ -100,10 +100,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn load(path: &Path) -> anyhow::Result<Config> {
+/// Reads the config and starts logging. Admin commands (`quiet`) log only
+/// warnings, so their stdout and stderr stay readable.
+fn load(path: &Path, quiet: bool) -> anyhow::Result<Config> {
     let env: HashMap<String, String> = llmgw_kit::config::process_env();
     let config = Config::load(path, &env)?;
-    llmgw_kit::telemetry::init(config.log.as_deref());
+    let env_filter = env.get("LLMGW_LOG").map(String::as_str);
+    let config_filter = if quiet { Some("warn") } else { config.log.as_deref() };
+    llmgw_kit::telemetry::init(env_filter, config_filter);
     for d in &config.disabled_providers {
         tracing::info!(provider = %d.name, reason = %d.reason, "provider disabled");
     }
@@ -120,10 +124,10 @@ fn say(line: &str) -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::All(c) => all(&load(&c.config)?).await,
-        Command::Edge(c) => edge(&load(&c.config)?).await,
+        Command::All(c) => all(&load(&c.config, false)?).await,
+        Command::Edge(c) => edge(&load(&c.config, false)?).await,
         Command::Auth(c) => {
-            let config = load(&c.config)?;
+            let config = load(&c.config, false)?;
             let store = open_auth(&config).await?;
             let routes = Routes::new(
                 pb::auth_server::AuthServer::new(AuthGrpcServer(llmgw_auth::service(store)))
@@ -132,7 +136,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             serve_one("auth", config.services.auth.addr, routes, "llmgw.v1.Auth").await
         }
         Command::Router(c) => {
-            let config = load(&c.config)?;
+            let config = load(&c.config, false)?;
             let routes = Routes::new(
                 pb::router_server::RouterServer::new(RouterGrpcServer(llmgw_router::service(&config)))
                     .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
@@ -140,7 +144,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             serve_one("router", config.services.router.addr, routes, "llmgw.v1.Router").await
         }
         Command::Adapter(c) => {
-            let config = load(&c.config)?;
+            let config = load(&c.config, false)?;
             let adapter = llmgw_provider_adapter::service(&config)?;
             let routes = Routes::new(
                 pb::adapter_server::AdapterServer::new(AdapterGrpcServer(adapter))
@@ -150,7 +154,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             serve_one("adapter", config.services.adapter.addr, routes, "llmgw.v1.Adapter").await
         }
         Command::Metering(c) => {
-            let config = load(&c.config)?;
+            let config = load(&c.config, false)?;
             let store = llmgw_usage_metering::open(&config).await?;
             let routes = Routes::new(
                 pb::metering_server::MeteringServer::new(MeteringGrpcServer(llmgw_usage_metering::service(store)))
@@ -159,7 +163,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             serve_one("metering", config.services.metering.addr, routes, "llmgw.v1.Metering").await
         }
         Command::Keys { command: KeysCommand::Create { config, org, project } } => {
-            let config = load(&config.config)?;
+            let config = load(&config.config, true)?;
             let store = llmgw_auth::open(&config).await?;
             let created = store.create_key(&org, project.as_deref()).await?;
             let scope = match &created.project_id {
@@ -170,7 +174,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             say(created.key.expose())
         }
         Command::Usage { config, org, json } => {
-            let config = load(&config.config)?;
+            let config = load(&config.config, true)?;
             let auth = llmgw_auth::open(&config).await?;
             let org_id = auth.org_id(&org).await?.with_context(|| format!("no org named `{org}`"))?;
             let store = llmgw_usage_metering::open(&config).await?;

@@ -65,7 +65,10 @@ pub(crate) struct Peer {
 
 impl Peer {
     pub(crate) fn new(name: &str, key: Option<Secret>) -> Self {
-        Self { name: name.into(), key }
+        Self {
+            name: name.into(),
+            key,
+        }
     }
 
     pub(crate) fn name(&self) -> &str {
@@ -87,7 +90,10 @@ impl Peer {
             return Ok(response);
         }
         // Best effort: a body that breaks still leaves the status to classify.
-        let body = self.read_limited(&mut response, ERROR_BODY_LIMIT, false).await.unwrap_or_default();
+        let body = self
+            .read_limited(&mut response, ERROR_BODY_LIMIT, false)
+            .await
+            .unwrap_or_default();
         Err(self.status_error(status, response.headers(), &body))
     }
 
@@ -99,14 +105,20 @@ impl Peer {
         limit: usize,
         strict: bool,
     ) -> Result<Vec<u8>, GwError> {
-        let hint = response.content_length().and_then(|n| usize::try_from(n).ok()).unwrap_or(0);
+        let hint = response
+            .content_length()
+            .and_then(|n| usize::try_from(n).ok())
+            .unwrap_or(0);
         let mut body = Vec::with_capacity(hint.min(limit));
         while let Some(chunk) = response.chunk().await.map_err(|e| self.body_error(&e))? {
             if body.len() + chunk.len() > limit {
                 if strict {
                     return Err(self.error(
                         ErrorCode::UpstreamError,
-                        format!("provider `{}` sent a response larger than {limit} bytes", self.name),
+                        format!(
+                            "provider `{}` sent a response larger than {limit} bytes",
+                            self.name
+                        ),
                     ));
                 }
                 body.extend_from_slice(&chunk[..limit - body.len()]);
@@ -121,7 +133,11 @@ impl Peer {
     pub(crate) fn timeout_error(&self, timeout: Duration) -> GwError {
         self.error(
             ErrorCode::UpstreamTimeout,
-            format!("provider `{}`: no answer within {} ms", self.name, timeout.as_millis()),
+            format!(
+                "provider `{}`: no answer within {} ms",
+                self.name,
+                timeout.as_millis()
+            ),
         )
     }
 
@@ -129,11 +145,20 @@ impl Peer {
     pub(crate) fn send_error(&self, e: &reqwest::Error) -> GwError {
         let cause = root_cause(e);
         if e.is_timeout() {
-            self.error(ErrorCode::UpstreamTimeout, format!("provider `{}`: connect timed out: {cause}", self.name))
+            self.error(
+                ErrorCode::UpstreamTimeout,
+                format!("provider `{}`: connect timed out: {cause}", self.name),
+            )
         } else if e.is_connect() {
-            self.error(ErrorCode::UpstreamError, format!("provider `{}`: cannot connect: {cause}", self.name))
+            self.error(
+                ErrorCode::UpstreamError,
+                format!("provider `{}`: cannot connect: {cause}", self.name),
+            )
         } else {
-            self.error(ErrorCode::UpstreamError, format!("provider `{}`: request failed: {cause}", self.name))
+            self.error(
+                ErrorCode::UpstreamError,
+                format!("provider `{}`: request failed: {cause}", self.name),
+            )
         }
     }
 
@@ -141,7 +166,11 @@ impl Peer {
     pub(crate) fn body_error(&self, e: &(dyn std::error::Error + 'static)) -> GwError {
         self.error(
             ErrorCode::UpstreamError,
-            format!("provider `{}`: the response broke off: {}", self.name, root_cause(e)),
+            format!(
+                "provider `{}`: the response broke off: {}",
+                self.name,
+                root_cause(e)
+            ),
         )
     }
 
@@ -162,7 +191,10 @@ impl Peer {
                 ErrorCode::UpstreamRateLimited,
                 format!("provider `{name}` is rate limiting the gateway (429){said}"),
             ),
-            408 => self.error(ErrorCode::UpstreamTimeout, format!("provider `{name}` timed out (408){said}")),
+            408 => self.error(
+                ErrorCode::UpstreamTimeout,
+                format!("provider `{name}` timed out (408){said}"),
+            ),
             401 | 403 => self.error(
                 ErrorCode::UpstreamRejected,
                 format!("provider `{name}` rejected the gateway's credentials ({code}){said}"),
@@ -177,7 +209,10 @@ impl Peer {
                     None => err,
                 }
             }
-            500..=599 => self.error(ErrorCode::UpstreamError, format!("provider `{name}` failed ({code}){said}")),
+            500..=599 => self.error(
+                ErrorCode::UpstreamError,
+                format!("provider `{name}` failed ({code}){said}"),
+            ),
             _ => self.error(
                 ErrorCode::UpstreamError,
                 format!("provider `{name}` answered with unexpected status {code}{said}"),
@@ -262,7 +297,10 @@ mod tests {
         assert_eq!(retry_after(&h), Some(7));
         h.insert(RETRY_AFTER, HeaderValue::from_static("0.2"));
         assert_eq!(retry_after(&h), Some(1));
-        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        h.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
         assert_eq!(retry_after(&h), Some(2), "a date falls back to retry-after-ms");
     }
 

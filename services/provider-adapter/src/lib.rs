@@ -43,10 +43,19 @@ impl ProviderAdapter {
         &'a self,
         req: &'a AdapterRequest,
     ) -> Result<(&'a dyn Provider, &'a Target, &'a ChatRequest), GwError> {
-        let target = req.target.as_ref().ok_or_else(|| GwError::internal("adapter request has no target"))?;
-        let chat = req.request.as_ref().ok_or_else(|| GwError::internal("adapter request has no chat request"))?;
+        let target = req
+            .target
+            .as_ref()
+            .ok_or_else(|| GwError::internal("adapter request has no target"))?;
+        let chat = req
+            .request
+            .as_ref()
+            .ok_or_else(|| GwError::internal("adapter request has no chat request"))?;
         let Some((kind, provider)) = self.providers.get(&target.provider) else {
-            return Err(GwError::new(ErrorCode::Internal, format!("unknown provider `{}`", target.provider)));
+            return Err(GwError::new(
+                ErrorCode::Internal,
+                format!("unknown provider `{}`", target.provider),
+            ));
         };
         // The router and the adapter read the same config; a mismatch means
         // split services run with different files.

@@ -104,7 +104,8 @@ fn sse(body: String) -> impl Fn() -> Response + Clone + Send + Sync + 'static {
 /// A body fed by the test: each `Ok` is one write, an `Err` aborts the connection.
 fn channel_body() -> (mpsc::UnboundedSender<Result<String, std::io::Error>>, Body) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+    let stream =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
     (tx, Body::from_stream(stream))
 }
 
@@ -221,7 +222,10 @@ async fn streams_ask_for_usage_and_event_stream() {
 #[tokio::test]
 async fn no_key_no_authorization_and_trailing_slash_is_fine() {
     let (addr, seen) = upstream(json(200, COMPLETION)).await;
-    adapter(addr).complete(request("keyless", false, 5_000)).await.unwrap();
+    adapter(addr)
+        .complete(request("keyless", false, 5_000))
+        .await
+        .unwrap();
     let (headers, _) = seen.take().pop().unwrap();
     assert_eq!(headers.get("authorization"), None);
     assert_eq!(headers.get("openai-organization"), None);
@@ -238,19 +242,28 @@ async fn target_timeout_zero_uses_the_providers_own() {
 #[tokio::test]
 async fn parses_a_completion() {
     let (addr, _) = upstream(json(200, COMPLETION)).await;
-    let resp = adapter(addr).complete(request("emu", false, 5_000)).await.unwrap();
+    let resp = adapter(addr)
+        .complete(request("emu", false, 5_000))
+        .await
+        .unwrap();
     assert_eq!(resp.id, "chatcmpl-1");
     assert_eq!(resp.model, "upstream-model-2024");
     assert_eq!(resp.choices.len(), 1);
     assert_eq!(resp.choices[0].finish_reason, FinishReason::Stop as i32);
     let usage = resp.usage.unwrap();
-    assert_eq!((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens), (3, 1, 4));
+    assert_eq!(
+        (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
+        (3, 1, 4)
+    );
 }
 
 #[tokio::test]
 async fn an_unparseable_body_is_an_upstream_error() {
     let (addr, _) = upstream(json(200, "<html>oops</html>")).await;
-    let err = adapter(addr).complete(request("emu", false, 5_000)).await.unwrap_err();
+    let err = adapter(addr)
+        .complete(request("emu", false, 5_000))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::UpstreamError);
     assert_eq!(err.message(), "provider `emu` sent an invalid response");
     assert_eq!(err.provider(), Some("emu"));
@@ -265,9 +278,18 @@ async fn streams_every_chunk_then_ends_at_done() {
     assert!(chunks.iter().all(Result::is_ok), "{chunks:?}");
     assert_eq!(content(&chunks), "hello");
     let first = chunks[0].as_ref().unwrap();
-    assert_eq!(first.choices[0].delta.as_ref().unwrap().role, Some(llmgw_proto::Role::Assistant as i32));
-    assert_eq!(chunks[3].as_ref().unwrap().choices[0].finish_reason, FinishReason::Stop as i32);
-    assert_eq!(chunks[4].as_ref().unwrap().usage.as_ref().unwrap().total_tokens, 5);
+    assert_eq!(
+        first.choices[0].delta.as_ref().unwrap().role,
+        Some(llmgw_proto::Role::Assistant as i32)
+    );
+    assert_eq!(
+        chunks[3].as_ref().unwrap().choices[0].finish_reason,
+        FinishReason::Stop as i32
+    );
+    assert_eq!(
+        chunks[4].as_ref().unwrap().usage.as_ref().unwrap().total_tokens,
+        5
+    );
 }
 
 #[tokio::test]
@@ -281,10 +303,18 @@ async fn yields_each_chunk_as_it_arrives() {
     .await;
     let mut stream = adapter(addr).stream(request("emu", true, 5_000)).await.unwrap();
     for word in ["one", "two", "three"] {
-        tx.send(Ok(chunk_event(&format!(r#"{{"content":"{word}"}}"#), "null"))).unwrap();
+        tx.send(Ok(chunk_event(&format!(r#"{{"content":"{word}"}}"#), "null")))
+            .unwrap();
         // The next chunk is only sent once this one came out: nothing is buffered.
-        let got = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
-        assert_eq!(got.choices[0].delta.as_ref().unwrap().content.as_deref(), Some(word));
+        let got = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            got.choices[0].delta.as_ref().unwrap().content.as_deref(),
+            Some(word)
+        );
     }
     tx.send(Ok("data: [DONE]\n\n".into())).unwrap();
     assert!(stream.next().await.is_none());
@@ -307,7 +337,11 @@ async fn an_error_event_mid_stream_ends_with_an_error() {
     let err = chunks[1].as_ref().unwrap_err();
     assert_eq!(err.code(), ErrorCode::UpstreamError);
     assert_eq!(err.provider(), Some("emu"));
-    assert!(err.message().contains("the model is overloaded"), "{}", err.message());
+    assert!(
+        err.message().contains("the model is overloaded"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -334,7 +368,11 @@ async fn a_connection_aborted_mid_stream_is_an_error_item() {
     tx.send(Ok(chunk_event(r#"{"content":"hel"}"#, "null"))).unwrap();
     assert!(stream.next().await.unwrap().is_ok());
     tx.send(Err(std::io::Error::other("upstream died"))).unwrap();
-    let err = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap_err();
+    let err = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::UpstreamError);
     assert_eq!(err.provider(), Some("emu"));
     assert!(err.message().starts_with("provider `emu`"), "{}", err.message());
@@ -343,11 +381,18 @@ async fn a_connection_aborted_mid_stream_is_an_error_item() {
 
 #[tokio::test]
 async fn an_invalid_chunk_is_an_error_item() {
-    let body = [chunk_event(r#"{"content":"hel"}"#, "null"), "data: {not json\n\n".into()].concat();
+    let body = [
+        chunk_event(r#"{"content":"hel"}"#, "null"),
+        "data: {not json\n\n".into(),
+    ]
+    .concat();
     let (addr, _) = upstream(sse(body)).await;
     let chunks = collect(adapter(addr).stream(request("emu", true, 5_000)).await.unwrap()).await;
     assert_eq!(chunks.len(), 2, "{chunks:?}");
-    assert_eq!(chunks[1].as_ref().unwrap_err().message(), "provider `emu` sent an invalid stream chunk");
+    assert_eq!(
+        chunks[1].as_ref().unwrap_err().message(),
+        "provider `emu` sent an invalid stream chunk"
+    );
 }
 
 /// Sends on drop: tells the test the server let go of the response body.
@@ -380,7 +425,11 @@ async fn dropping_the_stream_cancels_the_upstream_call() {
             };
             Some((Ok::<_, Infallible>(item), (guard, None)))
         });
-        reply(200, &[("content-type", "text/event-stream")], Body::from_stream(stream))
+        reply(
+            200,
+            &[("content-type", "text/event-stream")],
+            Body::from_stream(stream),
+        )
     })
     .await;
     let mut stream = adapter(addr).stream(request("emu", true, 5_000)).await.unwrap();
@@ -408,7 +457,11 @@ async fn a_refused_connection_is_a_retryable_upstream_error() {
         assert!(err.retryable());
         assert_eq!(err.provider(), Some("emu"));
         assert_eq!(err.http_status(), 502);
-        assert!(err.message().starts_with("provider `emu`: cannot connect"), "{}", err.message());
+        assert!(
+            err.message().starts_with("provider `emu`: cannot connect"),
+            "{}",
+            err.message()
+        );
         assert!(!err.message().contains(KEY));
     }
 }
@@ -448,7 +501,10 @@ async fn a_non_streaming_timeout_covers_the_whole_body() {
     .await;
     // Headers and half a body arrive; the rest never does.
     tx.send(Ok(COMPLETION[..20].to_owned())).unwrap();
-    let err = adapter(addr).complete(request("emu", false, 300)).await.unwrap_err();
+    let err = adapter(addr)
+        .complete(request("emu", false, 300))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::UpstreamTimeout, "{err:?}");
     drop(tx);
 }
@@ -480,7 +536,11 @@ async fn a_429_is_rate_limited_with_retry_after() {
 
 #[tokio::test]
 async fn a_500_is_a_retryable_upstream_error() {
-    let (addr, _) = upstream(json(500, r#"{"error":{"message":"internal failure","type":"server_error"}}"#)).await;
+    let (addr, _) = upstream(json(
+        500,
+        r#"{"error":{"message":"internal failure","type":"server_error"}}"#,
+    ))
+    .await;
     let adapter = adapter(addr);
     for err in [
         adapter.complete(request("emu", false, 5_000)).await.unwrap_err(),
@@ -496,8 +556,12 @@ async fn a_500_is_a_retryable_upstream_error() {
 
 #[tokio::test]
 async fn a_500_with_an_html_body_still_classifies() {
-    let (addr, _) = upstream(|| reply(503, &[("content-type", "text/html")], "<html>bad gateway</html>")).await;
-    let err = adapter(addr).complete(request("emu", false, 5_000)).await.unwrap_err();
+    let (addr, _) =
+        upstream(|| reply(503, &[("content-type", "text/html")], "<html>bad gateway</html>")).await;
+    let err = adapter(addr)
+        .complete(request("emu", false, 5_000))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::UpstreamError);
     assert_eq!(err.message(), "provider `emu` failed (503)");
 }
@@ -510,14 +574,21 @@ async fn a_400_is_rejected_with_the_upstream_param() {
         "param":"temperature","code":"invalid_value"}}"#,
     ))
     .await;
-    let err = adapter(addr).complete(request("emu", false, 5_000)).await.unwrap_err();
+    let err = adapter(addr)
+        .complete(request("emu", false, 5_000))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::UpstreamRejected, "{err:?}");
     assert!(!err.retryable());
     assert_eq!(err.param(), Some("temperature"));
     assert_eq!(err.upstream_status(), Some(400));
     assert_eq!(err.http_status(), 400);
     assert_eq!(err.provider(), Some("emu"));
-    assert!(err.message().contains("Invalid value for 'temperature'"), "{}", err.message());
+    assert!(
+        err.message().contains("Invalid value for 'temperature'"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]
@@ -527,12 +598,19 @@ async fn a_401_blames_the_gateways_credentials_and_hides_the_key() {
         r#"{"error":{"message":"Incorrect API key provided: sk-provider-key","type":"invalid_request_error"}}"#,
     ))
     .await;
-    let err = adapter(addr).complete(request("emu", false, 5_000)).await.unwrap_err();
+    let err = adapter(addr)
+        .complete(request("emu", false, 5_000))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::UpstreamRejected, "{err:?}");
     assert!(!err.retryable());
     assert_eq!(err.upstream_status(), Some(401));
     assert_eq!(err.http_status(), 502);
-    assert!(err.message().contains("rejected the gateway's credentials"), "{}", err.message());
+    assert!(
+        err.message().contains("rejected the gateway's credentials"),
+        "{}",
+        err.message()
+    );
     assert!(!err.message().contains(KEY), "{}", err.message());
     assert!(!format!("{err:?}").contains(KEY));
 }
@@ -540,7 +618,10 @@ async fn a_401_blames_the_gateways_credentials_and_hides_the_key() {
 #[tokio::test]
 async fn a_408_is_a_timeout() {
     let (addr, _) = upstream(json(408, "{}")).await;
-    let err = adapter(addr).complete(request("emu", false, 5_000)).await.unwrap_err();
+    let err = adapter(addr)
+        .complete(request("emu", false, 5_000))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::UpstreamTimeout);
     assert!(err.retryable());
     assert_eq!(err.upstream_status(), Some(408));
@@ -551,7 +632,10 @@ async fn redirects_are_never_followed() {
     let (elsewhere, seen_elsewhere) = upstream(json(200, COMPLETION)).await;
     let location = format!("http://{elsewhere}{PATH}");
     let (addr, _) = upstream(move || reply(307, &[("location", location.as_str())], "")).await;
-    let err = adapter(addr).complete(request("emu", false, 5_000)).await.unwrap_err();
+    let err = adapter(addr)
+        .complete(request("emu", false, 5_000))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::UpstreamError, "{err:?}");
     assert_eq!(err.upstream_status(), Some(307));
     assert!(seen_elsewhere.take().is_empty());
@@ -562,10 +646,17 @@ async fn redirects_are_never_followed() {
 #[tokio::test]
 async fn an_unknown_provider_is_internal() {
     let (addr, seen) = upstream(json(200, COMPLETION)).await;
-    let err = adapter(addr).complete(request("nope", false, 5_000)).await.unwrap_err();
+    let err = adapter(addr)
+        .complete(request("nope", false, 5_000))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Internal);
     assert_eq!(err.message(), "unknown provider `nope`");
-    let err = adapter(addr).stream(request("nope", true, 5_000)).await.err().unwrap();
+    let err = adapter(addr)
+        .stream(request("nope", true, 5_000))
+        .await
+        .err()
+        .unwrap();
     assert_eq!(err.code(), ErrorCode::Internal);
     assert!(seen.take().is_empty());
 }
@@ -586,22 +677,28 @@ async fn the_connection_is_reused_after_done() {
     let p = ports.clone();
     let app = Router::new().route(
         PATH,
-        post(move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>| {
-            let p = p.clone();
-            async move {
-                p.lock().unwrap().push(peer.port());
-                // Chunked, one write per event, as a real provider streams.
-                let events: Vec<Result<String, Infallible>> =
-                    sse_body().split_inclusive("\n\n").map(|e| Ok(e.to_owned())).collect();
-                let body = Body::from_stream(futures_util::stream::iter(events));
-                reply(200, &[(header::CONTENT_TYPE.as_str(), "text/event-stream")], body)
-            }
-        }),
+        post(
+            move |axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<SocketAddr>| {
+                let p = p.clone();
+                async move {
+                    p.lock().unwrap().push(peer.port());
+                    // Chunked, one write per event, as a real provider streams.
+                    let events: Vec<Result<String, Infallible>> = sse_body()
+                        .split_inclusive("\n\n")
+                        .map(|e| Ok(e.to_owned()))
+                        .collect();
+                    let body = Body::from_stream(futures_util::stream::iter(events));
+                    reply(200, &[(header::CONTENT_TYPE.as_str(), "text/event-stream")], body)
+                }
+            },
+        ),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await.unwrap()
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .await
+            .unwrap()
     });
     let adapter = adapter(addr);
     for _ in 0..2 {
@@ -611,4 +708,100 @@ async fn the_connection_is_reused_after_done() {
     let ports = ports.lock().unwrap();
     assert_eq!(ports.len(), 2);
     assert_eq!(ports[0], ports[1], "the second call opened a new connection");
+}
+
+// ---- against the OpenAI emulator (tests/emulators) ---------------------------
+
+mod emulator {
+    use llmgw_emulators::{Emulator, Options};
+
+    use super::*;
+
+    async fn emulator(api_key: &str) -> Emulator {
+        llmgw_emulators::spawn(Options {
+            api_key: Some(api_key.into()),
+            record: false,
+        })
+        .await
+        .unwrap()
+    }
+
+    fn ask(text: &str, stream: bool) -> AdapterRequest {
+        let mut req = request("emu", stream, 5_000);
+        let body = serde_json::json!({
+            "model": "client-model",
+            "stream": stream,
+            "messages": [{"role": "user", "content": text}],
+        });
+        req.request = Some(parse_request(body.to_string().as_bytes()).unwrap());
+        req
+    }
+
+    #[tokio::test]
+    async fn completes_and_streams_with_usage() {
+        let emu = emulator(KEY).await;
+        let adapter = adapter(emu.addr);
+
+        let resp = adapter.complete(ask("hello there", false)).await.unwrap();
+        assert_eq!(resp.choices.len(), 1);
+        assert!(resp.usage.is_some_and(|u| u.total_tokens > 0));
+
+        let chunks = collect(adapter.stream(ask("[emu:words=5] count", true)).await.unwrap()).await;
+        assert!(chunks.iter().all(Result::is_ok), "{chunks:?}");
+        assert!(!content(&chunks).is_empty());
+        // `include_usage` is forced on streams: the last chunk carries it.
+        let last = chunks.last().unwrap().as_ref().unwrap();
+        assert!(
+            last.usage.as_ref().is_some_and(|u| u.total_tokens > 0),
+            "{last:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wrong_provider_key_is_the_gateways_fault() {
+        let emu = emulator("sk-some-other-key").await;
+        let err = adapter(emu.addr).complete(ask("hi", false)).await.unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UpstreamRejected, "{err:?}");
+        assert_eq!(err.upstream_status(), Some(401));
+        assert_eq!(err.http_status(), 502);
+        assert!(!err.message().contains(KEY));
+    }
+
+    #[tokio::test]
+    async fn failures_classify() {
+        let emu = emulator(KEY).await;
+        let adapter = adapter(emu.addr);
+
+        let err = adapter
+            .stream(ask("[emu:status=503] hi", true))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            (err.code(), err.upstream_status()),
+            (ErrorCode::UpstreamError, Some(503))
+        );
+        let err = adapter
+            .complete(ask("[emu:status=429] hi", false))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::UpstreamRateLimited);
+
+        let chunks = collect(
+            adapter
+                .stream(ask("[emu:abort_mid_stream] hi", true))
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(chunks.len() >= 2, "{chunks:?}");
+        let (last, rest) = chunks.split_last().unwrap();
+        assert!(rest.iter().all(Result::is_ok), "{chunks:?}");
+        assert_eq!(last.as_ref().unwrap_err().code(), ErrorCode::UpstreamError);
+
+        let mut slow = ask("[emu:delay_ms=2000] hi", true);
+        slow.target.as_mut().unwrap().timeout_ms = 100;
+        let err = adapter.stream(slow).await.err().unwrap();
+        assert_eq!(err.code(), ErrorCode::UpstreamTimeout);
+    }
 }

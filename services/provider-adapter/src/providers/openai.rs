@@ -47,7 +47,8 @@ pub(crate) struct OpenAi {
 impl OpenAi {
     pub(crate) fn new(config: &ProviderConfig, client: reqwest::Client) -> Result<Self, GwError> {
         let name = &config.name;
-        let invalid = |what: &str| GwError::internal(format!("provider `{name}`: {what}")).with_provider(name);
+        let invalid =
+            |what: &str| GwError::internal(format!("provider `{name}`: {what}")).with_provider(name);
         let url = reqwest::Url::parse(&format!("{}/chat/completions", config.base_url))
             .map_err(|e| invalid(&format!("invalid base_url: {e}")))?;
         let mut headers = HeaderMap::new();
@@ -69,7 +70,13 @@ impl OpenAi {
                 headers.insert(header, value);
             }
         }
-        Ok(Self { peer: Peer::new(name, config.api_key.clone()), url, headers, timeout: config.timeout, client })
+        Ok(Self {
+            peer: Peer::new(name, config.api_key.clone()),
+            url,
+            headers,
+            timeout: config.timeout,
+            client,
+        })
     }
 
     fn timeout(&self, target: &Target) -> Duration {
@@ -83,11 +90,19 @@ impl OpenAi {
     /// follows the call (whatever the canonical request says), and streams
     /// always ask for usage: the gateway meters every stream (the edge drops
     /// the usage chunk when the client did not ask for it).
-    fn request(&self, target: &Target, req: &ChatRequest, stream: bool) -> Result<reqwest::RequestBuilder, GwError> {
+    fn request(
+        &self,
+        target: &Target,
+        req: &ChatRequest,
+        stream: bool,
+    ) -> Result<reqwest::RequestBuilder, GwError> {
         let req = if req.stream == stream {
             Cow::Borrowed(req)
         } else {
-            Cow::Owned(ChatRequest { stream, ..req.clone() })
+            Cow::Owned(ChatRequest {
+                stream,
+                ..req.clone()
+            })
         };
         let body = request_json(&req, &target.model, stream.then_some(true))
             .map_err(|e| e.with_provider(self.peer.name()))?;
@@ -107,17 +122,25 @@ impl Provider for OpenAi {
         let timeout = self.timeout(target);
         let call = async {
             let mut response = self.peer.send(request).await?;
-            self.peer.read_limited(&mut response, MAX_MESSAGE_BYTES, true).await
+            self.peer
+                .read_limited(&mut response, MAX_MESSAGE_BYTES, true)
+                .await
         };
-        let body = tokio::time::timeout(timeout, call).await.map_err(|_| self.peer.timeout_error(timeout))??;
+        let body = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| self.peer.timeout_error(timeout))??;
         parse_response(&body).map_err(|_| {
             let name = self.peer.name();
             match parse_upstream_error(&body) {
                 // Some hosts answer 200 with an error object.
-                Some(e) if !e.message.is_empty() => {
-                    self.peer.error(ErrorCode::UpstreamError, format!("provider `{name}`: {}", e.message))
-                }
-                _ => self.peer.error(ErrorCode::UpstreamError, format!("provider `{name}` sent an invalid response")),
+                Some(e) if !e.message.is_empty() => self.peer.error(
+                    ErrorCode::UpstreamError,
+                    format!("provider `{name}`: {}", e.message),
+                ),
+                _ => self.peer.error(
+                    ErrorCode::UpstreamError,
+                    format!("provider `{name}` sent an invalid response"),
+                ),
             }
         })
     }
@@ -177,8 +200,10 @@ where
                 }
                 None => {
                     *this.finished = true;
-                    let err =
-                        this.peer.error(ErrorCode::UpstreamError, format!("provider `{name}` closed the stream early"));
+                    let err = this.peer.error(
+                        ErrorCode::UpstreamError,
+                        format!("provider `{name}` closed the stream early"),
+                    );
                     return Poll::Ready(Some(Err(err)));
                 }
             };
@@ -199,20 +224,31 @@ where
                 && let Some(e) = parse_upstream_error(data.as_bytes())
             {
                 *this.finished = true;
-                let what = if e.message.is_empty() { "an error mid-stream" } else { e.message.as_str() };
-                return Poll::Ready(Some(Err(this.peer.error(ErrorCode::UpstreamError, format!("provider `{name}`: {what}")))));
+                let what = if e.message.is_empty() {
+                    "an error mid-stream"
+                } else {
+                    e.message.as_str()
+                };
+                return Poll::Ready(Some(Err(this
+                    .peer
+                    .error(ErrorCode::UpstreamError, format!("provider `{name}`: {what}")))));
             }
             if event.event == "error" {
                 *this.finished = true;
-                let err =
-                    this.peer.error(ErrorCode::UpstreamError, format!("provider `{name}` sent an error event"));
+                let err = this.peer.error(
+                    ErrorCode::UpstreamError,
+                    format!("provider `{name}` sent an error event"),
+                );
                 return Poll::Ready(Some(Err(err)));
             }
             return Poll::Ready(Some(match parse_chunk(data.as_bytes()) {
                 Ok(chunk) => Ok(chunk),
                 Err(_) => {
                     *this.finished = true;
-                    Err(this.peer.error(ErrorCode::UpstreamError, format!("provider `{name}` sent an invalid stream chunk")))
+                    Err(this.peer.error(
+                        ErrorCode::UpstreamError,
+                        format!("provider `{name}` sent an invalid stream chunk"),
+                    ))
                 }
             }));
         }

@@ -1,0 +1,46 @@
+# llmgw — the README's commands. Build output lives outside the clone (a
+# persistent cache that a fresh machine simply starts empty).
+export CARGO_TARGET_DIR ?= $(HOME)/.cache/llmgw/target
+CONFIG ?= deploy/gateway.yaml
+DEBUG_BIN := $(CARGO_TARGET_DIR)/debug
+RELEASE_BIN := $(CARGO_TARGET_DIR)/release
+
+.PHONY: up up-cluster down test test-rust test-python bench lint fmt build
+
+## up: build and run every service in one process with deploy/gateway.yaml
+up:
+	cargo build --release -p llmgw
+	$(RELEASE_BIN)/llmgw all --config $(CONFIG)
+
+## up-cluster: the five services as separate processes talking gRPC (static discovery)
+up-cluster:
+	cargo build --release -p llmgw
+	LLMGW_BIN=$(RELEASE_BIN)/llmgw scripts/cluster.sh up $(CONFIG)
+
+## down: stop what up-cluster started
+down:
+	scripts/cluster.sh down
+
+## test: every test — Rust unit and end-to-end tests, then the Python SDK suite
+test: test-rust test-python
+
+test-rust:
+	cargo build -p llmgw -p llmgw-emulators
+	cargo test --workspace
+
+test-python:
+	cargo build -p llmgw -p llmgw-emulators
+	VENV="$$(scripts/setup-python.sh)" && \
+	LLMGW_BIN=$(DEBUG_BIN)/llmgw EMULATOR_BIN=$(DEBUG_BIN)/openai-emulator \
+		"$$VENV/bin/python" -m pytest tests/python -q
+
+## bench: direct vs gateway (one process and split), in one run
+bench:
+	scripts/bench.sh
+
+lint:
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	cargo fmt --all

@@ -1,0 +1,142 @@
+//! Every error leaves in the OpenAI shape with the right status and `param`,
+//! and no input brings a service down.
+
+use serde_json::{Value, json};
+
+use crate::harness::{Gateway, Shape};
+
+fn assert_error(status: u16, body: &Value, want_status: u16, want_param: Option<&str>) {
+    assert_eq!(status, want_status, "{body}");
+    let e = &body["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(e["type"].is_string(), "{body}");
+    assert!(e.get("code").is_some(), "{body}");
+    assert_eq!(e["param"].as_str(), want_param, "{body}");
+}
+
+async fn raw(gw: &Gateway, content_type: Option<&str>, key: Option<&str>, body: Vec<u8>) -> (u16, Value) {
+    let mut req = gw.client.post(gw.url("/v1/chat/completions")).body(body);
+    if let Some(ct) = content_type {
+        req = req.header("content-type", ct);
+    }
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+}
+
+async fn errors(shape: Shape) {
+    let gw = Gateway::start(shape).await;
+    let key = gw.key.clone();
+    let ok = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let json_ct = Some("application/json");
+
+    // 401: missing, wrong; the rejected key is never echoed.
+    let (s, b) = raw(&gw, json_ct, None, ok.to_string().into_bytes()).await;
+    assert_error(s, &b, 401, None);
+    let (s, b) = raw(&gw, json_ct, Some("sk-llmgw-not-a-real-key"), ok.to_string().into_bytes()).await;
+    assert_error(s, &b, 401, None);
+    assert!(!b.to_string().contains("not-a-real-key"));
+
+    // 415 and 413 before anything is parsed.
+    let (s, b) = raw(&gw, Some("text/plain"), Some(&key), ok.to_string().into_bytes()).await;
+    assert_error(s, &b, 415, None);
+    let (s, b) = raw(&gw, None, Some(&key), ok.to_string().into_bytes()).await;
+    assert_error(s, &b, 415, None);
+    let huge = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x".repeat(2 << 20)}]});
+    let (s, b) = raw(&gw, json_ct, Some(&key), huge.to_string().into_bytes()).await;
+    assert_error(s, &b, 413, None);
+
+    // 400s naming the param.
+    let (s, b) = raw(&gw, json_ct, Some(&key), b"{\"model\": ".to_vec()).await;
+    assert_error(s, &b, 400, None);
+    let (s, b) = raw(&gw, json_ct, Some(&key), vec![0xff, 0xfe, 0x00]).await;
+    assert_error(s, &b, 400, None);
+    let cases = [
+        (json!({"messages": [{"role": "user", "content": "hi"}]}), "model"),
+        (json!({"model": "gpt-4o-mini"}), "messages"),
+        (json!({"model": "gpt-4o-mini", "messages": []}), "messages"),
+        (json!({"model": 42, "messages": [{"role": "user", "content": "hi"}]}), "model"),
+        (json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": "warm"}), "temperature"),
+        (json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}), "max_tokens"),
+        (json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}), "stream"),
+        (json!({"model": "gpt-4o-mini", "messages": [{"role": "robot", "content": "hi"}]}), "messages[0].role"),
+        (json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": {"a": 1}}]}), "messages[0].content"),
+        (json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "n": 0}), "n"),
+        (json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}), "tools[0].function"),
+    ];
+    for (body, param) in cases {
+        let (s, b) = raw(&gw, json_ct, Some(&key), body.to_string().into_bytes()).await;
+        assert_error(s, &b, 400, Some(param));
+    }
+
+    // 404 for an unknown model, naming `model`.
+    for model in ["no-such-model", "@nobody/gpt-4o-mini", "ghost-model"] {
+        let (s, _, b) = gw.post("/v1/chat/completions", &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})).await;
+        assert_error(s, &b, 404, Some("model"));
+    }
+
+    // Upstream failures, mapped, with the provider named.
+    let upstream = |text: &str| json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]});
+    let (s, _, b) = gw.post("/v1/chat/completions", &upstream("[emu:status=500] boom")).await;
+    assert_error(s, &b, 502, None);
+    assert!(b["error"]["message"].as_str().unwrap().contains("emu"), "{b}");
+    let (s, h, b) = gw.post("/v1/chat/completions", &upstream("[emu:status=429] slow down")).await;
+    assert_error(s, &b, 429, None);
+    assert!(h.contains_key("retry-after"), "retry-after passed on");
+    let (s, _, b) = gw.post("/v1/chat/completions", &upstream("[emu:status=503]")).await;
+    assert_error(s, &b, 502, None);
+    let (s, _, b) = gw.post("/v1/chat/completions", &upstream("[emu:status=400] bad")).await;
+    assert_eq!(s, 400, "{b}");
+    let (s, _, b) = gw
+        .post("/v1/chat/completions", &json!({"model": "slow-model", "messages": [{"role": "user", "content": "[emu:delay_ms=3000] hi"}]}))
+        .await;
+    assert_error(s, &b, 504, None);
+    assert!(b["error"]["message"].as_str().unwrap().contains("slow"), "{b}");
+    let (s, _, b) = gw.post("/v1/chat/completions", &json!({"model": "dead-model", "messages": [{"role": "user", "content": "hi"}]})).await;
+    assert_error(s, &b, 502, None);
+    assert!(b["error"]["message"].as_str().unwrap().contains("dead"), "{b}");
+    // A stream whose provider fails before the first byte is a plain HTTP error.
+    let (s, _, b) = gw
+        .post("/v1/chat/completions", &json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "[emu:status=500]"}]}))
+        .await;
+    assert_error(s, &b, 502, None);
+    // One that fails midway ends with an error event and no [DONE].
+    let r = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "[emu:abort_mid_stream] [emu:words=30] hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let events = crate::harness::sse_data(&r.text().await.unwrap());
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert!(last["error"]["message"].as_str().unwrap().contains("emu"), "{last}");
+    assert!(!events.iter().any(|e| e == "[DONE]"));
+
+    // Unknown routes and methods, in the same shape.
+    let r = gw.client.get(gw.url("/v1/nope")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert!(r.json::<Value>().await.unwrap()["error"]["message"].is_string());
+    let r = gw.client.get(gw.url("/v1/chat/completions")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+
+    // Still serving after all of that: nothing panicked.
+    let (s, _, b) = gw.post("/v1/chat/completions", &ok).await;
+    assert_eq!(s, 200, "{b}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_in_one_process() {
+    errors(Shape::All).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_across_five_processes() {
+    errors(Shape::Split).await;
+}

@@ -1,0 +1,245 @@
+//! Starts a gateway — `llmgw all`, or the five services as separate
+//! processes — against an in-process OpenAI emulator, on free ports, in a
+//! temp dir. No fixed ports, no sleeps for readiness: ports come from binding
+//! :0 and readiness from polling.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use llmgw_emulators::{Emulator, Options};
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+pub const EMU_KEY: &str = "emu-secret-provider-key";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    /// `llmgw all`: one process, local clients.
+    All,
+    /// `llmgw auth|router|adapter|metering|edge`: five processes over gRPC.
+    Split,
+}
+
+pub struct Gateway {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    /// A client API key (org `acme`).
+    pub key: String,
+    pub config: PathBuf,
+    pub emu: Emulator,
+    pub client: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _children: Vec<Child>,
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_llmgw")
+}
+
+fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
+    l.local_addr().expect("local addr")
+}
+
+fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn http_client() -> reqwest::Client {
+    install_crypto();
+    reqwest::Client::builder().no_proxy().build().expect("client")
+}
+
+impl Gateway {
+    pub async fn start(shape: Shape) -> Gateway {
+        let emu = llmgw_emulators::spawn(Options { api_key: Some(EMU_KEY.into()), record: true })
+            .await
+            .expect("emulator");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (http, grpc) = (free_addr(), free_addr());
+        let [auth, router, adapter, metering] = [free_addr(), free_addr(), free_addr(), free_addr()];
+        let dead = free_addr(); // nothing listens here: connection refused
+        let config = dir.path().join("gateway.yaml");
+        let text = format!(
+            r#"data_dir: {data}
+edge:
+  http_addr: {http}
+  grpc_addr: {grpc}
+  max_body_bytes: 1048576
+providers:
+  - name: emu
+    type: openai
+    base_url: {base}
+    api_key: ${{EMU_KEY}}
+  - name: slow
+    type: openai
+    base_url: {base}
+    api_key: ${{EMU_KEY}}
+    timeout: 300ms
+  - name: dead
+    type: openai
+    base_url: http://{dead}/v1
+    api_key: ${{EMU_KEY}}
+  - name: unset
+    type: openai
+    api_key: ${{LLMGW_TEST_UNSET_VAR}}
+models:
+  - name: gpt-4o-mini
+    target: emu/gpt-4o-mini
+    price: {{ input_per_mtok: 0.15, output_per_mtok: 0.60 }}
+  - name: slow-model
+    target: slow/gpt-4o-mini
+  - name: dead-model
+    target: dead/gpt-4o-mini
+  - name: ghost-model
+    target: unset/gpt-4o-mini
+metering:
+  flush_interval: 50ms
+services:
+  auth: {{ addr: {auth} }}
+  router: {{ addr: {router} }}
+  adapter: {{ addr: {adapter} }}
+  metering: {{ addr: {metering} }}
+"#,
+            data = dir.path().join("data").display(),
+            base = emu.base_url(),
+        );
+        std::fs::write(&config, text).expect("write config");
+        let key = create_key(&config, "acme", None).await;
+
+        let roles: &[&str] = match shape {
+            Shape::All => &["all"],
+            Shape::Split => &["auth", "router", "adapter", "metering", "edge"],
+        };
+        let mut children = Vec::new();
+        for role in roles {
+            let child = Command::new(bin())
+                .arg(role)
+                .arg("--config")
+                .arg(&config)
+                .env("EMU_KEY", EMU_KEY)
+                .env("LLMGW_LOG", "warn")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("spawn llmgw");
+            children.push(child);
+        }
+        let gw = Gateway { http, grpc, key, config, emu, client: http_client(), _dir: dir, _children: children };
+        gw.wait_ready(shape, &[auth, router, adapter, metering]).await;
+        gw
+    }
+
+    async fn wait_ready(&self, shape: Shape, services: &[SocketAddr]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            assert!(Instant::now() < deadline, "gateway did not become ready");
+            let mut ready = self.get("/health").await.map(|(s, _)| s == 200).unwrap_or(false);
+            if shape == Shape::Split {
+                for addr in services {
+                    ready &= tokio::net::TcpStream::connect(addr).await.is_ok();
+                }
+            }
+            if ready {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    async fn get(&self, path: &str) -> reqwest::Result<(u16, String)> {
+        let r = self.client.get(self.url(path)).bearer_auth(&self.key).send().await?;
+        Ok((r.status().as_u16(), r.text().await?))
+    }
+
+    /// POSTs JSON to `path` with the client key; returns status and JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, reqwest::header::HeaderMap, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let text = r.text().await.expect("body");
+        let json = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"));
+        (status, headers, json)
+    }
+
+    /// POSTs a streaming request; returns every SSE `data:` payload in order.
+    pub async fn stream(&self, body: &Value) -> Vec<String> {
+        let r = self
+            .client
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(&self.key)
+            .json(body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status().as_u16(), 200, "stream status");
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let text = r.text().await.expect("body");
+        sse_data(&text)
+    }
+
+    /// What the emulator received, oldest first.
+    pub async fn upstream_requests(&self) -> Vec<Value> {
+        let url = format!("http://{}/_emu/requests", self.emu.addr);
+        let v: Value = self.client.get(url).send().await.expect("emu").json().await.expect("json");
+        v.as_array().cloned().unwrap_or_default()
+    }
+
+    pub async fn last_upstream(&self) -> Value {
+        self.upstream_requests().await.pop().expect("the emulator saw a request")
+    }
+
+    /// `llmgw usage --json` for `org`, polled until `pred` holds (metering is
+    /// asynchronous) or 10 s pass.
+    pub async fn usage_until(&self, org: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new(bin())
+                .args(["usage", "--json", "--org", org, "--config"])
+                .arg(&self.config)
+                .output()
+                .await
+                .expect("llmgw usage");
+            assert!(out.status.success(), "usage failed: {}", String::from_utf8_lossy(&out.stderr));
+            let line = String::from_utf8_lossy(&out.stdout);
+            let v: Value = serde_json::from_str(line.trim()).expect("usage json");
+            if pred(&v) || Instant::now() > deadline {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+pub async fn create_key(config: &Path, org: &str, project: Option<&str>) -> String {
+    let mut cmd = Command::new(bin());
+    cmd.args(["keys", "create", "--org", org, "--config"]).arg(config);
+    if let Some(p) = project {
+        cmd.args(["--project", p]);
+    }
+    let out = cmd.output().await.expect("llmgw keys create");
+    assert!(out.status.success(), "keys create: {}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).expect("utf8");
+    stdout.lines().last().expect("a key line").trim().to_owned()
+}
+
+pub fn sse_data(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
