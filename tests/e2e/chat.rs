@@ -18,23 +18,42 @@ async fn scenario(shape: Shape) {
     let gw = Gateway::start(shape).await;
 
     // ---- non-streaming, with usage, cost and routing metadata
-    let (status, headers, body) =
-        gw.post("/v1/chat/completions", &json!({"model": "gpt-4o-mini", "messages": user("hello gateway")})).await;
+    let (status, headers, body) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gpt-4o-mini", "messages": user("hello gateway")}),
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["object"], "chat.completion");
-    assert_eq!(body["choices"][0]["message"]["content"], "You said: hello gateway");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "You said: hello gateway"
+    );
     assert_eq!(body["choices"][0]["finish_reason"], "stop");
     let usage = &body["usage"];
-    let (p, c) = (usage["prompt_tokens"].as_f64().unwrap(), usage["completion_tokens"].as_f64().unwrap());
+    let (p, c) = (
+        usage["prompt_tokens"].as_f64().unwrap(),
+        usage["completion_tokens"].as_f64().unwrap(),
+    );
     assert!(p > 0.0 && c > 0.0);
-    assert!(close(usage["cost_usd"].as_f64().unwrap(), p * 0.15 / 1e6 + c * 0.60 / 1e6), "{usage}");
+    assert!(
+        close(
+            usage["cost_usd"].as_f64().unwrap(),
+            p * 0.15 / 1e6 + c * 0.60 / 1e6
+        ),
+        "{usage}"
+    );
     let meta = &body["metadata"];
     assert_eq!(meta["requested_model"], "gpt-4o-mini");
     assert_eq!(meta["used_provider"], "emu");
     assert_eq!(meta["used_model"], "gpt-4o-mini");
     assert_eq!(meta["attempts"].as_array().unwrap().len(), 1);
     assert_eq!(meta["attempts"][0]["status"], "ok");
-    assert_eq!(headers["x-request-id"].to_str().unwrap(), meta["request_id"].as_str().unwrap());
+    assert_eq!(
+        headers["x-request-id"].to_str().unwrap(),
+        meta["request_id"].as_str().unwrap()
+    );
 
     // The provider saw the provider's key, never the client's.
     let up = gw.last_upstream().await;
@@ -60,9 +79,14 @@ async fn scenario(shape: Shape) {
     let (status, _, body) = gw.post("/v1/chat/completions", &full).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"].as_array().unwrap().len(), 2);
-    let content: Value = serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    let content: Value =
+        serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
     assert!(content.is_object(), "json_object answer is JSON");
-    assert_eq!(gw.last_upstream().await["body"], full, "the body reached the provider exactly as sent");
+    assert_eq!(
+        gw.last_upstream().await["body"],
+        full,
+        "the body reached the provider exactly as sent"
+    );
 
     let minimal = json!({"model": "gpt-4o-mini", "messages": user("just this")});
     gw.post("/v1/chat/completions", &minimal).await;
@@ -79,9 +103,16 @@ async fn scenario(shape: Shape) {
         )
         .await;
     assert_eq!(status, 200);
-    let parsed: Value = serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
-    assert!(parsed["city"].is_string() && parsed["temp"].is_number(), "{parsed}");
-    assert_eq!(gw.last_upstream().await["body"]["response_format"]["json_schema"]["schema"], schema);
+    let parsed: Value =
+        serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    assert!(
+        parsed["city"].is_string() && parsed["temp"].is_number(),
+        "{parsed}"
+    );
+    assert_eq!(
+        gw.last_upstream().await["body"]["response_format"]["json_schema"]["schema"],
+        schema
+    );
 
     // ---- tools: a call, then the tool result round trip
     let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "weather",
@@ -105,16 +136,24 @@ async fn scenario(shape: Shape) {
     ]});
     let (status, _, body) = gw.post("/v1/chat/completions", &followup).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["choices"][0]["message"]["content"], "Tool result: sunny, 21C");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "Tool result: sunny, 21C"
+    );
     assert_eq!(gw.last_upstream().await["body"]["messages"], followup["messages"]);
 
     // ---- streaming with include_usage: text, usage with cost, metadata, [DONE]
     let events = gw
-        .stream(&json!({"model": "gpt-4o-mini", "messages": user("stream me please"), "stream": true,
-            "stream_options": {"include_usage": true}}))
+        .stream(
+            &json!({"model": "gpt-4o-mini", "messages": user("stream me please"), "stream": true,
+            "stream_options": {"include_usage": true}}),
+        )
         .await;
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     let text: String = chunks
         .iter()
         .filter_map(|c| c["choices"].get(0).and_then(|ch| ch["delta"]["content"].as_str()))
@@ -125,31 +164,50 @@ async fn scenario(shape: Shape) {
     let u = &last["usage"];
     assert!(close(
         u["cost_usd"].as_f64().unwrap(),
-        u["prompt_tokens"].as_f64().unwrap() * 0.15 / 1e6 + u["completion_tokens"].as_f64().unwrap() * 0.60 / 1e6
+        u["prompt_tokens"].as_f64().unwrap() * 0.15 / 1e6
+            + u["completion_tokens"].as_f64().unwrap() * 0.60 / 1e6
     ));
     assert_eq!(last["metadata"]["used_provider"], "emu");
-    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"] == "stop" && c["metadata"]["used_model"] == "gpt-4o-mini"));
+    assert!(
+        chunks
+            .iter()
+            .any(|c| c["choices"][0]["finish_reason"] == "stop"
+                && c["metadata"]["used_model"] == "gpt-4o-mini")
+    );
 
     // ---- streaming without include_usage: no usage chunk reaches the client
-    let events = gw.stream(&json!({"model": "gpt-4o-mini", "messages": user("no usage"), "stream": true})).await;
+    let events = gw
+        .stream(&json!({"model": "gpt-4o-mini", "messages": user("no usage"), "stream": true}))
+        .await;
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     for e in &events[..events.len() - 1] {
         let c: Value = serde_json::from_str(e).unwrap();
         assert!(c.get("usage").is_none(), "usage leaked: {c}");
-        assert!(!c["choices"].as_array().unwrap().is_empty(), "empty-choices chunk: {c}");
+        assert!(
+            !c["choices"].as_array().unwrap().is_empty(),
+            "empty-choices chunk: {c}"
+        );
     }
     // ...though the gateway asked the provider for it, to meter the stream.
-    assert_eq!(gw.last_upstream().await["body"]["stream_options"], json!({"include_usage": true}));
+    assert_eq!(
+        gw.last_upstream().await["body"]["stream_options"],
+        json!({"include_usage": true})
+    );
 
     // ---- streamed tool-call deltas reassemble into valid JSON
     let events = gw
-        .stream(&json!({"model": "gpt-4o-mini", "messages": user("weather?"), "tools": tools, "stream": true}))
+        .stream(
+            &json!({"model": "gpt-4o-mini", "messages": user("weather?"), "tools": tools, "stream": true}),
+        )
         .await;
     let mut name = String::new();
     let mut args = String::new();
     for e in &events[..events.len() - 1] {
         let c: Value = serde_json::from_str(e).unwrap();
-        if let Some(tc) = c["choices"].get(0).and_then(|ch| ch["delta"]["tool_calls"].get(0)) {
+        if let Some(tc) = c["choices"]
+            .get(0)
+            .and_then(|ch| ch["delta"]["tool_calls"].get(0))
+        {
             name.push_str(tc["function"]["name"].as_str().unwrap_or(""));
             args.push_str(tc["function"]["arguments"].as_str().unwrap_or(""));
         }
@@ -159,10 +217,25 @@ async fn scenario(shape: Shape) {
     assert!(args["city"].is_string());
 
     // ---- /v1/models lists the enabled platform models only
-    let r = gw.client.get(gw.url("/v1/models")).bearer_auth(&gw.key).send().await.unwrap();
+    let r = gw
+        .client
+        .get(gw.url("/v1/models"))
+        .bearer_auth(&gw.key)
+        .send()
+        .await
+        .unwrap();
     let list: Value = r.json().await.unwrap();
-    let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["gpt-4o-mini", "slow-model", "dead-model"], "ghost-model's provider has no key set");
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        ["gpt-4o-mini", "slow-model", "dead-model"],
+        "ghost-model's provider has no key set"
+    );
 
     // ---- metering: every request above, with tokens and cost
     let sent = 9;
@@ -184,7 +257,9 @@ async fn scenario(shape: Shape) {
         .unwrap();
     let mut seen = String::new();
     while seen.matches("data: ").count() < 4 {
-        seen.push_str(&String::from_utf8_lossy(&resp.chunk().await.unwrap().expect("more chunks")));
+        seen.push_str(&String::from_utf8_lossy(
+            &resp.chunk().await.unwrap().expect("more chunks"),
+        ));
     }
     drop(resp);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -193,13 +268,22 @@ async fn scenario(shape: Shape) {
         if last["outcome"] == "cancelled" {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "upstream never saw the cancel: {last}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upstream never saw the cancel: {last}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let after = gw
-        .usage_until("acme", |u| u["requests"].as_u64() == before["requests"].as_u64().map(|r| r + 1))
+        .usage_until("acme", |u| {
+            u["requests"].as_u64() == before["requests"].as_u64().map(|r| r + 1)
+        })
         .await;
-    assert_eq!(after["requests"].as_u64(), before["requests"].as_u64().map(|r| r + 1), "cancelled stream metered");
+    assert_eq!(
+        after["requests"].as_u64(),
+        before["requests"].as_u64().map(|r| r + 1),
+        "cancelled stream metered"
+    );
     assert!(
         after["output_tokens"].as_u64().unwrap() > before["output_tokens"].as_u64().unwrap(),
         "what was streamed before the disconnect is counted"

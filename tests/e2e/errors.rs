@@ -25,7 +25,10 @@ async fn raw(gw: &Gateway, content_type: Option<&str>, key: Option<&str>, body: 
     let r = req.send().await.expect("request");
     let status = r.status().as_u16();
     let text = r.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")),
+    )
 }
 
 async fn errors(shape: Shape) {
@@ -37,7 +40,13 @@ async fn errors(shape: Shape) {
     // 401: missing, wrong; the rejected key is never echoed.
     let (s, b) = raw(&gw, json_ct, None, ok.to_string().into_bytes()).await;
     assert_error(s, &b, 401, None);
-    let (s, b) = raw(&gw, json_ct, Some("sk-llmgw-not-a-real-key"), ok.to_string().into_bytes()).await;
+    let (s, b) = raw(
+        &gw,
+        json_ct,
+        Some("sk-llmgw-not-a-real-key"),
+        ok.to_string().into_bytes(),
+    )
+    .await;
     assert_error(s, &b, 401, None);
     assert!(!b.to_string().contains("not-a-real-key"));
 
@@ -46,7 +55,8 @@ async fn errors(shape: Shape) {
     assert_error(s, &b, 415, None);
     let (s, b) = raw(&gw, None, Some(&key), ok.to_string().into_bytes()).await;
     assert_error(s, &b, 415, None);
-    let huge = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x".repeat(2 << 20)}]});
+    let huge =
+        json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x".repeat(2 << 20)}]});
     let (s, b) = raw(&gw, json_ct, Some(&key), huge.to_string().into_bytes()).await;
     assert_error(s, &b, 413, None);
 
@@ -59,14 +69,38 @@ async fn errors(shape: Shape) {
         (json!({"messages": [{"role": "user", "content": "hi"}]}), "model"),
         (json!({"model": "gpt-4o-mini"}), "messages"),
         (json!({"model": "gpt-4o-mini", "messages": []}), "messages"),
-        (json!({"model": 42, "messages": [{"role": "user", "content": "hi"}]}), "model"),
-        (json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": "warm"}), "temperature"),
-        (json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}), "max_tokens"),
-        (json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}), "stream"),
-        (json!({"model": "gpt-4o-mini", "messages": [{"role": "robot", "content": "hi"}]}), "messages[0].role"),
-        (json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": {"a": 1}}]}), "messages[0].content"),
-        (json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "n": 0}), "n"),
-        (json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}), "tools[0].function"),
+        (
+            json!({"model": 42, "messages": [{"role": "user", "content": "hi"}]}),
+            "model",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "temperature": "warm"}),
+            "temperature",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": -5}),
+            "max_tokens",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "stream": "yes"}),
+            "stream",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "robot", "content": "hi"}]}),
+            "messages[0].role",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": {"a": 1}}]}),
+            "messages[0].content",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "n": 0}),
+            "n",
+        ),
+        (
+            json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}),
+            "tools[0].function",
+        ),
     ];
     for (body, param) in cases {
         let (s, b) = raw(&gw, json_ct, Some(&key), body.to_string().into_bytes()).await;
@@ -75,28 +109,47 @@ async fn errors(shape: Shape) {
 
     // 404 for an unknown model, naming `model`.
     for model in ["no-such-model", "@nobody/gpt-4o-mini", "ghost-model"] {
-        let (s, _, b) = gw.post("/v1/chat/completions", &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]})).await;
+        let (s, _, b) = gw
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await;
         assert_error(s, &b, 404, Some("model"));
     }
 
     // Upstream failures, mapped, with the provider named.
-    let upstream = |text: &str| json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]});
-    let (s, _, b) = gw.post("/v1/chat/completions", &upstream("[emu:status=500] boom")).await;
+    let upstream =
+        |text: &str| json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}]});
+    let (s, _, b) = gw
+        .post("/v1/chat/completions", &upstream("[emu:status=500] boom"))
+        .await;
     assert_error(s, &b, 502, None);
     assert!(b["error"]["message"].as_str().unwrap().contains("emu"), "{b}");
-    let (s, h, b) = gw.post("/v1/chat/completions", &upstream("[emu:status=429] slow down")).await;
+    let (s, h, b) = gw
+        .post("/v1/chat/completions", &upstream("[emu:status=429] slow down"))
+        .await;
     assert_error(s, &b, 429, None);
     assert!(h.contains_key("retry-after"), "retry-after passed on");
-    let (s, _, b) = gw.post("/v1/chat/completions", &upstream("[emu:status=503]")).await;
+    let (s, _, b) = gw
+        .post("/v1/chat/completions", &upstream("[emu:status=503]"))
+        .await;
     assert_error(s, &b, 502, None);
-    let (s, _, b) = gw.post("/v1/chat/completions", &upstream("[emu:status=400] bad")).await;
+    let (s, _, b) = gw
+        .post("/v1/chat/completions", &upstream("[emu:status=400] bad"))
+        .await;
     assert_eq!(s, 400, "{b}");
     let (s, _, b) = gw
         .post("/v1/chat/completions", &json!({"model": "slow-model", "messages": [{"role": "user", "content": "[emu:delay_ms=3000] hi"}]}))
         .await;
     assert_error(s, &b, 504, None);
     assert!(b["error"]["message"].as_str().unwrap().contains("slow"), "{b}");
-    let (s, _, b) = gw.post("/v1/chat/completions", &json!({"model": "dead-model", "messages": [{"role": "user", "content": "hi"}]})).await;
+    let (s, _, b) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "dead-model", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
     assert_error(s, &b, 502, None);
     assert!(b["error"]["message"].as_str().unwrap().contains("dead"), "{b}");
     // A stream whose provider fails before the first byte is a plain HTTP error.
@@ -116,14 +169,22 @@ async fn errors(shape: Shape) {
     assert_eq!(r.status().as_u16(), 200);
     let events = crate::harness::sse_data(&r.text().await.unwrap());
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
-    assert!(last["error"]["message"].as_str().unwrap().contains("emu"), "{last}");
+    assert!(
+        last["error"]["message"].as_str().unwrap().contains("emu"),
+        "{last}"
+    );
     assert!(!events.iter().any(|e| e == "[DONE]"));
 
     // Unknown routes and methods, in the same shape.
     let r = gw.client.get(gw.url("/v1/nope")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
     assert!(r.json::<Value>().await.unwrap()["error"]["message"].is_string());
-    let r = gw.client.get(gw.url("/v1/chat/completions")).send().await.unwrap();
+    let r = gw
+        .client
+        .get(gw.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 405);
 
     // Still serving after all of that: nothing panicked.

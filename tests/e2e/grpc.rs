@@ -14,7 +14,9 @@ fn chat_request(text: &str) -> pb::ChatRequest {
         model: "gpt-4o-mini".into(),
         messages: vec![pb::Message {
             role: pb::Role::User as i32,
-            content: Some(pb::Content { value: Some(pb::content::Value::Text(text.into())) }),
+            content: Some(pb::Content {
+                value: Some(pb::content::Value::Text(text.into())),
+            }),
             ..Default::default()
         }],
         ..Default::default()
@@ -29,7 +31,12 @@ fn authed<T>(gw: &Gateway, msg: T) -> tonic::Request<T> {
 }
 
 fn text_of(resp: &pb::ChatResponse) -> String {
-    match resp.choices[0].message.as_ref().and_then(|m| m.content.as_ref()).and_then(|c| c.value.as_ref()) {
+    match resp.choices[0]
+        .message
+        .as_ref()
+        .and_then(|m| m.content.as_ref())
+        .and_then(|c| c.value.as_ref())
+    {
         Some(pb::content::Value::Text(t)) => t.clone(),
         other => panic!("no text: {other:?}"),
     }
@@ -38,14 +45,24 @@ fn text_of(resp: &pb::ChatResponse) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_grpc_and_grpc_web() {
     let gw = Gateway::start(Shape::All).await;
-    let mut client = pb::gateway_client::GatewayClient::connect(format!("http://{}", gw.grpc)).await.unwrap();
+    let mut client = pb::gateway_client::GatewayClient::connect(format!("http://{}", gw.grpc))
+        .await
+        .unwrap();
 
-    let resp = client.chat(authed(&gw, chat_request("over grpc"))).await.unwrap().into_inner();
+    let resp = client
+        .chat(authed(&gw, chat_request("over grpc")))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(text_of(&resp), "You said: over grpc");
     assert!(resp.usage.unwrap().cost_usd.unwrap() > 0.0);
     assert_eq!(resp.metadata.unwrap().used_provider, "emu");
 
-    let mut stream = client.chat_stream(authed(&gw, chat_request("streamed grpc"))).await.unwrap().into_inner();
+    let mut stream = client
+        .chat_stream(authed(&gw, chat_request("streamed grpc")))
+        .await
+        .unwrap()
+        .into_inner();
     let mut text = String::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.unwrap();
@@ -55,27 +72,63 @@ async fn public_grpc_and_grpc_web() {
     }
     assert_eq!(text, "You said: streamed grpc");
 
-    let models = client.list_models(authed(&gw, pb::ListModelsRequest {})).await.unwrap().into_inner();
-    assert!(models.data.iter().any(|m| m.id == "gpt-4o-mini"));
-
-    // Errors carry a status code and the structured detail.
-    let err = client.chat(tonic::Request::new(chat_request("no key"))).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unauthenticated);
-    let err = client.chat(authed(&gw, pb::ChatRequest { model: "nope".into(), ..chat_request("x") })).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::NotFound);
-    let detail = pb::ErrorDetail::decode(err.details()).unwrap();
-    assert_eq!(detail.param.as_deref(), Some("model"));
-    let err = client.chat(authed(&gw, pb::ChatRequest { messages: vec![], ..chat_request("x") })).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::InvalidArgument);
-
-    // Health and reflection on the public gRPC port.
-    let mut health = tonic_health::pb::health_client::HealthClient::new(tonic::transport::Channel::from_shared(format!("http://{}", gw.grpc)).unwrap().connect().await.unwrap());
-    let status = health
-        .check(tonic_health::pb::HealthCheckRequest { service: "llmgw.v1.Gateway".into() })
+    let models = client
+        .list_models(authed(&gw, pb::ListModelsRequest {}))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert!(models.data.iter().any(|m| m.id == "gpt-4o-mini"));
+
+    // Errors carry a status code and the structured detail.
+    let err = client
+        .chat(tonic::Request::new(chat_request("no key")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    let err = client
+        .chat(authed(
+            &gw,
+            pb::ChatRequest {
+                model: "nope".into(),
+                ..chat_request("x")
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    let detail = pb::ErrorDetail::decode(err.details()).unwrap();
+    assert_eq!(detail.param.as_deref(), Some("model"));
+    let err = client
+        .chat(authed(
+            &gw,
+            pb::ChatRequest {
+                messages: vec![],
+                ..chat_request("x")
+            },
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+
+    // Health and reflection on the public gRPC port.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Channel::from_shared(format!("http://{}", gw.grpc))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let status = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "llmgw.v1.Gateway".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        status.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
 
     // gRPC-Web: one HTTP/1.1 POST on the HTTP port.
     let msg = chat_request("over grpc-web").encode_to_vec();
@@ -83,7 +136,11 @@ async fn public_grpc_and_grpc_web() {
     frame.put_u8(0);
     frame.put_u32(msg.len() as u32);
     frame.put_slice(&msg);
-    let http1 = reqwest::Client::builder().http1_only().no_proxy().build().unwrap();
+    let http1 = reqwest::Client::builder()
+        .http1_only()
+        .no_proxy()
+        .build()
+        .unwrap();
     let r = http1
         .post(gw.url("/llmgw.v1.Gateway/Chat"))
         .header("content-type", "application/grpc-web+proto")
@@ -109,7 +166,10 @@ async fn public_grpc_and_grpc_web() {
         }
     }
     assert!(trailers.contains("grpc-status:0"), "{trailers}");
-    assert_eq!(text_of(&message.expect("a message frame")), "You said: over grpc-web");
+    assert_eq!(
+        text_of(&message.expect("a message frame")),
+        "You said: over grpc-web"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,11 +178,39 @@ async fn internal_services_answer_health_checks() {
     // The split edge reached every service already; each also reports
     // SERVING on grpc.health.v1 under its own name.
     let text = std::fs::read_to_string(&gw.config).unwrap();
-    for (svc, name) in [("auth", "llmgw.v1.Auth"), ("router", "llmgw.v1.Router"), ("adapter", "llmgw.v1.Adapter"), ("metering", "llmgw.v1.Metering")] {
-        let line = text.lines().find(|l| l.trim_start().starts_with(&format!("{svc}: {{ addr:"))).unwrap();
-        let addr = line.split("addr:").nth(1).unwrap().trim().trim_end_matches('}').trim();
-        let mut health = tonic_health::pb::health_client::HealthClient::new(tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap());
-        let status = health.check(tonic_health::pb::HealthCheckRequest { service: name.into() }).await.unwrap().into_inner();
-        assert_eq!(status.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32, "{svc}");
+    for (svc, name) in [
+        ("auth", "llmgw.v1.Auth"),
+        ("router", "llmgw.v1.Router"),
+        ("adapter", "llmgw.v1.Adapter"),
+        ("metering", "llmgw.v1.Metering"),
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{svc}: {{ addr:")))
+            .unwrap();
+        let addr = line
+            .split("addr:")
+            .nth(1)
+            .unwrap()
+            .trim()
+            .trim_end_matches('}')
+            .trim();
+        let mut health = tonic_health::pb::health_client::HealthClient::new(
+            tonic::transport::Channel::from_shared(format!("http://{addr}"))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        );
+        let status = health
+            .check(tonic_health::pb::HealthCheckRequest { service: name.into() })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            status.status,
+            tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{svc}"
+        );
     }
 }

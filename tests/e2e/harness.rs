@@ -54,9 +54,12 @@ pub fn http_client() -> reqwest::Client {
 
 impl Gateway {
     pub async fn start(shape: Shape) -> Gateway {
-        let emu = llmgw_emulators::spawn(Options { api_key: Some(EMU_KEY.into()), record: true })
-            .await
-            .expect("emulator");
+        let emu = llmgw_emulators::spawn(Options {
+            api_key: Some(EMU_KEY.into()),
+            record: true,
+        })
+        .await
+        .expect("emulator");
         let dir = tempfile::tempdir().expect("tempdir");
         let (http, grpc) = (free_addr(), free_addr());
         let [auth, router, adapter, metering] = [free_addr(), free_addr(), free_addr(), free_addr()];
@@ -128,7 +131,16 @@ services:
                 .expect("spawn llmgw");
             children.push(child);
         }
-        let gw = Gateway { http, grpc, key, config, emu, client: http_client(), _dir: dir, _children: children };
+        let gw = Gateway {
+            http,
+            grpc,
+            key,
+            config,
+            emu,
+            client: http_client(),
+            _dir: dir,
+            _children: children,
+        };
         gw.wait_ready(shape, &[auth, router, adapter, metering]).await;
         gw
     }
@@ -155,7 +167,12 @@ services:
     }
 
     async fn get(&self, path: &str) -> reqwest::Result<(u16, String)> {
-        let r = self.client.get(self.url(path)).bearer_auth(&self.key).send().await?;
+        let r = self
+            .client
+            .get(self.url(path))
+            .bearer_auth(&self.key)
+            .send()
+            .await?;
         Ok((r.status().as_u16(), r.text().await?))
     }
 
@@ -195,12 +212,23 @@ services:
     /// What the emulator received, oldest first.
     pub async fn upstream_requests(&self) -> Vec<Value> {
         let url = format!("http://{}/_emu/requests", self.emu.addr);
-        let v: Value = self.client.get(url).send().await.expect("emu").json().await.expect("json");
+        let v: Value = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .expect("emu")
+            .json()
+            .await
+            .expect("json");
         v.as_array().cloned().unwrap_or_default()
     }
 
     pub async fn last_upstream(&self) -> Value {
-        self.upstream_requests().await.pop().expect("the emulator saw a request")
+        self.upstream_requests()
+            .await
+            .pop()
+            .expect("the emulator saw a request")
     }
 
     /// `llmgw usage --json` for `org`, polled until `pred` holds (metering is
@@ -214,7 +242,11 @@ services:
                 .output()
                 .await
                 .expect("llmgw usage");
-            assert!(out.status.success(), "usage failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "usage failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let line = String::from_utf8_lossy(&out.stdout);
             let v: Value = serde_json::from_str(line.trim()).expect("usage json");
             if pred(&v) || Instant::now() > deadline {
@@ -232,7 +264,11 @@ pub async fn create_key(config: &Path, org: &str, project: Option<&str>) -> Stri
         cmd.args(["--project", p]);
     }
     let out = cmd.output().await.expect("llmgw keys create");
-    assert!(out.status.success(), "keys create: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "keys create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).expect("utf8");
     stdout.lines().last().expect("a key line").trim().to_owned()
 }

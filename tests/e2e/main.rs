@@ -2,6 +2,13 @@
 //! and five processes talking gRPC), a provider emulator, and real clients
 //! (HTTP, tonic gRPC, HTTP/1.1 gRPC-Web). One test binary for the crate.
 
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test code: a failed step is a failed test"
+)]
+
 mod harness;
 
 mod chat;

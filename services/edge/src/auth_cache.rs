@@ -23,7 +23,10 @@ pub type Digest32 = [u8; 32];
 
 impl AuthCache {
     pub fn new(ttl: Duration) -> Self {
-        Self { ttl, entries: Mutex::new(HashMap::new()) }
+        Self {
+            ttl,
+            entries: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn digest(key: &str) -> Digest32 {
@@ -43,7 +46,9 @@ impl AuthCache {
         if self.ttl.is_zero() {
             return;
         }
-        let Ok(mut entries) = self.entries.lock() else { return };
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
         if entries.len() >= MAX_ENTRIES {
             let ttl = self.ttl;
             entries.retain(|_, (_, at)| at.elapsed() < ttl);
@@ -63,7 +68,13 @@ mod tests {
     fn entries_expire() {
         let cache = AuthCache::new(Duration::from_millis(30));
         let d = AuthCache::digest("sk-1");
-        cache.put(d, Principal { org_id: "o".into(), ..Default::default() });
+        cache.put(
+            d,
+            Principal {
+                org_id: "o".into(),
+                ..Default::default()
+            },
+        );
         assert_eq!(cache.get(&d).map(|p| p.org_id), Some("o".into()));
         assert!(cache.get(&AuthCache::digest("sk-2")).is_none());
         std::thread::sleep(Duration::from_millis(40));

@@ -27,7 +27,11 @@ struct GatewayGrpc(Arc<Pipeline>);
 
 fn bearer<T>(req: &Request<T>) -> Option<&str> {
     let v = req.metadata().get("authorization")?.to_str().ok()?.trim();
-    Some(v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v))
+    Some(
+        v.strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+            .unwrap_or(v),
+    )
 }
 
 impl GatewayGrpc {
@@ -53,14 +57,24 @@ impl pb::gateway_server::Gateway for GatewayGrpc {
 
     type ChatStreamStream = ChunkStatusStream;
 
-    async fn chat_stream(&self, req: Request<pb::ChatRequest>) -> Result<Response<Self::ChatStreamStream>, Status> {
+    async fn chat_stream(
+        &self,
+        req: Request<pb::ChatRequest>,
+    ) -> Result<Response<Self::ChatStreamStream>, Status> {
         match self.run(req, true).await? {
-            ChatOutput::Stream(s) => Ok(Response::new(Box::pin(s.chunks.map(|c| c.map_err(|e| e.to_status()))))),
-            ChatOutput::Complete(_) => Err(GwError::new(ErrorCode::Internal, "expected a stream").to_status()),
+            ChatOutput::Stream(s) => Ok(Response::new(Box::pin(
+                s.chunks.map(|c| c.map_err(|e| e.to_status())),
+            ))),
+            ChatOutput::Complete(_) => {
+                Err(GwError::new(ErrorCode::Internal, "expected a stream").to_status())
+            }
         }
     }
 
-    async fn list_models(&self, req: Request<pb::ListModelsRequest>) -> Result<Response<pb::ModelList>, Status> {
+    async fn list_models(
+        &self,
+        req: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ModelList>, Status> {
         let principal = self.0.authenticate(bearer(&req)).await?;
         Ok(Response::new(self.0.list_models(principal).await?))
     }

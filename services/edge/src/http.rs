@@ -96,20 +96,31 @@ pub fn error_json(err: &GwError) -> Vec<u8> {
 
 pub fn error_response(err: &GwError) -> Response {
     let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut resp = (status, [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], error_json(err))
+    let mut resp = (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        error_json(err),
+    )
         .into_response();
     if let Some(secs) = err.retry_after_secs() {
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
     }
     resp
 }
 
 async fn not_found() -> Response {
-    error_response(&GwError::new(ErrorCode::NotFound, "Unknown request URL. Please check the URL and method."))
+    error_response(&GwError::new(
+        ErrorCode::NotFound,
+        "Unknown request URL. Please check the URL and method.",
+    ))
 }
 
 async fn method_not_allowed() -> Response {
-    error_response(&GwError::new(ErrorCode::MethodNotAllowed, "Method not allowed for this URL."))
+    error_response(&GwError::new(
+        ErrorCode::MethodNotAllowed,
+        "Method not allowed for this URL.",
+    ))
 }
 
 // ---- request plumbing -------------------------------------------------------
@@ -119,13 +130,20 @@ async fn method_not_allowed() -> Response {
 fn api_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
-        return Some(v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")).unwrap_or(v));
+        return Some(
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+                .unwrap_or(v),
+        );
     }
     headers.get("api-key").and_then(|v| v.to_str().ok())
 }
 
 fn require_json(headers: &HeaderMap) -> Result<(), GwError> {
-    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let essence = ct.split(';').next().unwrap_or("").trim();
     if essence.eq_ignore_ascii_case("application/json") {
         Ok(())
@@ -139,7 +157,10 @@ fn require_json(headers: &HeaderMap) -> Result<(), GwError> {
 }
 
 fn too_large(limit: usize) -> GwError {
-    GwError::new(ErrorCode::PayloadTooLarge, format!("Request body is larger than the limit of {limit} bytes."))
+    GwError::new(
+        ErrorCode::PayloadTooLarge,
+        format!("Request body is larger than the limit of {limit} bytes."),
+    )
 }
 
 fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), GwError> {
@@ -157,7 +178,10 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, GwError> {
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large(limit)),
-        Err(e) => Err(GwError::invalid("", format!("could not read the request body: {e}"))),
+        Err(e) => Err(GwError::invalid(
+            "",
+            format!("could not read the request body: {e}"),
+        )),
     }
 }
 
@@ -193,7 +217,11 @@ async fn chat(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response,
     match p.chat(principal, req).await? {
         ChatOutput::Complete(resp) => {
             let json = llmgw_kit::openai::response_json(&resp)?;
-            let mut out = ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], json).into_response();
+            let mut out = (
+                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                json,
+            )
+                .into_response();
             if let Some(meta) = &resp.metadata {
                 routing_headers(&mut out, meta);
             }
@@ -202,7 +230,10 @@ async fn chat(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response,
         ChatOutput::Stream(stream) => {
             let mut out = Response::new(Body::from_stream(sse(stream.chunks)));
             let h = out.headers_mut();
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            );
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             routing_headers(&mut out, &stream.metadata);
@@ -269,12 +300,21 @@ struct ModelListOut<'a> {
 }
 
 fn model_out(m: &pb::Model) -> ModelOut<'_> {
-    ModelOut { id: &m.id, object: "model", created: m.created, owned_by: &m.owned_by }
+    ModelOut {
+        id: &m.id,
+        object: "model",
+        created: m.created,
+        owned_by: &m.owned_by,
+    }
 }
 
 fn json_response<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
-        Ok(body) => ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], body).into_response(),
+        Ok(body) => (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            body,
+        )
+            .into_response(),
         Err(e) => error_response(&GwError::internal(format!("cannot write response: {e}"))),
     }
 }
@@ -286,7 +326,10 @@ async fn list_models(State(p): State<Arc<Pipeline>>, headers: HeaderMap) -> Resp
     }
     .await;
     match result {
-        Ok(list) => json_response(&ModelListOut { object: "list", data: list.data.iter().map(model_out).collect() }),
+        Ok(list) => json_response(&ModelListOut {
+            object: "list",
+            data: list.data.iter().map(model_out).collect(),
+        }),
         Err(e) => error_response(&e),
     }
 }
@@ -301,8 +344,11 @@ async fn get_model(State(p): State<Arc<Pipeline>>, Path(id): Path<String>, heade
         Ok(list) => match list.data.iter().find(|m| m.id == id) {
             Some(m) => json_response(&model_out(m)),
             None => error_response(
-                &GwError::new(ErrorCode::ModelNotFound, format!("The model `{id}` does not exist or you do not have access to it."))
-                    .with_param("model"),
+                &GwError::new(
+                    ErrorCode::ModelNotFound,
+                    format!("The model `{id}` does not exist or you do not have access to it."),
+                )
+                .with_param("model"),
             ),
         },
         Err(e) => error_response(&e),

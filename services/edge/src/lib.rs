@@ -16,11 +16,11 @@ mod stream;
 
 use std::sync::Arc;
 
+use axum::serve::ListenerExt as _;
+use llmgw_kit::GwError;
 use llmgw_kit::config::Config;
 use llmgw_kit::services::{Adapter, Auth, Metering, Router};
 use llmgw_kit::shutdown::CancellationToken;
-use llmgw_kit::GwError;
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -52,7 +52,12 @@ impl Edge {
 
     /// Serves REST + gRPC-Web on `http` and public gRPC on `grpc` until
     /// `shutdown`, then drains in-flight requests and flushes metering.
-    pub async fn run(self, http: TcpListener, grpc: TcpListener, shutdown: CancellationToken) -> Result<(), GwError> {
+    pub async fn run(
+        self,
+        http: TcpListener,
+        grpc: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), GwError> {
         let app = http::router(self.inner.clone());
         let http_shutdown = shutdown.clone();
         let http_task = async move {

@@ -50,11 +50,7 @@ pub fn spawn(metering: Metering, config: MeteringConfig) -> (MeterSender, JoinHa
     (MeterSender(tx), task)
 }
 
-async fn ship(
-    metering: Metering,
-    config: MeteringConfig,
-    mut rx: mpsc::Receiver<UsageEvent>,
-) {
+async fn ship(metering: Metering, config: MeteringConfig, mut rx: mpsc::Receiver<UsageEvent>) {
     let mut pending: VecDeque<UsageEvent> = VecDeque::new();
     let mut backoff = Duration::ZERO;
     let mut ticker = tokio::time::interval(config.flush_interval);
@@ -95,20 +91,32 @@ async fn ship(
         }
     }
     if !pending.is_empty() {
-        tracing::error!(events = pending.len(), "metering unreachable at shutdown; usage events lost");
+        tracing::error!(
+            events = pending.len(),
+            "metering unreachable at shutdown; usage events lost"
+        );
     }
 }
 
 /// Sends batches until `pending` is empty or a send fails; a failed batch
 /// goes back to the front and `backoff` grows.
-async fn flush(metering: &Metering, pending: &mut VecDeque<UsageEvent>, batch_size: usize, backoff: &mut Duration) {
+async fn flush(
+    metering: &Metering,
+    pending: &mut VecDeque<UsageEvent>,
+    batch_size: usize,
+    backoff: &mut Duration,
+) {
     while !pending.is_empty() {
         let n = pending.len().min(batch_size);
         let batch: Vec<UsageEvent> = pending.drain(..n).collect();
         match metering.record(batch.clone()).await {
             Ok(ack) => {
                 *backoff = Duration::ZERO;
-                tracing::debug!(accepted = ack.accepted, duplicates = ack.duplicates, "usage batch recorded");
+                tracing::debug!(
+                    accepted = ack.accepted,
+                    duplicates = ack.duplicates,
+                    "usage batch recorded"
+                );
             }
             Err(e) => {
                 *backoff = (*backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF);

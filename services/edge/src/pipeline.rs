@@ -64,13 +64,24 @@ impl Pipeline {
         if let Some(principal) = self.auth_cache.get(&digest) {
             return Ok(principal);
         }
-        let principal = self.deps.auth.authenticate(pb::AuthenticateRequest { api_key: key.to_owned() }).await?;
+        let principal = self
+            .deps
+            .auth
+            .authenticate(pb::AuthenticateRequest {
+                api_key: key.to_owned(),
+            })
+            .await?;
         self.auth_cache.put(digest, principal.clone());
         Ok(principal)
     }
 
     pub async fn list_models(&self, principal: pb::Principal) -> Result<pb::ModelList, GwError> {
-        self.deps.router.list_models(pb::ModelsRequest { principal: Some(principal) }).await
+        self.deps
+            .router
+            .list_models(pb::ModelsRequest {
+                principal: Some(principal),
+            })
+            .await
     }
 
     /// Runs a chat request to its first byte: a complete response, or a
@@ -80,8 +91,12 @@ impl Pipeline {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
         let streaming = req.stream;
-        let client_wants_usage =
-            streaming && req.stream_options.as_ref().and_then(|o| o.include_usage).unwrap_or(false);
+        let client_wants_usage = streaming
+            && req
+                .stream_options
+                .as_ref()
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false);
 
         let plan = self
             .deps
@@ -94,8 +109,11 @@ impl Pipeline {
             })
             .await?;
         if plan.targets.is_empty() {
-            return Err(GwError::new(ErrorCode::ModelNotFound, format!("no provider can serve `{}`", req.model))
-                .with_param("model"));
+            return Err(GwError::new(
+                ErrorCode::ModelNotFound,
+                format!("no provider can serve `{}`", req.model),
+            )
+            .with_param("model"));
         }
 
         let mut meta = pb::RoutingMetadata {
@@ -111,10 +129,18 @@ impl Pipeline {
         let mut last_error = None;
         for (i, target) in plan.targets.into_iter().enumerate() {
             // Only the last attempt may take the request; earlier ones copy it.
-            let request = if i + 1 == attempts { req.take() } else { req.clone() };
+            let request = if i + 1 == attempts {
+                req.take()
+            } else {
+                req.clone()
+            };
             guard.set_target(&target);
             let attempt_started = Instant::now();
-            let adapter_req = pb::AdapterRequest { request_id: request_id.clone(), target: Some(target.clone()), request };
+            let adapter_req = pb::AdapterRequest {
+                request_id: request_id.clone(),
+                target: Some(target.clone()),
+                request,
+            };
             let result = if streaming {
                 tokio::time::timeout_at(deadline, self.deps.adapter.stream(adapter_req))
                     .await
@@ -127,7 +153,10 @@ impl Pipeline {
             let result = result.unwrap_or_else(|_| {
                 Err(GwError::new(
                     ErrorCode::UpstreamTimeout,
-                    format!("provider `{}`: request timed out after {:?}", target.provider, self.request_timeout),
+                    format!(
+                        "provider `{}`: request timed out after {:?}",
+                        target.provider, self.request_timeout
+                    ),
                 )
                 .with_provider(target.provider.clone()))
             });
@@ -246,9 +275,16 @@ fn needed_capabilities(req: &pb::ChatRequest) -> pb::Capabilities {
     });
     let json_schema = matches!(
         req.response_format,
-        Some(pb::ResponseFormat { format: Some(pb::response_format::Format::JsonSchema(_)) })
+        Some(pb::ResponseFormat {
+            format: Some(pb::response_format::Format::JsonSchema(_))
+        })
     );
-    pb::Capabilities { tools: !req.tools.is_empty(), vision, json_schema, streaming: req.stream }
+    pb::Capabilities {
+        tools: !req.tools.is_empty(),
+        vision,
+        json_schema,
+        streaming: req.stream,
+    }
 }
 
 /// Rough token count of text, for when a provider reports none: four
@@ -262,8 +298,12 @@ fn prompt_chars(req: &pb::ChatRequest) -> usize {
         .iter()
         .map(|m| {
             let content = match &m.content {
-                Some(pb::Content { value: Some(pb::content::Value::Text(t)) }) => t.len(),
-                Some(pb::Content { value: Some(pb::content::Value::Parts(p)) }) => p
+                Some(pb::Content {
+                    value: Some(pb::content::Value::Text(t)),
+                }) => t.len(),
+                Some(pb::Content {
+                    value: Some(pb::content::Value::Parts(p)),
+                }) => p
                     .parts
                     .iter()
                     .map(|p| match &p.part {
@@ -278,7 +318,11 @@ fn prompt_chars(req: &pb::ChatRequest) -> usize {
             let calls: usize = m
                 .tool_calls
                 .iter()
-                .map(|t| t.function.as_ref().map_or(0, |f| f.name.len() + f.arguments.len()))
+                .map(|t| {
+                    t.function
+                        .as_ref()
+                        .map_or(0, |f| f.name.len() + f.arguments.len())
+                })
                 .sum();
             // Per-message framing is about four tokens.
             content + calls + 16
@@ -300,8 +344,16 @@ pub struct MeterGuard {
 }
 
 impl MeterGuard {
-    fn new(sender: MeterSender, principal: &pb::Principal, request_id: &str, req: &pb::ChatRequest, streamed: bool) -> Self {
-        let started_at_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    fn new(
+        sender: MeterSender,
+        principal: &pb::Principal,
+        request_id: &str,
+        req: &pb::ChatRequest,
+        streamed: bool,
+    ) -> Self {
+        let started_at_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         Self {
             sender,
             event: Some(pb::UsageEvent {
@@ -335,7 +387,10 @@ impl MeterGuard {
             if let Some(d) = &c.delta {
                 self.streamed_chars += d.content.as_ref().map_or(0, String::len)
                     + d.reasoning.as_ref().map_or(0, String::len)
-                    + d.tool_calls.iter().map(|t| t.arguments.as_ref().map_or(0, String::len)).sum::<usize>();
+                    + d.tool_calls
+                        .iter()
+                        .map(|t| t.arguments.as_ref().map_or(0, String::len))
+                        .sum::<usize>();
             }
         }
     }
@@ -347,10 +402,16 @@ impl MeterGuard {
             .filter_map(|c| c.message.as_ref())
             .map(|m| {
                 let text = match &m.content {
-                    Some(pb::Content { value: Some(pb::content::Value::Text(t)) }) => t.len(),
+                    Some(pb::Content {
+                        value: Some(pb::content::Value::Text(t)),
+                    }) => t.len(),
                     _ => 0,
                 };
-                text + m.tool_calls.iter().map(|t| t.function.as_ref().map_or(0, |f| f.arguments.len())).sum::<usize>()
+                text + m
+                    .tool_calls
+                    .iter()
+                    .map(|t| t.function.as_ref().map_or(0, |f| f.arguments.len()))
+                    .sum::<usize>()
             })
             .sum();
         let completion = estimate_tokens(chars);

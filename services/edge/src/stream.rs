@@ -35,7 +35,16 @@ pub fn metered(
     idle: Duration,
     started: Instant,
 ) -> ChunkStream {
-    let state = State { inner, guard, metadata, price, client_wants_usage, idle, started, done: false };
+    let state = State {
+        inner,
+        guard,
+        metadata,
+        price,
+        client_wants_usage,
+        idle,
+        started,
+        done: false,
+    };
     Box::pin(futures_util::stream::unfold(state, |mut st| async move {
         if st.done {
             return None;
@@ -70,7 +79,7 @@ pub fn metered(
                     if let Some(mut usage) = chunk.usage.take() {
                         usage.cost_usd = Some(cost(&st.price, &usage));
                         if st.client_wants_usage {
-                            chunk.usage = Some(usage.clone());
+                            chunk.usage = Some(usage);
                             chunk.metadata = Some((*st.metadata).clone());
                         }
                         st.guard.usage = Some(usage);
@@ -78,7 +87,11 @@ pub fn metered(
                             continue;
                         }
                     }
-                    if chunk.choices.iter().any(|c| c.finish_reason != pb::FinishReason::Unspecified as i32) {
+                    if chunk
+                        .choices
+                        .iter()
+                        .any(|c| c.finish_reason != pb::FinishReason::Unspecified as i32)
+                    {
                         chunk.metadata = Some((*st.metadata).clone());
                     }
                     return Some((Ok(chunk), st));

@@ -164,7 +164,9 @@ pub struct ServiceAddr {
 
 impl ServiceAddr {
     fn port(port: u16) -> Self {
-        Self { addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        }
     }
 }
 
@@ -184,7 +186,11 @@ pub struct MeteringConfig {
 
 impl Default for MeteringConfig {
     fn default() -> Self {
-        Self { flush_interval: Duration::from_millis(200), batch_size: 256, buffer: 100_000 }
+        Self {
+            flush_interval: Duration::from_millis(200),
+            batch_size: 256,
+            buffer: 100_000,
+        }
     }
 }
 
@@ -281,26 +287,34 @@ impl Config {
     /// Reads and validates `path`; `env` is the process environment as a map.
     pub fn load(path: &Path, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError { file: file.clone(), message: format!("cannot read: {e}") })?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
         let mut config = Self::parse(&text, &file, env)?;
         if config.data_dir.is_relative() {
             // Relative to the working directory, as a user running `make up` expects.
-            config.data_dir = std::env::current_dir().map(|d| d.join(&config.data_dir)).unwrap_or(config.data_dir);
+            config.data_dir = std::env::current_dir()
+                .map(|d| d.join(&config.data_dir))
+                .unwrap_or(config.data_dir);
         }
         Ok(config)
     }
 
     /// Parses and validates YAML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let err = |message: String| ConfigError { file: file.to_owned(), message };
+        let err = |message: String| ConfigError {
+            file: file.to_owned(),
+            message,
+        };
         let mut value: Value = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
         if value.is_null() {
             value = Value::Mapping(Default::default());
         }
         let mut unset = Vec::new();
         expand_value(&mut value, &mut String::new(), env, &mut unset);
-        let raw: RawConfig = serde_path_to_error::deserialize(value).map_err(|e| err(describe_serde_error(&e)))?;
+        let raw: RawConfig =
+            serde_path_to_error::deserialize(value).map_err(|e| err(describe_serde_error(&e)))?;
         let unset_at = |prefix: &str| -> Option<&str> {
             unset
                 .iter()
@@ -316,14 +330,22 @@ impl Config {
         let mut names = HashSet::new();
         for (i, p) in raw.providers.into_iter().enumerate() {
             let at = format!("providers[{i}]");
-            if p.name.is_empty() || !p.name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            if p.name.is_empty()
+                || !p
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            {
                 return Err(err(format!(
                     "`{at}.name` must be letters, digits, `-`, `_` or `.`, got `{}`",
                     p.name
                 )));
             }
             if !names.insert(p.name.clone()) {
-                return Err(err(format!("`{at}.name`: provider `{}` is defined twice", p.name)));
+                return Err(err(format!(
+                    "`{at}.name`: provider `{}` is defined twice",
+                    p.name
+                )));
             }
             let Some(kind) = ProviderKind::parse(&p.kind) else {
                 let valid: Vec<&str> = ProviderKind::ALL.iter().map(|(n, _)| *n).collect();
@@ -334,13 +356,18 @@ impl Config {
                 )));
             };
             if let Some(var) = unset_at(&at) {
-                disabled.push(DisabledProvider { name: p.name, reason: format!("${{{var}}} is not set") });
+                disabled.push(DisabledProvider {
+                    name: p.name,
+                    reason: format!("${{{var}}} is not set"),
+                });
                 continue;
             }
             let base_url = p.base_url.unwrap_or_else(|| kind.default_base_url().to_owned());
             let base_url = base_url.trim_end_matches('/').to_owned();
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-                return Err(err(format!("`{at}.base_url` must be an http:// or https:// URL, got `{base_url}`")));
+                return Err(err(format!(
+                    "`{at}.base_url` must be an http:// or https:// URL, got `{base_url}`"
+                )));
             }
             providers.push(ProviderConfig {
                 name: p.name,
@@ -363,9 +390,15 @@ impl Config {
             if !model_names.insert(m.name.clone()) {
                 return Err(err(format!("`{at}.name`: model `{}` is defined twice", m.name)));
             }
-            let Some((provider, upstream)) = m.target.split_once('/').filter(|(p, m)| !p.is_empty() && !m.is_empty())
+            let Some((provider, upstream)) = m
+                .target
+                .split_once('/')
+                .filter(|(p, m)| !p.is_empty() && !m.is_empty())
             else {
-                return Err(err(format!("`{at}.target` must be `provider/model`, got `{}`", m.target)));
+                return Err(err(format!(
+                    "`{at}.target` must be `provider/model`, got `{}`",
+                    m.target
+                )));
             };
             if disabled.iter().any(|d| d.name == provider) {
                 continue;
@@ -401,7 +434,9 @@ impl Config {
             return Err(err("`edge.max_body_bytes` must be above 0".to_owned()));
         }
         if raw.metering.batch_size == 0 || raw.metering.buffer == 0 {
-            return Err(err("`metering.batch_size` and `metering.buffer` must be above 0".to_owned()));
+            return Err(err(
+                "`metering.batch_size` and `metering.buffer` must be above 0".to_owned()
+            ));
         }
 
         Ok(Self {
@@ -414,7 +449,10 @@ impl Config {
             models,
             services: raw.services,
             metering: raw.metering,
-            master_key: env.get("LLMGW_MASTER_KEY").filter(|k| !k.is_empty()).map(Secret::new),
+            master_key: env
+                .get("LLMGW_MASTER_KEY")
+                .filter(|k| !k.is_empty())
+                .map(Secret::new),
         })
     }
 
@@ -425,7 +463,12 @@ impl Config {
 
 /// Replaces `${VAR}` / `${VAR:-default}` in every string, recording the path
 /// and name of each variable that is not set (or empty, without a default).
-fn expand_value(value: &mut Value, path: &mut String, env: &HashMap<String, String>, unset: &mut Vec<(String, String)>) {
+fn expand_value(
+    value: &mut Value,
+    path: &mut String,
+    env: &HashMap<String, String>,
+    unset: &mut Vec<(String, String)>,
+) {
     match value {
         Value::String(s) if s.contains("${") => {
             let (expanded, missing) = expand_str(s, env);
@@ -506,7 +549,11 @@ fn describe_serde_error(e: &serde_path_to_error::Error<serde_yaml_ng::Error>) ->
             return format!("unknown {what} `{full}`{}", suggest(name, &expected));
         }
     }
-    if path == "." || path.is_empty() { inner } else { format!("`{path}`: {inner}") }
+    if path == "." || path.is_empty() {
+        inner
+    } else {
+        format!("`{path}`: {inner}")
+    }
 }
 
 fn suggest(name: &str, valid: &[&str]) -> String {

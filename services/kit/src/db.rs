@@ -18,7 +18,11 @@ pub type MigrationSpec = (i64, &'static str, &'static str);
 /// Opens (creating if needed) the SQLite store `file` under `data_dir`, in WAL
 /// mode with a busy timeout so the CLI and a running service can share it, and
 /// runs `migrations`.
-pub async fn open_sqlite(data_dir: &Path, file: &str, migrations: &[MigrationSpec]) -> Result<AnyPool, GwError> {
+pub async fn open_sqlite(
+    data_dir: &Path,
+    file: &str,
+    migrations: &[MigrationSpec],
+) -> Result<AnyPool, GwError> {
     sqlx::any::install_default_drivers();
     std::fs::create_dir_all(data_dir)
         .map_err(|e| GwError::internal(format!("cannot create data_dir {}: {e}", data_dir.display())))?;
@@ -78,11 +82,23 @@ pub async fn migrate(pool: &AnyPool, migrations: &[MigrationSpec]) -> Result<(),
     let migrations = migrations
         .iter()
         .map(|(version, description, sql)| {
-            Migration::new(*version, (*description).into(), MigrationType::Simple, sqlx::SqlSafeStr::into_sql_str(*sql), false)
+            Migration::new(
+                *version,
+                (*description).into(),
+                MigrationType::Simple,
+                sqlx::SqlSafeStr::into_sql_str(*sql),
+                false,
+            )
         })
         .collect::<Vec<_>>();
-    let migrator = Migrator { migrations: migrations.into(), ..Migrator::DEFAULT };
-    migrator.run(pool).await.map_err(|e| GwError::internal(format!("migration failed: {e}")))
+    let migrator = Migrator {
+        migrations: migrations.into(),
+        ..Migrator::DEFAULT
+    };
+    migrator
+        .run(pool)
+        .await
+        .map_err(|e| GwError::internal(format!("migration failed: {e}")))
 }
 
 /// Maps a storage error to an internal error without leaking SQL or values.

@@ -26,7 +26,11 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The channel reconnects with backoff on its own; calls fail fast with
 /// `UNAVAILABLE` while the peer is down.
 pub fn channel(addr: &str) -> Result<Channel, GwError> {
-    let uri = if addr.contains("://") { addr.to_owned() } else { format!("http://{addr}") };
+    let uri = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("http://{addr}")
+    };
     let endpoint = Endpoint::from_shared(uri)
         .map_err(|e| GwError::new(ErrorCode::Internal, format!("bad service address `{addr}`: {e}")))?;
     Ok(configure(endpoint).connect_lazy())
@@ -51,7 +55,11 @@ pub struct Health {
 
 impl Health {
     pub async fn set_serving(&self, serving: bool) {
-        let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
         self.reporter.set_service_status("", status).await;
         for name in &self.names {
             self.reporter.set_service_status(name, status).await;
@@ -63,7 +71,10 @@ impl Health {
 /// every llmgw proto to `routes`.
 pub async fn with_health_and_reflection(routes: Routes, names: &[&str]) -> Result<(Routes, Health), GwError> {
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health = Health { reporter, names: names.iter().map(|n| (*n).to_owned()).collect() };
+    let health = Health {
+        reporter,
+        names: names.iter().map(|n| (*n).to_owned()).collect(),
+    };
     health.set_serving(true).await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(llmgw_proto::FILE_DESCRIPTOR_SET)

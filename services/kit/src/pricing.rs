@@ -29,18 +29,47 @@ mod tests {
 
     #[test]
     fn cost_counts_input_output_and_cached() {
-        let price = Price { input_per_mtok: 0.15, output_per_mtok: 0.60, cached_input_per_mtok: Some(0.075) };
-        let plain = cost_usd(&price, Tokens { input: 1_000_000, output: 0, cached: 0 });
+        let price = Price {
+            input_per_mtok: 0.15,
+            output_per_mtok: 0.60,
+            cached_input_per_mtok: Some(0.075),
+        };
+        let plain = cost_usd(
+            &price,
+            Tokens {
+                input: 1_000_000,
+                output: 0,
+                cached: 0,
+            },
+        );
         assert!((plain - 0.15).abs() < 1e-12);
-        let mixed = cost_usd(&price, Tokens { input: 1000, output: 500, cached: 400 });
+        let mixed = cost_usd(
+            &price,
+            Tokens {
+                input: 1000,
+                output: 500,
+                cached: 400,
+            },
+        );
         let want = (600.0 * 0.15 + 400.0 * 0.075 + 500.0 * 0.60) / 1e6;
         assert!((mixed - want).abs() < 1e-15);
     }
 
     #[test]
     fn cached_beyond_input_is_capped() {
-        let price = Price { input_per_mtok: 1.0, output_per_mtok: 1.0, cached_input_per_mtok: None };
-        let c = cost_usd(&price, Tokens { input: 10, output: 0, cached: 50 });
+        let price = Price {
+            input_per_mtok: 1.0,
+            output_per_mtok: 1.0,
+            cached_input_per_mtok: None,
+        };
+        let c = cost_usd(
+            &price,
+            Tokens {
+                input: 10,
+                output: 0,
+                cached: 50,
+            },
+        );
         assert!((c - 10.0 / 1e6).abs() < 1e-15);
     }
 }

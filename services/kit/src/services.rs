@@ -68,7 +68,8 @@ pub type Metering = Arc<dyn MeteringService>;
 pub struct GrpcAuth(AuthClient<Channel>);
 
 impl GrpcAuth {
-    pub fn new(channel: Channel) -> Auth {
+    /// A client for the service at the other end of `channel`.
+    pub fn client(channel: Channel) -> Auth {
         Arc::new(Self(
             AuthClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -89,7 +90,8 @@ impl AuthService for GrpcAuth {
 pub struct GrpcRouter(RouterClient<Channel>);
 
 impl GrpcRouter {
-    pub fn new(channel: Channel) -> Router {
+    /// A client for the service at the other end of `channel`.
+    pub fn client(channel: Channel) -> Router {
         Arc::new(Self(
             RouterClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -114,7 +116,8 @@ impl RouterService for GrpcRouter {
 pub struct GrpcAdapter(AdapterClient<Channel>);
 
 impl GrpcAdapter {
-    pub fn new(channel: Channel) -> Adapter {
+    /// A client for the service at the other end of `channel`.
+    pub fn client(channel: Channel) -> Adapter {
         Arc::new(Self(
             AdapterClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -147,7 +150,8 @@ impl AdapterService for GrpcAdapter {
 pub struct GrpcMetering(MeteringClient<Channel>);
 
 impl GrpcMetering {
-    pub fn new(channel: Channel) -> Metering {
+    /// A client for the service at the other end of `channel`.
+    pub fn client(channel: Channel) -> Metering {
         Arc::new(Self(
             MeteringClient::new(channel)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -212,7 +216,9 @@ impl pb::adapter_server::Adapter for AdapterGrpcServer {
 
     async fn stream(&self, req: Request<pb::AdapterRequest>) -> Result<Response<Self::StreamStream>, Status> {
         let stream = self.0.stream(req.into_inner()).await?;
-        Ok(Response::new(Box::pin(stream.map(|item| item.map_err(|e| e.to_status())))))
+        Ok(Response::new(Box::pin(
+            stream.map(|item| item.map_err(|e| e.to_status())),
+        )))
     }
 }
 

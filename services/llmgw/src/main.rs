@@ -23,7 +23,11 @@ use tokio::net::TcpListener;
 use tonic::service::Routes;
 
 #[derive(Parser)]
-#[command(name = "llmgw", version, about = "One OpenAI-compatible API in front of every LLM provider")]
+#[command(
+    name = "llmgw",
+    version,
+    about = "One OpenAI-compatible API in front of every LLM provider"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -106,7 +110,11 @@ fn load(path: &Path, quiet: bool) -> anyhow::Result<Config> {
     let env: HashMap<String, String> = llmgw_kit::config::process_env();
     let config = Config::load(path, &env)?;
     let env_filter = env.get("LLMGW_LOG").map(String::as_str);
-    let config_filter = if quiet { Some("warn") } else { config.log.as_deref() };
+    let config_filter = if quiet {
+        Some("warn")
+    } else {
+        config.log.as_deref()
+    };
     llmgw_kit::telemetry::init(env_filter, config_filter);
     for d in &config.disabled_providers {
         tracing::info!(provider = %d.name, reason = %d.reason, "provider disabled");
@@ -151,18 +159,34 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
             );
-            serve_one("adapter", config.services.adapter.addr, routes, "llmgw.v1.Adapter").await
+            serve_one(
+                "adapter",
+                config.services.adapter.addr,
+                routes,
+                "llmgw.v1.Adapter",
+            )
+            .await
         }
         Command::Metering(c) => {
             let config = load(&c.config, false)?;
             let store = llmgw_usage_metering::open(&config).await?;
             let routes = Routes::new(
-                pb::metering_server::MeteringServer::new(MeteringGrpcServer(llmgw_usage_metering::service(store)))
-                    .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
+                pb::metering_server::MeteringServer::new(MeteringGrpcServer(llmgw_usage_metering::service(
+                    store,
+                )))
+                .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
             );
-            serve_one("metering", config.services.metering.addr, routes, "llmgw.v1.Metering").await
+            serve_one(
+                "metering",
+                config.services.metering.addr,
+                routes,
+                "llmgw.v1.Metering",
+            )
+            .await
         }
-        Command::Keys { command: KeysCommand::Create { config, org, project } } => {
+        Command::Keys {
+            command: KeysCommand::Create { config, org, project },
+        } => {
             let config = load(&config.config, true)?;
             let store = llmgw_auth::open(&config).await?;
             let created = store.create_key(&org, project.as_deref()).await?;
@@ -170,16 +194,24 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 Some(p) => format!("org `{}` ({}), project {p}", created.org_name, created.org_id),
                 None => format!("org `{}` ({})", created.org_name, created.org_id),
             };
-            say(&format!("created key {} for {scope}; it is shown once, store it now:", created.key_id))?;
+            say(&format!(
+                "created key {} for {scope}; it is shown once, store it now:",
+                created.key_id
+            ))?;
             say(created.key.expose())
         }
         Command::Usage { config, org, json } => {
             let config = load(&config.config, true)?;
             let auth = llmgw_auth::open(&config).await?;
-            let org_id = auth.org_id(&org).await?.with_context(|| format!("no org named `{org}`"))?;
+            let org_id = auth
+                .org_id(&org)
+                .await?
+                .with_context(|| format!("no org named `{org}`"))?;
             let store = llmgw_usage_metering::open(&config).await?;
             let summary = llmgw_usage_metering::service(store)
-                .get_usage(pb::UsageQuery { org_id: org_id.clone() })
+                .get_usage(pb::UsageQuery {
+                    org_id: org_id.clone(),
+                })
                 .await?;
             if json {
                 let by_model: Vec<_> = summary
@@ -229,7 +261,9 @@ async fn open_auth(config: &Config) -> anyhow::Result<llmgw_auth::AuthStore> {
 }
 
 async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.with_context(|| format!("cannot bind {what} on {addr}"))
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot bind {what} on {addr}"))
 }
 
 fn shutdown_token() -> CancellationToken {
@@ -255,10 +289,10 @@ async fn edge(config: &Config) -> anyhow::Result<()> {
     let shutdown = shutdown_token();
     let s = &config.services;
     let deps = Deps {
-        auth: GrpcAuth::new(grpc::channel(&s.auth.addr.to_string())?),
-        router: GrpcRouter::new(grpc::channel(&s.router.addr.to_string())?),
-        adapter: GrpcAdapter::new(grpc::channel(&s.adapter.addr.to_string())?),
-        metering: GrpcMetering::new(grpc::channel(&s.metering.addr.to_string())?),
+        auth: GrpcAuth::client(grpc::channel(&s.auth.addr.to_string())?),
+        router: GrpcRouter::client(grpc::channel(&s.router.addr.to_string())?),
+        adapter: GrpcAdapter::client(grpc::channel(&s.adapter.addr.to_string())?),
+        metering: GrpcMetering::client(grpc::channel(&s.metering.addr.to_string())?),
     };
     run_edge(config, deps, shutdown).await
 }
@@ -273,7 +307,9 @@ async fn run_edge(config: &Config, deps: Deps, shutdown: CancellationToken) -> a
         models = config.models.len(),
         "llmgw edge listening"
     );
-    Edge::build(config, deps).run(http, grpc_listener, shutdown).await?;
+    Edge::build(config, deps)
+        .run(http, grpc_listener, shutdown)
+        .await?;
     tracing::info!("llmgw stopped");
     Ok(())
 }

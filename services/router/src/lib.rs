@@ -67,19 +67,43 @@ fn provider_entry(p: &ProviderConfig) -> ProviderEntry {
 impl Catalog {
     fn new(config: &Config) -> Self {
         let providers: Vec<ProviderEntry> = config.providers.iter().map(provider_entry).collect();
-        let by_provider_name = providers.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
+        let by_provider_name = providers
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect();
         let mut models = HashMap::new();
         let mut model_order = Vec::new();
-        for ModelConfig { name, provider, upstream_model, price: p } in &config.models {
-            let Some(idx) = providers.iter().position(|e| &e.name == provider) else { continue };
+        for ModelConfig {
+            name,
+            provider,
+            upstream_model,
+            price: p,
+        } in &config.models
+        {
+            let Some(idx) = providers.iter().position(|e| &e.name == provider) else {
+                continue;
+            };
             models.insert(
                 name.clone(),
-                ModelEntry { provider: idx, upstream_model: upstream_model.clone(), price: price(p) },
+                ModelEntry {
+                    provider: idx,
+                    upstream_model: upstream_model.clone(),
+                    price: price(p),
+                },
             );
             model_order.push(name.clone());
         }
-        let created = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        Self { providers, by_provider_name, models, model_order, created }
+        let created = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        Self {
+            providers,
+            by_provider_name,
+            models,
+            model_order,
+            created,
+        }
     }
 
     fn target(&self, provider: usize, model: &str) -> pb::Target {
@@ -106,12 +130,18 @@ impl Catalog {
             return Ok(pb::RoutePlan {
                 requested_model: model.to_owned(),
                 requested_provider: None,
-                targets: vec![pb::Target { price: Some(entry.price), ..self.target(entry.provider, &entry.upstream_model) }],
+                targets: vec![pb::Target {
+                    price: Some(entry.price),
+                    ..self.target(entry.provider, &entry.upstream_model)
+                }],
             });
         }
         if let Some(rest) = model.strip_prefix('@') {
             let (slug, upstream) = split(rest).ok_or_else(|| not_found(model))?;
-            let idx = *self.by_provider_name.get(slug).ok_or_else(|| unknown_provider(model, slug))?;
+            let idx = *self
+                .by_provider_name
+                .get(slug)
+                .ok_or_else(|| unknown_provider(model, slug))?;
             return Ok(self.plan(model, idx, upstream));
         }
         if let Some((provider, upstream)) = split(model) {
@@ -149,8 +179,11 @@ fn not_found(model: &str) -> GwError {
 }
 
 fn unknown_provider(model: &str, slug: &str) -> GwError {
-    GwError::new(ErrorCode::ModelNotFound, format!("The model `{model}` names no configured provider `{slug}`."))
-        .with_param("model")
+    GwError::new(
+        ErrorCode::ModelNotFound,
+        format!("The model `{model}` names no configured provider `{slug}`."),
+    )
+    .with_param("model")
 }
 
 #[async_trait]

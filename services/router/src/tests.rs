@@ -23,14 +23,22 @@ models:
 }
 
 async fn route(model: &str) -> Result<pb::RoutePlan, GwError> {
-    service(&config()).route(pb::RouteRequest { model: model.into(), ..Default::default() }).await
+    service(&config())
+        .route(pb::RouteRequest {
+            model: model.into(),
+            ..Default::default()
+        })
+        .await
 }
 
 #[tokio::test]
 async fn platform_model_by_name() {
     let plan = route("gpt-4o-mini").await.unwrap();
     let t = &plan.targets[0];
-    assert_eq!((t.provider.as_str(), t.model.as_str(), t.timeout_ms), ("emu", "gpt-4o-mini", 2000));
+    assert_eq!(
+        (t.provider.as_str(), t.model.as_str(), t.timeout_ms),
+        ("emu", "gpt-4o-mini", 2000)
+    );
     assert_eq!(t.price.unwrap().output_per_mtok, 0.60);
     assert_eq!(plan.requested_provider, None);
     // A platform name with a slash is a platform model, not provider/model.
@@ -43,7 +51,11 @@ async fn slug_and_provider_addressing() {
     assert_eq!((t.provider.as_str(), t.model.as_str()), ("backup", "gpt-4o-mini"));
     assert_eq!(t.price.unwrap().input_per_mtok, 0.0);
     let t = route("emu/gpt-4o-mini").await.unwrap().targets.remove(0);
-    assert_eq!(t.price.unwrap().input_per_mtok, 0.15, "direct address keeps the platform price");
+    assert_eq!(
+        t.price.unwrap().input_per_mtok,
+        0.15,
+        "direct address keeps the platform price"
+    );
     // by type: the first provider of that type
     let t = route("openai/o3").await.unwrap().targets.remove(0);
     assert_eq!((t.provider.as_str(), t.model.as_str()), ("emu", "o3"));
@@ -61,7 +73,10 @@ async fn unknown_models_are_404_naming_model() {
 
 #[tokio::test]
 async fn list_models_in_config_order() {
-    let list = service(&config()).list_models(pb::ModelsRequest::default()).await.unwrap();
+    let list = service(&config())
+        .list_models(pb::ModelsRequest::default())
+        .await
+        .unwrap();
     let ids: Vec<_> = list.data.iter().map(|m| m.id.as_str()).collect();
     assert_eq!(ids, ["gpt-4o-mini", "team/fast"]);
 }

@@ -24,7 +24,10 @@ impl MeteringService for Flaky {
         }
         let mut seen = self.seen.lock().unwrap();
         seen.extend(events.iter().map(|e| e.request_id.clone()));
-        Ok(pb::RecordAck { accepted: events.len() as u64, duplicates: 0 })
+        Ok(pb::RecordAck {
+            accepted: events.len() as u64,
+            duplicates: 0,
+        })
     }
     async fn get_usage(&self, _q: pb::UsageQuery) -> Result<pb::UsageSummary, GwError> {
         Ok(pb::UsageSummary::default())
@@ -32,13 +35,23 @@ impl MeteringService for Flaky {
 }
 
 fn event(i: usize) -> UsageEvent {
-    UsageEvent { request_id: format!("r{i}"), ..Default::default() }
+    UsageEvent {
+        request_id: format!("r{i}"),
+        ..Default::default()
+    }
 }
 
 #[tokio::test]
 async fn batches_survive_an_outage_in_order() {
-    let flaky = Arc::new(Flaky { fail: AtomicUsize::new(3), ..Default::default() });
-    let config = MeteringConfig { flush_interval: Duration::from_millis(10), batch_size: 4, buffer: 1000 };
+    let flaky = Arc::new(Flaky {
+        fail: AtomicUsize::new(3),
+        ..Default::default()
+    });
+    let config = MeteringConfig {
+        flush_interval: Duration::from_millis(10),
+        batch_size: 4,
+        buffer: 1000,
+    };
     let (tx, task) = spawn(flaky.clone(), config);
     for i in 0..10 {
         tx.send(event(i));

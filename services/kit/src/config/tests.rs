@@ -17,14 +17,20 @@ models:
 "#;
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
 }
 
 #[test]
 fn smallest_config_works_as_written() {
     let c = Config::parse(SMALLEST, "gateway.yaml", &env(&[("OPENAI_API_KEY", "sk-test")])).unwrap();
     assert_eq!(c.providers.len(), 1);
-    assert_eq!(c.providers[0].api_key.as_ref().map(Secret::expose), Some("sk-test"));
+    assert_eq!(
+        c.providers[0].api_key.as_ref().map(Secret::expose),
+        Some("sk-test")
+    );
     assert_eq!(c.models[0].provider, "openai");
     assert_eq!(c.models[0].upstream_model, "gpt-4o-mini");
     assert!((c.models[0].price.output_per_mtok - 0.60).abs() < 1e-12);
@@ -43,15 +49,21 @@ fn unset_key_disables_the_provider_and_its_models() {
 #[test]
 fn unknown_key_names_file_key_and_nearest() {
     let text = SMALLEST.replace("    base_url:", "    bse_url:");
-    let e = Config::parse(&text, "gateway.yaml", &env(&[])).unwrap_err().to_string();
+    let e = Config::parse(&text, "gateway.yaml", &env(&[]))
+        .unwrap_err()
+        .to_string();
     assert!(e.starts_with("gateway.yaml: "), "{e}");
     assert!(e.contains("providers[0].bse_url"), "{e}");
     assert!(e.contains("did you mean `base_url`"), "{e}");
 
-    let e = Config::parse("edge:\n  http_adr: 127.0.0.1:1\n", "g.yaml", &env(&[])).unwrap_err().to_string();
+    let e = Config::parse("edge:\n  http_adr: 127.0.0.1:1\n", "g.yaml", &env(&[]))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("edge.http_adr") && e.contains("`http_addr`"), "{e}");
 
-    let e = Config::parse("modles: []\n", "g.yaml", &env(&[])).unwrap_err().to_string();
+    let e = Config::parse("modles: []\n", "g.yaml", &env(&[]))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`modles`") && e.contains("`models`"), "{e}");
 }
 
@@ -65,7 +77,9 @@ fn unknown_provider_type_suggests() {
 #[test]
 fn model_target_must_name_a_provider() {
     let text = SMALLEST.replace("target: openai/gpt-4o-mini", "target: opena/gpt-4o-mini");
-    let e = Config::parse(&text, "g.yaml", &env(&[("OPENAI_API_KEY", "k")])).unwrap_err().to_string();
+    let e = Config::parse(&text, "g.yaml", &env(&[("OPENAI_API_KEY", "k")]))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("models[0].target") && e.contains("`openai`"), "{e}");
     let text = SMALLEST.replace("target: openai/gpt-4o-mini", "target: gpt-4o-mini");
     assert!(Config::parse(&text, "g.yaml", &env(&[("OPENAI_API_KEY", "k")])).is_err());
@@ -76,7 +90,9 @@ fn defaults_and_expansion() {
     let c = Config::parse("data_dir: ${DIR:-/tmp/x}/d\n", "g.yaml", &env(&[])).unwrap();
     assert_eq!(c.data_dir, PathBuf::from("/tmp/x/d"));
     assert_eq!(c.edge.http_addr.port(), 8080);
-    let e = Config::parse("data_dir: ${NOPE}\n", "g.yaml", &env(&[])).unwrap_err().to_string();
+    let e = Config::parse("data_dir: ${NOPE}\n", "g.yaml", &env(&[]))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("NOPE") && e.contains("data_dir"), "{e}");
     let c = Config::parse("", "g.yaml", &env(&[])).unwrap();
     assert!(c.providers.is_empty());
@@ -87,6 +103,8 @@ fn provider_timeout_and_type_errors() {
     let text = SMALLEST.replace("    type: openai", "    type: openai\n    timeout: 250ms");
     let c = Config::parse(&text, "g.yaml", &env(&[("OPENAI_API_KEY", "k")])).unwrap();
     assert_eq!(c.providers[0].timeout, Duration::from_millis(250));
-    let e = Config::parse("edge:\n  http_addr: 42\n", "g.yaml", &env(&[])).unwrap_err().to_string();
+    let e = Config::parse("edge:\n  http_addr: 42\n", "g.yaml", &env(&[]))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("edge.http_addr"), "{e}");
 }

@@ -12,7 +12,9 @@
 mod read;
 mod write;
 
-pub use read::{UpstreamError, parse_chunk, parse_request, parse_response, parse_upstream_error, validate_request};
+pub use read::{
+    UpstreamError, parse_chunk, parse_request, parse_response, parse_upstream_error, validate_request,
+};
 pub use write::{chunk_json, request_json, response_json};
 
 use llmgw_proto::{FinishReason, Role};

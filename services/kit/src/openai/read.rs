@@ -4,8 +4,8 @@ use std::collections::HashMap;
 use std::fmt;
 
 use llmgw_proto as pb;
-use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
@@ -126,10 +126,14 @@ impl<'de> Deserialize<'de> for ContentIn {
                 f.write_str("a string or an array of content parts")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<ContentIn, E> {
-                Ok(ContentIn(Some(pb::Content { value: Some(pb::content::Value::Text(s.to_owned())) })))
+                Ok(ContentIn(Some(pb::Content {
+                    value: Some(pb::content::Value::Text(s.to_owned())),
+                })))
             }
             fn visit_string<E: de::Error>(self, s: String) -> Result<ContentIn, E> {
-                Ok(ContentIn(Some(pb::Content { value: Some(pb::content::Value::Text(s)) })))
+                Ok(ContentIn(Some(pb::Content {
+                    value: Some(pb::content::Value::Text(s)),
+                })))
             }
             // An explicit `null` is kept (as a Content without value) so it
             // is written back as `null`, not dropped.
@@ -144,7 +148,9 @@ impl<'de> Deserialize<'de> for ContentIn {
                 while let Some(part) = seq.next_element::<PartIn>()? {
                     parts.push(part.into());
                 }
-                Ok(ContentIn(Some(pb::Content { value: Some(pb::content::Value::Parts(pb::ContentParts { parts })) })))
+                Ok(ContentIn(Some(pb::Content {
+                    value: Some(pb::content::Value::Parts(pb::ContentParts { parts })),
+                })))
             }
         }
         d.deserialize_any(V)
@@ -189,12 +195,14 @@ impl From<PartIn> for pb::ContentPart {
         use pb::content_part::Part;
         let part = match p {
             PartIn::Text { text } => Part::Text(text),
-            PartIn::ImageUrl { image_url } => {
-                Part::ImageUrl(pb::ImageUrl { url: image_url.url, detail: image_url.detail })
-            }
-            PartIn::InputAudio { input_audio } => {
-                Part::InputAudio(pb::InputAudio { data: input_audio.data, format: input_audio.format })
-            }
+            PartIn::ImageUrl { image_url } => Part::ImageUrl(pb::ImageUrl {
+                url: image_url.url,
+                detail: image_url.detail,
+            }),
+            PartIn::InputAudio { input_audio } => Part::InputAudio(pb::InputAudio {
+                data: input_audio.data,
+                format: input_audio.format,
+            }),
             PartIn::File { file } => Part::File(pb::FileInput {
                 file_id: file.file_id,
                 filename: file.filename,
@@ -232,7 +240,10 @@ impl From<ToolCallIn> for pb::ToolCall {
         pb::ToolCall {
             id: t.id,
             r#type: t.kind,
-            function: Some(pb::FunctionCall { name: t.function.name, arguments: t.function.arguments }),
+            function: Some(pb::FunctionCall {
+                name: t.function.name,
+                arguments: t.function.arguments,
+            }),
         }
     }
 }
@@ -286,14 +297,20 @@ impl<'de> Deserialize<'de> for StopIn {
                 f.write_str("a string or an array of strings")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<StopIn, E> {
-                Ok(StopIn(pb::Stop { sequences: vec![s.to_owned()], single: true }))
+                Ok(StopIn(pb::Stop {
+                    sequences: vec![s.to_owned()],
+                    single: true,
+                }))
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StopIn, A::Error> {
                 let mut sequences = Vec::new();
                 while let Some(s) = seq.next_element::<String>()? {
                     sequences.push(s);
                 }
-                Ok(StopIn(pb::Stop { sequences, single: false }))
+                Ok(StopIn(pb::Stop {
+                    sequences,
+                    single: false,
+                }))
             }
         }
         d.deserialize_any(V)
@@ -337,13 +354,23 @@ fn describe(e: serde_path_to_error::Error<serde_json::Error>) -> GwError {
     let path = e.path().to_string();
     let msg = inner.to_string();
     let msg = msg.split(" at line ").next().unwrap_or(&msg);
-    if let Some(field) = msg.strip_prefix("missing field `").and_then(|s| s.split('`').next()) {
-        let param = if path == "." { field.to_owned() } else { format!("{path}.{field}") };
+    if let Some(field) = msg
+        .strip_prefix("missing field `")
+        .and_then(|s| s.split('`').next())
+    {
+        let param = if path == "." {
+            field.to_owned()
+        } else {
+            format!("{path}.{field}")
+        };
         return GwError::invalid(param.clone(), format!("Missing required parameter: '{param}'."));
     }
     let param = if path == "." { String::new() } else { path };
     if param.is_empty() {
-        return GwError::new(crate::ErrorCode::InvalidRequest, format!("Invalid request body: {msg}."));
+        return GwError::new(
+            crate::ErrorCode::InvalidRequest,
+            format!("Invalid request body: {msg}."),
+        );
     }
     GwError::invalid(param.clone(), format!("Invalid value for '{param}': {msg}."))
 }
@@ -395,7 +422,9 @@ fn convert_request(raw: RequestIn) -> Result<pb::ChatRequest, GwError> {
         service_tier: raw.service_tier,
         store: raw.store,
         stream: raw.stream.unwrap_or(false),
-        stream_options: raw.stream_options.map(|o| pb::StreamOptions { include_usage: o.include_usage }),
+        stream_options: raw.stream_options.map(|o| pb::StreamOptions {
+            include_usage: o.include_usage,
+        }),
         metadata: raw.metadata.unwrap_or_default(),
         extra_json,
     })
@@ -406,11 +435,19 @@ fn convert_message(m: MessageIn) -> pb::Message {
         role: pb::Role::from(m.role) as i32,
         content: m.content.0,
         name: m.name,
-        tool_calls: m.tool_calls.unwrap_or_default().into_iter().map(Into::into).collect(),
+        tool_calls: m
+            .tool_calls
+            .unwrap_or_default()
+            .into_iter()
+            .map(Into::into)
+            .collect(),
         tool_call_id: m.tool_call_id,
         refusal: m.refusal,
         reasoning: m.reasoning,
-        function_call: m.function_call.map(|f| pb::FunctionCall { name: f.name, arguments: f.arguments }),
+        function_call: m.function_call.map(|f| pb::FunctionCall {
+            name: f.name,
+            arguments: f.arguments,
+        }),
     }
 }
 
@@ -490,7 +527,10 @@ fn range(param: &str, v: Option<f64>, lo: f64, hi: f64) -> Result<(), GwError> {
 /// The gRPC door calls it on requests that arrive as protobuf.
 pub fn validate_request(req: &pb::ChatRequest) -> Result<(), GwError> {
     if req.model.trim().is_empty() {
-        return Err(GwError::invalid("model", "Invalid value for 'model': it must not be empty."));
+        return Err(GwError::invalid(
+            "model",
+            "Invalid value for 'model': it must not be empty.",
+        ));
     }
     if req.messages.is_empty() {
         return Err(GwError::invalid(
@@ -505,17 +545,26 @@ pub fn validate_request(req: &pb::ChatRequest) -> Result<(), GwError> {
     if let Some(n) = req.n
         && !(1..=128).contains(&n)
     {
-        return Err(GwError::invalid("n", format!("Invalid value for 'n': {n}; expected 1 to 128.")));
+        return Err(GwError::invalid(
+            "n",
+            format!("Invalid value for 'n': {n}; expected 1 to 128."),
+        ));
     }
     if let Some(t) = req.top_logprobs
         && t > 20
     {
-        return Err(GwError::invalid("top_logprobs", format!("Invalid value for 'top_logprobs': {t}; expected 0 to 20.")));
+        return Err(GwError::invalid(
+            "top_logprobs",
+            format!("Invalid value for 'top_logprobs': {t}; expected 0 to 20."),
+        ));
     }
     if let Some(stop) = &req.stop
         && stop.sequences.len() > 4
     {
-        return Err(GwError::invalid("stop", "Invalid value for 'stop': at most 4 sequences are allowed."));
+        return Err(GwError::invalid(
+            "stop",
+            "Invalid value for 'stop': at most 4 sequences are allowed.",
+        ));
     }
     if req.stream_options.is_some() && !req.stream {
         return Err(GwError::invalid(
@@ -527,19 +576,38 @@ pub fn validate_request(req: &pb::ChatRequest) -> Result<(), GwError> {
         if tool.r#type != "function" {
             return Err(GwError::invalid(
                 format!("tools[{i}].type"),
-                format!("Invalid value for 'tools[{i}].type': '{}'; only 'function' is supported.", tool.r#type),
+                format!(
+                    "Invalid value for 'tools[{i}].type': '{}'; only 'function' is supported.",
+                    tool.r#type
+                ),
             ));
         }
-        let name = tool.function.as_ref().map(|f| f.name.as_str()).unwrap_or_default();
-        if name.is_empty() || name.len() > 64 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        let name = tool
+            .function
+            .as_ref()
+            .map(|f| f.name.as_str())
+            .unwrap_or_default();
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
             return Err(GwError::invalid(
                 format!("tools[{i}].function.name"),
-                format!("Invalid 'tools[{i}].function.name': '{name}'. Expected a string of a-z, A-Z, 0-9, '_' and '-', at most 64 characters."),
+                format!(
+                    "Invalid 'tools[{i}].function.name': '{name}'. Expected a string of a-z, A-Z, 0-9, '_' and '-', at most 64 characters."
+                ),
             ));
         }
     }
-    if let Some(pb::ToolChoice { choice: Some(pb::tool_choice::Choice::FunctionName(name)) }) = &req.tool_choice
-        && !req.tools.iter().any(|t| t.function.as_ref().is_some_and(|f| &f.name == name))
+    if let Some(pb::ToolChoice {
+        choice: Some(pb::tool_choice::Choice::FunctionName(name)),
+    }) = &req.tool_choice
+        && !req
+            .tools
+            .iter()
+            .any(|t| t.function.as_ref().is_some_and(|f| &f.name == name))
     {
         return Err(GwError::invalid(
             "tool_choice",
@@ -556,16 +624,23 @@ pub fn validate_request(req: &pb::ChatRequest) -> Result<(), GwError> {
         let role = pb::Role::try_from(m.role).unwrap_or(pb::Role::User);
         let has_content = match &m.content {
             None => false,
-            Some(pb::Content { value: Some(pb::content::Value::Text(_)) }) => true,
-            Some(pb::Content { value: Some(pb::content::Value::Parts(p)) }) => !p.parts.is_empty(),
+            Some(pb::Content {
+                value: Some(pb::content::Value::Text(_)),
+            }) => true,
+            Some(pb::Content {
+                value: Some(pb::content::Value::Parts(p)),
+            }) => !p.parts.is_empty(),
             Some(pb::Content { value: None }) => false,
         };
         match role {
             pb::Role::Assistant => {
-                if !has_content && m.tool_calls.is_empty() && m.function_call.is_none() && m.refusal.is_none() {
+                if !has_content && m.tool_calls.is_empty() && m.function_call.is_none() && m.refusal.is_none()
+                {
                     return Err(GwError::invalid(
                         format!("messages[{i}].content"),
-                        format!("Invalid value for 'messages[{i}].content': an assistant message needs 'content' or 'tool_calls'."),
+                        format!(
+                            "Invalid value for 'messages[{i}].content': an assistant message needs 'content' or 'tool_calls'."
+                        ),
                     ));
                 }
             }
@@ -586,14 +661,19 @@ pub fn validate_request(req: &pb::ChatRequest) -> Result<(), GwError> {
                 }
             }
         }
-        if let Some(pb::Content { value: Some(pb::content::Value::Parts(parts)) }) = &m.content {
+        if let Some(pb::Content {
+            value: Some(pb::content::Value::Parts(parts)),
+        }) = &m.content
+        {
             for (j, p) in parts.parts.iter().enumerate() {
                 if let Some(pb::content_part::Part::ImageUrl(img)) = &p.part
                     && img.url.is_empty()
                 {
                     return Err(GwError::invalid(
                         format!("messages[{i}].content[{j}].image_url.url"),
-                        format!("Invalid value for 'messages[{i}].content[{j}].image_url.url': it must not be empty."),
+                        format!(
+                            "Invalid value for 'messages[{i}].content[{j}].image_url.url': it must not be empty."
+                        ),
                     ));
                 }
             }
@@ -664,7 +744,11 @@ impl From<UsageIn> for pb::Usage {
         pb::Usage {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
-            total_tokens: if u.total_tokens == 0 { u.prompt_tokens + u.completion_tokens } else { u.total_tokens },
+            total_tokens: if u.total_tokens == 0 {
+                u.prompt_tokens + u.completion_tokens
+            } else {
+                u.total_tokens
+            },
             cached_tokens: u.prompt_tokens_details.and_then(|d| d.cached_tokens),
             reasoning_tokens: u.completion_tokens_details.and_then(|d| d.reasoning_tokens),
             cost_usd: None,
@@ -787,8 +871,15 @@ pub fn parse_chunk(data: &[u8]) -> Result<pb::ChatChunk, String> {
                             .unwrap_or_default()
                             .into_iter()
                             .map(|t| {
-                                let (name, arguments) = t.function.map_or((None, None), |f| (f.name, f.arguments));
-                                pb::ToolCallDelta { index: t.index, id: t.id, r#type: t.kind, name, arguments }
+                                let (name, arguments) =
+                                    t.function.map_or((None, None), |f| (f.name, f.arguments));
+                                pb::ToolCallDelta {
+                                    index: t.index,
+                                    id: t.id,
+                                    r#type: t.kind,
+                                    name,
+                                    arguments,
+                                }
                             })
                             .collect(),
                         refusal: d.refusal,

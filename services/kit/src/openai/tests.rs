@@ -54,12 +54,16 @@ fn raw_json_keeps_key_order_and_big_integers() {
     let text = r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"z":1,"a":18446744073709551615}}}]}"#;
     let req = parse_request(text.as_bytes()).unwrap();
     let out = String::from_utf8(request_json(&req, "m", None).unwrap()).unwrap();
-    assert!(out.contains(r#""parameters":{"z":1,"a":18446744073709551615}"#), "{out}");
+    assert!(
+        out.contains(r#""parameters":{"z":1,"a":18446744073709551615}"#),
+        "{out}"
+    );
 }
 
 #[test]
 fn include_usage_override_on_streams() {
-    let req = parse_request(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}"#).unwrap();
+    let req =
+        parse_request(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream":true}"#).unwrap();
     let out: Value = serde_json::from_slice(&request_json(&req, "up", Some(true)).unwrap()).unwrap();
     assert_eq!(out["stream_options"]["include_usage"], json!(true));
     assert_eq!(out["model"], json!("up"));
@@ -74,11 +78,17 @@ fn errors_name_the_param() {
     assert_eq!(err("{").param(), None);
     assert!(err("{").message().contains("parse the JSON"));
     assert_eq!(err("[1]").code(), crate::ErrorCode::InvalidRequest);
-    assert_eq!(err(r#"{"messages":[{"role":"user","content":"x"}]}"#).param(), Some("model"));
+    assert_eq!(
+        err(r#"{"messages":[{"role":"user","content":"x"}]}"#).param(),
+        Some("model")
+    );
     assert_eq!(err(r#"{"model":"m"}"#).param(), Some("messages"));
     assert_eq!(err(r#"{"model":"m","messages":[]}"#).param(), Some("messages"));
     assert_eq!(err(r#"{"model":"m","messages":"hi"}"#).param(), Some("messages"));
-    assert_eq!(err(r#"{"model":5,"messages":[{"role":"user","content":"x"}]}"#).param(), Some("model"));
+    assert_eq!(
+        err(r#"{"model":5,"messages":[{"role":"user","content":"x"}]}"#).param(),
+        Some("model")
+    );
     assert_eq!(
         err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#).param(),
         Some("temperature")
@@ -87,10 +97,22 @@ fn errors_name_the_param() {
         err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#).param(),
         Some("temperature")
     );
-    assert_eq!(err(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#).param(), Some("messages[0].role"));
-    assert_eq!(err(r#"{"model":"m","messages":[{"content":"x"}]}"#).param(), Some("messages[0].role"));
-    assert_eq!(err(r#"{"model":"m","messages":[{"role":"user","content":5}]}"#).param(), Some("messages[0].content"));
-    assert_eq!(err(r#"{"model":"m","messages":[{"role":"user"}]}"#).param(), Some("messages[0].content"));
+    assert_eq!(
+        err(r#"{"model":"m","messages":[{"role":"wizard","content":"x"}]}"#).param(),
+        Some("messages[0].role")
+    );
+    assert_eq!(
+        err(r#"{"model":"m","messages":[{"content":"x"}]}"#).param(),
+        Some("messages[0].role")
+    );
+    assert_eq!(
+        err(r#"{"model":"m","messages":[{"role":"user","content":5}]}"#).param(),
+        Some("messages[0].content")
+    );
+    assert_eq!(
+        err(r#"{"model":"m","messages":[{"role":"user"}]}"#).param(),
+        Some("messages[0].content")
+    );
     assert_eq!(
         err(r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#).param(),
         Some("messages[0].tool_call_id")
@@ -104,7 +126,8 @@ fn errors_name_the_param() {
         Some("tool_choice")
     );
     assert_eq!(
-        err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"yaml"}}"#).param(),
+        err(r#"{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"yaml"}}"#)
+            .param(),
         Some("response_format.type")
     );
     assert_eq!(
@@ -142,8 +165,10 @@ fn response_and_chunk_round_trip() {
 
 #[test]
 fn upstream_error_body() {
-    let e = parse_upstream_error(br#"{"error":{"message":"bad","type":"invalid_request_error","param":"x","code":null}}"#)
-        .unwrap();
+    let e = parse_upstream_error(
+        br#"{"error":{"message":"bad","type":"invalid_request_error","param":"x","code":null}}"#,
+    )
+    .unwrap();
     assert_eq!(e.param.as_deref(), Some("x"));
     assert_eq!(e.message, "bad");
     assert!(parse_upstream_error(b"<html>").is_none());

@@ -154,11 +154,23 @@ impl Serialize for PartOut<'_> {
             }
             Part::ImageUrl(img) => {
                 m.serialize_entry("type", "image_url")?;
-                m.serialize_entry("image_url", &ImageUrlOut { url: &img.url, detail: img.detail.as_deref() })?;
+                m.serialize_entry(
+                    "image_url",
+                    &ImageUrlOut {
+                        url: &img.url,
+                        detail: img.detail.as_deref(),
+                    },
+                )?;
             }
             Part::InputAudio(a) => {
                 m.serialize_entry("type", "input_audio")?;
-                m.serialize_entry("input_audio", &InputAudioOut { data: &a.data, format: &a.format })?;
+                m.serialize_entry(
+                    "input_audio",
+                    &InputAudioOut {
+                        data: &a.data,
+                        format: &a.format,
+                    },
+                )?;
             }
             Part::File(f) => {
                 m.serialize_entry("type", "file")?;
@@ -256,8 +268,12 @@ struct JsonSchemaOut<'a> {
 
 fn message_out(m: &pb::Message, in_response: bool) -> MessageOut<'_> {
     let content = match &m.content {
-        Some(pb::Content { value: Some(pb::content::Value::Text(t)) }) => ContentOut::Text(t),
-        Some(pb::Content { value: Some(pb::content::Value::Parts(p)) }) => ContentOut::Parts(&p.parts),
+        Some(pb::Content {
+            value: Some(pb::content::Value::Text(t)),
+        }) => ContentOut::Text(t),
+        Some(pb::Content {
+            value: Some(pb::content::Value::Parts(p)),
+        }) => ContentOut::Parts(&p.parts),
         Some(pb::Content { value: None }) => ContentOut::Null,
         None if in_response => ContentOut::Null,
         None => ContentOut::Absent,
@@ -266,22 +282,35 @@ fn message_out(m: &pb::Message, in_response: bool) -> MessageOut<'_> {
         role: role_str(pb::Role::try_from(m.role).unwrap_or(pb::Role::User)),
         content,
         name: m.name.as_deref(),
-        refusal: if in_response { Some(m.refusal.as_deref()) } else { m.refusal.as_deref().map(Some) },
+        refusal: if in_response {
+            Some(m.refusal.as_deref())
+        } else {
+            m.refusal.as_deref().map(Some)
+        },
         tool_calls: m
             .tool_calls
             .iter()
             .map(|t| {
-                let (name, arguments) =
-                    t.function.as_ref().map_or(("", ""), |f| (f.name.as_str(), f.arguments.as_str()));
+                let (name, arguments) = t
+                    .function
+                    .as_ref()
+                    .map_or(("", ""), |f| (f.name.as_str(), f.arguments.as_str()));
                 ToolCallOut {
                     id: &t.id,
-                    kind: if t.r#type.is_empty() { "function" } else { &t.r#type },
+                    kind: if t.r#type.is_empty() {
+                        "function"
+                    } else {
+                        &t.r#type
+                    },
                     function: FunctionCallOut { name, arguments },
                 }
             })
             .collect(),
         tool_call_id: m.tool_call_id.as_deref(),
-        function_call: m.function_call.as_ref().map(|f| FunctionCallOut { name: &f.name, arguments: &f.arguments }),
+        function_call: m.function_call.as_ref().map(|f| FunctionCallOut {
+            name: &f.name,
+            arguments: &f.arguments,
+        }),
         reasoning: m.reasoning.as_deref(),
     }
 }
@@ -318,7 +347,11 @@ fn response_format_out(f: &pb::ResponseFormat) -> Option<ResponseFormatOut<'_>> 
 /// Writes `req` as an OpenAI request body for `model` (the provider's name
 /// for it). `include_usage` overrides `stream_options.include_usage` on
 /// streams (the gateway meters every stream).
-pub fn request_json(req: &pb::ChatRequest, model: &str, include_usage: Option<bool>) -> Result<Vec<u8>, GwError> {
+pub fn request_json(
+    req: &pb::ChatRequest,
+    model: &str,
+    include_usage: Option<bool>,
+) -> Result<Vec<u8>, GwError> {
     let extra = match req.extra_json.as_deref() {
         Some(text) => Some(
             serde_json::from_str::<Map<String, Value>>(text)
@@ -327,8 +360,12 @@ pub fn request_json(req: &pb::ChatRequest, model: &str, include_usage: Option<bo
         None => None,
     };
     let stream_options = match (req.stream, include_usage, &req.stream_options) {
-        (true, Some(force), _) => Some(StreamOptionsOut { include_usage: Some(force) }),
-        (_, _, Some(o)) => Some(StreamOptionsOut { include_usage: o.include_usage }),
+        (true, Some(force), _) => Some(StreamOptionsOut {
+            include_usage: Some(force),
+        }),
+        (_, _, Some(o)) => Some(StreamOptionsOut {
+            include_usage: o.include_usage,
+        }),
         _ => None,
     };
     let out = RequestOut {
@@ -340,7 +377,11 @@ pub fn request_json(req: &pb::ChatRequest, model: &str, include_usage: Option<bo
             .filter_map(|t| {
                 let f = t.function.as_ref()?;
                 Some(ToolOut {
-                    kind: if t.r#type.is_empty() { "function" } else { &t.r#type },
+                    kind: if t.r#type.is_empty() {
+                        "function"
+                    } else {
+                        &t.r#type
+                    },
                     function: FunctionDefOut {
                         name: &f.name,
                         description: f.description.as_deref(),
@@ -358,10 +399,13 @@ pub fn request_json(req: &pb::ChatRequest, model: &str, include_usage: Option<bo
         max_completion_tokens: req.max_completion_tokens,
         presence_penalty: req.presence_penalty,
         frequency_penalty: req.frequency_penalty,
-        stop: req.stop.as_ref().map(|s| match (s.single, s.sequences.as_slice()) {
-            (true, [one]) => StopOut::One(one),
-            (_, many) => StopOut::Many(many),
-        }),
+        stop: req
+            .stop
+            .as_ref()
+            .map(|s| match (s.single, s.sequences.as_slice()) {
+                (true, [one]) => StopOut::One(one),
+                (_, many) => StopOut::Many(many),
+            }),
         n: req.n,
         seed: req.seed,
         user: req.user.as_deref(),
@@ -436,8 +480,12 @@ impl From<&pb::Usage> for UsageOut {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: u.completion_tokens,
             total_tokens: u.total_tokens,
-            prompt_tokens_details: PromptDetailsOut { cached_tokens: u.cached_tokens.unwrap_or(0) },
-            completion_tokens_details: CompletionDetailsOut { reasoning_tokens: u.reasoning_tokens.unwrap_or(0) },
+            prompt_tokens_details: PromptDetailsOut {
+                cached_tokens: u.cached_tokens.unwrap_or(0),
+            },
+            completion_tokens_details: CompletionDetailsOut {
+                reasoning_tokens: u.reasoning_tokens.unwrap_or(0),
+            },
             cost_usd: u.cost_usd,
             estimated: u.estimated,
         }
