@@ -60,6 +60,19 @@ async fn errors(shape: Shape) {
     let (s, b) = raw(&gw, json_ct, Some(&key), huge.to_string().into_bytes()).await;
     assert_error(s, &b, 413, None);
 
+    // ...also when the body is chunked, with no declared length.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..40).map(|_| Ok(vec![b' '; 64 << 10])).collect();
+    let r = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .bearer_auth(&key)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(chunks)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+
     // 400s naming the param.
     let (s, b) = raw(&gw, json_ct, Some(&key), b"{\"model\": ".to_vec()).await;
     assert_error(s, &b, 400, None);
@@ -187,9 +200,46 @@ async fn errors(shape: Shape) {
         .unwrap();
     assert_eq!(r.status().as_u16(), 405);
 
-    // Still serving after all of that: nothing panicked.
-    let (s, _, b) = gw.post("/v1/chat/completions", &ok).await;
-    assert_eq!(s, 200, "{b}");
+    // Overload: with `max_in_flight: 4` taken by open streams, the next
+    // request is refused at once with 503 and retry-after, not queued.
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        let r = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "gpt-4o-mini", "stream": true,
+                "messages": [{"role": "user", "content": "[emu:words=100] [emu:chunk_delay_ms=50] hold"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        open.push(r);
+    }
+    let started = std::time::Instant::now();
+    let (s, h, b) = gw.post("/v1/chat/completions", &ok).await;
+    assert_error(s, &b, 503, None);
+    assert!(h.contains_key("retry-after"));
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "refused at once"
+    );
+    drop(open);
+
+    // Still serving after all of that: nothing panicked, and the permits of
+    // the dropped streams came back.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let (s, _, b) = gw.post("/v1/chat/completions", &ok).await;
+        if s == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "permits never came back: {b}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -71,6 +71,7 @@ edge:
   http_addr: {http}
   grpc_addr: {grpc}
   max_body_bytes: 1048576
+  max_in_flight: 4
 providers:
   - name: emu
     type: openai

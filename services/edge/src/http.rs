@@ -163,25 +163,56 @@ fn too_large(limit: usize) -> GwError {
     )
 }
 
-fn check_declared_length(headers: &HeaderMap, limit: usize) -> Result<(), GwError> {
-    let declared = headers
+/// Most bytes read (and thrown away) from a body that is over the limit
+/// before answering 413: clients that are still sending when the answer
+/// comes would otherwise see a broken pipe instead of the error.
+const DRAIN_CAP: u64 = 256 << 20;
+/// Longest time spent draining such a body.
+const DRAIN_TIME: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    match declared {
-        Some(n) if n > limit as u64 => Err(too_large(limit)),
-        _ => Ok(()),
-    }
+        .and_then(|v| v.parse::<u64>().ok())
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, GwError> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large(limit)),
-        Err(e) => Err(GwError::invalid(
-            "",
-            format!("could not read the request body: {e}"),
-        )),
+/// Reads the body up to `limit` bytes. Over the limit it is drained (up to
+/// [`DRAIN_CAP`] or [`DRAIN_TIME`]) and refused with 413.
+async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes, GwError> {
+    let declared = declared_length(headers);
+    let mut buf = BytesMut::with_capacity(declared.map_or(8192, |n| n.min(limit as u64) as usize));
+    let mut over = declared.is_some_and(|n| n > limit as u64);
+    let mut seen: u64 = 0;
+    let drain = async {
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| GwError::invalid("", format!("could not read the request body: {e}")))?;
+            let Ok(data) = frame.into_data() else { continue };
+            seen += data.len() as u64;
+            if !over && buf.len() + data.len() > limit {
+                over = true;
+                buf = BytesMut::new();
+            }
+            if over {
+                if seen > DRAIN_CAP {
+                    break;
+                }
+            } else {
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok::<(), GwError>(())
+    };
+    match tokio::time::timeout(DRAIN_TIME, drain).await {
+        Ok(result) => result?,
+        Err(_) if over => {}
+        Err(_) => return Err(GwError::invalid("", "timed out reading the request body")),
+    }
+    if over {
+        Err(too_large(limit))
+    } else {
+        Ok(buf.freeze())
     }
 }
 
@@ -210,9 +241,8 @@ async fn chat_completions(State(p): State<Arc<Pipeline>>, headers: HeaderMap, bo
 
 async fn chat(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response, GwError> {
     require_json(headers)?;
-    check_declared_length(headers, p.max_body_bytes)?;
     let principal = p.authenticate(api_key(headers)).await?;
-    let bytes = read_body(body, p.max_body_bytes).await?;
+    let bytes = read_body(headers, body, p.max_body_bytes).await?;
     let req = llmgw_kit::openai::parse_request(&bytes)?;
     match p.chat(principal, req).await? {
         ChatOutput::Complete(resp) => {

@@ -10,6 +10,7 @@ use llmgw_kit::pricing::{Tokens, cost_usd};
 use llmgw_kit::services::ChunkStream;
 use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto as pb;
+use tokio::sync::Semaphore;
 
 use crate::Deps;
 use crate::auth_cache::AuthCache;
@@ -22,6 +23,9 @@ pub struct Pipeline {
     auth_cache: AuthCache,
     request_timeout: Duration,
     stream_idle_timeout: Duration,
+    /// One permit per request in flight (a stream holds its permit until it
+    /// ends); none left means overload, answered at once.
+    in_flight: Arc<Semaphore>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
 }
@@ -47,6 +51,7 @@ impl Pipeline {
             auth_cache: AuthCache::new(config.edge.auth_cache_ttl),
             request_timeout: config.edge.request_timeout,
             stream_idle_timeout: config.edge.stream_idle_timeout,
+            in_flight: Arc::new(Semaphore::new(config.edge.max_in_flight)),
             max_body_bytes: config.edge.max_body_bytes,
         }
     }
@@ -87,6 +92,13 @@ impl Pipeline {
     /// Runs a chat request to its first byte: a complete response, or a
     /// started stream.
     pub async fn chat(&self, principal: pb::Principal, req: pb::ChatRequest) -> Result<ChatOutput, GwError> {
+        let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
+            GwError::new(
+                ErrorCode::Unavailable,
+                "the gateway is at capacity; retry shortly",
+            )
+            .with_retry_after(1)
+        })?;
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
@@ -189,6 +201,7 @@ impl Pipeline {
                             let metadata = Arc::new(meta);
                             let chunks = metered(
                                 chunks,
+                                permit,
                                 guard,
                                 metadata.clone(),
                                 price,

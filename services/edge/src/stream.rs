@@ -12,11 +12,14 @@ use futures_util::StreamExt as _;
 use llmgw_kit::services::ChunkStream;
 use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto as pb;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::pipeline::{MeterGuard, cost};
 
 struct State {
     inner: ChunkStream,
+    /// Held until the stream ends or is dropped.
+    _permit: OwnedSemaphorePermit,
     guard: MeterGuard,
     metadata: Arc<pb::RoutingMetadata>,
     price: pb::Price,
@@ -28,6 +31,7 @@ struct State {
 
 pub fn metered(
     inner: ChunkStream,
+    permit: OwnedSemaphorePermit,
     guard: MeterGuard,
     metadata: Arc<pb::RoutingMetadata>,
     price: pb::Price,
@@ -37,6 +41,7 @@ pub fn metered(
 ) -> ChunkStream {
     let state = State {
         inner,
+        _permit: permit,
         guard,
         metadata,
         price,

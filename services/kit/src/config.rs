@@ -110,6 +110,9 @@ pub struct EdgeConfig {
     /// How long an authenticated key is trusted without asking `auth` again.
     #[serde(with = "humantime_serde")]
     pub auth_cache_ttl: Duration,
+    /// Requests (streams included) served at once; beyond it the edge
+    /// answers 503 at once instead of queueing.
+    pub max_in_flight: usize,
 }
 
 impl Default for EdgeConfig {
@@ -121,6 +124,7 @@ impl Default for EdgeConfig {
             request_timeout: Duration::from_secs(600),
             stream_idle_timeout: Duration::from_secs(120),
             auth_cache_ttl: Duration::from_secs(5),
+            max_in_flight: 10_000,
         }
     }
 }
@@ -430,8 +434,10 @@ impl Config {
         }
 
         let edge = raw.edge;
-        if edge.max_body_bytes == 0 {
-            return Err(err("`edge.max_body_bytes` must be above 0".to_owned()));
+        if edge.max_body_bytes == 0 || edge.max_in_flight == 0 {
+            return Err(err(
+                "`edge.max_body_bytes` and `edge.max_in_flight` must be above 0".to_owned(),
+            ));
         }
         if raw.metering.batch_size == 0 || raw.metering.buffer == 0 {
             return Err(err(

@@ -173,3 +173,100 @@ fn upstream_error_body() {
     assert_eq!(e.message, "bad");
     assert!(parse_upstream_error(b"<html>").is_none());
 }
+
+/// A tiny deterministic generator (xorshift), so the test needs no extra crate.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+fn mutate(v: &mut Value, rng: &mut Rng, depth: usize) {
+    let replacements = [
+        json!(null),
+        json!(true),
+        json!(-1),
+        json!(1e308),
+        json!(18446744073709551615u64),
+        json!(""),
+        json!("\u{0}\u{ffff}"),
+        json!([]),
+        json!({}),
+        json!([{"type": "image_url"}]),
+        json!({"type": "function"}),
+    ];
+    match v {
+        Value::Object(map) if !map.is_empty() && depth < 6 => {
+            let keys: Vec<String> = map.keys().cloned().collect();
+            let k = &keys[rng.below(keys.len())];
+            match rng.below(4) {
+                0 => {
+                    map.remove(k);
+                }
+                1 => {
+                    map.insert(k.clone(), replacements[rng.below(replacements.len())].clone());
+                }
+                _ => mutate(map.get_mut(k).unwrap(), rng, depth + 1),
+            }
+        }
+        Value::Array(items) if !items.is_empty() && depth < 6 => {
+            let i = rng.below(items.len());
+            if rng.below(3) == 0 {
+                items[i] = replacements[rng.below(replacements.len())].clone();
+            } else {
+                mutate(&mut items[i], rng, depth + 1);
+            }
+        }
+        other => *other = replacements[rng.below(replacements.len())].clone(),
+    }
+}
+
+/// No body, however broken, makes parsing panic; every rejection is a 400.
+#[test]
+fn mutated_requests_never_panic() {
+    let base = json!({
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "u"}}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "r"}
+        ],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "tool_choice": {"type": "function", "function": {"name": "f"}},
+        "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {}}},
+        "stop": ["x"], "stream": true, "stream_options": {"include_usage": true}, "temperature": 1, "n": 1
+    });
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..5000 {
+        let mut v = base.clone();
+        for _ in 0..=rng.below(3) {
+            mutate(&mut v, &mut rng, 0);
+        }
+        let mut bytes = v.to_string().into_bytes();
+        if rng.below(8) == 0 {
+            let cut = rng.below(bytes.len());
+            bytes.truncate(cut);
+        }
+        if rng.below(8) == 0 {
+            let i = rng.below(bytes.len().max(1));
+            if let Some(b) = bytes.get_mut(i) {
+                *b = (rng.next() & 0xff) as u8;
+            }
+        }
+        match parse_request(&bytes) {
+            Ok(req) => {
+                // What parses is written back out without error.
+                request_json(&req, "m", None).unwrap();
+            }
+            Err(e) => assert_eq!(e.code(), crate::ErrorCode::InvalidRequest, "{e:?}"),
+        }
+    }
+}
