@@ -99,7 +99,6 @@ impl Pipeline {
             )
             .with_retry_after(1)
         })?;
-        let started = Instant::now();
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
         let streaming = req.stream;
@@ -193,7 +192,7 @@ impl Pipeline {
                             }
                             let usage = resp.usage.get_or_insert_default();
                             usage.cost_usd = Some(cost(&price, usage));
-                            guard.record("ok", 200, Some(usage), started);
+                            guard.record("ok", 200, Some(usage));
                             resp.metadata = Some(meta);
                             ChatOutput::Complete(resp)
                         }
@@ -207,7 +206,6 @@ impl Pipeline {
                                 price,
                                 client_wants_usage,
                                 self.stream_idle_timeout,
-                                started,
                             );
                             ChatOutput::Stream(ChatStream { metadata, chunks })
                         }
@@ -238,7 +236,7 @@ impl Pipeline {
             }
         }
         let err = last_error.unwrap_or_else(|| GwError::internal("no attempt was made"));
-        guard.record("error", err.http_status(), None, started);
+        guard.record("error", err.http_status(), None);
         Err(err)
     }
 }
@@ -439,7 +437,7 @@ impl MeterGuard {
 
     /// Sends the event (once). Without `usage`, tokens are estimated from the
     /// prompt and from what was streamed.
-    pub fn record(&mut self, status: &str, http_status: u16, usage: Option<&pb::Usage>, started: Instant) {
+    pub fn record(&mut self, status: &str, http_status: u16, usage: Option<&pb::Usage>) {
         let Some(mut ev) = self.event.take() else { return };
         let usage = usage.or(self.usage.as_ref());
         match usage {
@@ -459,7 +457,7 @@ impl MeterGuard {
         }
         ev.status = status.to_owned();
         ev.http_status = u32::from(http_status);
-        ev.latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+        ev.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
         self.sender.send(ev);
     }
 }
@@ -467,9 +465,8 @@ impl MeterGuard {
 impl Drop for MeterGuard {
     fn drop(&mut self) {
         if self.event.is_some() {
-            let started = self.started;
             // 499: the client closed the request (nginx's convention).
-            self.record("cancelled", 499, None, started);
+            self.record("cancelled", 499, None);
         }
     }
 }

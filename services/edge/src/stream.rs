@@ -6,7 +6,7 @@
 //! stream — which drops the provider's — and is metered for what was sent.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::StreamExt as _;
 use llmgw_kit::services::ChunkStream;
@@ -25,7 +25,6 @@ struct State {
     price: pb::Price,
     client_wants_usage: bool,
     idle: Duration,
-    started: Instant,
     done: bool,
 }
 
@@ -37,7 +36,6 @@ pub fn metered(
     price: pb::Price,
     client_wants_usage: bool,
     idle: Duration,
-    started: Instant,
 ) -> ChunkStream {
     let state = State {
         inner,
@@ -47,7 +45,6 @@ pub fn metered(
         price,
         client_wants_usage,
         idle,
-        started,
         done: false,
     };
     Box::pin(futures_util::stream::unfold(state, |mut st| async move {
@@ -64,18 +61,18 @@ pub fn metered(
                         format!("provider `{provider}` sent nothing for {:?}", st.idle),
                     )
                     .with_provider(provider);
-                    st.guard.record("error", err.http_status(), None, st.started);
+                    st.guard.record("error", err.http_status(), None);
                     st.done = true;
                     return Some((Err(err), st));
                 }
             };
             match item {
                 None => {
-                    st.guard.record("ok", 200, None, st.started);
+                    st.guard.record("ok", 200, None);
                     return None;
                 }
                 Some(Err(err)) => {
-                    st.guard.record("error", err.http_status(), None, st.started);
+                    st.guard.record("error", err.http_status(), None);
                     st.done = true;
                     return Some((Err(err), st));
                 }
