@@ -1,1 +1,502 @@
-fn main() {}
+//! `llmgw-bench`: what the gateway costs, measured against the same upstream
+//! called directly. One run starts the OpenAI emulator, a one-process gateway
+//! (`llmgw all`) and a split one (five processes talking gRPC), then runs each
+//! scenario in rounds that alternate direct / one-process / split with the
+//! same request bodies, and reports medians of the rounds with their spread.
+//! Results go to `bench/results/latest.json`; `scripts/bench.sh` builds and
+//! runs it (`make bench`). `BENCH_QUICK=1` is a ~30 s smoke run.
+#![expect(clippy::print_stdout, reason = "the bench prints its report")]
+
+mod client;
+mod procs;
+mod report;
+mod scenarios;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, anyhow, bail};
+use clap::Parser;
+use serde_json::json;
+
+use crate::client::Target;
+use crate::procs::{MODEL, Pinning, Procs};
+use crate::report::{Compare, Row, TARGETS};
+use crate::scenarios::{Bodies, Errors, Params, Reference, S1Round, S2Round, S4Round};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "llmgw-bench",
+    about = "Direct vs gateway (one process and split) against the OpenAI emulator"
+)]
+struct Args {
+    /// A ~30 s smoke run: fewer rounds and requests.
+    #[arg(long, env = "BENCH_QUICK", action = clap::ArgAction::SetTrue,
+          value_parser = clap::builder::FalseyValueParser::new())]
+    quick: bool,
+    /// The `llmgw` binary; default: next to this one.
+    #[arg(long)]
+    llmgw: Option<PathBuf>,
+    /// The `openai-emulator` binary; default: next to this one.
+    #[arg(long)]
+    emulator: Option<PathBuf>,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/results/latest.json"))]
+    out: PathBuf,
+    /// Rounds (each runs every target once per scenario).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// S1 requests per target per round.
+    #[arg(long)]
+    s1_requests: Option<usize>,
+    /// S2 measured seconds per target per round.
+    #[arg(long)]
+    s2_seconds: Option<f64>,
+    /// S2 concurrent clients (one connection each).
+    #[arg(long)]
+    clients: Option<usize>,
+    /// S4 streams per target per round.
+    #[arg(long)]
+    s4_streams: Option<usize>,
+    /// Keep the temp dir (configs, data, process logs) and print its path.
+    #[arg(long)]
+    keep: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let pinning = Pinning::detect();
+    // Before the runtime exists, so every thread inherits the pinning.
+    if let Err(e) = pinning.pin_self() {
+        eprintln!("error: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    // One thread: the load generator has one core (shared with the emulator).
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // On Ctrl-C or SIGTERM the run is dropped, and with it every child process.
+    let outcome = runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = run(args, pinning) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
+            _ = term.recv() => Err(anyhow!("terminated")),
+        }
+    });
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("error: requests failed or answers were wrong (see the errors above and in the JSON)");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Next to this executable (all three binaries share a target dir).
+fn sibling(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("the bench executable has no directory")?;
+    Ok(dir.join(name))
+}
+
+fn params(args: &Args) -> Params {
+    let mut p = if args.quick {
+        Params::quick()
+    } else {
+        Params::full()
+    };
+    if let Some(n) = args.rounds {
+        p.rounds = n.max(1);
+    }
+    if let Some(n) = args.s1_requests {
+        p.s1_requests = n.max(1);
+    }
+    if let Some(s) = args.s2_seconds {
+        p.s2_duration = Duration::from_secs_f64(s.max(0.1));
+    }
+    if let Some(n) = args.clients {
+        p.s2_clients = n.max(1);
+    }
+    if let Some(n) = args.s4_streams {
+        p.s4_streams = n.max(1);
+    }
+    p
+}
+
+/// Per target (in [`TARGETS`] order), the rounds of each scenario.
+#[derive(Default)]
+struct Rounds {
+    s1: [Vec<S1Round>; 3],
+    s2: [Vec<S2Round>; 3],
+    s4: [Vec<S4Round>; 3],
+}
+
+/// Runs the bench; `Ok(false)` when it ran but saw errors.
+async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let p = params(&args);
+    let llmgw = args.llmgw.clone().map_or_else(|| sibling("llmgw"), Ok)?;
+    let emulator = args
+        .emulator
+        .clone()
+        .map_or_else(|| sibling("openai-emulator"), Ok)?;
+    for bin in [&llmgw, &emulator] {
+        if !bin.is_file() {
+            bail!(
+                "{} not found; build it first: cargo build --release -p llmgw -p llmgw-emulators",
+                bin.display()
+            );
+        }
+    }
+
+    let mut tmp = tempfile::Builder::new().prefix("llmgw-bench-").tempdir()?;
+    if args.keep {
+        tmp.disable_cleanup(true);
+        eprintln!("keeping {}", tmp.path().display());
+    }
+    let dir = tmp.path().to_owned();
+    // Declared after `tmp`, so dropped (children killed) before the dir goes.
+    let mut procs = Procs::new(&dir);
+
+    eprintln!("{}", pinning.note);
+    let emu_key = format!("bench-emu-{}", std::process::id());
+    let emu_addr = procs
+        .start_emulator(&emulator, pinning.client_core, &emu_key)
+        .await?;
+    let env = [("EMU_KEY", emu_key.as_str()), ("NO_COLOR", "1")];
+
+    // Ports: one-process http, grpc; split http, grpc, auth, router, adapter, metering.
+    let ports = procs::free_ports(8)?;
+    let one_cfg = write_config(
+        &dir,
+        "one",
+        procs::gateway_config(&dir.join("one"), ports[0], ports[1], emu_addr, None)?,
+    )?;
+    let split_services = [ports[4], ports[5], ports[6], ports[7]];
+    let split_cfg = write_config(
+        &dir,
+        "split",
+        procs::gateway_config(
+            &dir.join("split"),
+            ports[2],
+            ports[3],
+            emu_addr,
+            Some(split_services),
+        )?,
+    )?;
+    let one_key = procs::create_key(&llmgw, &one_cfg, &env).await?;
+    let split_key = procs::create_key(&llmgw, &split_cfg, &env).await?;
+
+    let core = pinning.gateway_core;
+    procs.start_llmgw(&llmgw, core, "all", &one_cfg, &env, "one-process")?;
+    for service in ["auth", "router", "adapter", "metering", "edge"] {
+        procs.start_llmgw(
+            &llmgw,
+            core,
+            service,
+            &split_cfg,
+            &env,
+            &format!("split-{service}"),
+        )?;
+    }
+
+    let targets = [
+        Arc::new(Target::new(TARGETS[0], emu_addr, &emu_key)?),
+        Arc::new(Target::new(TARGETS[1], ports[0], &one_key)?),
+        Arc::new(Target::new(TARGETS[2], ports[2], &split_key)?),
+    ];
+    let bodies = Bodies::new(MODEL);
+    for (i, t) in targets.iter().enumerate() {
+        procs.wait_ready(t, &bodies.chat, i > 0).await?;
+    }
+    let reference = Reference::capture(&targets[0], &bodies).await?;
+    eprintln!(
+        "ready in {:.1}s; request {} B, answer content {} B, stream {} chunks; {} rounds{}",
+        started.elapsed().as_secs_f64(),
+        bodies.chat.len(),
+        reference.content.len(),
+        reference.deltas.len(),
+        p.rounds,
+        if args.quick { " (quick)" } else { "" }
+    );
+
+    let mut r = Rounds::default();
+    for round in 0..p.rounds {
+        for i in order(round) {
+            let x = scenarios::s1(&targets[i], &bodies, &reference, &p).await?;
+            procs.check_alive()?;
+            progress(
+                "S1",
+                round,
+                &p,
+                i,
+                &format!(
+                    "{} requests, p50 {:.4} ms p99 {:.4} ms",
+                    x.measured, x.p50_ms, x.p99_ms
+                ),
+                &x.errors,
+            );
+            r.s1[i].push(x);
+        }
+    }
+    for round in 0..p.rounds {
+        for i in order(round) {
+            let x = scenarios::s2(&targets[i], &bodies, &p).await?;
+            procs.check_alive()?;
+            progress(
+                "S2",
+                round,
+                &p,
+                i,
+                &format!("{:.0} req/s p99 {:.2} ms", x.rps, x.p99_ms),
+                &x.errors,
+            );
+            r.s2[i].push(x);
+        }
+    }
+    for round in 0..p.rounds {
+        for i in order(round) {
+            let x = scenarios::s4(&targets[i], &bodies, &reference, &p).await?;
+            procs.check_alive()?;
+            let what = format!(
+                "{} streams, TTFT p50 {:.4} ms, gap p50 {:.1} µs",
+                x.measured,
+                x.ttft_p50_ms,
+                x.gap_p50_ms * 1e3
+            );
+            progress("S4", round, &p, i, &what, &x.errors);
+            r.s4[i].push(x);
+        }
+    }
+
+    let rows = rows(&r, &p);
+    let errors = error_samples(&r);
+    let clean = errors.iter().all(|(_, _, e)| e.count == 0);
+    let logs: Vec<(String, usize, Vec<String>)> = procs
+        .logs()
+        .map(|(name, path)| {
+            let (n, samples) = procs::scan_log(path);
+            (name.to_owned(), n, samples)
+        })
+        .collect();
+    let elapsed = started.elapsed().as_secs_f64();
+
+    println!();
+    println!(
+        "llmgw bench: {} rounds, direct / one-process / split alternating; cells are the median of round values (min–max)",
+        p.rounds
+    );
+    println!("{}", pinning.note);
+    println!(
+        "S1: up to {} sequential requests a round ({} B request, {} B answer content); S2: {} clients for {:.1} s a round; \
+         S4: up to {} sequential streams of {} chunks a round (rounds of S1 and S4 stop after {:.0} s and {:.0} s)",
+        p.s1_requests,
+        bodies.chat.len(),
+        reference.content.len(),
+        p.s2_clients,
+        p.s2_duration.as_secs_f64(),
+        p.s4_streams,
+        reference.deltas.len(),
+        p.s1_max.as_secs_f64(),
+        p.s4_max.as_secs_f64(),
+    );
+    println!(
+        "chunk gaps: the emulator sends a stream's chunks back to back, so direct gaps are ~0 \
+         (one read); gateway gaps show how it paces chunks it forwards"
+    );
+    println!();
+    print!("{}", report::table(&rows));
+    for (target, scenario, e) in &errors {
+        if e.count > 0 {
+            println!(
+                "errors {target} {scenario}: {} — e.g. {}",
+                e.count,
+                e.samples.join(" | ")
+            );
+        }
+    }
+    for (name, n, samples) in &logs {
+        if *n > 0 {
+            println!(
+                "log {name}: {n} warning/error lines, first: {}",
+                samples.join(" | ")
+            );
+        }
+    }
+    println!("total {elapsed:.0} s; results in {}", args.out.display());
+
+    let json = json!({
+        "meta": meta(&pinning, &args, elapsed),
+        "params": {
+            "rounds": p.rounds,
+            "s1": {"warmup": p.s1_warmup, "requests": p.s1_requests, "max_s": p.s1_max.as_secs_f64()},
+            "s2": {"clients": p.s2_clients, "warmup_s": p.s2_warmup.as_secs_f64(), "duration_s": p.s2_duration.as_secs_f64()},
+            "s4": {"warmup": p.s4_warmup, "streams": p.s4_streams, "max_s": p.s4_max.as_secs_f64(), "chunks": reference.deltas.len()},
+            "request_bytes": bodies.chat.len(),
+            "answer_content_bytes": reference.content.len(),
+        },
+        "results": report::rows_json(&rows),
+        "errors": errors.iter().map(|(t, s, e)| json!({"target": t, "scenario": s, "count": e.count, "samples": e.samples})).collect::<Vec<_>>(),
+        "gateway_logs": logs.iter().map(|(name, n, samples)| json!({"process": name, "warn_error_lines": n, "first": samples})).collect::<Vec<_>>(),
+    });
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    Ok(clean)
+}
+
+fn write_config(dir: &Path, name: &str, yaml: String) -> anyhow::Result<PathBuf> {
+    std::fs::create_dir_all(dir.join(name))?;
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml)?;
+    Ok(path)
+}
+
+/// Target order in a round: rotated each round, so no target always runs
+/// first (or right after another).
+fn order(round: usize) -> [usize; 3] {
+    [round % 3, (round + 1) % 3, (round + 2) % 3]
+}
+
+fn progress(scenario: &str, round: usize, p: &Params, i: usize, what: &str, errors: &Errors) {
+    let errs = if errors.count > 0 {
+        format!(", {} errors", errors.count)
+    } else {
+        String::new()
+    };
+    eprintln!(
+        "{scenario} round {}/{} {:<11} {what}{errs}",
+        round + 1,
+        p.rounds,
+        TARGETS[i]
+    );
+}
+
+fn per_target<T>(rounds: &[Vec<T>; 3], f: impl Fn(&T) -> f64) -> [Vec<f64>; 3] {
+    [0, 1, 2].map(|i| rounds[i].iter().map(&f).collect())
+}
+
+/// A table row: metric, unit, how it compares, and its value in a round.
+type Metric<T> = (&'static str, &'static str, Compare, fn(&T) -> f64);
+
+fn rows(r: &Rounds, p: &Params) -> Vec<Row> {
+    use Compare::{Added, AddedAndRatio, Ratio, Total};
+    let s1: [Metric<S1Round>; 4] = [
+        ("latency p50", "ms", AddedAndRatio, |x| x.p50_ms),
+        ("latency p99", "ms", AddedAndRatio, |x| x.p99_ms),
+        ("requests", "count", Total, |x| x.measured as f64),
+        ("errors", "count", Total, |x| x.errors.count as f64),
+    ];
+    let s2: [Metric<S2Round>; 4] = [
+        ("throughput", "req/s", Ratio, |x| x.rps),
+        ("latency p50", "ms", Added, |x| x.p50_ms),
+        ("latency p99", "ms", Added, |x| x.p99_ms),
+        ("errors", "count", Total, |x| x.errors.count as f64),
+    ];
+    let s4: [Metric<S4Round>; 8] = [
+        ("TTFT p50", "ms", Added, |x| x.ttft_p50_ms),
+        ("TTFT p99", "ms", Added, |x| x.ttft_p99_ms),
+        ("chunk gap p50", "µs", Added, |x| x.gap_p50_ms * 1e3),
+        ("chunk gap p99", "µs", Added, |x| x.gap_p99_ms * 1e3),
+        ("to [DONE] p50", "ms", Added, |x| x.done_p50_ms),
+        ("to [DONE] p99", "ms", Added, |x| x.done_p99_ms),
+        ("streams", "count", Total, |x| x.measured as f64),
+        ("bad streams", "count", Total, |x| x.errors.count as f64),
+    ];
+    let s2_name = if p.s2_clients == 64 {
+        "S2 64 clients"
+    } else {
+        "S2 concurrent"
+    };
+    let mut rows = Vec::new();
+    for (metric, unit, compare, f) in s1 {
+        rows.push(Row {
+            scenario: "S1 sequential",
+            metric,
+            unit,
+            values: per_target(&r.s1, f),
+            compare,
+        });
+    }
+    for (metric, unit, compare, f) in s2 {
+        rows.push(Row {
+            scenario: s2_name,
+            metric,
+            unit,
+            values: per_target(&r.s2, f),
+            compare,
+        });
+    }
+    for (metric, unit, compare, f) in s4 {
+        rows.push(Row {
+            scenario: "S4 streaming",
+            metric,
+            unit,
+            values: per_target(&r.s4, f),
+            compare,
+        });
+    }
+    rows
+}
+
+/// Errors by target and scenario, merged over the rounds.
+fn error_samples(r: &Rounds) -> Vec<(&'static str, &'static str, Errors)> {
+    fn merged<'a>(rounds: impl Iterator<Item = &'a Errors>) -> Errors {
+        let mut all = Errors::default();
+        for e in rounds {
+            all.count += e.count;
+            for s in &e.samples {
+                if all.samples.len() < 5 && !all.samples.contains(s) {
+                    all.samples.push(s.clone());
+                }
+            }
+        }
+        all
+    }
+    let mut out = Vec::new();
+    for (i, target) in TARGETS.iter().enumerate() {
+        out.push((*target, "S1", merged(r.s1[i].iter().map(|x| &x.errors))));
+        out.push((*target, "S2", merged(r.s2[i].iter().map(|x| &x.errors))));
+        out.push((*target, "S4", merged(r.s4[i].iter().map(|x| &x.errors))));
+    }
+    out
+}
+
+fn meta(pinning: &Pinning, args: &Args, elapsed: f64) -> serde_json::Value {
+    let git = |a: &[&str]| {
+        std::process::Command::new("git")
+            .args(["-C", concat!(env!("CARGO_MANIFEST_DIR"), "/..")])
+            .args(a)
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+    };
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    json!({
+        "unix_time": unix,
+        "git_commit": git(&["rev-parse", "HEAD"]),
+        "git_dirty": git(&["status", "--porcelain"]).map(|s| !s.is_empty()),
+        "cores": pinning.cores,
+        "pinning": pinning.note,
+        "client_core": pinning.client_core,
+        "gateway_core": pinning.gateway_core,
+        "quick": args.quick,
+        "elapsed_s": elapsed,
+    })
+}

@@ -118,12 +118,20 @@ fn shipped_example_config_is_valid() {
     let some = Config::parse(
         text,
         "deploy/gateway.yaml",
-        &env(&[("OPENAI_API_KEY", "sk-x"), ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"), ("GROQ_API_KEY", "g")]),
+        &env(&[
+            ("OPENAI_API_KEY", "sk-x"),
+            ("OPENAI_BASE_URL", "http://127.0.0.1:9/v1"),
+            ("GROQ_API_KEY", "g"),
+        ]),
     )
     .unwrap();
     let names: Vec<_> = some.providers.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["openai", "groq"]);
     assert_eq!(some.providers[0].base_url, "http://127.0.0.1:9/v1");
     assert!(some.models.iter().any(|m| m.name == "gpt-4o-mini"));
-    assert!(some.models.iter().all(|m| m.provider == "openai" || m.provider == "groq"));
+    assert!(
+        some.models
+            .iter()
+            .all(|m| m.provider == "openai" || m.provider == "groq")
+    );
 }

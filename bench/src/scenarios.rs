@@ -1,0 +1,455 @@
+//! The scenarios. Each runs once per round against one target and returns
+//! that round's figures; `main` alternates the targets round by round.
+//!
+//! - S1: sequential non-streaming requests, zero upstream delay: latency.
+//! - S2: many concurrent keep-alive clients for a fixed time: throughput.
+//! - S4: sequential streams: time to first content and the gaps between chunks.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http::StatusCode;
+use tokio::task::JoinSet;
+
+use crate::client::{Conn, StreamOutcome, Target, message_content, snippet};
+
+/// How much work each scenario does per round.
+#[derive(Clone, Debug)]
+pub struct Params {
+    pub rounds: usize,
+    pub s1_warmup: usize,
+    pub s1_requests: usize,
+    /// S1 stops early past this, so a slow target cannot stretch the run.
+    pub s1_max: Duration,
+    pub s2_clients: usize,
+    pub s2_warmup: Duration,
+    pub s2_duration: Duration,
+    pub s4_warmup: usize,
+    pub s4_streams: usize,
+    /// S4 stops early past this.
+    pub s4_max: Duration,
+    /// A request slower than this is an error (a stall), not a sample.
+    pub request_timeout: Duration,
+}
+
+impl Params {
+    pub fn full() -> Self {
+        Self {
+            rounds: 5,
+            s1_warmup: 200,
+            s1_requests: 2000,
+            s1_max: Duration::from_secs(8),
+            s2_clients: 64,
+            s2_warmup: Duration::from_millis(500),
+            s2_duration: Duration::from_secs(5),
+            s4_warmup: 40,
+            s4_streams: 400,
+            s4_max: Duration::from_secs(8),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// A smoke run of about 30 s, for CI.
+    pub fn quick() -> Self {
+        Self {
+            rounds: 2,
+            s1_warmup: 50,
+            s1_requests: 300,
+            s1_max: Duration::from_secs(2),
+            s2_clients: 64,
+            s2_warmup: Duration::from_millis(300),
+            s2_duration: Duration::from_millis(1500),
+            s4_warmup: 10,
+            s4_streams: 60,
+            s4_max: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Words in the non-streamed answer: about 1.4 KB of content.
+pub const ANSWER_WORDS: usize = 230;
+/// Content chunks in a streamed answer (the emulator streams a word a chunk).
+pub const STREAM_CHUNKS: usize = 64;
+
+/// The request bodies, identical for every target.
+pub struct Bodies {
+    pub chat: Bytes,
+    pub stream: Bytes,
+}
+
+impl Bodies {
+    pub fn new(model: &str) -> Self {
+        let chat = serde_json::json!({
+            "model": model,
+            "messages": [
+                {"role": "system", "content": "You are a concise assistant."},
+                {"role": "user", "content": format!("Describe load testing in one paragraph. [emu:words={ANSWER_WORDS}]")},
+            ],
+            "temperature": 0.2,
+        });
+        let stream = serde_json::json!({
+            "model": model,
+            "messages": [
+                {"role": "user", "content": format!("Stream a paragraph about latency. [emu:words={STREAM_CHUNKS}]")},
+            ],
+            "stream": true,
+        });
+        Self {
+            chat: Bytes::from(chat.to_string()),
+            stream: Bytes::from(stream.to_string()),
+        }
+    }
+}
+
+/// What the emulator answers when called directly: the yardstick every
+/// answer through the gateway is checked against.
+pub struct Reference {
+    pub content: String,
+    pub deltas: Vec<String>,
+}
+
+impl Reference {
+    pub async fn capture(direct: &Target, bodies: &Bodies) -> anyhow::Result<Self> {
+        let mut conn = Conn::open(direct.addr).await?;
+        let (status, body) = conn.post(direct, bodies.chat.clone()).await?;
+        if status != StatusCode::OK {
+            bail!("the emulator answered {status}: {}", snippet(&body));
+        }
+        let content = message_content(&body)?;
+        let stream = conn.stream(direct, bodies.stream.clone()).await?;
+        if !stream.done || stream.deltas.len() != STREAM_CHUNKS {
+            bail!(
+                "the emulator's reference stream is off: {} content chunks (want {STREAM_CHUNKS}), [DONE] {}",
+                stream.deltas.len(),
+                stream.done
+            );
+        }
+        Ok(Self {
+            content,
+            deltas: stream.deltas,
+        })
+    }
+}
+
+/// Errors seen in a round: how many, and the first few messages.
+#[derive(Clone, Debug, Default)]
+pub struct Errors {
+    pub count: u64,
+    pub samples: Vec<String>,
+}
+
+impl Errors {
+    fn add(&mut self, message: String) {
+        self.count += 1;
+        if self.samples.len() < 5 && !self.samples.contains(&message) {
+            self.samples.push(message);
+        }
+    }
+
+    fn merge(&mut self, other: Self) {
+        self.count += other.count;
+        for s in other.samples {
+            if self.samples.len() < 5 && !self.samples.contains(&s) {
+                self.samples.push(s);
+            }
+        }
+    }
+}
+
+fn histogram() -> anyhow::Result<Histogram<u64>> {
+    // Nanoseconds, 1 ns to 10 min, 3 significant digits.
+    Ok(Histogram::new_with_bounds(1, 600_000_000_000, 3)?)
+}
+
+fn record(h: &mut Histogram<u64>, d: Duration) {
+    h.saturating_record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+}
+
+/// A quantile of a nanosecond histogram, in milliseconds.
+fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+    if h.is_empty() {
+        f64::NAN
+    } else {
+        h.value_at_quantile(q) as f64 / 1e6
+    }
+}
+
+/// A request bounded by `timeout`; past it, the request is an error (a stall).
+async fn timed<T>(timeout: Duration, fut: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    match tokio::time::timeout(timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => bail!("no complete answer within {timeout:?} (stall)"),
+    }
+}
+
+/// A connection that reopens after an error.
+struct Client {
+    target: Arc<Target>,
+    conn: Option<Conn>,
+}
+
+impl Client {
+    fn new(target: Arc<Target>, conn: Option<Conn>) -> Self {
+        Self { target, conn }
+    }
+
+    async fn conn(&mut self) -> anyhow::Result<&mut Conn> {
+        if self.conn.is_none() {
+            self.conn = Some(Conn::open(self.target.addr).await?);
+        }
+        self.conn.as_mut().context("no connection")
+    }
+
+    /// POSTs the chat body; 200 with a body, or an error. The connection is
+    /// dropped on any error, since its state is then unknown.
+    async fn post(&mut self, body: &Bytes, timeout: Duration) -> anyhow::Result<Bytes> {
+        let target = self.target.clone();
+        let result = timed(timeout, async {
+            let (status, bytes) = self.conn().await?.post(&target, body.clone()).await?;
+            if status != StatusCode::OK {
+                bail!("status {status}: {}", snippet(&bytes));
+            }
+            Ok(bytes)
+        })
+        .await;
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+
+    async fn stream(&mut self, body: &Bytes, timeout: Duration) -> anyhow::Result<StreamOutcome> {
+        let target = self.target.clone();
+        let result = timed(timeout, async {
+            self.conn().await?.stream(&target, body.clone()).await
+        })
+        .await;
+        if result.is_err() {
+            self.conn = None;
+        }
+        result
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct S1Round {
+    /// Requests measured (fewer than asked when `s1_max` cut the round short).
+    pub measured: u64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: Errors,
+}
+
+/// S1: sequential non-streaming requests over one connection.
+pub async fn s1(
+    target: &Arc<Target>,
+    bodies: &Bodies,
+    reference: &Reference,
+    p: &Params,
+) -> anyhow::Result<S1Round> {
+    let mut client = Client::new(target.clone(), None);
+    let mut errors = Errors::default();
+    let warm_until = Instant::now() + p.s1_max / 4;
+    for _ in 0..p.s1_warmup {
+        if Instant::now() > warm_until {
+            break;
+        }
+        if let Err(e) = client.post(&bodies.chat, p.request_timeout).await {
+            errors.add(format!("{e:#}"));
+        }
+    }
+    let mut h = histogram()?;
+    let mut measured = 0;
+    let stop = Instant::now() + p.s1_max;
+    for _ in 0..p.s1_requests {
+        let started = Instant::now();
+        if started > stop {
+            break;
+        }
+        measured += 1;
+        match client.post(&bodies.chat, p.request_timeout).await {
+            Ok(body) => {
+                let took = started.elapsed();
+                match message_content(&body) {
+                    Ok(c) if c == reference.content => record(&mut h, took),
+                    Ok(c) => errors.add(format!(
+                        "answer differs from direct ({} vs {} bytes)",
+                        c.len(),
+                        reference.content.len()
+                    )),
+                    Err(e) => errors.add(format!("{e:#}")),
+                }
+            }
+            Err(e) => errors.add(format!("{e:#}")),
+        }
+    }
+    Ok(S1Round {
+        measured,
+        p50_ms: ms(&h, 0.5),
+        p99_ms: ms(&h, 0.99),
+        errors,
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct S2Round {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: Errors,
+}
+
+struct ClientTally {
+    ok: u64,
+    h: Histogram<u64>,
+    errors: Errors,
+}
+
+/// S2: `s2_clients` keep-alive clients send back to back for a fixed time;
+/// answers completed inside the measured window count.
+pub async fn s2(target: &Arc<Target>, bodies: &Bodies, p: &Params) -> anyhow::Result<S2Round> {
+    let mut conns = Vec::with_capacity(p.s2_clients);
+    for _ in 0..p.s2_clients {
+        conns.push(Conn::open(target.addr).await?);
+    }
+    let start = Instant::now();
+    let from = start + p.s2_warmup;
+    let until = from + p.s2_duration;
+    let mut set = JoinSet::new();
+    for conn in conns {
+        let mut client = Client::new(target.clone(), Some(conn));
+        let body = bodies.chat.clone();
+        let timeout = p.request_timeout;
+        let mut tally = ClientTally {
+            ok: 0,
+            h: histogram()?,
+            errors: Errors::default(),
+        };
+        set.spawn(async move {
+            loop {
+                let started = Instant::now();
+                if started >= until {
+                    break;
+                }
+                match client.post(&body, timeout).await {
+                    Ok(_) => {
+                        let done = Instant::now();
+                        if done >= from && done <= until {
+                            tally.ok += 1;
+                            record(&mut tally.h, done - started);
+                        }
+                    }
+                    Err(e) => {
+                        tally.errors.add(format!("{e:#}"));
+                        // Do not spin on a refused connection.
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+            tally
+        });
+    }
+    let mut ok = 0;
+    let mut h = histogram()?;
+    let mut errors = Errors::default();
+    while let Some(tally) = set.join_next().await {
+        let tally = tally?;
+        ok += tally.ok;
+        h.add(&tally.h)?;
+        errors.merge(tally.errors);
+    }
+    Ok(S2Round {
+        rps: ok as f64 / p.s2_duration.as_secs_f64(),
+        p50_ms: ms(&h, 0.5),
+        p99_ms: ms(&h, 0.99),
+        errors,
+    })
+}
+
+#[derive(Clone, Debug)]
+pub struct S4Round {
+    /// Streams measured (fewer than asked when `s4_max` cut the round short).
+    pub measured: u64,
+    pub ttft_p50_ms: f64,
+    pub ttft_p99_ms: f64,
+    pub gap_p50_ms: f64,
+    pub gap_p99_ms: f64,
+    /// Time to `data: [DONE]`: the whole stream.
+    pub done_p50_ms: f64,
+    pub done_p99_ms: f64,
+    /// Streams that failed, lacked `[DONE]`, or whose chunks differed from
+    /// the direct stream's (missing, extra or out of order).
+    pub errors: Errors,
+}
+
+/// S4: sequential streams over one connection.
+pub async fn s4(
+    target: &Arc<Target>,
+    bodies: &Bodies,
+    reference: &Reference,
+    p: &Params,
+) -> anyhow::Result<S4Round> {
+    let mut client = Client::new(target.clone(), None);
+    let mut errors = Errors::default();
+    let warm_until = Instant::now() + p.s4_max / 4;
+    for _ in 0..p.s4_warmup {
+        if Instant::now() > warm_until {
+            break;
+        }
+        if let Err(e) = client.stream(&bodies.stream, p.request_timeout).await {
+            errors.add(format!("{e:#}"));
+        }
+    }
+    let mut ttft = histogram()?;
+    let mut gaps = histogram()?;
+    let mut done = histogram()?;
+    let mut measured = 0;
+    let stop = Instant::now() + p.s4_max;
+    for _ in 0..p.s4_streams {
+        if Instant::now() > stop {
+            break;
+        }
+        measured += 1;
+        let out = match client.stream(&bodies.stream, p.request_timeout).await {
+            Ok(out) => out,
+            Err(e) => {
+                errors.add(format!("{e:#}"));
+                continue;
+            }
+        };
+        if !out.done {
+            errors.add("stream ended without data: [DONE]".into());
+        } else if out.after_done > 0 {
+            errors.add(format!("{} events after data: [DONE]", out.after_done));
+        } else if out.deltas != reference.deltas {
+            let first_diff = out.deltas.iter().zip(&reference.deltas).position(|(a, b)| a != b);
+            errors.add(format!(
+                "chunks differ from direct: {} content chunks (want {}), first difference at {first_diff:?}",
+                out.deltas.len(),
+                reference.deltas.len()
+            ));
+        } else if let Some(t) = out.ttft {
+            record(&mut ttft, t);
+            if let Some(d) = out.done_after {
+                record(&mut done, d);
+            }
+            for g in out.gaps {
+                record(&mut gaps, g);
+            }
+        }
+    }
+    Ok(S4Round {
+        measured,
+        ttft_p50_ms: ms(&ttft, 0.5),
+        ttft_p99_ms: ms(&ttft, 0.99),
+        gap_p50_ms: ms(&gaps, 0.5),
+        gap_p99_ms: ms(&gaps, 0.99),
+        done_p50_ms: ms(&done, 0.5),
+        done_p99_ms: ms(&done, 0.99),
+        errors,
+    })
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# `make bench`: builds the release binaries once, then runs `llmgw-bench`, which
+# starts the OpenAI emulator and the gateway (one process, then split), runs the
+# scenarios direct vs gateway in alternating rounds, prints the table and writes
+# bench/results/latest.json. Everything it starts it also stops.
+#
+#   BENCH_QUICK=1 scripts/bench.sh     # ~30 s smoke run (CI)
+#   scripts/bench.sh --rounds 3        # extra arguments go to llmgw-bench (--help)
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/llmgw/target}"
+
+cd "$root"
+cargo build --release -p llmgw -p llmgw-emulators -p llmgw-bench
+bin="$CARGO_TARGET_DIR/release"
+exec "$bin/llmgw-bench" --llmgw "$bin/llmgw" --emulator "$bin/openai-emulator" "$@"
