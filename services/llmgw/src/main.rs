@@ -22,6 +22,11 @@ use llmgw_proto as pb;
 use tokio::net::TcpListener;
 use tonic::service::Routes;
 
+/// mimalloc: the hot path allocates many small, short-lived buffers (JSON,
+/// headers, protobuf), where it is markedly faster than glibc's malloc.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "llmgw",
