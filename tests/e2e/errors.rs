@@ -251,3 +251,61 @@ async fn errors_in_one_process() {
 async fn errors_across_five_processes() {
     errors(Shape::Split).await;
 }
+
+/// A provider that goes quiet mid-stream is cut off after the idle timeout
+/// with an error event (no `[DONE]`), instead of holding the client forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_stream_hits_the_idle_timeout() {
+    let gw = Gateway::start(Shape::All).await;
+    let started = std::time::Instant::now();
+    let r = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&gw.key)
+        .json(&json!({"model": "gpt-4o-mini", "stream": true,
+            "messages": [{"role": "user", "content": "[emu:chunk_delay_ms=5000] [emu:words=5] hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let events = crate::harness::sse_data(&r.text().await.unwrap());
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < std::time::Duration::from_secs(4),
+        "cut off by the 1 s idle timeout, took {elapsed:?}"
+    );
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_timeout", "{last}");
+    assert!(!events.iter().any(|e| e == "[DONE]"));
+}
+
+/// SIGTERM drains and exits cleanly, and what was metered is flushed first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_flushes_metering() {
+    let mut gw = Gateway::start(Shape::All).await;
+    for _ in 0..3 {
+        let (s, _, b) = gw
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "bye"}]}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let mut child = gw.children.remove(0);
+    let pid = child.id().unwrap();
+    let status = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits promptly")
+        .unwrap();
+    assert!(exit.success(), "clean exit: {exit:?}");
+    // Read straight from the store now that nothing is running.
+    let usage = gw.usage_until("acme", |u| u["requests"] == 3).await;
+    assert_eq!(usage["requests"], 3, "{usage}");
+}

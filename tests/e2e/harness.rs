@@ -31,7 +31,7 @@ pub struct Gateway {
     pub emu: Emulator,
     pub client: reqwest::Client,
     _dir: tempfile::TempDir,
-    _children: Vec<Child>,
+    pub children: Vec<Child>,
 }
 
 pub fn bin() -> &'static str {
@@ -72,6 +72,7 @@ edge:
   grpc_addr: {grpc}
   max_body_bytes: 1048576
   max_in_flight: 4
+  stream_idle_timeout: 1s
 providers:
   - name: emu
     type: openai
@@ -140,7 +141,7 @@ services:
             emu,
             client: http_client(),
             _dir: dir,
-            _children: children,
+            children,
         };
         gw.wait_ready(shape, &[auth, router, adapter, metering]).await;
         gw

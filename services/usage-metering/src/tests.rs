@@ -260,14 +260,28 @@ async fn large_batches_span_several_statements_exactly() {
     let m = metering(dir.path()).await;
     // 300 events: two full multi-row statements and a partial one, with
     // duplicates inside the batch and across statement boundaries.
-    let mut events: Vec<_> = (0..300).map(|i| event(&format!("r{i}"), "org_a", "m", 10, 5)).collect();
+    let mut events: Vec<_> = (0..300)
+        .map(|i| event(&format!("r{i}"), "org_a", "m", 10, 5))
+        .collect();
     events.push(event("r5", "org_a", "m", 10, 5));
     events.push(event("r200", "org_a", "m", 10, 5));
     let ack = m.record(events).await.unwrap();
     assert_eq!((ack.accepted, ack.duplicates), (300, 2));
-    let again = m.record((250..400).map(|i| event(&format!("r{i}"), "org_a", "m", 10, 5)).collect()).await.unwrap();
+    let again = m
+        .record(
+            (250..400)
+                .map(|i| event(&format!("r{i}"), "org_a", "m", 10, 5))
+                .collect(),
+        )
+        .await
+        .unwrap();
     assert_eq!((again.accepted, again.duplicates), (100, 50));
-    let summary = m.get_usage(pb::UsageQuery { org_id: "org_a".into() }).await.unwrap();
+    let summary = m
+        .get_usage(pb::UsageQuery {
+            org_id: "org_a".into(),
+        })
+        .await
+        .unwrap();
     assert_eq!(summary.requests, 400);
     assert_eq!(summary.input_tokens, 4000);
     assert_eq!(summary.output_tokens, 2000);
