@@ -328,12 +328,19 @@ struct StreamOptionsIn {
 /// Every error is `invalid_request_error` naming the `param` at fault, in the
 /// words OpenAI uses.
 pub fn parse_request(body: &[u8]) -> Result<pb::ChatRequest, GwError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let raw: RequestIn = match serde_path_to_error::deserialize(&mut de) {
+    // The fast path parses without tracking paths; only a body that fails is
+    // parsed again, with `serde_path_to_error`, to name the bad parameter.
+    let raw: RequestIn = match serde_json::from_slice(body) {
         Ok(raw) => raw,
-        Err(e) => return Err(describe(e)),
+        Err(_) => {
+            let mut de = serde_json::Deserializer::from_slice(body);
+            return Err(match serde_path_to_error::deserialize::<_, RequestIn>(&mut de) {
+                Err(e) => describe(e),
+                // Only trailing garbage fails the plain parse but not this one.
+                Ok(_) => malformed(),
+            });
+        }
     };
-    de.end().map_err(|_| malformed())?;
     let req = convert_request(raw)?;
     validate_request(&req)?;
     Ok(req)
