@@ -54,6 +54,13 @@ pub fn http_client() -> reqwest::Client {
 
 impl Gateway {
     pub async fn start(shape: Shape) -> Gateway {
+        Self::start_with(shape, "", "").await
+    }
+
+    /// Starts a gateway with more `providers:` and `models:` entries (YAML
+    /// list items, indented two spaces); `{emu}` stands for the emulator's
+    /// `host:port`, which serves every emulated wire format.
+    pub async fn start_with(shape: Shape, extra_providers: &str, extra_models: &str) -> Gateway {
         let emu = llmgw_emulators::spawn(Options {
             api_key: Some(EMU_KEY.into()),
             record: true,
@@ -90,7 +97,7 @@ providers:
   - name: unset
     type: openai
     api_key: ${{LLMGW_TEST_UNSET_VAR}}
-models:
+{extra_providers}models:
   - name: gpt-4o-mini
     target: emu/gpt-4o-mini
     price: {{ input_per_mtok: 0.15, output_per_mtok: 0.60 }}
@@ -100,7 +107,7 @@ models:
     target: dead/gpt-4o-mini
   - name: ghost-model
     target: unset/gpt-4o-mini
-metering:
+{extra_models}metering:
   flush_interval: 50ms
 services:
   auth: {{ addr: {auth} }}
@@ -110,6 +117,8 @@ services:
 "#,
             data = dir.path().join("data").display(),
             base = emu.base_url(),
+            extra_providers = extra_providers.replace("{emu}", &emu.addr.to_string()),
+            extra_models = extra_models,
         );
         std::fs::write(&config, text).expect("write config");
         let key = create_key(&config, "acme", None).await;

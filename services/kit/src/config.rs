@@ -8,7 +8,7 @@
 //! name an unset variable is disabled rather than an error: the example config
 //! lists every provider, and the keys that are set decide which run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -62,12 +62,48 @@ struct RawProvider {
     /// Per-try timeout until the provider's first byte.
     #[serde(default, with = "humantime_serde")]
     timeout: Option<Duration>,
+    /// Attempts after the first on a retryable error (router issue).
+    #[serde(default)]
+    max_retries: Option<u32>,
+    /// The model used for `@slug` with no model, and by `provider/` routes.
+    #[serde(default)]
+    default_model: Option<String>,
+    /// Extra headers sent on every request to this provider.
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
     /// OpenAI `OpenAI-Organization` header.
     #[serde(default)]
     organization: Option<String>,
     /// OpenAI `OpenAI-Project` header.
     #[serde(default)]
     project: Option<String>,
+    /// Azure OpenAI `api-version` query parameter.
+    #[serde(default)]
+    api_version: Option<String>,
+    /// Azure OpenAI: a Microsoft Entra ID bearer token instead of `api_key`.
+    #[serde(default)]
+    azure_ad_token: Option<String>,
+    /// Anthropic: `max_tokens` sent when the client sent none.
+    #[serde(default)]
+    default_max_tokens: Option<u32>,
+    /// Google Vertex AI project.
+    #[serde(default)]
+    project_id: Option<String>,
+    /// Google Vertex AI location (region), e.g. `us-central1`.
+    #[serde(default)]
+    location: Option<String>,
+    /// Google Vertex AI service-account JSON (the text, usually `${VAR}`).
+    #[serde(default)]
+    credentials: Option<String>,
+    /// AWS region for Bedrock.
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    access_key_id: Option<String>,
+    #[serde(default)]
+    secret_access_key: Option<String>,
+    #[serde(default)]
+    session_token: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,28 +240,142 @@ fn default_data_dir() -> PathBuf {
 
 // ---- validated ------------------------------------------------------------
 
-/// A provider wire type. OpenAI-compatible hosts will be rows of data here.
+/// An OpenAI-compatible host: a row of data, not code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct CompatHost {
+    /// The `type` written in config.
+    pub type_name: &'static str,
+    /// `None`: `base_url` is required.
+    pub default_base_url: Option<&'static str>,
+    /// Whether the host accepts `stream_options.include_usage`.
+    pub stream_usage: bool,
+    /// Whether the host accepts `n` > 1.
+    pub multiple_choices: bool,
+}
+
+/// OpenAI-compatible hosts, each with its default base URL and quirks.
+pub const COMPAT_HOSTS: &[CompatHost] = &[
+    CompatHost {
+        type_name: "groq",
+        default_base_url: Some("https://api.groq.com/openai/v1"),
+        stream_usage: true,
+        multiple_choices: false,
+    },
+    CompatHost {
+        type_name: "together",
+        default_base_url: Some("https://api.together.xyz/v1"),
+        stream_usage: true,
+        multiple_choices: true,
+    },
+    CompatHost {
+        type_name: "fireworks",
+        default_base_url: Some("https://api.fireworks.ai/inference/v1"),
+        stream_usage: true,
+        multiple_choices: true,
+    },
+    CompatHost {
+        type_name: "deepseek",
+        default_base_url: Some("https://api.deepseek.com/v1"),
+        stream_usage: true,
+        multiple_choices: false,
+    },
+    CompatHost {
+        type_name: "xai",
+        default_base_url: Some("https://api.x.ai/v1"),
+        stream_usage: true,
+        multiple_choices: true,
+    },
+    CompatHost {
+        type_name: "cerebras",
+        default_base_url: Some("https://api.cerebras.ai/v1"),
+        stream_usage: true,
+        multiple_choices: false,
+    },
+    CompatHost {
+        type_name: "meta",
+        default_base_url: Some("https://api.llama.com/compat/v1"),
+        stream_usage: true,
+        multiple_choices: false,
+    },
+    CompatHost {
+        type_name: "openai-compatible",
+        default_base_url: None,
+        stream_usage: true,
+        multiple_choices: true,
+    },
+];
+
+/// A provider type: which wire format, and for OpenAI-compatible hosts,
+/// which row of data.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProviderKind {
     OpenAi,
+    AzureOpenAi,
+    Anthropic,
+    /// Gemini on AI Studio (Vertex AI when `project_id` and `location` are set).
+    Google,
+    VertexAi,
+    Bedrock,
+    Mistral,
+    Ollama,
+    Compatible(&'static CompatHost),
 }
 
 impl ProviderKind {
-    const ALL: [(&'static str, ProviderKind); 1] = [("openai", ProviderKind::OpenAi)];
+    const NATIVE: [(&'static str, ProviderKind); 8] = [
+        ("openai", ProviderKind::OpenAi),
+        ("azure-openai", ProviderKind::AzureOpenAi),
+        ("anthropic", ProviderKind::Anthropic),
+        ("google", ProviderKind::Google),
+        ("vertex-ai", ProviderKind::VertexAi),
+        ("bedrock", ProviderKind::Bedrock),
+        ("mistral", ProviderKind::Mistral),
+        ("ollama", ProviderKind::Ollama),
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
-            Self::OpenAi => "openai",
+            Self::Compatible(host) => host.type_name,
+            native => Self::NATIVE
+                .iter()
+                .find(|(_, k)| *k == native)
+                .map_or("openai", |(n, _)| n),
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(name, _)| *name == s).map(|(_, k)| *k)
+        Self::NATIVE
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, k)| *k)
+            .or_else(|| {
+                COMPAT_HOSTS
+                    .iter()
+                    .find(|h| h.type_name == s)
+                    .map(ProviderKind::Compatible)
+            })
     }
 
-    pub fn default_base_url(self) -> &'static str {
+    /// Every `type` a config may name.
+    pub fn names() -> Vec<&'static str> {
+        Self::NATIVE
+            .iter()
+            .map(|(n, _)| *n)
+            .chain(COMPAT_HOSTS.iter().map(|h| h.type_name))
+            .collect()
+    }
+
+    /// The base URL used when the config gives none; `None` when it must be
+    /// given (or, for Vertex AI and Bedrock, is derived from location/region).
+    pub fn default_base_url(self) -> Option<&'static str> {
         match self {
-            Self::OpenAi => "https://api.openai.com/v1",
+            Self::OpenAi => Some("https://api.openai.com/v1"),
+            Self::Anthropic => Some("https://api.anthropic.com/v1"),
+            Self::Google => Some("https://generativelanguage.googleapis.com/v1beta"),
+            Self::Mistral => Some("https://api.mistral.ai/v1"),
+            Self::Ollama => Some("http://127.0.0.1:11434"),
+            Self::AzureOpenAi | Self::VertexAi | Self::Bedrock => None,
+            Self::Compatible(host) => host.default_base_url,
         }
     }
 }
@@ -246,8 +396,27 @@ pub struct ProviderConfig {
     pub base_url: String,
     pub api_key: Option<Secret>,
     pub timeout: Duration,
+    pub max_retries: u32,
+    pub default_model: Option<String>,
+    /// Extra headers sent on every request.
+    pub headers: Vec<(String, String)>,
     pub organization: Option<String>,
     pub project: Option<String>,
+    /// Azure OpenAI `api-version`.
+    pub api_version: Option<String>,
+    /// Azure OpenAI Entra ID bearer token.
+    pub azure_ad_token: Option<Secret>,
+    /// Anthropic `max_tokens` when the client sent none.
+    pub default_max_tokens: u32,
+    /// Vertex AI project, location and service-account JSON.
+    pub project_id: Option<String>,
+    pub location: Option<String>,
+    pub credentials: Option<Secret>,
+    /// Bedrock region and AWS credentials.
+    pub region: Option<String>,
+    pub access_key_id: Option<Secret>,
+    pub secret_access_key: Option<Secret>,
+    pub session_token: Option<Secret>,
 }
 
 /// A provider left out because a variable it needs is not set.
@@ -286,6 +455,9 @@ pub struct Config {
 }
 
 const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(600);
+const DEFAULT_MAX_RETRIES: u32 = 2;
+/// Anthropic requires `max_tokens`; this is sent when the client gave none.
+const DEFAULT_MAX_TOKENS: u32 = 4096;
 
 impl Config {
     /// Reads and validates `path`; `env` is the process environment as a map.
@@ -351,8 +523,8 @@ impl Config {
                     p.name
                 )));
             }
-            let Some(kind) = ProviderKind::parse(&p.kind) else {
-                let valid: Vec<&str> = ProviderKind::ALL.iter().map(|(n, _)| *n).collect();
+            let Some(mut kind) = ProviderKind::parse(&p.kind) else {
+                let valid = ProviderKind::names();
                 return Err(err(format!(
                     "`{at}.type`: unknown provider type `{}`{}",
                     p.kind,
@@ -366,21 +538,86 @@ impl Config {
                 });
                 continue;
             }
-            let base_url = p.base_url.unwrap_or_else(|| kind.default_base_url().to_owned());
+            // `google` with a project and location is Gemini on Vertex AI.
+            if kind == ProviderKind::Google && p.project_id.is_some() && p.location.is_some() {
+                kind = ProviderKind::VertexAi;
+            }
+            let what = format!("`{at}` ({} `{}`)", kind, p.name);
+            let need = |field: &str, value: &Option<String>| -> Result<(), ConfigError> {
+                match value {
+                    Some(v) if !v.trim().is_empty() => Ok(()),
+                    _ => Err(err(format!("{what}: `{field}` is required for type `{kind}`"))),
+                }
+            };
+            let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
+            let base_url = match (p.base_url.clone(), kind) {
+                (Some(url), _) => url,
+                (None, ProviderKind::VertexAi) => {
+                    need("location", &p.location)?;
+                    let location = p.location.as_deref().unwrap_or_default();
+                    if location == "global" {
+                        "https://aiplatform.googleapis.com/v1".to_owned()
+                    } else {
+                        format!("https://{location}-aiplatform.googleapis.com/v1")
+                    }
+                }
+                (None, ProviderKind::Bedrock) => {
+                    need("region", &p.region)?;
+                    format!(
+                        "https://bedrock-runtime.{}.amazonaws.com",
+                        p.region.as_deref().unwrap_or_default()
+                    )
+                }
+                (None, k) => match k.default_base_url() {
+                    Some(url) => url.to_owned(),
+                    None => return Err(err(format!("{what}: `base_url` is required for type `{kind}`"))),
+                },
+            };
             let base_url = base_url.trim_end_matches('/').to_owned();
             if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
                 return Err(err(format!(
                     "`{at}.base_url` must be an http:// or https:// URL, got `{base_url}`"
                 )));
             }
+            match kind {
+                ProviderKind::AzureOpenAi
+                    if nonempty(p.api_key.clone()).is_none() && nonempty(p.azure_ad_token.clone()).is_none() =>
+                {
+                    return Err(err(format!("{what}: `api_key` or `azure_ad_token` is required")));
+                }
+                ProviderKind::VertexAi => {
+                    need("project_id", &p.project_id)?;
+                    need("location", &p.location)?;
+                    need("credentials", &p.credentials)?;
+                }
+                ProviderKind::Bedrock => {
+                    need("region", &p.region)?;
+                    need("access_key_id", &p.access_key_id)?;
+                    need("secret_access_key", &p.secret_access_key)?;
+                }
+                _ => {}
+            }
             providers.push(ProviderConfig {
                 name: p.name,
                 kind,
                 base_url,
-                api_key: p.api_key.filter(|k| !k.is_empty()).map(Secret::new),
+                api_key: nonempty(p.api_key).map(Secret::new),
                 timeout: p.timeout.unwrap_or(DEFAULT_PROVIDER_TIMEOUT),
+                max_retries: p.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+                default_model: nonempty(p.default_model),
+                headers: p.headers.into_iter().collect(),
                 organization: p.organization,
                 project: p.project,
+                api_version: nonempty(p.api_version),
+                azure_ad_token: nonempty(p.azure_ad_token).map(Secret::new),
+                default_max_tokens: p.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+                project_id: nonempty(p.project_id),
+                location: nonempty(p.location),
+                credentials: nonempty(p.credentials).map(Secret::new),
+                region: nonempty(p.region),
+                access_key_id: nonempty(p.access_key_id).map(Secret::new),
+                secret_access_key: nonempty(p.secret_access_key).map(Secret::new),
+                session_token: nonempty(p.session_token).map(Secret::new),
             });
         }
 

@@ -2,8 +2,8 @@
 //!
 //! A provider gets the canonical request and the router's [`Target`] and
 //! answers in canonical types; its wire types stay private to its module.
-//! OpenAI-compatible hosts are rows of config (`type: openai` with their own
-//! `base_url`), not modules.
+//! OpenAI-compatible hosts are rows of data (`kit::config::COMPAT_HOSTS`),
+//! not modules.
 
 use std::sync::Arc;
 
@@ -27,9 +27,21 @@ pub(crate) trait Provider: Send + Sync + 'static {
     async fn stream(&self, target: &Target, req: &ChatRequest) -> Result<ChunkStream, GwError>;
 }
 
-/// Builds the provider for `config`, sharing `client`.
+/// Builds the provider for `config`, sharing `client`. OpenAI-compatible
+/// hosts use the OpenAI module with their row's quirks.
 pub(crate) fn build(config: &ProviderConfig, client: &reqwest::Client) -> Result<Arc<dyn Provider>, GwError> {
     Ok(match config.kind {
-        ProviderKind::OpenAi => Arc::new(openai::OpenAi::new(config, client.clone())?),
+        ProviderKind::OpenAi | ProviderKind::Compatible(_) => {
+            Arc::new(openai::OpenAi::new(config, client.clone())?)
+        }
+        other => {
+            return Err(GwError::new(
+                llmgw_kit::ErrorCode::Internal,
+                format!(
+                    "provider `{}`: type `{other}` is not supported by this build yet",
+                    config.name
+                ),
+            ));
+        }
     })
 }

@@ -14,8 +14,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use eventsource_stream::{Event, EventStream, EventStreamError};
 use futures_util::Stream;
-use llmgw_kit::config::ProviderConfig;
+use llmgw_kit::config::{CompatHost, ProviderConfig, ProviderKind};
 use llmgw_kit::grpc::MAX_MESSAGE_BYTES;
+
 use llmgw_kit::openai::{parse_chunk, parse_response, parse_upstream_error, request_json};
 use llmgw_kit::services::ChunkStream;
 use llmgw_kit::{ErrorCode, GwError};
@@ -41,6 +42,8 @@ pub(crate) struct OpenAi {
     headers: HeaderMap,
     /// The provider's own per-try timeout, used when the target names none.
     timeout: Duration,
+    /// The host's quirks (an OpenAI-compatible row); `None` for OpenAI.
+    host: Option<&'static CompatHost>,
     client: reqwest::Client,
 }
 
@@ -52,6 +55,13 @@ impl OpenAi {
         let url = reqwest::Url::parse(&format!("{}/chat/completions", config.base_url))
             .map_err(|e| invalid(&format!("invalid base_url: {e}")))?;
         let mut headers = HeaderMap::new();
+        for (header, value) in &config.headers {
+            let header = HeaderName::try_from(header.as_str())
+                .map_err(|_| invalid(&format!("`headers.{header}` is not a valid header name")))?;
+            let value = HeaderValue::try_from(value.as_str())
+                .map_err(|_| invalid(&format!("`headers.{header}` is not a valid header value")))?;
+            headers.insert(header, value);
+        }
         headers.insert(CONTENT_TYPE, JSON);
         if let Some(key) = &config.api_key {
             // Never echo the value: it is a secret.
@@ -75,6 +85,10 @@ impl OpenAi {
             url,
             headers,
             timeout: config.timeout,
+            host: match config.kind {
+                ProviderKind::Compatible(host) => Some(host),
+                _ => None,
+            },
             client,
         })
     }
@@ -104,7 +118,22 @@ impl OpenAi {
                 ..req.clone()
             })
         };
-        let body = request_json(&req, &target.model, stream.then_some(true))
+        if let Some(host) = self.host
+            && !host.multiple_choices
+            && req.n.is_some_and(|n| n > 1)
+        {
+            return Err(GwError::invalid(
+                "n",
+                format!(
+                    "provider `{}` ({}) does not support `n` > 1",
+                    self.peer.name(),
+                    host.type_name
+                ),
+            )
+            .with_provider(self.peer.name()));
+        }
+        let force_usage = stream && self.host.is_none_or(|h| h.stream_usage);
+        let body = request_json(&req, &target.model, force_usage.then_some(true))
             .map_err(|e| e.with_provider(self.peer.name()))?;
         Ok(self
             .client
