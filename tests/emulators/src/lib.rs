@@ -22,6 +22,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+mod anthropic;
 mod chat;
 pub mod directives;
 mod record;
@@ -87,6 +88,7 @@ pub fn router(opts: Options) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/models", get(routes::list_models))
+        .route("/v1/messages", post(anthropic::messages))
         .route(
             "/_emu/requests",
             get(routes::recorded).delete(routes::clear_recorded),

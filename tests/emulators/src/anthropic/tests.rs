@@ -1,0 +1,1 @@
+//! The Messages emulator's validation and answers.
