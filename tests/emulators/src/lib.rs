@@ -1,8 +1,9 @@
 //! Provider emulators for end-to-end tests and benchmarks.
 //!
-//! Today one emulator: OpenAI's Chat Completions API (`/v1/chat/completions`, `/v1/models`),
-//! built from OpenAI's API reference — completion and chunk objects, usage details, tool
-//! calls streamed as argument fragments, the error object. Test behaviour is steered by
+//! Two wire formats on one router: OpenAI's Chat Completions API (`/v1/chat/completions`,
+//! `/v1/models`), built from OpenAI's API reference — completion and chunk objects, usage
+//! details, tool calls streamed as argument fragments, the error object — and Anthropic's
+//! Messages API (`/v1/messages`, see `anthropic`), as strict as the real one. Test behaviour is steered by
 //! `[emu:...]` directives in the last user message (see [`directives`]), and requests can be
 //! recorded and read back through `GET /_emu/requests`.
 //!
