@@ -6,8 +6,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{EMU_KEY, Gateway, Shape};
 
-const PROVIDERS: &str =
-    "  - name: claude\n    type: anthropic\n    base_url: http://{emu}/v1\n    api_key: ${EMU_KEY}\n";
+const PROVIDERS: &str = "  - name: claude\n    type: anthropic\n    base_url: http://{emu}/v1\n    api_key: ${EMU_KEY}\n  - name: claude-slow\n    type: anthropic\n    base_url: http://{emu}/v1\n    api_key: ${EMU_KEY}\n    timeout: 300ms\n";
 const MODELS: &str = "  - name: claude-sonnet\n    target: claude/claude-3-5-sonnet-20241022\n    price: { input_per_mtok: 3.0, output_per_mtok: 15.0 }\n";
 
 fn user(text: &str) -> Value {
@@ -33,13 +32,13 @@ fn joined(chunks: &[Value], field: &str) -> String {
         .collect()
 }
 
-async fn start() -> Gateway {
-    Gateway::start_with(Shape::All, PROVIDERS, MODELS).await
+async fn start(shape: Shape) -> Gateway {
+    Gateway::start_with(shape, PROVIDERS, MODELS).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_chat_and_stream() {
-    let gw = start().await;
+    let gw = start(Shape::All).await;
 
     // ---- plain, with a system message, usage and cost
     let (status, _, body) = gw
@@ -220,7 +219,7 @@ async fn anthropic_chat_and_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anthropic_tools_and_errors() {
-    let gw = start().await;
+    let gw = start(Shape::All).await;
     let tools = json!([{"type": "function", "function": {"name": "get_weather", "description": "weather",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
 
@@ -360,6 +359,50 @@ async fn anthropic_tools_and_errors() {
         "the provider key never leaves"
     );
 
+    // ---- the per-try timeout covers the wait for headers
+    let (status, _, body) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "@claude-slow/claude-x", "messages": user("[emu:delay_ms=3000] hi")}),
+        )
+        .await;
+    assert_eq!(status, 504, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("claude-slow"),
+        "{body}"
+    );
+
+    // ---- a client that disconnects mid-stream cancels the upstream call
+    let mut resp = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&gw.key)
+        .json(&json!({"model": "claude-sonnet", "stream": true,
+            "messages": user("[emu:words=200] [emu:chunk_delay_ms=30] long story")}))
+        .send()
+        .await
+        .unwrap();
+    let mut seen = String::new();
+    while seen.matches("data: ").count() < 4 {
+        seen.push_str(&String::from_utf8_lossy(
+            &resp.chunk().await.unwrap().expect("more chunks"),
+        ));
+    }
+    drop(resp);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let last = gw.last_upstream().await;
+        if last["outcome"] == "cancelled" {
+            assert_eq!(last["path"], "/v1/messages");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "upstream never saw the cancel: {last}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
     // ---- the emulator is as strict as the real API
     let url = format!("http://{}/v1/messages", gw.emu.addr);
     let minimal = json!({"model": "claude-x", "max_tokens": 10, "messages": user("hi")});
@@ -396,4 +439,43 @@ async fn anthropic_tools_and_errors() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 400, "max_tokens is required");
+}
+
+/// The same translation over gRPC: errors keep their param and provider
+/// across the hop, streams their chunks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_across_five_processes() {
+    let gw = start(Shape::Split).await;
+    let (status, _, body) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "claude-sonnet", "messages": user("split hello")}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "You said: split hello");
+    let events = gw
+        .stream(
+            &json!({"model": "anthropic/claude-x", "messages": user("split stream"), "stream": true,
+            "stream_options": {"include_usage": true}}),
+        )
+        .await;
+    let cs = chunks(&events);
+    assert_eq!(joined(&cs, "content"), "You said: split stream");
+    assert!(cs.last().unwrap()["usage"]["completion_tokens"].as_u64() > Some(0));
+    let (status, _, body) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "claude-sonnet", "messages": user("hi"), "seed": 1}),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "seed");
+    let (status, _, body) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "claude-sonnet", "messages": user("[emu:status=529]")}),
+        )
+        .await;
+    assert_eq!(status, 502, "{body}");
 }

@@ -347,6 +347,14 @@ fn check_unsupported(req: &ChatRequest, provider: &str) -> Result<(), GwError> {
     if req.store == Some(true) {
         return Err(unsupported(provider, "store", "`store`"));
     }
+    // OpenAI's range is 0..2, Anthropic's 0..1: never rescale what the client chose.
+    if req.temperature.is_some_and(|t| t > 1.0) {
+        return Err(unsupported(
+            provider,
+            "temperature",
+            "`temperature` above 1 (its range is 0 to 1)",
+        ));
+    }
     if req.service_tier.as_deref().is_some_and(|t| t != "auto") {
         return Err(unsupported(
             provider,

@@ -12,10 +12,13 @@ fn base() -> Value {
     json!({"model": "claude-x", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]})
 }
 
+/// A change to a valid request.
+type Edit = &'static dyn Fn(&mut Value);
+
 #[test]
 fn is_as_strict_as_the_real_api() {
     assert_eq!(check(base()), Ok(()));
-    let cases: [(&dyn Fn(&mut Value), &str); 9] = [
+    let cases: [(Edit, &str); 9] = [
         (
             &|b| drop(b.as_object_mut().map(|o| o.remove("max_tokens"))),
             "max_tokens: Field required",

@@ -137,6 +137,7 @@ fn unsupported_parameters_are_refused_by_name() {
         ("presence_penalty", json!(0.5)),
         ("frequency_penalty", json!(0.5)),
         ("logit_bias", json!({"12": 3})),
+        ("temperature", json!(1.5)),
     ] {
         let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
         body[param] = value;
@@ -530,6 +531,23 @@ async fn completes_and_streams_against_the_emulator() {
         (e.code(), e.upstream_status(), e.retryable()),
         (ErrorCode::UpstreamError, Some(529), true)
     );
+    // A stream that breaks off mid-way ends with an error, never a silent end.
+    let mut stream = adapter
+        .stream(ask(json!({"model": "x", "stream": true,
+            "messages": [{"role": "user", "content": "[emu:abort_mid_stream] [emu:words=50] hi"}]})))
+        .await
+        .unwrap();
+    let mut items = Vec::new();
+    while let Some(item) = stream.next().await {
+        items.push(item);
+    }
+    assert!(items.len() > 1 && items[0].is_ok(), "some chunks first");
+    let e = items.last().unwrap().as_ref().unwrap_err();
+    assert_eq!(
+        (e.code(), e.provider()),
+        (ErrorCode::UpstreamError, Some("claude"))
+    );
+
     let e = adapter
         .stream(ask(json!({"model": "x", "stream": true, "messages": [{"role": "user", "content": "hi [emu:prompt_too_long]"}]})))
         .await
