@@ -359,6 +359,29 @@ async fn anthropic_tools_and_errors() {
         "the provider key never leaves"
     );
 
+    // ---- a stream that fails midway ends with an error event and no [DONE]
+    for directive in ["[emu:error_mid_stream]", "[emu:abort_mid_stream]"] {
+        let r = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth(&gw.key)
+            .json(&json!({"model": "claude-sonnet", "stream": true,
+                "messages": user(&format!("{directive} [emu:words=30] hi"))}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200);
+        let events = crate::harness::sse_data(&r.text().await.unwrap());
+        let first: Value = serde_json::from_str(&events[0]).unwrap();
+        assert_eq!(first["choices"][0]["delta"]["role"], "assistant", "{directive}");
+        let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+        assert!(
+            last["error"]["message"].as_str().unwrap().contains("claude"),
+            "{directive}: {last}"
+        );
+        assert!(!events.iter().any(|e| e == "[DONE]"), "{directive}");
+    }
+
     // ---- the per-try timeout covers the wait for headers
     let (status, _, body) = gw
         .post(

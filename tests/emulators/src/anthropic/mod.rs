@@ -9,7 +9,9 @@
 //! when tools are offered (its input generated from the `input_schema`), a `thinking` block
 //! first when `thinking` is enabled, and the same `[emu:...]` directives (`status=N`
 //! including 529, `delay_ms`, `chunk_delay_ms`, `words`, `abort_mid_stream`, `finish`,
-//! `parallel`), plus `[emu:prompt_too_long]`, which answers the 400 a too-long prompt gets.
+//! `parallel`), plus `[emu:prompt_too_long]`, which answers the 400 a too-long prompt gets,
+//! and `[emu:error_mid_stream]`, which ends a stream with an `error` event (`overloaded_error`)
+//! after its first text delta.
 //! Streams send the documented event sequence with `event:` lines: `message_start`,
 //! `content_block_start`, `ping`, `content_block_delta`s, `content_block_stop`,
 //! `message_delta` (stop reason and usage), `message_stop`.
@@ -216,6 +218,7 @@ pub enum Block<'r> {
 pub struct Plan<'r> {
     pub directives: Directives,
     pub prompt_too_long: bool,
+    pub error_mid_stream: bool,
     pub blocks: Vec<Block<'r>>,
     pub stop_reason: &'static str,
     pub stop_sequence: Option<String>,
@@ -226,6 +229,7 @@ pub struct Plan<'r> {
 fn plan<'r>(req: &validate::Request<'r>, ids: &IdGen) -> Plan<'r> {
     let (directives, clean) = directives::parse(&req.last_user_text);
     let prompt_too_long = req.last_user_text.contains("[emu:prompt_too_long]");
+    let error_mid_stream = req.last_user_text.contains("[emu:error_mid_stream]");
     let input_tokens = (req.prompt_chars as u64).div_ceil(4).max(1);
     let mut blocks = Vec::new();
     let mut output_tokens = 0u64;
@@ -307,6 +311,7 @@ fn plan<'r>(req: &validate::Request<'r>, ids: &IdGen) -> Plan<'r> {
     Plan {
         directives,
         prompt_too_long,
+        error_mid_stream,
         blocks,
         stop_reason,
         stop_sequence,

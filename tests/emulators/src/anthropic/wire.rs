@@ -117,6 +117,11 @@ pub fn stream_events(id: &str, model: &str, plan: &Plan<'_>) -> EncodedStream {
                 for piece in pieces(text) {
                     s.event(&json!({"type": "content_block_delta", "index": index,
                         "delta": {"type": "text_delta", "text": piece}}));
+                    if plan.error_mid_stream {
+                        s.event(&json!({"type": "error",
+                            "error": {"type": "overloaded_error", "message": "Overloaded"}}));
+                        return s;
+                    }
                 }
             }
             Block::ToolUse { input, .. } => {
