@@ -7,7 +7,12 @@
 //! extended thinking, and `response_format` is emulated with one forced tool
 //! whose input is returned as the message text. Parameters Anthropic has no
 //! equivalent for are refused with a 400 naming the parameter and the
-//! provider, never dropped.
+//! provider, never dropped. What has no Anthropic field and changes nothing
+//! the model is asked is left out on purpose: a message's `name`, an image's
+//! `detail`, a tool's `strict` (Anthropic follows the schema without it),
+//! OpenAI's `metadata` tags (the gateway's, for stored completions) and the
+//! `reasoning` of earlier assistant turns (Anthropic needs its signature,
+//! which the canonical model does not carry).
 //!
 //! The answer (a message, or its SSE events) is translated back into canonical
 //! responses and chunks shaped as OpenAI would send them: a first chunk with
@@ -377,13 +382,12 @@ pub(crate) fn request_body(
     check_unsupported(req, provider)?;
     let mut system: Vec<&str> = Vec::new();
     let mut messages: Vec<WireMessage<'_>> = Vec::with_capacity(req.messages.len());
-    // Tool-call arguments parsed as JSON, kept alive for the borrowed blocks.
     for (i, m) in req.messages.iter().enumerate() {
         let role = Role::try_from(m.role).unwrap_or(Role::Unspecified);
         match role {
             Role::System | Role::Developer => system_texts(m, i, provider, &mut system)?,
             Role::User | Role::Unspecified => {
-                let blocks = content_blocks(m.content.as_ref(), &format!("messages[{i}].content"), provider)?;
+                let blocks = content_blocks(m.content.as_ref(), i, provider)?;
                 push(&mut messages, "user", blocks);
             }
             Role::Assistant => {
@@ -394,8 +398,7 @@ pub(crate) fn request_body(
                         "the deprecated `function_call` (use `tool_calls`)",
                     ));
                 }
-                let mut blocks =
-                    content_blocks(m.content.as_ref(), &format!("messages[{i}].content"), provider)?;
+                let mut blocks = content_blocks(m.content.as_ref(), i, provider)?;
                 if let Some(refusal) = m.refusal.as_deref().filter(|r| !r.is_empty()) {
                     blocks.push(Block::Text { text: refusal });
                 }
@@ -425,8 +428,7 @@ pub(crate) fn request_body(
                             "a tool message needs a `tool_call_id`",
                         )
                     })?;
-                let content =
-                    content_blocks(m.content.as_ref(), &format!("messages[{i}].content"), provider)?;
+                let content = content_blocks(m.content.as_ref(), i, provider)?;
                 push(
                     &mut messages,
                     "user",
@@ -678,7 +680,7 @@ fn system_texts<'a>(m: &'a Message, i: usize, provider: &str, out: &mut Vec<&'a 
 /// The blocks of a user, assistant or tool message's content.
 fn content_blocks<'a>(
     content: Option<&'a Content>,
-    param: &str,
+    i: usize,
     provider: &str,
 ) -> Result<Vec<Block<'a>>, GwError> {
     let mut blocks = Vec::new();
@@ -688,7 +690,7 @@ fn content_blocks<'a>(
         Some(ContentValue::Text(text)) => blocks.push(Block::Text { text }),
         Some(ContentValue::Parts(parts)) => {
             for (j, part) in parts.parts.iter().enumerate() {
-                let at = || format!("{param}[{j}]");
+                let at = || format!("messages[{i}].content[{j}]");
                 match &part.part {
                     None => {}
                     Some(Part::Text(text) | Part::Refusal(text)) if text.is_empty() => {}

@@ -109,6 +109,30 @@ fn one_system_message_is_a_string_and_tool_choices_map() {
 }
 
 #[test]
+fn files_audio_and_passthrough_conflicts() {
+    let (w, _) = wire(&json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"filename": "a.pdf", "file_data": "data:application/pdf;base64,JVBERi0="}}]}]}));
+    assert_eq!(
+        w["messages"][0]["content"][0],
+        json!({"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}})
+    );
+    let e = wire_err(&json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]}));
+    assert_eq!(e.param(), Some("messages[0].content[0]"));
+    assert!(
+        e.message().contains("(anthropic) does not support audio input"),
+        "{}",
+        e.message()
+    );
+    // A passthrough field never overrides a translated one.
+    let e = wire_err(
+        &json!({"model": "m", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}],
+        "system": "other"}),
+    );
+    assert_eq!((e.code(), e.param()), (ErrorCode::InvalidRequest, Some("system")));
+}
+
+#[test]
 fn reasoning_effort_enables_thinking_above_the_budget() {
     let base = |effort: &str| json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": effort});
     let (w, _) = wire(&base("low"));
