@@ -455,6 +455,22 @@ async fn anthropic_tools_and_errors() {
     let r = gw
         .client
         .post(&url)
+        .json(&minimal)
+        .header("x-api-key", EMU_KEY)
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "the minimal valid request");
+    let m: Value = r.json().await.unwrap();
+    assert_eq!(
+        (m["type"].as_str(), m["stop_reason"].as_str()),
+        (Some("message"), Some("end_turn"))
+    );
+    assert_eq!(m["content"][0], json!({"type": "text", "text": "You said: hi"}));
+    let r = gw
+        .client
+        .post(&url)
         .json(&json!({"model": "claude-x", "messages": user("hi")}))
         .header("x-api-key", EMU_KEY)
         .header("anthropic-version", "2023-06-01")

@@ -130,8 +130,10 @@ fn check_headers(state: &State, headers: &HeaderMap) -> Result<(), ApiError> {
             Some(_) => {}
         }
     }
-    if headers.get("anthropic-version").is_none() {
-        return Err(ApiError::invalid("anthropic-version: header is required"));
+    match headers.get("anthropic-version").map(HeaderValue::as_bytes) {
+        None => return Err(ApiError::invalid("anthropic-version: header is required")),
+        Some(b"2023-06-01" | b"2023-01-01") => {}
+        Some(_) => return Err(ApiError::invalid("anthropic-version: invalid version")),
     }
     Ok(())
 }
