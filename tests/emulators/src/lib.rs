@@ -3,9 +3,9 @@
 //! Two wire formats on one router: OpenAI's Chat Completions API (`/v1/chat/completions`,
 //! `/v1/models`), built from OpenAI's API reference — completion and chunk objects, usage
 //! details, tool calls streamed as argument fragments, the error object — and Anthropic's
-//! Messages API (`/v1/messages`, see `anthropic`), as strict as the real one. Test behaviour is steered by
-//! `[emu:...]` directives in the last user message (see [`directives`]), and requests can be
-//! recorded and read back through `GET /_emu/requests`.
+//! Messages API (`/v1/messages`, see `anthropic`), as strict as the real one. Test behaviour
+//! is steered by `[emu:...]` directives in the last user message (see [`directives`]), and
+//! requests to either can be recorded and read back through `GET /_emu/requests`.
 //!
 //! It is also the upstream of `make bench`, so the hot path avoids needless work: the request
 //! body is deserialised borrowing from the received bytes, responses are serialised straight
