@@ -1,10 +1,11 @@
 //! Provider emulators for end-to-end tests and benchmarks.
 //!
-//! Today one emulator: OpenAI's Chat Completions API (`/v1/chat/completions`, `/v1/models`),
-//! built from OpenAI's API reference — completion and chunk objects, usage details, tool
-//! calls streamed as argument fragments, the error object. Test behaviour is steered by
-//! `[emu:...]` directives in the last user message (see [`directives`]), and requests can be
-//! recorded and read back through `GET /_emu/requests`.
+//! Two wire formats on one router: OpenAI's Chat Completions API (`/v1/chat/completions`,
+//! `/v1/models`), built from OpenAI's API reference — completion and chunk objects, usage
+//! details, tool calls streamed as argument fragments, the error object — and Anthropic's
+//! Messages API (`/v1/messages`, see `anthropic`), as strict as the real one. Test behaviour
+//! is steered by `[emu:...]` directives in the last user message (see [`directives`]), and
+//! requests to either can be recorded and read back through `GET /_emu/requests`.
 //!
 //! It is also the upstream of `make bench`, so the hot path avoids needless work: the request
 //! body is deserialised borrowing from the received bytes, responses are serialised straight
@@ -22,6 +23,7 @@ use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+mod anthropic;
 mod chat;
 pub mod directives;
 mod record;
@@ -87,6 +89,7 @@ pub fn router(opts: Options) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/models", get(routes::list_models))
+        .route("/v1/messages", post(anthropic::messages))
         .route(
             "/_emu/requests",
             get(routes::recorded).delete(routes::clear_recorded),

@@ -35,11 +35,28 @@ impl State {
         }
     }
 
-    fn track(&self, method: &'static str, path: &str, headers: &HeaderMap, body: Option<&Bytes>) -> Tracker {
+    pub(crate) fn track(
+        &self,
+        method: &'static str,
+        path: &str,
+        headers: &HeaderMap,
+        body: Option<&Bytes>,
+    ) -> Tracker {
         match &self.recorder {
             Some(r) => r.start(method, path, headers, body.cloned()),
             None => Tracker::none(),
         }
+    }
+
+    /// The key clients must send, if any (the Anthropic routes expect it in `x-api-key`).
+    pub(crate) fn api_key(&self) -> Option<&str> {
+        self.expected_auth
+            .as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+    }
+
+    pub(crate) fn ids(&self) -> &IdGen {
+        &self.ids
     }
 
     fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -199,7 +216,7 @@ struct Paced {
 /// A body sending `buf[ends[i-1]..ends[i]]` as frame `i`, `gap` apart; after `abort_after`
 /// frames it fails, which makes hyper drop the connection. The tracker records `completed`
 /// at the end, `error` at an abort, and `cancelled` if the body is dropped first.
-fn paced_body(
+pub(crate) fn paced_body(
     buf: Bytes,
     ends: Vec<usize>,
     gap: Duration,
