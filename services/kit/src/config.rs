@@ -581,7 +581,8 @@ impl Config {
             }
             match kind {
                 ProviderKind::AzureOpenAi
-                    if nonempty(p.api_key.clone()).is_none() && nonempty(p.azure_ad_token.clone()).is_none() =>
+                    if nonempty(p.api_key.clone()).is_none()
+                        && nonempty(p.azure_ad_token.clone()).is_none() =>
                 {
                     return Err(err(format!("{what}: `api_key` or `azure_ad_token` is required")));
                 }

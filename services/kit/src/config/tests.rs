@@ -146,27 +146,48 @@ fn every_provider_type_and_its_requirements() {
     let c = provider("  - { name: g, type: groq, api_key: k }\n").unwrap();
     assert_eq!(c.providers[0].base_url, "https://api.groq.com/openai/v1");
     assert!(matches!(c.providers[0].kind, ProviderKind::Compatible(h) if h.type_name == "groq"));
-    let e = provider("  - { name: l, type: openai-compatible, api_key: k }\n").unwrap_err().to_string();
+    let e = provider("  - { name: l, type: openai-compatible, api_key: k }\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`l`") && e.contains("base_url"), "{e}");
 
     // google with project and location is Vertex AI; its URL comes from the location.
-    let c = provider("  - { name: v, type: google, project_id: p, location: europe-west4, credentials: '{}' }\n").unwrap();
+    let c =
+        provider("  - { name: v, type: google, project_id: p, location: europe-west4, credentials: '{}' }\n")
+            .unwrap();
     assert_eq!(c.providers[0].kind, ProviderKind::VertexAi);
-    assert_eq!(c.providers[0].base_url, "https://europe-west4-aiplatform.googleapis.com/v1");
-    let e = provider("  - { name: v, type: vertex-ai, location: us-central1, credentials: '{}' }\n").unwrap_err().to_string();
+    assert_eq!(
+        c.providers[0].base_url,
+        "https://europe-west4-aiplatform.googleapis.com/v1"
+    );
+    let e = provider("  - { name: v, type: vertex-ai, location: us-central1, credentials: '{}' }\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`v`") && e.contains("project_id"), "{e}");
 
-    let c = provider("  - { name: aws, type: bedrock, region: eu-west-1, access_key_id: a, secret_access_key: s }\n").unwrap();
-    assert_eq!(c.providers[0].base_url, "https://bedrock-runtime.eu-west-1.amazonaws.com");
-    let e = provider("  - { name: aws, type: bedrock, access_key_id: a, secret_access_key: s }\n").unwrap_err().to_string();
+    let c = provider(
+        "  - { name: aws, type: bedrock, region: eu-west-1, access_key_id: a, secret_access_key: s }\n",
+    )
+    .unwrap();
+    assert_eq!(
+        c.providers[0].base_url,
+        "https://bedrock-runtime.eu-west-1.amazonaws.com"
+    );
+    let e = provider("  - { name: aws, type: bedrock, access_key_id: a, secret_access_key: s }\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`aws`") && e.contains("region"), "{e}");
 
-    let e = provider("  - { name: az, type: azure-openai, base_url: 'https://x.openai.azure.com' }\n").unwrap_err().to_string();
+    let e = provider("  - { name: az, type: azure-openai, base_url: 'https://x.openai.azure.com' }\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`az`") && e.contains("azure_ad_token"), "{e}");
     let c = provider("  - { name: an, type: anthropic, api_key: k }\n").unwrap();
     assert_eq!(c.providers[0].default_max_tokens, 4096);
     assert_eq!(c.providers[0].base_url, "https://api.anthropic.com/v1");
 
-    let e = provider("  - { name: x, type: antropic }\n").unwrap_err().to_string();
+    let e = provider("  - { name: x, type: antropic }\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`anthropic`"), "{e}");
 }
