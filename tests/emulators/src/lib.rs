@@ -1,8 +1,9 @@
 //! Provider emulators for end-to-end tests and benchmarks.
 //!
-//! Today one emulator: OpenAI's Chat Completions API (`/v1/chat/completions`, `/v1/models`),
-//! built from OpenAI's API reference — completion and chunk objects, usage details, tool
-//! calls streamed as argument fragments, the error object. Test behaviour is steered by
+//! OpenAI's Chat Completions API (`/v1/chat/completions`, `/v1/models`), with Azure OpenAI
+//! and Mistral flavours beside it ([`flavours`]) and Ollama's native `/api/chat` ([`ollama`]),
+//! each built from its provider's API reference. OpenAI's covers completion and chunk
+//! objects, usage details, tool calls streamed as argument fragments, the error object. Test behaviour is steered by
 //! `[emu:...]` directives in the last user message (see [`directives`]), and requests can be
 //! recorded and read back through `GET /_emu/requests`.
 //!
@@ -24,6 +25,8 @@ use tokio::task::JoinHandle;
 
 mod chat;
 pub mod directives;
+mod flavours;
+mod ollama;
 mod record;
 mod routes;
 mod schema;
@@ -87,6 +90,12 @@ pub fn router(opts: Options) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/models", get(routes::list_models))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(flavours::azure_chat),
+        )
+        .route("/mistral/v1/chat/completions", post(flavours::mistral_chat))
+        .route("/api/chat", post(ollama::chat))
         .route(
             "/_emu/requests",
             get(routes::recorded).delete(routes::clear_recorded),

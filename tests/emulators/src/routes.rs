@@ -21,9 +21,9 @@ const MODELS: &str = r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"m
 
 pub struct State {
     /// The whole expected header value, `Bearer <key>`, so checking is one comparison.
-    expected_auth: Option<String>,
+    pub(crate) expected_auth: Option<String>,
     recorder: Option<Arc<Recorder>>,
-    ids: IdGen,
+    pub(crate) ids: IdGen,
 }
 
 impl State {
@@ -35,7 +35,13 @@ impl State {
         }
     }
 
-    fn track(&self, method: &'static str, path: &str, headers: &HeaderMap, body: Option<&Bytes>) -> Tracker {
+    pub(crate) fn track(
+        &self,
+        method: &'static str,
+        path: &str,
+        headers: &HeaderMap,
+        body: Option<&Bytes>,
+    ) -> Tracker {
         match &self.recorder {
             Some(r) => r.start(method, path, headers, body.cloned()),
             None => Tracker::none(),
@@ -78,7 +84,7 @@ fn redact(key: &str) -> String {
     format!("{head}{}{tail}", "*".repeat(chars.len() - 7))
 }
 
-fn json(status: StatusCode, body: impl Into<Body>) -> Response {
+pub(crate) fn json(status: StatusCode, body: impl Into<Body>) -> Response {
     (
         status,
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
@@ -87,7 +93,7 @@ fn json(status: StatusCode, body: impl Into<Body>) -> Response {
         .into_response()
 }
 
-fn error_response(e: &ApiError) -> Response {
+pub(crate) fn error_response(e: &ApiError) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = json(status, wire::error_json(e));
     if status == StatusCode::TOO_MANY_REQUESTS {
@@ -97,7 +103,7 @@ fn error_response(e: &ApiError) -> Response {
     resp
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -199,7 +205,7 @@ struct Paced {
 /// A body sending `buf[ends[i-1]..ends[i]]` as frame `i`, `gap` apart; after `abort_after`
 /// frames it fails, which makes hyper drop the connection. The tracker records `completed`
 /// at the end, `error` at an abort, and `cancelled` if the body is dropped first.
-fn paced_body(
+pub(crate) fn paced_body(
     buf: Bytes,
     ends: Vec<usize>,
     gap: Duration,
