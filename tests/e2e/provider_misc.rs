@@ -290,6 +290,7 @@ async fn azure_mistral_ollama_and_a_compatible_host() {
         body[param] = value;
         refused(&gw, body, param, "mi").await;
     }
+    // Mistral's own error shapes are read: a 400, and a 422 naming the field.
     let (status, _, err) = gw
         .post(
             "/v1/chat/completions",
@@ -301,9 +302,41 @@ async fn azure_mistral_ollama_and_a_compatible_host() {
         err["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("provider `mi` rejected the request (400)"),
+            .contains("provider `mi` rejected the request (400): Emulated error"),
         "{err}"
     );
+    let (status, _, err) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "mi-model", "messages": user("hi"), "made_up_field": 1}),
+        )
+        .await;
+    assert_eq!(status, 422, "{err}");
+    assert_eq!(err["error"]["param"], "made_up_field", "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Extra inputs are not permitted"),
+        "{err}"
+    );
+    // Another provider's tool-call ids become ids Mistral takes, call and result alike.
+    let (status, _, body) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "mi-model", "tools": tools(), "messages": [
+                {"role": "user", "content": "weather in Paris?"},
+                {"role": "assistant", "content": null, "tool_calls": [{"id": "call_Xy12ab34cd56", "type": "function",
+                    "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+                {"role": "tool", "tool_call_id": "call_Xy12ab34cd56", "content": "sunny"}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let sent = &gw.last_upstream().await["body"]["messages"];
+    let id = sent[1]["tool_calls"][0]["id"].as_str().unwrap();
+    assert_eq!(id.len(), 9, "{sent}");
+    assert_eq!(sent[2]["tool_call_id"], id);
 
     // ---- Ollama
     common(&gw, "ol-model", "ol", "/api/chat").await;

@@ -3,13 +3,16 @@
 //! - Azure OpenAI, `POST /openai/deployments/{deployment}/chat/completions?api-version=…`
 //!   (Azure's data-plane reference): the key in `api-key` (or an Entra ID bearer token),
 //!   `api-version` required, the model taken from the deployment (a `model` in the body is
-//!   ignored, as Azure does). `[emu:content_filter]` answers Azure's 400 `content_filter`
-//!   error for a filtered prompt.
-//! - Mistral, `POST /mistral/v1/chat/completions` (Mistral's chat completion reference): the
-//!   fields Mistral does not take (`seed`, `logit_bias`, `logprobs`, `user`, `stream_options`,
-//!   …) are refused with its 422 `extra_forbidden` error; `tool_choice` is one of `auto`,
-//!   `none`, `any`, `required` or a named function; a stream always carries `usage`, on its
-//!   last chunk (no separate usage chunk).
+//!   ignored, as Azure does), `prompt_filter_results` and `content_filter_results` in
+//!   answers, and a stream that opens with a choices-less chunk carrying the prompt's filter
+//!   results. `[emu:content_filter]` answers Azure's 400 `content_filter` error.
+//! - Mistral, `POST /mistral/v1/chat/completions` (Mistral's chat completion reference):
+//!   any field outside Mistral's request (`seed`, `logit_bias`, `logprobs`, `user`,
+//!   `stream_options`, …) is refused with its 422 `extra_forbidden` error; errors come in
+//!   its `{"object": "error", "message", "type", "param", "code"}` shape; `tool_choice` is one of `auto`,
+//!   `none`, `any`, `required` or a named function; tool-call ids are 9 letters and digits
+//!   (others are refused with its 400); a stream always carries `usage`, on its last chunk
+//!   (no separate usage chunk).
 //!
 //! Answers otherwise follow the OpenAI emulator ([`crate::chat::plan`], [`crate::wire`]).
 
@@ -23,24 +26,32 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use crate::chat::{self, ApiError, ChatRequest, Text};
+use crate::chat::{self, ApiError, ChatRequest, Reply, Text};
 use crate::record::{Outcome, Tracker};
 use crate::routes::{State, error_response, json, paced_body, unix_now};
 use crate::wire;
 
-/// Fields of OpenAI's request that Mistral's chat API does not accept.
-const MISTRAL_FORBIDDEN: &[&str] = &[
-    "seed",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "user",
-    "stream_options",
-    "service_tier",
-    "store",
-    "metadata",
-    "max_completion_tokens",
-    "reasoning_effort",
+/// The fields of Mistral's chat completion request; anything else is an extra input, which
+/// Mistral refuses.
+const MISTRAL_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stream",
+    "stop",
+    "random_seed",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "presence_penalty",
+    "frequency_penalty",
+    "n",
+    "prediction",
+    "parallel_tool_calls",
+    "safe_prompt",
+    "prompt_mode",
 ];
 
 /// `POST /openai/deployments/{deployment}/chat/completions`.
@@ -76,7 +87,7 @@ pub async fn azure_chat(
         let mut req = parse(&body)?;
         // Azure takes the model from the deployment.
         req.model = Some(Text(deployment.as_str().into()));
-        answer(&state, &req, &mut tracker, false).await
+        answer(&state, &req, &mut tracker, Flavour::Azure).await
     }
     .await;
     finish(result, tracker)
@@ -132,10 +143,22 @@ pub async fn mistral_chat(Extract(state): Extract<Arc<State>>, headers: HeaderMa
     }
     let result = async {
         let req = parse(&body)?;
-        answer(&state, &req, &mut tracker, true).await
+        answer(&state, &req, &mut tracker, Flavour::Mistral).await
     }
     .await;
-    finish(result, tracker)
+    match result {
+        Ok(resp) => resp,
+        // Mistral's error shape: no `error` envelope.
+        Err(e) => {
+            tracker.finish(Outcome::Error);
+            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            json(
+                status,
+                json!({"object": "error", "message": e.message, "type": e.kind, "param": null, "code": e.code})
+                    .to_string(),
+            )
+        }
+    }
 }
 
 /// Mistral's 422 for a field it does not take or a bad `tool_choice`.
@@ -150,10 +173,42 @@ fn mistral_refusal(body: &[u8]) -> Option<Response> {
             .to_string(),
         )
     };
-    if let Some(field) = MISTRAL_FORBIDDEN.iter().find(|f| object.contains_key(**f)) {
+    if let Some((field, value)) = object.iter().find(|(k, _)| !MISTRAL_FIELDS.contains(&k.as_str())) {
         return Some(unprocessable(
             json!({"type": "extra_forbidden", "loc": ["body", field],
-            "msg": "Extra inputs are not permitted", "input": object[*field]}),
+            "msg": "Extra inputs are not permitted", "input": value}),
+        ));
+    }
+    let bad_id = |id: &Value| {
+        id.as_str()
+            .filter(|id| !(id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric())))
+            .map(str::to_owned)
+    };
+    let ids = object
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|m| {
+            let calls = m
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten();
+            calls
+                .filter_map(|c| c.get("id"))
+                .chain(m.get("tool_call_id"))
+                .filter_map(bad_id)
+                .collect::<Vec<_>>()
+        })
+        .next();
+    if let Some(id) = ids {
+        return Some(json(
+            StatusCode::BAD_REQUEST,
+            json!({"object": "error",
+                "message": format!("Tool call id was {id} but must be a-z, A-Z, 0-9, with a length of 9."),
+                "type": "invalid_request_message_order", "param": null, "code": null})
+            .to_string(),
         ));
     }
     match object.get("tool_choice") {
@@ -186,9 +241,20 @@ async fn answer(
     state: &State,
     req: &ChatRequest<'_>,
     tracker: &mut Tracker,
-    mistral: bool,
+    flavour: Flavour,
 ) -> Result<Response, ApiError> {
+    let mistral = flavour == Flavour::Mistral;
     let mut plan = chat::plan(req, &state.ids)?;
+    if mistral {
+        // Mistral's tool-call ids are 9 letters and digits.
+        for choice in &mut plan.choices {
+            if let Reply::Tools(calls) = &mut choice.reply {
+                for call in calls {
+                    call.id = state.ids.id("")[..9].to_owned();
+                }
+            }
+        }
+    }
     let d = &plan.directives;
     if d.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(d.delay_ms)).await;
@@ -205,10 +271,9 @@ async fn answer(
             plan.obfuscate = false;
         }
         let events = wire::stream_events(&id, created, &plan);
-        let (buf, ends) = if mistral {
-            usage_on_last_chunk(&events.buf)
-        } else {
-            (events.buf, events.ends)
+        let (buf, ends) = match flavour {
+            Flavour::Mistral => usage_on_last_chunk(&events.buf),
+            Flavour::Azure => prompt_filter_chunk_first(events.buf, events.ends),
         };
         let gap = Duration::from_millis(plan.directives.chunk_delay_ms);
         let body = paced_body(Bytes::from(buf), ends, gap, events.abort_after, tracker);
@@ -225,10 +290,44 @@ async fn answer(
         )
             .into_response());
     }
-    let buf = wire::completion_json(&id, created, &plan);
+    let mut buf = wire::completion_json(&id, created, &plan);
+    if flavour == Flavour::Azure
+        && let Ok(mut v) = serde_json::from_slice::<Value>(&buf)
+    {
+        v["prompt_filter_results"] = json!([{"prompt_index": 0, "content_filter_results": filter_results()}]);
+        for choice in v["choices"].as_array_mut().into_iter().flatten() {
+            choice["content_filter_results"] = filter_results();
+        }
+        buf = v.to_string().into_bytes();
+    }
     let mut tracker = tracker;
     tracker.finish(Outcome::Completed);
     Ok(json(StatusCode::OK, buf))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Flavour {
+    Azure,
+    Mistral,
+}
+
+/// Azure's content-filter verdicts, all clear.
+fn filter_results() -> Value {
+    let safe = json!({"filtered": false, "severity": "safe"});
+    json!({"hate": safe, "self_harm": safe, "sexual": safe, "violence": safe})
+}
+
+/// Azure opens a stream with a chunk that has no choices, only the prompt's filter results.
+fn prompt_filter_chunk_first(buf: Vec<u8>, ends: Vec<usize>) -> (Vec<u8>, Vec<usize>) {
+    let first = json!({"choices": [], "created": 0, "id": "", "model": "", "object": "",
+        "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": filter_results()}]});
+    let mut out = format!("data: {first}\n\n").into_bytes();
+    let shift = out.len();
+    out.extend_from_slice(&buf);
+    let mut all = Vec::with_capacity(ends.len() + 1);
+    all.push(shift);
+    all.extend(ends.into_iter().map(|e| e + shift));
+    (out, all)
 }
 
 /// Re-encodes an OpenAI stream the way Mistral sends it: the usage-only chunk folded
@@ -287,6 +386,16 @@ mod tests {
         );
         assert_eq!(
             refused(r#"{"model":"m","messages":[],"random_seed":1,"tool_choice":"any"}"#),
+            None
+        );
+        assert_eq!(
+            refused(
+                r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"call_123456","content":"x"}]}"#
+            ),
+            Some(400)
+        );
+        assert_eq!(
+            refused(r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"aB3dE6gH9","content":"x"}]}"#),
             None
         );
     }

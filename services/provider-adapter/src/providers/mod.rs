@@ -15,6 +15,7 @@ use llmgw_proto::{ChatRequest, ChatResponse, Target};
 
 pub(crate) mod ollama;
 pub(crate) mod openai;
+mod upstream;
 
 /// Says a request to one configured provider and says its answer back.
 #[async_trait]

@@ -39,13 +39,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use super::Provider;
+use super::{Provider, upstream};
 use crate::http::Peer;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
 const NDJSON: HeaderValue = HeaderValue::from_static("application/x-ndjson");
-/// The most of an error body we read.
-const ERROR_BODY_LIMIT: usize = 64 << 10;
 
 /// An Ollama server.
 pub(crate) struct Ollama {
@@ -487,40 +485,29 @@ impl Ollama {
             .headers(self.headers.clone())
             .header(ACCEPT, if stream { NDJSON } else { JSON })
             .body(body);
-        let mut response = request.send().await.map_err(|e| self.peer.send_error(&e))?;
-        let status = response.status();
-        if status.is_success() {
-            return Ok(response);
-        }
-        let body = self
-            .peer
-            .read_limited(&mut response, ERROR_BODY_LIMIT, false)
+        upstream::send(&self.peer, request, openai_error)
             .await
-            .unwrap_or_default();
-        let err = self
-            .peer
-            .status_error(status, response.headers(), &openai_error(&body));
-        // Ollama's 404 is a model it does not have (its message names it).
-        Err(match status.as_u16() {
-            404 => err.with_param("model"),
-            _ => err,
-        })
+            // Ollama's 404 is a model it does not have (its message names it).
+            .map_err(|e| match e.upstream_status() {
+                Some(404) => e.with_param("model"),
+                _ => e,
+            })
     }
 }
 
 /// Ollama's `{"error": "..."}` as the OpenAI error object the shared
 /// classifier reads.
-fn openai_error(body: &[u8]) -> Vec<u8> {
+fn openai_error(body: &[u8]) -> Option<Vec<u8>> {
     #[derive(Deserialize)]
     struct Error {
         error: String,
     }
-    match serde_json::from_slice::<Error>(body) {
-        Ok(e) => serde_json::json!({ "error": { "message": e.error } })
+    let e = serde_json::from_slice::<Error>(body).ok()?;
+    Some(
+        serde_json::json!({ "error": { "message": e.error } })
             .to_string()
             .into_bytes(),
-        Err(_) => body.to_vec(),
-    }
+    )
 }
 
 fn response(body: &[u8]) -> Result<ChatResponse, String> {

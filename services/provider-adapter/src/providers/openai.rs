@@ -31,7 +31,7 @@ use llmgw_proto::{ChatChunk, ChatRequest, ChatResponse, Target};
 use pin_project_lite::pin_project;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
-use super::Provider;
+use super::{Provider, upstream};
 use crate::http::Peer;
 
 const ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
@@ -85,8 +85,78 @@ fn mistral_unsupported(req: &ChatRequest) -> Option<&'static str> {
     .find_map(|(param, present)| present.then_some(param))
 }
 
+/// Mistral takes only tool-call ids of 9 ASCII letters and digits; any
+/// other id (another provider's `call_…`) becomes a stable 9-character hash
+/// of itself, so a call and its result still match.
+fn mistral_call_id(id: &str) -> Option<String> {
+    const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    if id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return None;
+    }
+    // FNV-1a: stable across processes and versions, unlike `DefaultHasher`.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in id.bytes() {
+        hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut out = String::with_capacity(9);
+    for _ in 0..9 {
+        out.push(char::from(ALPHABET[(hash % 62) as usize]));
+        hash /= 62;
+    }
+    Some(out)
+}
+
+/// Mistral's error bodies (`{"object": "error", "message": "..." | {"detail":
+/// [{"loc": ["body", "seed"], "msg": "..."}]}, "type", "param", "code"}`, or
+/// `{"message": "..."}` from its gateway) as OpenAI's error object.
+fn mistral_error(body: &[u8]) -> Option<Vec<u8>> {
+    use serde_json::{Value, json};
+
+    let v: Value = serde_json::from_slice(body).ok()?;
+    if v.get("error").is_some() {
+        return None;
+    }
+    let (message, param) = match v.get("message")? {
+        Value::String(s) => (
+            s.clone(),
+            v.get("param").and_then(Value::as_str).map(str::to_owned),
+        ),
+        Value::Object(o) => {
+            let first = o.get("detail").and_then(|d| d.get(0));
+            let param = first
+                .and_then(|d| d.get("loc"))
+                .and_then(Value::as_array)
+                .map(|loc| {
+                    loc.iter()
+                        .skip_while(|p| p.as_str() == Some("body"))
+                        .map(|p| match p {
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        })
+                        .collect::<Vec<_>>()
+                        .join(".")
+                })
+                .filter(|p| !p.is_empty());
+            let msg = first
+                .and_then(|d| d.get("msg"))
+                .and_then(Value::as_str)
+                .unwrap_or("invalid request");
+            let message = match &param {
+                Some(p) => format!("`{p}`: {msg}"),
+                None => msg.to_owned(),
+            };
+            (message, param)
+        }
+        other => (other.to_string(), None),
+    };
+    let out =
+        json!({"error": {"message": message, "type": v.get("type"), "param": param, "code": v.get("code")}});
+    Some(out.to_string().into_bytes())
+}
+
 /// `req` in Mistral's dialect: `seed` → `random_seed`, tool choice `required`
-/// → `any`, `max_completion_tokens` → `max_tokens`, `developer` → `system`.
+/// → `any`, `max_completion_tokens` → `max_tokens`, `developer` → `system`,
+/// tool-call ids Mistral accepts.
 /// The renamed fields travel in `extra_json` (written flat into the body).
 fn mistral_request(req: &mut ChatRequest) -> Result<(), GwError> {
     use llmgw_proto::{Role, ToolChoiceMode, tool_choice};
@@ -112,6 +182,14 @@ fn mistral_request(req: &mut ChatRequest) -> Result<(), GwError> {
     for m in &mut req.messages {
         if m.role == Role::Developer as i32 {
             m.role = Role::System as i32;
+        }
+        for call in &mut m.tool_calls {
+            if let Some(id) = mistral_call_id(&call.id) {
+                call.id = id;
+            }
+        }
+        if let Some(id) = m.tool_call_id.as_deref().and_then(mistral_call_id) {
+            m.tool_call_id = Some(id);
         }
     }
     if !extra.is_empty() {
@@ -206,6 +284,15 @@ impl OpenAi {
         Ok(url)
     }
 
+    /// Sends `request` and waits for the headers; Mistral's error bodies are
+    /// read in their own shape.
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, GwError> {
+        match self.flavour {
+            Flavour::Mistral => upstream::send(&self.peer, request, mistral_error).await,
+            Flavour::OpenAi | Flavour::Azure => self.peer.send(request).await,
+        }
+    }
+
     fn unsupported(&self, param: &str, what: &str) -> GwError {
         let kind = match (self.flavour, self.host) {
             (Flavour::Mistral, _) => "mistral",
@@ -293,7 +380,7 @@ impl Provider for OpenAi {
         let request = self.request(target, req, false)?;
         let timeout = self.timeout(target);
         let call = async {
-            let mut response = self.peer.send(request).await?;
+            let mut response = self.send(request).await?;
             self.peer
                 .read_limited(&mut response, MAX_MESSAGE_BYTES, true)
                 .await
@@ -320,7 +407,7 @@ impl Provider for OpenAi {
     async fn stream(&self, target: &Target, req: &ChatRequest) -> Result<ChunkStream, GwError> {
         let request = self.request(target, req, true)?;
         let timeout = self.timeout(target);
-        let response = tokio::time::timeout(timeout, self.peer.send(request))
+        let response = tokio::time::timeout(timeout, self.send(request))
             .await
             .map_err(|_| self.peer.timeout_error(timeout))??;
         Ok(Box::pin(Chunks {
@@ -421,6 +508,9 @@ where
                 return Poll::Ready(Some(Err(err)));
             }
             return Poll::Ready(Some(match parse_chunk(data.as_bytes()) {
+                // Nothing for the client: Azure opens with a chunk carrying
+                // only `prompt_filter_results`.
+                Ok(chunk) if chunk.choices.is_empty() && chunk.usage.is_none() => continue,
                 Ok(mut chunk) => {
                     if !chunk.choices.is_empty()
                         && let Some(usage) = chunk.usage.take()
@@ -561,6 +651,26 @@ mod tests {
             assert!(err.message().contains("`mi` (mistral)"), "{}", err.message());
         }
         Ok(())
+    }
+
+    #[test]
+    fn mistral_ids_and_errors() {
+        assert_eq!(mistral_call_id("aB3dE6gH9"), None);
+        let id = mistral_call_id("call_abc123").unwrap_or_default();
+        assert_eq!(id.len(), 9);
+        assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()));
+        assert_eq!(mistral_call_id("call_abc123"), Some(id), "stable");
+
+        let body = br#"{"object":"error","message":{"detail":[{"type":"extra_forbidden","loc":["body","seed"],"msg":"Extra inputs are not permitted","input":7}]},"type":"invalid_request_error","param":null,"code":null}"#;
+        let e = mistral_error(body).and_then(|b| llmgw_kit::openai::parse_upstream_error(&b));
+        let e = e.unwrap_or_default();
+        assert_eq!(e.param.as_deref(), Some("seed"));
+        assert_eq!(e.message, "`seed`: Extra inputs are not permitted");
+        let e = mistral_error(br#"{"message":"Unauthorized","request_id":"x"}"#)
+            .and_then(|b| llmgw_kit::openai::parse_upstream_error(&b))
+            .unwrap_or_default();
+        assert_eq!(e.message, "Unauthorized");
+        assert_eq!(mistral_error(br#"{"error":{"message":"x"}}"#), None);
     }
 
     #[test]

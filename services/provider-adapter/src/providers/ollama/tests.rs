@@ -208,7 +208,7 @@ fn reads_a_response_with_tool_calls() -> TestResult {
 
 #[test]
 fn converts_the_error_object() {
-    let e = openai_error(br#"{"error":"model \"x\" not found, try pulling it first"}"#);
+    let e = openai_error(br#"{"error":"model \"x\" not found, try pulling it first"}"#).unwrap_or_default();
     let parsed = llmgw_kit::openai::parse_upstream_error(&e).map(|u| u.message);
     assert_eq!(
         parsed.as_deref(),
@@ -322,4 +322,62 @@ async fn against_the_emulator() -> TestResult {
     }
     assert!(saw_error);
     Ok(())
+}
+
+fn state() -> StreamState {
+    StreamState {
+        peer: Peer::new("local", None),
+        id: "chatcmpl-x".to_owned(),
+        created: 1,
+        buf: Vec::new(),
+        pending: VecDeque::new(),
+        started: false,
+        tool_calls: 0,
+        finished: false,
+    }
+}
+
+#[test]
+fn ndjson_lines_split_anywhere() -> TestResult {
+    let body = concat!(
+        r#"{"model":"m","message":{"role":"assistant","content":"Hel"},"done":false}"#,
+        "\n",
+        r#"{"model":"m","message":{"role":"assistant","content":"lo","thinking":"hmm"},"done":false}"#,
+        "\n",
+        r#"{"model":"m","message":{"role":"assistant","content":""},"done":true,"done_reason":"length","prompt_eval_count":3,"eval_count":2}"#,
+        "\n",
+    );
+    for split in [1, 7, 50, body.len()] {
+        let mut s = state();
+        for piece in body.as_bytes().chunks(split) {
+            s.buf.extend_from_slice(piece);
+            s.lines()?;
+        }
+        assert!(s.finished);
+        let chunks: Vec<ChatChunk> = s.pending.drain(..).collect();
+        let delta = |i: usize| chunks[i].choices[0].delta.clone().unwrap_or_default();
+        assert_eq!(delta(0).role, Some(Role::Assistant as i32));
+        assert_eq!(delta(1).content.as_deref(), Some("Hel"));
+        assert_eq!(delta(2).reasoning.as_deref(), Some("hmm"));
+        assert_eq!(delta(3).content.as_deref(), Some("lo"));
+        assert_eq!(chunks[4].choices[0].finish_reason, FinishReason::Length as i32);
+        assert!(chunks[5].choices.is_empty());
+        assert_eq!(chunks[5].usage.map(|u| u.total_tokens), Some(5));
+        assert_eq!(chunks.len(), 6);
+    }
+    Ok(())
+}
+
+#[test]
+fn an_error_line_ends_the_stream() {
+    let mut s = state();
+    s.buf
+        .extend_from_slice(b"{\"error\":\"an error was encountered while running the model\"}\n");
+    let err = s.lines().err();
+    assert!(
+        err.as_ref().is_some_and(
+            |e| e.code() == ErrorCode::UpstreamError && e.message().contains("an error was encountered")
+        ),
+        "{err:?}"
+    );
 }
