@@ -410,3 +410,29 @@ async fn azure_mistral_ollama_and_a_compatible_host() {
     )
     .await;
 }
+
+/// The native stream translations also cross gRPC intact (five processes).
+#[tokio::test]
+async fn azure_mistral_ollama_streams_across_five_processes() {
+    let gw = Gateway::start_with(Shape::Split, PROVIDERS, MODELS).await;
+    for model in ["ol-model", "mi-model", "az-model"] {
+        let events = gw
+            .stream(
+                &json!({"model": model, "messages": user("split stream"), "stream": true,
+                "stream_options": {"include_usage": true}}),
+            )
+            .await;
+        let cs = chunks(&events);
+        let text: String = cs
+            .iter()
+            .filter_map(|c| c["choices"].get(0).and_then(|ch| ch["delta"]["content"].as_str()))
+            .collect();
+        assert_eq!(text, "You said: split stream", "{model}");
+        let last = cs.last().unwrap();
+        assert_eq!(last["choices"], json!([]), "{model}: {last}");
+        assert!(
+            last["usage"]["cost_usd"].as_f64().unwrap() > 0.0,
+            "{model}: {last}"
+        );
+    }
+}

@@ -72,12 +72,13 @@ enum Flavour {
 /// than a field silently dropped (or Mistral's 422 for an extra input).
 fn mistral_unsupported(req: &ChatRequest) -> Option<&'static str> {
     [
-        ("logprobs", req.logprobs.is_some()),
+        // `false` is the default, not a request for anything.
+        ("logprobs", req.logprobs == Some(true)),
         ("top_logprobs", req.top_logprobs.is_some()),
         ("logit_bias", req.logit_bias_json.is_some()),
         ("user", req.user.is_some()),
         ("service_tier", req.service_tier.is_some()),
-        ("store", req.store.is_some()),
+        ("store", req.store == Some(true)),
         ("metadata", !req.metadata.is_empty()),
         ("reasoning_effort", req.reasoning_effort.is_some()),
     ]
