@@ -249,9 +249,12 @@ async fn azure_mistral_ollama_and_a_compatible_host() {
     assert_eq!(status, 400, "{err}");
     let message = err["error"]["message"].as_str().unwrap();
     assert!(
-        message.contains("`az`") && message.contains("content management policy"),
+        message.contains("`az`")
+            && message.contains("refused by azure's content filter")
+            && message.contains("content management policy"),
         "{message}"
     );
+    assert_eq!(err["error"]["param"], "messages", "{err}");
     // A filtered answer: finish_reason content_filter.
     let (status, _, body) = gw
         .post(

@@ -155,6 +155,19 @@ fn mistral_error(body: &[u8]) -> Option<Vec<u8>> {
     Some(out.to_string().into_bytes())
 }
 
+/// Azure's 400 `content_filter` (a prompt its filters refused) says so
+/// plainly and names `messages` (Azure names `prompt`, which no client sent).
+fn azure_error(body: &[u8]) -> Option<Vec<u8>> {
+    let e = parse_upstream_error(body)?;
+    if e.code.as_deref() != Some("content_filter") {
+        return None;
+    }
+    let out = serde_json::json!({"error": {
+        "message": format!("the prompt was refused by azure's content filter: {}", e.message),
+        "type": e.kind, "param": "messages", "code": "content_filter"}});
+    Some(out.to_string().into_bytes())
+}
+
 /// `req` in Mistral's dialect: `seed` → `random_seed`, tool choice `required`
 /// → `any`, `max_completion_tokens` → `max_tokens`, `developer` → `system`,
 /// tool-call ids Mistral accepts.
@@ -286,11 +299,12 @@ impl OpenAi {
     }
 
     /// Sends `request` and waits for the headers; Mistral's error bodies are
-    /// read in their own shape.
+    /// read in their own shape, Azure's content-filter refusal made plain.
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, GwError> {
         match self.flavour {
             Flavour::Mistral => upstream::send(&self.peer, request, mistral_error).await,
-            Flavour::OpenAi | Flavour::Azure => self.peer.send(request).await,
+            Flavour::Azure => upstream::send(&self.peer, request, azure_error).await,
+            Flavour::OpenAi => self.peer.send(request).await,
         }
     }
 
@@ -672,6 +686,20 @@ mod tests {
             .unwrap_or_default();
         assert_eq!(e.message, "Unauthorized");
         assert_eq!(mistral_error(br#"{"error":{"message":"x"}}"#), None);
+    }
+
+    #[test]
+    fn azure_content_filter_is_plain() {
+        let body = br#"{"error":{"message":"The response was filtered","type":null,"param":"prompt","code":"content_filter","status":400}}"#;
+        let e = azure_error(body)
+            .and_then(|b| parse_upstream_error(&b))
+            .unwrap_or_default();
+        assert_eq!(e.param.as_deref(), Some("messages"));
+        assert!(
+            e.message
+                .starts_with("the prompt was refused by azure's content filter: The response was filtered")
+        );
+        assert_eq!(azure_error(br#"{"error":{"message":"x","code":"429"}}"#), None);
     }
 
     #[test]
