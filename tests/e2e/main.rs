@@ -15,3 +15,4 @@ mod chat;
 mod errors;
 mod grpc;
 mod provider_anthropic;
+mod provider_misc;

@@ -1,11 +1,13 @@
 //! Provider emulators for end-to-end tests and benchmarks.
 //!
-//! Two wire formats on one router: OpenAI's Chat Completions API (`/v1/chat/completions`,
-//! `/v1/models`), built from OpenAI's API reference — completion and chunk objects, usage
-//! details, tool calls streamed as argument fragments, the error object — and Anthropic's
-//! Messages API (`/v1/messages`, see `anthropic`), as strict as the real one. Test behaviour
-//! is steered by `[emu:...]` directives in the last user message (see [`directives`]), and
-//! requests to either can be recorded and read back through `GET /_emu/requests`.
+//! Several wire formats on one router, each built from its provider's API reference:
+//! OpenAI's Chat Completions API (`/v1/chat/completions`, `/v1/models`) — completion and
+//! chunk objects, usage details, tool calls streamed as argument fragments, the error object —
+//! with Azure OpenAI and Mistral flavours beside it ([`flavours`]), Ollama's native
+//! `/api/chat` ([`ollama`]), and Anthropic's Messages API (`/v1/messages`, see `anthropic`),
+//! each as strict as the real one. Test behaviour is steered by `[emu:...]` directives in the
+//! last user message (see [`directives`]), and requests can be recorded and read back through
+//! `GET /_emu/requests`.
 //!
 //! It is also the upstream of `make bench`, so the hot path avoids needless work: the request
 //! body is deserialised borrowing from the received bytes, responses are serialised straight
@@ -26,6 +28,8 @@ use tokio::task::JoinHandle;
 mod anthropic;
 mod chat;
 pub mod directives;
+mod flavours;
+mod ollama;
 mod record;
 mod routes;
 mod schema;
@@ -90,6 +94,12 @@ pub fn router(opts: Options) -> Router {
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/models", get(routes::list_models))
         .route("/v1/messages", post(anthropic::messages))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(flavours::azure_chat),
+        )
+        .route("/mistral/v1/chat/completions", post(flavours::mistral_chat))
+        .route("/api/chat", post(ollama::chat))
         .route(
             "/_emu/requests",
             get(routes::recorded).delete(routes::clear_recorded),

@@ -21,9 +21,9 @@ const MODELS: &str = r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"m
 
 pub struct State {
     /// The whole expected header value, `Bearer <key>`, so checking is one comparison.
-    expected_auth: Option<String>,
+    pub(crate) expected_auth: Option<String>,
     recorder: Option<Arc<Recorder>>,
-    ids: IdGen,
+    pub(crate) ids: IdGen,
 }
 
 impl State {
@@ -95,7 +95,7 @@ fn redact(key: &str) -> String {
     format!("{head}{}{tail}", "*".repeat(chars.len() - 7))
 }
 
-fn json(status: StatusCode, body: impl Into<Body>) -> Response {
+pub(crate) fn json(status: StatusCode, body: impl Into<Body>) -> Response {
     (
         status,
         [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
@@ -104,7 +104,7 @@ fn json(status: StatusCode, body: impl Into<Body>) -> Response {
         .into_response()
 }
 
-fn error_response(e: &ApiError) -> Response {
+pub(crate) fn error_response(e: &ApiError) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = json(status, wire::error_json(e));
     if status == StatusCode::TOO_MANY_REQUESTS {
@@ -114,7 +114,7 @@ fn error_response(e: &ApiError) -> Response {
     resp
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

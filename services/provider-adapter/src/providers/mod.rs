@@ -14,7 +14,9 @@ use llmgw_kit::services::ChunkStream;
 use llmgw_proto::{ChatRequest, ChatResponse, Target};
 
 pub(crate) mod anthropic;
+pub(crate) mod ollama;
 pub(crate) mod openai;
+mod upstream;
 
 /// Says a request to one configured provider and says its answer back.
 #[async_trait]
@@ -32,10 +34,12 @@ pub(crate) trait Provider: Send + Sync + 'static {
 /// hosts use the OpenAI module with their row's quirks.
 pub(crate) fn build(config: &ProviderConfig, client: &reqwest::Client) -> Result<Arc<dyn Provider>, GwError> {
     Ok(match config.kind {
-        ProviderKind::OpenAi | ProviderKind::Compatible(_) => {
-            Arc::new(openai::OpenAi::new(config, client.clone())?)
-        }
+        ProviderKind::OpenAi
+        | ProviderKind::AzureOpenAi
+        | ProviderKind::Mistral
+        | ProviderKind::Compatible(_) => Arc::new(openai::OpenAi::new(config, client.clone())?),
         ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(config, client.clone())?),
+        ProviderKind::Ollama => Arc::new(ollama::Ollama::new(config, client.clone())?),
         other => {
             return Err(GwError::new(
                 llmgw_kit::ErrorCode::Internal,
