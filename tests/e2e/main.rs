@@ -12,6 +12,7 @@
 mod harness;
 
 mod chat;
+mod embeddings;
 mod errors;
 mod grpc;
 mod provider_anthropic;

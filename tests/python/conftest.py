@@ -32,6 +32,8 @@ import pytest
 
 EMU_KEY = "sk-emu-provider-key-0123456789"
 MODEL = "gpt-4o-mini"
+EMBED_MODEL = "text-embedding-3-small"
+EMBED_PRICE_IN = 0.02
 PRICE_IN = 0.15  # USD per million input tokens, as in the config below
 PRICE_OUT = 0.60
 READY_TIMEOUT_S = 30.0
@@ -193,6 +195,9 @@ models:
   - name: {MODEL}
     target: emu/{MODEL}
     price: {{ input_per_mtok: {PRICE_IN}, output_per_mtok: {PRICE_OUT} }}
+  - name: {EMBED_MODEL}
+    target: emu/{EMBED_MODEL}
+    price: {{ input_per_mtok: {EMBED_PRICE_IN}, output_per_mtok: 0 }}
 """
     if mode == "split":
         text += "services:\n" + "".join(

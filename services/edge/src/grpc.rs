@@ -71,6 +71,21 @@ impl pb::gateway_server::Gateway for GatewayGrpc {
         }
     }
 
+    async fn embeddings(
+        &self,
+        req: Request<pb::EmbeddingsRequest>,
+    ) -> Result<Response<pb::EmbeddingsResponse>, Status> {
+        let principal = self.0.authenticate(bearer(&req)).await?;
+        let embed = req.into_inner();
+        if embed.model.trim().is_empty() {
+            return Err(GwError::invalid("model", "Invalid value for 'model': it must not be empty.").into());
+        }
+        if embed.inputs.is_empty() {
+            return Err(GwError::invalid("input", "Invalid 'input': expected at least one input.").into());
+        }
+        Ok(Response::new(self.0.embed(principal, embed).await?))
+    }
+
     async fn list_models(
         &self,
         req: Request<pb::ListModelsRequest>,

@@ -29,6 +29,7 @@ use crate::pipeline::{ChatOutput, Pipeline, error_type};
 pub fn router(pipeline: Arc<Pipeline>) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/health", get(health))
@@ -313,6 +314,29 @@ fn sse(
         };
         Some((Ok(buf.into_inner().freeze()), (chunks, finished)))
     })
+}
+
+async fn embeddings(State(p): State<Arc<Pipeline>>, headers: HeaderMap, body: Body) -> Response {
+    let result = async {
+        require_json(&headers)?;
+        let principal = p.authenticate(api_key(&headers)).await?;
+        let bytes = read_body(&headers, body, p.max_body_bytes).await?;
+        let req = llmgw_kit::openai::parse_embeddings_request(&bytes)?;
+        let format = req.encoding_format;
+        let resp = p.embed(principal, req).await?;
+        let json = llmgw_kit::openai::embeddings_response_json(&resp, format)?;
+        let mut out = (
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            json,
+        )
+            .into_response();
+        if let Some(meta) = &resp.metadata {
+            routing_headers(&mut out, meta);
+        }
+        Ok::<_, GwError>(out)
+    }
+    .await;
+    result.unwrap_or_else(|e| error_response(&e))
 }
 
 #[derive(Serialize)]

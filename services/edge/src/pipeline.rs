@@ -10,7 +10,7 @@ use llmgw_kit::pricing::{Tokens, cost_usd};
 use llmgw_kit::services::ChunkStream;
 use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto as pb;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::Deps;
 use crate::auth_cache::AuthCache;
@@ -92,6 +92,157 @@ impl Pipeline {
     /// Runs a chat request to its first byte: a complete response, or a
     /// started stream.
     pub async fn chat(&self, principal: pb::Principal, req: pb::ChatRequest) -> Result<ChatOutput, GwError> {
+        let streaming = req.stream;
+        let client_wants_usage = streaming
+            && req
+                .stream_options
+                .as_ref()
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false);
+        let Begun {
+            permit,
+            deadline,
+            request_id,
+            targets,
+            mut meta,
+        } = self
+            .begin(&principal, &req.model, needed_capabilities(&req))
+            .await?;
+        let mut guard = MeterGuard::new(self.meter.clone(), &principal, &request_id, &req, streaming);
+
+        let attempts = targets.len();
+        let mut req = Some(req);
+        let adapter = &self.deps.adapter;
+        let (outcome, target) = self
+            .run_attempts(targets, deadline, &mut meta, &mut guard, |i, target| {
+                // Only the last attempt may take the request; earlier ones copy it.
+                let request = if i + 1 == attempts {
+                    req.take()
+                } else {
+                    req.clone()
+                };
+                let adapter_req = pb::AdapterRequest {
+                    request_id: request_id.clone(),
+                    target: Some(target),
+                    request,
+                };
+                async move {
+                    if streaming {
+                        adapter.stream(adapter_req).await.map(Outcome::Stream)
+                    } else {
+                        adapter
+                            .complete(adapter_req)
+                            .await
+                            .map(|r| Outcome::Complete(Box::new(r)))
+                    }
+                }
+            })
+            .await?;
+        let price = target.price.unwrap_or_default();
+        Ok(match outcome {
+            Outcome::Complete(mut resp) => {
+                if resp.usage.is_none() {
+                    resp.usage = Some(guard.estimated_usage(&resp));
+                }
+                let usage = resp.usage.get_or_insert_default();
+                usage.cost_usd = Some(cost(&price, usage));
+                guard.record("ok", 200, Some(usage));
+                resp.metadata = Some(meta);
+                ChatOutput::Complete(resp)
+            }
+            Outcome::Stream(chunks) => {
+                let metadata = Arc::new(meta);
+                let chunks = metered(
+                    chunks,
+                    permit,
+                    guard,
+                    metadata.clone(),
+                    price,
+                    client_wants_usage,
+                    self.stream_idle_timeout,
+                );
+                ChatOutput::Stream(ChatStream { metadata, chunks })
+            }
+        })
+    }
+
+    /// Embeddings: the same admission, routing, attempts and metering as a
+    /// chat completion; billed on input tokens.
+    pub async fn embed(
+        &self,
+        principal: pb::Principal,
+        req: pb::EmbeddingsRequest,
+    ) -> Result<pb::EmbeddingsResponse, GwError> {
+        let Begun {
+            permit: _permit,
+            deadline,
+            request_id,
+            targets,
+            mut meta,
+        } = self
+            .begin(
+                &principal,
+                &req.model,
+                pb::Capabilities {
+                    embeddings: true,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        let input_chars: usize = req
+            .inputs
+            .iter()
+            .map(|i| match &i.value {
+                Some(pb::embedding_input::Value::Text(t)) => t.len(),
+                Some(pb::embedding_input::Value::Tokens(t)) => t.ids.len() * 4,
+                None => 0,
+            })
+            .sum();
+        let mut guard = MeterGuard::start(
+            self.meter.clone(),
+            &principal,
+            &request_id,
+            &req.model,
+            false,
+            estimate_tokens(input_chars),
+        );
+        let attempts = targets.len();
+        let mut req = Some(req);
+        let adapter = &self.deps.adapter;
+        let (mut resp, target) = self
+            .run_attempts(targets, deadline, &mut meta, &mut guard, |i, target| {
+                let request = if i + 1 == attempts {
+                    req.take()
+                } else {
+                    req.clone()
+                };
+                let adapter_req = pb::AdapterEmbeddingsRequest {
+                    request_id: request_id.clone(),
+                    target: Some(target),
+                    request,
+                };
+                adapter.embed(adapter_req)
+            })
+            .await?;
+        let usage = resp.usage.get_or_insert_with(|| pb::Usage {
+            prompt_tokens: guard.prompt_estimate,
+            total_tokens: guard.prompt_estimate,
+            estimated: true,
+            ..Default::default()
+        });
+        usage.cost_usd = Some(cost(&target.price.unwrap_or_default(), usage));
+        guard.record("ok", 200, Some(usage));
+        resp.metadata = Some(meta);
+        Ok(resp)
+    }
+
+    /// Admits a request (or answers 503 at once), names it and routes it.
+    async fn begin(
+        &self,
+        principal: &pb::Principal,
+        model: &str,
+        needed: pb::Capabilities,
+    ) -> Result<Begun, GwError> {
         let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
             GwError::new(
                 ErrorCode::Unavailable,
@@ -101,79 +252,74 @@ impl Pipeline {
         })?;
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
-        let streaming = req.stream;
-        let client_wants_usage = streaming
-            && req
-                .stream_options
-                .as_ref()
-                .and_then(|o| o.include_usage)
-                .unwrap_or(false);
-
         let plan = self
             .deps
             .router
             .route(pb::RouteRequest {
-                model: req.model.clone(),
+                model: model.to_owned(),
                 principal: Some(principal.clone()),
-                needed: Some(needed_capabilities(&req)),
+                needed: Some(needed),
                 config: None,
             })
             .await?;
-        if plan.targets.is_empty() {
+        let meta = pb::RoutingMetadata {
+            request_id: request_id.clone(),
+            requested_model: model.to_owned(),
+            requested_provider: plan.requested_provider,
+            ..Default::default()
+        };
+        Ok(Begun {
+            permit,
+            deadline,
+            request_id,
+            targets: plan.targets,
+            meta,
+        })
+    }
+
+    /// Tries each target in order until one succeeds: the next only after a
+    /// retryable error, and only while the request's deadline allows. Every
+    /// attempt is written into `meta`; when all fail, the failure is metered
+    /// and the last error returned.
+    async fn run_attempts<T, F, Fut>(
+        &self,
+        targets: Vec<pb::Target>,
+        deadline: tokio::time::Instant,
+        meta: &mut pb::RoutingMetadata,
+        guard: &mut MeterGuard,
+        mut call: F,
+    ) -> Result<(T, pb::Target), GwError>
+    where
+        F: FnMut(usize, pb::Target) -> Fut,
+        Fut: std::future::Future<Output = Result<T, GwError>>,
+    {
+        if targets.is_empty() {
             return Err(GwError::new(
                 ErrorCode::ModelNotFound,
-                format!("no provider can serve `{}`", req.model),
+                format!("no provider can serve `{}`", meta.requested_model),
             )
             .with_param("model"));
         }
-
-        let mut meta = pb::RoutingMetadata {
-            request_id: request_id.clone(),
-            requested_model: req.model.clone(),
-            requested_provider: plan.requested_provider.clone(),
-            ..Default::default()
-        };
-        let mut guard = MeterGuard::new(self.meter.clone(), &principal, &request_id, &req, streaming);
-
-        let attempts = plan.targets.len();
-        let mut req = Some(req);
+        let attempts = targets.len();
         let mut last_error = None;
-        for (i, target) in plan.targets.into_iter().enumerate() {
-            // Only the last attempt may take the request; earlier ones copy it.
-            let request = if i + 1 == attempts {
-                req.take()
-            } else {
-                req.clone()
-            };
+        for (i, target) in targets.into_iter().enumerate() {
             guard.set_target(&target);
             let attempt_started = Instant::now();
-            let adapter_req = pb::AdapterRequest {
-                request_id: request_id.clone(),
-                target: Some(target.clone()),
-                request,
-            };
-            let result = if streaming {
-                tokio::time::timeout_at(deadline, self.deps.adapter.stream(adapter_req))
-                    .await
-                    .map(|r| r.map(Outcome::Stream))
-            } else {
-                tokio::time::timeout_at(deadline, self.deps.adapter.complete(adapter_req))
-                    .await
-                    .map(|r| r.map(|resp| Outcome::Complete(Box::new(resp))))
-            };
-            let result = result.unwrap_or_else(|_| {
-                Err(GwError::new(
-                    ErrorCode::UpstreamTimeout,
-                    format!(
-                        "provider `{}`: request timed out after {:?}",
-                        target.provider, self.request_timeout
-                    ),
-                )
-                .with_provider(target.provider.clone()))
-            });
+            let result = tokio::time::timeout_at(deadline, call(i, target.clone()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(GwError::new(
+                        ErrorCode::UpstreamTimeout,
+                        format!(
+                            "provider `{}`: request timed out after {:?}",
+                            target.provider, self.request_timeout
+                        ),
+                    )
+                    .with_provider(target.provider.clone()))
+                });
             let latency_ms = attempt_started.elapsed().as_secs_f64() * 1000.0;
             match result {
-                Ok(outcome) => {
+                Ok(value) => {
                     meta.attempts.push(pb::Attempt {
                         provider: target.provider.clone(),
                         model: target.model.clone(),
@@ -182,34 +328,9 @@ impl Pipeline {
                         http_status: Some(200),
                         latency_ms,
                     });
-                    meta.used_provider = target.provider;
-                    meta.used_model = target.model;
-                    let price = target.price.unwrap_or_default();
-                    return Ok(match outcome {
-                        Outcome::Complete(mut resp) => {
-                            if resp.usage.is_none() {
-                                resp.usage = Some(guard.estimated_usage(&resp));
-                            }
-                            let usage = resp.usage.get_or_insert_default();
-                            usage.cost_usd = Some(cost(&price, usage));
-                            guard.record("ok", 200, Some(usage));
-                            resp.metadata = Some(meta);
-                            ChatOutput::Complete(resp)
-                        }
-                        Outcome::Stream(chunks) => {
-                            let metadata = Arc::new(meta);
-                            let chunks = metered(
-                                chunks,
-                                permit,
-                                guard,
-                                metadata.clone(),
-                                price,
-                                client_wants_usage,
-                                self.stream_idle_timeout,
-                            );
-                            ChatOutput::Stream(ChatStream { metadata, chunks })
-                        }
-                    });
+                    meta.used_provider.clone_from(&target.provider);
+                    meta.used_model.clone_from(&target.model);
+                    return Ok((value, target));
                 }
                 Err(e) => {
                     tracing::info!(
@@ -239,6 +360,15 @@ impl Pipeline {
         guard.record("error", err.http_status(), None);
         Err(err)
     }
+}
+
+/// An admitted, routed request.
+struct Begun {
+    permit: OwnedSemaphorePermit,
+    deadline: tokio::time::Instant,
+    request_id: String,
+    targets: Vec<pb::Target>,
+    meta: pb::RoutingMetadata,
 }
 
 enum Outcome {
@@ -291,6 +421,7 @@ fn needed_capabilities(req: &pb::ChatRequest) -> pb::Capabilities {
         })
     );
     pb::Capabilities {
+        embeddings: false,
         tools: !req.tools.is_empty(),
         vision,
         json_schema,
@@ -348,7 +479,7 @@ pub struct MeterGuard {
     sender: MeterSender,
     event: Option<pb::UsageEvent>,
     started: Instant,
-    prompt_estimate: u32,
+    pub prompt_estimate: u32,
     streamed_chars: usize,
     /// Usage the provider reported, once it has.
     pub usage: Option<pb::Usage>,
@@ -362,6 +493,24 @@ impl MeterGuard {
         req: &pb::ChatRequest,
         streamed: bool,
     ) -> Self {
+        Self::start(
+            sender,
+            principal,
+            request_id,
+            &req.model,
+            streamed,
+            estimate_tokens(prompt_chars(req)),
+        )
+    }
+
+    fn start(
+        sender: MeterSender,
+        principal: &pb::Principal,
+        request_id: &str,
+        model: &str,
+        streamed: bool,
+        prompt_estimate: u32,
+    ) -> Self {
         let started_at_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -372,13 +521,13 @@ impl MeterGuard {
                 org_id: principal.org_id.clone(),
                 project_id: principal.project_id.clone(),
                 key_id: principal.key_id.clone(),
-                model: req.model.clone(),
+                model: model.to_owned(),
                 streamed,
                 started_at_ms,
                 ..Default::default()
             }),
             started: Instant::now(),
-            prompt_estimate: estimate_tokens(prompt_chars(req)),
+            prompt_estimate,
             streamed_chars: 0,
             usage: None,
         }

@@ -46,6 +46,7 @@ pub trait AdapterService: Send + Sync + 'static {
     /// Resolves once the provider has accepted the request (its headers
     /// arrived), so errors before the first byte are still retryable.
     async fn stream(&self, req: pb::AdapterRequest) -> Result<ChunkStream, GwError>;
+    async fn embed(&self, req: pb::AdapterEmbeddingsRequest) -> Result<pb::EmbeddingsResponse, GwError>;
 }
 
 /// "What did it cost, and who spent it?"
@@ -143,6 +144,10 @@ impl AdapterService for GrpcAdapter {
             None => Box::pin(futures_util::stream::empty()),
         })
     }
+
+    async fn embed(&self, req: pb::AdapterEmbeddingsRequest) -> Result<pb::EmbeddingsResponse, GwError> {
+        Ok(self.0.clone().embed(req).await?.into_inner())
+    }
 }
 
 /// [`MeteringService`] over gRPC: a batch is sent as one client stream.
@@ -219,6 +224,13 @@ impl pb::adapter_server::Adapter for AdapterGrpcServer {
         Ok(Response::new(Box::pin(
             stream.map(|item| item.map_err(|e| e.to_status())),
         )))
+    }
+
+    async fn embed(
+        &self,
+        req: Request<pb::AdapterEmbeddingsRequest>,
+    ) -> Result<Response<pb::EmbeddingsResponse>, Status> {
+        Ok(Response::new(self.0.embed(req.into_inner()).await?))
     }
 }
 

@@ -15,7 +15,9 @@ use async_trait::async_trait;
 use llmgw_kit::config::{Config, ProviderKind};
 use llmgw_kit::services::{Adapter, AdapterService, ChunkStream};
 use llmgw_kit::{ErrorCode, GwError};
-use llmgw_proto::{AdapterRequest, ChatRequest, ChatResponse, Target};
+use llmgw_proto::{
+    AdapterEmbeddingsRequest, AdapterRequest, ChatRequest, ChatResponse, EmbeddingsResponse, Target,
+};
 use tracing::Instrument as _;
 
 mod http;
@@ -43,14 +45,16 @@ impl ProviderAdapter {
         &'a self,
         req: &'a AdapterRequest,
     ) -> Result<(&'a dyn Provider, &'a Target, &'a ChatRequest), GwError> {
-        let target = req
-            .target
-            .as_ref()
-            .ok_or_else(|| GwError::internal("adapter request has no target"))?;
+        let (provider, target) = self.provider(req.target.as_ref())?;
         let chat = req
             .request
             .as_ref()
             .ok_or_else(|| GwError::internal("adapter request has no chat request"))?;
+        Ok((provider, target, chat))
+    }
+
+    fn provider<'a>(&'a self, target: Option<&'a Target>) -> Result<(&'a dyn Provider, &'a Target), GwError> {
+        let target = target.ok_or_else(|| GwError::internal("adapter request has no target"))?;
         let Some((kind, provider)) = self.providers.get(&target.provider) else {
             return Err(GwError::new(
                 ErrorCode::Internal,
@@ -66,14 +70,14 @@ impl ProviderAdapter {
             ))
             .with_provider(&target.provider));
         }
-        Ok((provider.as_ref(), target, chat))
+        Ok((provider.as_ref(), target))
     }
 }
 
-fn span(req: &AdapterRequest, target: &Target) -> tracing::Span {
+fn span(request_id: &str, target: &Target) -> tracing::Span {
     tracing::info_span!(
         "provider",
-        request_id = %req.request_id,
+        request_id = %request_id,
         provider = %target.provider,
         gen_ai.system = %target.provider_type,
         gen_ai.request.model = %target.model,
@@ -84,7 +88,7 @@ fn span(req: &AdapterRequest, target: &Target) -> tracing::Span {
 impl AdapterService for ProviderAdapter {
     async fn complete(&self, req: AdapterRequest) -> Result<ChatResponse, GwError> {
         let (provider, target, chat) = self.resolve(&req)?;
-        let span = span(&req, target);
+        let span = span(&req.request_id, target);
         async {
             let result = provider.complete(target, chat).await;
             if let Err(e) = &result {
@@ -98,7 +102,7 @@ impl AdapterService for ProviderAdapter {
 
     async fn stream(&self, req: AdapterRequest) -> Result<ChunkStream, GwError> {
         let (provider, target, chat) = self.resolve(&req)?;
-        let span = span(&req, target);
+        let span = span(&req.request_id, target);
         async {
             let result = provider.stream(target, chat).await;
             if let Err(e) = &result {
@@ -108,6 +112,18 @@ impl AdapterService for ProviderAdapter {
         }
         .instrument(span)
         .await
+    }
+
+    async fn embed(&self, req: AdapterEmbeddingsRequest) -> Result<EmbeddingsResponse, GwError> {
+        let (provider, target) = self.provider(req.target.as_ref())?;
+        let request = req
+            .request
+            .as_ref()
+            .ok_or_else(|| GwError::internal("adapter request has no embeddings request"))?;
+        provider
+            .embed(target, request)
+            .instrument(span(&req.request_id, target))
+            .await
     }
 }
 

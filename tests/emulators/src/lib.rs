@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 mod anthropic;
 mod chat;
 pub mod directives;
+mod embeddings;
 mod flavours;
 mod ollama;
 mod record;
@@ -92,6 +93,7 @@ pub fn router(opts: Options) -> Router {
     let state = Arc::new(routes::State::new(opts));
     Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
+        .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(routes::list_models))
         .route("/v1/messages", post(anthropic::messages))
         .route(

@@ -59,7 +59,7 @@ impl State {
         &self.ids
     }
 
-    fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+    pub(crate) fn check_auth(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some(expected) = &self.expected_auth else {
             return Ok(());
         };

@@ -40,11 +40,15 @@ struct InputIn {
 }
 
 fn text(s: String) -> pb::EmbeddingInput {
-    pb::EmbeddingInput { value: Some(pb::embedding_input::Value::Text(s)) }
+    pb::EmbeddingInput {
+        value: Some(pb::embedding_input::Value::Text(s)),
+    }
 }
 
 fn tokens(ids: Vec<u32>) -> pb::EmbeddingInput {
-    pb::EmbeddingInput { value: Some(pb::embedding_input::Value::Tokens(pb::TokenIds { ids })) }
+    pb::EmbeddingInput {
+        value: Some(pb::embedding_input::Value::Tokens(pb::TokenIds { ids })),
+    }
 }
 
 #[derive(Deserialize)]
@@ -64,7 +68,10 @@ impl<'de> Deserialize<'de> for InputIn {
                 f.write_str("a string, an array of strings, or an array of token arrays")
             }
             fn visit_str<E: de::Error>(self, s: &str) -> Result<InputIn, E> {
-                Ok(InputIn { inputs: vec![text(s.to_owned())], single: true })
+                Ok(InputIn {
+                    inputs: vec![text(s.to_owned())],
+                    single: true,
+                })
             }
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<InputIn, A::Error> {
                 let mut items = Vec::new();
@@ -72,8 +79,13 @@ impl<'de> Deserialize<'de> for InputIn {
                     items.push(item);
                 }
                 if !items.is_empty() && items.iter().all(|i| matches!(i, Item::Token(_))) {
-                    let ids = items.into_iter().filter_map(|i| if let Item::Token(t) = i { Some(t) } else { None });
-                    return Ok(InputIn { inputs: vec![tokens(ids.collect())], single: true });
+                    let ids = items
+                        .into_iter()
+                        .filter_map(|i| if let Item::Token(t) = i { Some(t) } else { None });
+                    return Ok(InputIn {
+                        inputs: vec![tokens(ids.collect())],
+                        single: true,
+                    });
                 }
                 let mut inputs = Vec::with_capacity(items.len());
                 for item in items {
@@ -85,7 +97,10 @@ impl<'de> Deserialize<'de> for InputIn {
                         }
                     });
                 }
-                Ok(InputIn { inputs, single: false })
+                Ok(InputIn {
+                    inputs,
+                    single: false,
+                })
             }
         }
         d.deserialize_any(V)
@@ -105,13 +120,22 @@ pub fn parse_embeddings_request(body: &[u8]) -> Result<pb::EmbeddingsRequest, Gw
         }
     };
     if raw.model.trim().is_empty() {
-        return Err(GwError::invalid("model", "Invalid value for 'model': it must not be empty."));
+        return Err(GwError::invalid(
+            "model",
+            "Invalid value for 'model': it must not be empty.",
+        ));
     }
     if raw.input.inputs.is_empty() {
-        return Err(GwError::invalid("input", "Invalid 'input': expected at least one input."));
+        return Err(GwError::invalid(
+            "input",
+            "Invalid 'input': expected at least one input.",
+        ));
     }
     if raw.input.inputs.len() > MAX_INPUTS {
-        return Err(GwError::invalid("input", format!("Invalid 'input': at most {MAX_INPUTS} inputs are allowed.")));
+        return Err(GwError::invalid(
+            "input",
+            format!("Invalid 'input': at most {MAX_INPUTS} inputs are allowed."),
+        ));
     }
     for (i, input) in raw.input.inputs.iter().enumerate() {
         let empty = match &input.value {
@@ -120,8 +144,15 @@ pub fn parse_embeddings_request(body: &[u8]) -> Result<pb::EmbeddingsRequest, Gw
             None => true,
         };
         if empty {
-            let param = if raw.input.single { "input".to_owned() } else { format!("input[{i}]") };
-            return Err(GwError::invalid(param.clone(), format!("Invalid '{param}': it must not be empty.")));
+            let param = if raw.input.single {
+                "input".to_owned()
+            } else {
+                format!("input[{i}]")
+            };
+            return Err(GwError::invalid(
+                param.clone(),
+                format!("Invalid '{param}': it must not be empty."),
+            ));
         }
     }
     let encoding_format = match raw.encoding_format.as_deref() {
@@ -131,12 +162,17 @@ pub fn parse_embeddings_request(body: &[u8]) -> Result<pb::EmbeddingsRequest, Gw
         Some(other) => {
             return Err(GwError::invalid(
                 "encoding_format",
-                format!("Invalid value for 'encoding_format': '{other}'. Supported values are: 'float' and 'base64'."),
+                format!(
+                    "Invalid value for 'encoding_format': '{other}'. Supported values are: 'float' and 'base64'."
+                ),
             ));
         }
     };
     if raw.dimensions == Some(0) {
-        return Err(GwError::invalid("dimensions", "Invalid value for 'dimensions': it must be at least 1."));
+        return Err(GwError::invalid(
+            "dimensions",
+            "Invalid value for 'dimensions': it must be at least 1.",
+        ));
     }
     let extra_json = if raw.extra.is_empty() {
         None
@@ -262,21 +298,33 @@ pub fn parse_embeddings_response(body: &[u8]) -> Result<pb::EmbeddingsResponse, 
         let vector = match e.embedding {
             VectorIn::Floats(v) => v,
             VectorIn::Base64(b) => {
-                let bytes = B64.decode(b.as_bytes()).map_err(|e| format!("bad base64 embedding: {e}"))?;
+                let bytes = B64
+                    .decode(b.as_bytes())
+                    .map_err(|e| format!("bad base64 embedding: {e}"))?;
                 if bytes.len() % 4 != 0 {
                     return Err("base64 embedding is not a whole number of f32".to_owned());
                 }
-                bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+                bytes
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect()
             }
         };
-        data.push(pb::Embedding { index: e.index, vector });
+        data.push(pb::Embedding {
+            index: e.index,
+            vector,
+        });
     }
     Ok(pb::EmbeddingsResponse {
         model: raw.model,
         data,
         usage: raw.usage.map(|u| pb::Usage {
             prompt_tokens: u.prompt_tokens,
-            total_tokens: if u.total_tokens == 0 { u.prompt_tokens } else { u.total_tokens },
+            total_tokens: if u.total_tokens == 0 {
+                u.prompt_tokens
+            } else {
+                u.total_tokens
+            },
             ..Default::default()
         }),
         metadata: None,
@@ -338,7 +386,14 @@ pub fn embeddings_response_json(resp: &pb::EmbeddingsResponse, format: i32) -> R
         data: resp
             .data
             .iter()
-            .map(|e| EmbeddingOut { object: "embedding", index: e.index, embedding: VectorOut { vector: &e.vector, base64 } })
+            .map(|e| EmbeddingOut {
+                object: "embedding",
+                index: e.index,
+                embedding: VectorOut {
+                    vector: &e.vector,
+                    base64,
+                },
+            })
             .collect(),
         model: &resp.model,
         usage: resp.usage.as_ref().map(|u| UsageOut {
@@ -349,7 +404,8 @@ pub fn embeddings_response_json(resp: &pb::EmbeddingsResponse, format: i32) -> R
         }),
         metadata: resp.metadata.as_ref().map(super::write::metadata_out),
     };
-    serde_json::to_vec(&out).map_err(|e| GwError::new(ErrorCode::Internal, format!("cannot write response: {e}")))
+    serde_json::to_vec(&out)
+        .map_err(|e| GwError::new(ErrorCode::Internal, format!("cannot write response: {e}")))
 }
 
 #[cfg(test)]
@@ -365,7 +421,12 @@ mod tests {
 
     #[test]
     fn every_input_shape_round_trips() {
-        for input in [json!("hi"), json!(["a", "b"]), json!([1, 2, 3]), json!([[1, 2], [3]])] {
+        for input in [
+            json!("hi"),
+            json!(["a", "b"]),
+            json!([1, 2, 3]),
+            json!([[1, 2], [3]]),
+        ] {
             let body = json!({"model": "e", "input": input, "dimensions": 8, "encoding_format": "base64", "user": "u"});
             assert_eq!(roundtrip(body.clone()), body);
         }
@@ -380,10 +441,22 @@ mod tests {
         assert_eq!(err(json!({"model": "e"})).param(), Some("input"));
         assert_eq!(err(json!({"model": "e", "input": []})).param(), Some("input"));
         assert_eq!(err(json!({"model": "e", "input": ""})).param(), Some("input"));
-        assert_eq!(err(json!({"model": "e", "input": ["a", ""]})).param(), Some("input[1]"));
-        assert_eq!(err(json!({"model": "e", "input": {"a": 1}})).param(), Some("input"));
-        assert_eq!(err(json!({"model": "e", "input": "x", "encoding_format": "hex"})).param(), Some("encoding_format"));
-        assert_eq!(err(json!({"model": "e", "input": "x", "dimensions": 0})).param(), Some("dimensions"));
+        assert_eq!(
+            err(json!({"model": "e", "input": ["a", ""]})).param(),
+            Some("input[1]")
+        );
+        assert_eq!(
+            err(json!({"model": "e", "input": {"a": 1}})).param(),
+            Some("input")
+        );
+        assert_eq!(
+            err(json!({"model": "e", "input": "x", "encoding_format": "hex"})).param(),
+            Some("encoding_format")
+        );
+        assert_eq!(
+            err(json!({"model": "e", "input": "x", "dimensions": 0})).param(),
+            Some("dimensions")
+        );
     }
 
     #[test]
@@ -397,9 +470,15 @@ mod tests {
             "usage": {"prompt_tokens": 3, "total_tokens": 3}});
         let resp = parse_embeddings_response(upstream.to_string().as_bytes()).unwrap();
         assert_eq!(resp.data[0].vector, v);
-        let as_b64: Value = serde_json::from_slice(&embeddings_response_json(&resp, pb::EncodingFormat::Base64 as i32).unwrap()).unwrap();
+        let as_b64: Value = serde_json::from_slice(
+            &embeddings_response_json(&resp, pb::EncodingFormat::Base64 as i32).unwrap(),
+        )
+        .unwrap();
         assert_eq!(as_b64["data"][0]["embedding"], json!(B64.encode(&bytes)));
-        let as_float: Value = serde_json::from_slice(&embeddings_response_json(&resp, pb::EncodingFormat::Float as i32).unwrap()).unwrap();
+        let as_float: Value = serde_json::from_slice(
+            &embeddings_response_json(&resp, pb::EncodingFormat::Float as i32).unwrap(),
+        )
+        .unwrap();
         let floats: Vec<f32> = serde_json::from_value(as_float["data"][0]["embedding"].clone()).unwrap();
         assert_eq!(floats, v);
     }

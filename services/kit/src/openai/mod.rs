@@ -9,9 +9,13 @@
 //! canonical protobuf values: no clones on the hot path. JSON schemas, tool
 //! arguments and `logit_bias` travel as raw JSON text, byte for byte.
 
+mod embeddings;
 mod read;
 mod write;
 
+pub use embeddings::{
+    embeddings_request_json, embeddings_response_json, parse_embeddings_request, parse_embeddings_response,
+};
 pub use read::{
     UpstreamError, parse_chunk, parse_request, parse_response, parse_upstream_error, validate_request,
 };

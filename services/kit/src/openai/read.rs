@@ -346,14 +346,14 @@ pub fn parse_request(body: &[u8]) -> Result<pb::ChatRequest, GwError> {
     Ok(req)
 }
 
-fn malformed() -> GwError {
+pub(super) fn malformed() -> GwError {
     GwError::new(
         crate::ErrorCode::InvalidRequest,
         "We could not parse the JSON body of your request. The body must be valid JSON.",
     )
 }
 
-fn describe(e: serde_path_to_error::Error<serde_json::Error>) -> GwError {
+pub(super) fn describe(e: serde_path_to_error::Error<serde_json::Error>) -> GwError {
     let inner = e.inner();
     if !matches!(inner.classify(), serde_json::error::Category::Data) {
         return malformed();

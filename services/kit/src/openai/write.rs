@@ -493,7 +493,7 @@ impl From<&pb::Usage> for UsageOut {
 }
 
 #[derive(Serialize)]
-struct MetadataOut<'a> {
+pub(super) struct MetadataOut<'a> {
     request_id: &'a str,
     requested_model: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -519,7 +519,7 @@ struct AttemptOut<'a> {
     latency_ms: f64,
 }
 
-fn metadata_out(m: &pb::RoutingMetadata) -> MetadataOut<'_> {
+pub(super) fn metadata_out(m: &pb::RoutingMetadata) -> MetadataOut<'_> {
     MetadataOut {
         request_id: &m.request_id,
         requested_model: &m.requested_model,

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use llmgw_kit::GwError;
 use llmgw_kit::config::{ProviderConfig, ProviderKind};
 use llmgw_kit::services::ChunkStream;
-use llmgw_proto::{ChatRequest, ChatResponse, Target};
+use llmgw_proto::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Target};
 
 pub(crate) mod anthropic;
 pub(crate) mod ollama;
@@ -28,6 +28,19 @@ pub(crate) trait Provider: Send + Sync + 'static {
     /// headers, so every error before the first chunk is still retryable;
     /// dropping the stream cancels the upstream call.
     async fn stream(&self, target: &Target, req: &ChatRequest) -> Result<ChunkStream, GwError>;
+
+    /// Embeddings. A provider without them says so: a 400 naming `model`
+    /// and the provider, never a silent failure.
+    async fn embed(&self, target: &Target, _req: &EmbeddingsRequest) -> Result<EmbeddingsResponse, GwError> {
+        Err(GwError::invalid(
+            "model",
+            format!(
+                "provider `{}` ({}) does not offer embeddings through llmgw",
+                target.provider, target.provider_type
+            ),
+        )
+        .with_provider(&target.provider))
+    }
 }
 
 /// Builds the provider for `config`, sharing `client`. OpenAI-compatible

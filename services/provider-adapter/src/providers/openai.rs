@@ -24,10 +24,13 @@ use futures_util::Stream;
 use llmgw_kit::config::{CompatHost, ProviderConfig, ProviderKind};
 use llmgw_kit::grpc::MAX_MESSAGE_BYTES;
 
-use llmgw_kit::openai::{parse_chunk, parse_response, parse_upstream_error, request_json};
+use llmgw_kit::openai::{
+    embeddings_request_json, parse_chunk, parse_embeddings_response, parse_response, parse_upstream_error,
+    request_json,
+};
 use llmgw_kit::services::ChunkStream;
 use llmgw_kit::{ErrorCode, GwError};
-use llmgw_proto::{ChatChunk, ChatRequest, ChatResponse, Target};
+use llmgw_proto::{ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Target};
 use pin_project_lite::pin_project;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
@@ -55,6 +58,8 @@ pub(crate) struct OpenAi {
     /// The host's quirks (an OpenAI-compatible row); `None` for OpenAI.
     host: Option<&'static CompatHost>,
     flavour: Flavour,
+    /// `{base_url}/embeddings` (unused for Azure, whose URL names the deployment).
+    embeddings_url: reqwest::Url,
     client: reqwest::Client,
 }
 
@@ -233,6 +238,8 @@ impl OpenAi {
             _ => reqwest::Url::parse(&format!("{}/chat/completions", config.base_url))
                 .map_err(|e| invalid(&format!("invalid base_url: {e}")))?,
         };
+        let embeddings_url = reqwest::Url::parse(&format!("{}/embeddings", config.base_url))
+            .map_err(|e| invalid(&format!("invalid base_url: {e}")))?;
         let mut headers = HeaderMap::new();
         for (header, value) in &config.headers {
             let header = HeaderName::try_from(header.as_str())
@@ -280,6 +287,7 @@ impl OpenAi {
                 _ => None,
             },
             flavour,
+            embeddings_url,
             client,
         })
     }
@@ -290,11 +298,17 @@ impl OpenAi {
         if self.flavour != Flavour::Azure {
             return Ok(self.url.clone());
         }
+        self.azure_url(model, &["chat", "completions"])
+    }
+
+    /// `{base}/openai/deployments/{model}/{tail}?api-version=…` for Azure.
+    fn azure_url(&self, model: &str, tail: &[&str]) -> Result<reqwest::Url, GwError> {
         let mut url = self.url.clone();
         url.path_segments_mut()
             .map_err(|()| GwError::internal("azure base_url cannot take a path"))?
             .pop_if_empty()
-            .extend(["openai", "deployments", model, "chat", "completions"]);
+            .extend(["openai", "deployments", model])
+            .extend(tail);
         Ok(url)
     }
 
@@ -431,6 +445,51 @@ impl Provider for OpenAi {
             finished: false,
             usage: None,
         }))
+    }
+
+    async fn embed(&self, target: &Target, req: &EmbeddingsRequest) -> Result<EmbeddingsResponse, GwError> {
+        let mut req = Cow::Borrowed(req);
+        if self.flavour == Flavour::Mistral {
+            if req.dimensions.is_some() {
+                return Err(self.unsupported("dimensions", "`dimensions`"));
+            }
+            // Vectors travel as floats inside; the edge writes the client's
+            // encoding, so Mistral is simply asked for its default.
+            req.to_mut().encoding_format = 0;
+        }
+        let (url, model) = match self.flavour {
+            Flavour::Azure => (self.azure_url(&target.model, &["embeddings"])?, ""),
+            _ => (self.embeddings_url.clone(), target.model.as_str()),
+        };
+        let mut body = embeddings_request_json(&req, model).map_err(|e| e.with_provider(self.peer.name()))?;
+        if self.flavour == Flavour::Azure {
+            without_model(&mut body);
+        }
+        let request = self
+            .client
+            .post(url)
+            .headers(self.headers.clone())
+            .header(ACCEPT, JSON)
+            .body(body);
+        let timeout = self.timeout(target);
+        let call = async {
+            let mut response = self.send(request).await?;
+            self.peer
+                .read_limited(&mut response, MAX_MESSAGE_BYTES, true)
+                .await
+        };
+        let body = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| self.peer.timeout_error(timeout))??;
+        parse_embeddings_response(&body).map_err(|_| {
+            self.peer.error(
+                ErrorCode::UpstreamError,
+                format!(
+                    "provider `{}` sent an invalid embeddings response",
+                    self.peer.name()
+                ),
+            )
+        })
     }
 }
 
