@@ -14,3 +14,4 @@ mod harness;
 mod chat;
 mod errors;
 mod grpc;
+mod provider_gemini;

@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 mod chat;
 pub mod directives;
+mod gemini;
 mod record;
 mod routes;
 mod schema;
@@ -87,6 +88,7 @@ pub fn router(opts: Options) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/models", get(routes::list_models))
+        .route("/v1beta/models/{model_action}", post(gemini::generate))
         .route(
             "/_emu/requests",
             get(routes::recorded).delete(routes::clear_recorded),

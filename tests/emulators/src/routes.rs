@@ -21,7 +21,7 @@ const MODELS: &str = r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"m
 
 pub struct State {
     /// The whole expected header value, `Bearer <key>`, so checking is one comparison.
-    expected_auth: Option<String>,
+    pub(crate) expected_auth: Option<String>,
     recorder: Option<Arc<Recorder>>,
     ids: IdGen,
 }
@@ -35,7 +35,13 @@ impl State {
         }
     }
 
-    fn track(&self, method: &'static str, path: &str, headers: &HeaderMap, body: Option<&Bytes>) -> Tracker {
+    pub(crate) fn track(
+        &self,
+        method: &'static str,
+        path: &str,
+        headers: &HeaderMap,
+        body: Option<&Bytes>,
+    ) -> Tracker {
         match &self.recorder {
             Some(r) => r.start(method, path, headers, body.cloned()),
             None => Tracker::none(),

@@ -13,6 +13,7 @@ use llmgw_kit::config::{ProviderConfig, ProviderKind};
 use llmgw_kit::services::ChunkStream;
 use llmgw_proto::{ChatRequest, ChatResponse, Target};
 
+pub(crate) mod gemini;
 pub(crate) mod openai;
 
 /// Says a request to one configured provider and says its answer back.
@@ -34,6 +35,7 @@ pub(crate) fn build(config: &ProviderConfig, client: &reqwest::Client) -> Result
         ProviderKind::OpenAi | ProviderKind::Compatible(_) => {
             Arc::new(openai::OpenAi::new(config, client.clone())?)
         }
+        ProviderKind::Google => Arc::new(gemini::Gemini::new(config, client.clone())?),
         other => {
             return Err(GwError::new(
                 llmgw_kit::ErrorCode::Internal,
