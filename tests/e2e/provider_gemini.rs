@@ -315,6 +315,33 @@ async fn gemini_tools_images_and_formats() {
         json!({"thinkingBudget": 1024, "includeThoughts": true})
     );
     assert!(body["usage"]["completion_tokens"].as_u64().unwrap() > 3, "{body}");
+
+    // ---- a thinking model's function call comes back with its thought signature
+    let (status, _, body) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gemini-flash", "messages": user("weather, thinking"), "tools": tools,
+                "reasoning_effort": "medium"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let call = &body["choices"][0]["message"]["tool_calls"][0];
+    let followup = json!({"model": "gemini-flash", "tools": tools, "messages": [
+        {"role": "user", "content": "weather, thinking"},
+        {"role": "assistant", "content": null, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": "{\"temp\": 21}"}
+    ]});
+    let (status, _, body) = gw.post("/v1/chat/completions", &followup).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        r#"Tool result: {"temp":21}"#
+    );
+    let sent = &gw.last_upstream().await["body"]["contents"][1]["parts"][0];
+    assert!(
+        sent["thoughtSignature"].as_str().is_some_and(|s| !s.is_empty()),
+        "{sent}"
+    );
 }
 
 #[tokio::test]

@@ -59,6 +59,8 @@ const EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
 const ERROR_BODY_LIMIT: usize = 64 << 10;
 /// How deep a JSON schema is followed (and `$ref`s inlined) before giving up.
 const MAX_SCHEMA_DEPTH: usize = 32;
+/// Separates a tool call id from the thought signature carried in it.
+const SIGNATURE_MARK: &str = "__thought__";
 /// The type name in messages: `provider `x` (google) ...`.
 const TYPE_NAME: &str = "google";
 
@@ -534,7 +536,13 @@ fn contents(req: &ChatRequest, provider: &str) -> Result<(Vec<Value>, Vec<Value>
                         &param,
                     )?;
                     call_names.insert(call.id.as_str(), name);
-                    parts.push(json!({ "functionCall": { "name": name, "args": args } }));
+                    let mut part = json!({ "functionCall": { "name": name, "args": args } });
+                    if let Some((_, signature)) = call.id.split_once(SIGNATURE_MARK)
+                        && let Some(o) = part.as_object_mut()
+                    {
+                        o.insert("thoughtSignature".into(), Value::String(signature.to_owned()));
+                    }
+                    parts.push(part);
                 }
                 if let Some(f) = &m.function_call {
                     let param = format!("messages[{i}].function_call.arguments");
@@ -935,6 +943,18 @@ struct WirePart {
     thought: Option<bool>,
     #[serde(default)]
     function_call: Option<WireFunctionCall>,
+    #[serde(default)]
+    thought_signature: Option<String>,
+}
+
+/// A fresh tool call id; a function call's thought signature rides in it
+/// (`call_…__thought__<signature>`), so it comes back with the call in the
+/// next turn as Gemini requires, and no client has to know about it.
+fn call_id(signature: Option<&str>) -> String {
+    match signature.filter(|s| !s.is_empty()) {
+        Some(sig) => format!("{}{SIGNATURE_MARK}{sig}", new_id("call_")),
+        None => new_id("call_"),
+    }
 }
 
 #[derive(Deserialize)]
@@ -1003,7 +1023,8 @@ fn finish_from(reason: &str, has_calls: bool) -> FinishReason {
 struct PartsOut {
     text: String,
     reasoning: String,
-    calls: Vec<(String, String)>,
+    /// (tool call id, name, arguments)
+    calls: Vec<(String, String, String)>,
 }
 
 fn read_parts(content: Option<WireContent>) -> PartsOut {
@@ -1011,7 +1032,11 @@ fn read_parts(content: Option<WireContent>) -> PartsOut {
     for part in content.map(|c| c.parts).unwrap_or_default() {
         if let Some(call) = part.function_call {
             let args = call.args.unwrap_or_else(|| Value::Object(Map::new()));
-            out.calls.push((call.name, args.to_string()));
+            out.calls.push((
+                call_id(part.thought_signature.as_deref()),
+                call.name,
+                args.to_string(),
+            ));
         } else if let Some(text) = part.text {
             if part.thought == Some(true) {
                 out.reasoning.push_str(&text);
@@ -1075,8 +1100,8 @@ fn response_from(resp: GenerateResponse, model: &str) -> ChatResponse {
             let tool_calls: Vec<ToolCall> = parts
                 .calls
                 .into_iter()
-                .map(|(name, arguments)| ToolCall {
-                    id: new_id("call_"),
+                .map(|(id, name, arguments)| ToolCall {
+                    id,
                     r#type: "function".into(),
                     function: Some(FunctionCall { name, arguments }),
                 })
@@ -1246,10 +1271,10 @@ impl StreamState {
             let first = !self.started[i];
             self.started[i] = true;
             let mut tool_calls = Vec::with_capacity(parts.calls.len());
-            for (name, arguments) in parts.calls {
+            for (id, name, arguments) in parts.calls {
                 tool_calls.push(ToolCallDelta {
                     index: self.tool_calls[i],
-                    id: Some(new_id("call_")),
+                    id: Some(id),
                     r#type: Some("function".into()),
                     name: Some(name),
                     arguments: Some(arguments),

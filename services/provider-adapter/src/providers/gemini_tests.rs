@@ -42,9 +42,9 @@ fn translates_messages_roles_and_parts() {
             ]},
             {"role": "tool", "tool_call_id": "call_1", "content": "{\"temp\": 21}"},
             {"role": "assistant", "tool_calls": [
-                {"id": "call_2", "type": "function", "function": {"name": "lookup", "arguments": ""}}
+                {"id": "call_2__thought__c2ln", "type": "function", "function": {"name": "lookup", "arguments": ""}}
             ]},
-            {"role": "tool", "tool_call_id": "call_2", "content": "plain text"}
+            {"role": "tool", "tool_call_id": "call_2__thought__c2ln", "content": "plain text"}
         ]
     }));
     assert_eq!(
@@ -72,7 +72,10 @@ fn translates_messages_roles_and_parts() {
         contents[2]["parts"][0],
         json!({"functionResponse": {"name": "get_weather", "response": {"temp": 21}}})
     );
-    assert_eq!(contents[3]["parts"][0]["functionCall"]["args"], json!({}));
+    assert_eq!(
+        contents[3]["parts"][0],
+        json!({"functionCall": {"name": "lookup", "args": {}}, "thoughtSignature": "c2ln"})
+    );
     assert_eq!(
         contents[4]["parts"][0],
         json!({"functionResponse": {"name": "lookup", "response": {"content": "plain text"}}})
@@ -237,7 +240,7 @@ fn reads_candidates_usage_and_finish_reasons() {
              "logprobsResult": {"chosenCandidates": [{"token": "Hello", "logProbability": -0.5}],
                                 "topCandidates": [{"candidates": [{"token": "Hello", "logProbability": -0.5}]}]}},
             {"content": {"role": "model", "parts": [
-                {"functionCall": {"name": "f", "args": {"x": 1}}}, {"functionCall": {"name": "g"}}]},
+                {"functionCall": {"name": "f", "args": {"x": 1}}}, {"functionCall": {"name": "g"}, "thoughtSignature": "c2ln"}]},
              "finishReason": "STOP", "index": 1}
         ],
         "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 5, "thoughtsTokenCount": 3,
@@ -267,6 +270,11 @@ fn reads_candidates_usage_and_finish_reasons() {
     let f = second.tool_calls[0].function.as_ref().unwrap();
     assert_eq!((f.name.as_str(), f.arguments.as_str()), ("f", r#"{"x":1}"#));
     assert_eq!(second.tool_calls[1].function.as_ref().unwrap().arguments, "{}");
+    assert!(
+        second.tool_calls[1].id.ends_with("__thought__c2ln"),
+        "{}",
+        second.tool_calls[1].id
+    );
     let usage = out.usage.unwrap();
     assert_eq!(
         (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),

@@ -37,6 +37,9 @@ mod request;
 
 use request::{GenerateRequest, lower_types};
 
+/// The thought signature the emulator puts on a thinking model's first function call.
+const THOUGHT_SIGNATURE: &str = "ZW11LXRob3VnaHQtc2lnbmF0dXJl";
+
 /// An error in Google's shape.
 #[derive(Debug)]
 pub struct GoogleError {
@@ -478,8 +481,16 @@ fn parts_of(c: &Candidate) -> Vec<Value> {
     match &c.reply {
         Reply::Text(t) => parts.push(json!({ "text": t })),
         Reply::Calls(calls) => {
-            for (name, args) in calls {
-                parts.push(json!({ "functionCall": { "name": name, "args": args } }));
+            for (i, (name, args)) in calls.iter().enumerate() {
+                let mut part = json!({ "functionCall": { "name": name, "args": args } });
+                // Thinking models sign their first function call; the signature must come back.
+                if i == 0
+                    && c.thought.is_some()
+                    && let Some(o) = part.as_object_mut()
+                {
+                    o.insert("thoughtSignature".into(), json!(THOUGHT_SIGNATURE));
+                }
+                parts.push(part);
             }
         }
     }
@@ -542,10 +553,13 @@ fn stream_events(plan: &Plan) -> Vec<Bytes> {
         let mut bodies: Vec<Vec<Value>> = match &c.reply {
             _ if c.finish == "SAFETY" => Vec::new(),
             Reply::Text(t) => pieces(t).map(|p| vec![json!({ "text": p })]).collect(),
-            Reply::Calls(calls) => calls
-                .iter()
-                .map(|(name, args)| vec![json!({ "functionCall": { "name": name, "args": args } })])
-                .collect(),
+            // All calls in one event, as Gemini streams them.
+            Reply::Calls(_) => vec![
+                parts_of(c)
+                    .into_iter()
+                    .filter(|p| p.get("thought").is_none())
+                    .collect(),
+            ],
         };
         let last = bodies.pop().unwrap_or_default();
         for parts in bodies {
