@@ -420,3 +420,71 @@ async fn gemini_errors_and_unsupported_params() {
     assert_eq!(s, 404, "an unknown upstream model is passed on as not found: {b}");
     assert_eq!(b["error"]["code"], "upstream_rejected", "{b}");
 }
+
+/// A throwaway key made for these tests (the emulator verifies with its public half).
+const TEST_KEY_PEM: &str = include_str!("../emulators/src/gemini/test-service-account-key.pem");
+
+#[tokio::test]
+async fn vertex_ai_with_a_service_account() {
+    let credentials = json!({
+        "type": "service_account",
+        "project_id": "proj-1",
+        "private_key": TEST_KEY_PEM,
+        "client_email": "gateway@proj-1.iam.gserviceaccount.com",
+        "token_uri": "http://{emu}/token",
+    })
+    .to_string();
+    let providers = format!(
+        "  - name: vx\n    type: vertex-ai\n    base_url: http://{{emu}}/v1\n    project_id: proj-1\n    location: us-central1\n    credentials: '{credentials}'\n"
+    );
+    let models = "  - name: gemini-vertex\n    target: vx/gemini-2.0-flash\n    price: { input_per_mtok: 0.1, output_per_mtok: 0.4 }\n";
+    let gw = Gateway::start_with(Shape::All, &providers, models).await;
+
+    let (status, _, body) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gemini-vertex", "messages": user("hello vertex")}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "You said: hello vertex");
+    assert!(body["usage"]["cost_usd"].as_f64().unwrap() > 0.0, "{body}");
+    assert_eq!(body["metadata"]["used_provider"], "vx");
+
+    let events = gw
+        .stream(&json!({"model": "gemini-vertex", "messages": user("stream on vertex"), "stream": true}))
+        .await;
+    assert_eq!(streamed_text(&chunks(&events)), "You said: stream on vertex");
+
+    let (status, _, body) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "vertex-ai/gemini-2.0-flash", "messages": user("by type")}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let seen = gw.upstream_requests().await;
+    let paths: Vec<&str> = seen.iter().map(|r| r["path"].as_str().unwrap()).collect();
+    assert_eq!(
+        paths.iter().filter(|p| **p == "/token").count(),
+        1,
+        "one token, cached: {paths:?}"
+    );
+    assert_eq!(
+        paths.last().copied(),
+        Some(
+            "/v1/projects/proj-1/locations/us-central1/publishers/google/models/gemini-2.0-flash:generateContent"
+        )
+    );
+    for r in seen.iter().filter(|r| r["path"] != "/token") {
+        assert!(
+            r["headers"]["authorization"]
+                .as_str()
+                .unwrap()
+                .starts_with("Bearer ya29.emu-"),
+            "{r}"
+        );
+        assert!(!r.to_string().contains(&gw.key), "client key leaked upstream");
+    }
+}

@@ -90,6 +90,11 @@ pub fn router(opts: Options) -> Router {
         .route("/v1/models", get(routes::list_models))
         .route("/v1beta/models/{model_action}", post(gemini::generate))
         .route(
+            "/v1/projects/{project}/locations/{location}/publishers/google/models/{model_action}",
+            post(gemini::vertex_generate),
+        )
+        .route("/token", post(gemini::token))
+        .route(
             "/_emu/requests",
             get(routes::recorded).delete(routes::clear_recorded),
         )

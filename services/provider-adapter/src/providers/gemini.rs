@@ -1,9 +1,13 @@
-//! `type: google`: Gemini on Google AI Studio (the Generative Language API).
+//! `type: google`: Gemini on Google AI Studio (the Generative Language API),
+//! and `type: vertex-ai`: the same models and wire format on Vertex AI.
 //!
-//! `POST {base_url}/models/{model}:generateContent`, and
+//! AI Studio: `POST {base_url}/models/{model}:generateContent`, and
 //! `:streamGenerateContent?alt=sse` for streams, with the key in the
 //! `x-goog-api-key` header (never in the URL: keys must not reach URLs, logs
-//! or errors).
+//! or errors). Vertex AI: the same actions under
+//! `{base_url}/projects/{project}/locations/{location}/publishers/google/models/`,
+//! with `Authorization: Bearer` and an access token minted from the service
+//! account (see [`super::vertex`]).
 //!
 //! Translation, canonical → Gemini: system and developer messages become
 //! `systemInstruction`; user and assistant turns become `contents` with roles
@@ -26,7 +30,9 @@
 //! `[DONE]`); it becomes OpenAI-style chunks and a final usage-only chunk.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -34,7 +40,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use eventsource_stream::{Event, EventStream, EventStreamError};
 use futures_util::Stream;
-use llmgw_kit::config::ProviderConfig;
+use llmgw_kit::config::{ProviderConfig, ProviderKind};
 use llmgw_kit::grpc::MAX_MESSAGE_BYTES;
 use llmgw_kit::openai::parse_upstream_error;
 use llmgw_kit::services::ChunkStream;
@@ -44,12 +50,13 @@ use llmgw_proto::{
     Role, Target, ToolCall, ToolCallDelta, Usage, content, content_part, response_format, tool_choice,
 };
 use pin_project_lite::pin_project;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::Provider;
+use super::vertex::TokenSource;
 use crate::http::Peer;
 
 const API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
@@ -61,14 +68,31 @@ const ERROR_BODY_LIMIT: usize = 64 << 10;
 const MAX_SCHEMA_DEPTH: usize = 32;
 /// Separates a tool call id from the thought signature carried in it.
 const SIGNATURE_MARK: &str = "__thought__";
-/// The type name in messages: `provider `x` (google) ...`.
-const TYPE_NAME: &str = "google";
+/// A provider as messages name it: `provider `gem` (google) ...`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Who<'a> {
+    pub(crate) name: &'a str,
+    /// The config type: `google` or `vertex-ai`.
+    pub(crate) kind: &'static str,
+}
 
-/// Gemini on AI Studio.
+impl fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` ({})", self.name, self.kind)
+    }
+}
+
+/// Gemini on AI Studio (`type: google`, keyed) or on Vertex AI (`type:
+/// vertex-ai`, a service account's OAuth token); the wire format is the same.
 pub(crate) struct Gemini {
     peer: Peer,
-    /// `{base_url}/models/`, to which `{model}:{action}` is appended.
+    kind: &'static str,
+    /// AI Studio: `{base_url}/models/`; Vertex AI:
+    /// `{base_url}/projects/{project}/locations/{location}/publishers/google/models/`.
+    /// `{model}:{action}` is appended.
     models_url: String,
+    /// Vertex AI's token source; `None` on AI Studio (the key is a header).
+    tokens: Option<Arc<TokenSource>>,
     /// Sent on every request: the key (marked sensitive), the content type,
     /// configured extra headers. Nothing from the client.
     headers: HeaderMap,
@@ -81,7 +105,32 @@ impl Gemini {
         let name = &config.name;
         let invalid =
             |what: &str| GwError::internal(format!("provider `{name}`: {what}")).with_provider(name);
-        let models_url = format!("{}/models/", config.base_url.trim_end_matches('/'));
+        let base = config.base_url.trim_end_matches('/');
+        let vertex = config.kind == ProviderKind::VertexAi;
+        let (models_url, tokens) = if vertex {
+            let project = config.project_id.as_deref().unwrap_or_default();
+            let location = config.location.as_deref().unwrap_or_default();
+            let safe = |s: &str| {
+                !s.is_empty()
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+            };
+            if !safe(project) || !safe(location) {
+                return Err(invalid("`project_id` and `location` must be plain names"));
+            }
+            let credentials = config
+                .credentials
+                .as_ref()
+                .ok_or_else(|| invalid("`credentials` (a service-account key) is required"))?;
+            let tokens =
+                TokenSource::new(credentials.expose(), client.clone()).map_err(|what| invalid(&what))?;
+            (
+                format!("{base}/projects/{project}/locations/{location}/publishers/google/models/"),
+                Some(Arc::new(tokens)),
+            )
+        } else {
+            (format!("{base}/models/"), None)
+        };
         reqwest::Url::parse(&models_url).map_err(|e| invalid(&format!("invalid base_url: {e}")))?;
         let mut headers = HeaderMap::new();
         for (header, value) in &config.headers {
@@ -92,19 +141,28 @@ impl Gemini {
             headers.insert(header, value);
         }
         headers.insert(CONTENT_TYPE, JSON);
-        if let Some(key) = &config.api_key {
+        if let Some(key) = config.api_key.as_ref().filter(|_| !vertex) {
             let mut value = HeaderValue::try_from(key.expose())
                 .map_err(|_| invalid("the api key is not a valid header value"))?;
             value.set_sensitive(true);
             headers.insert(API_KEY, value);
         }
         Ok(Self {
-            peer: Peer::new(name, config.api_key.clone()),
+            peer: Peer::new(name, if vertex { None } else { config.api_key.clone() }),
+            kind: if vertex { "vertex-ai" } else { "google" },
             models_url,
+            tokens,
             headers,
             timeout: config.timeout,
             client,
         })
+    }
+
+    fn who(&self) -> Who<'_> {
+        Who {
+            name: self.peer.name(),
+            kind: self.kind,
+        }
     }
 
     fn timeout(&self, target: &Target) -> Duration {
@@ -130,11 +188,14 @@ impl Gemini {
         {
             return Err(GwError::invalid(
                 "model",
-                format!("provider `{name}` ({TYPE_NAME}): `{model}` is not a valid gemini model name"),
+                format!(
+                    "provider {}: `{model}` is not a valid gemini model name",
+                    self.who()
+                ),
             )
             .with_provider(name));
         }
-        let body = request_body(req, name)?;
+        let body = request_body(req, self.who())?;
         let url = if stream {
             format!("{}{model}:streamGenerateContent?alt=sse", self.models_url)
         } else {
@@ -155,6 +216,24 @@ impl Gemini {
     /// classified by the shared rules and refined with what Google's error
     /// object says (retry delay, prompt too long).
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, GwError> {
+        let request = match &self.tokens {
+            Some(tokens) => {
+                let token = tokens.token(&self.peer).await?;
+                let mut value =
+                    HeaderValue::try_from(format!("Bearer {}", token.expose())).map_err(|_| {
+                        self.peer.error(
+                            ErrorCode::UpstreamError,
+                            format!(
+                                "provider `{}`: the access token is not a valid header value",
+                                self.peer.name()
+                            ),
+                        )
+                    })?;
+                value.set_sensitive(true);
+                request.header(AUTHORIZATION, value)
+            }
+            None => request,
+        };
         let mut response = request.send().await.map_err(|e| self.peer.send_error(&e))?;
         let status = response.status();
         if status.is_success() {
@@ -281,21 +360,18 @@ fn parse_duration_secs(text: &str) -> Option<u32> {
 // Canonical → Gemini
 
 /// A 400 for a parameter this provider cannot honour.
-fn unsupported(provider: &str, param: &str, what: &str) -> GwError {
-    GwError::invalid(
-        param,
-        format!("provider `{provider}` ({TYPE_NAME}) does not support {what}"),
-    )
-    .with_provider(provider)
+fn unsupported(provider: Who<'_>, param: &str, what: &str) -> GwError {
+    GwError::invalid(param, format!("provider {provider} does not support {what}"))
+        .with_provider(provider.name)
 }
 
 /// A 400 for a value this provider cannot take as given.
-fn invalid(provider: &str, param: &str, what: &str) -> GwError {
-    GwError::invalid(param, format!("provider `{provider}` ({TYPE_NAME}): {what}")).with_provider(provider)
+fn invalid(provider: Who<'_>, param: &str, what: &str) -> GwError {
+    GwError::invalid(param, format!("provider {provider}: {what}")).with_provider(provider.name)
 }
 
 /// The `generateContent` body for `req`.
-pub(crate) fn request_body(req: &ChatRequest, provider: &str) -> Result<Value, GwError> {
+pub(crate) fn request_body(req: &ChatRequest, provider: Who<'_>) -> Result<Value, GwError> {
     reject_unsupported(req, provider)?;
     let mut body = Map::new();
     let (system, contents) = contents(req, provider)?;
@@ -377,7 +453,7 @@ pub(crate) fn request_body(req: &ChatRequest, provider: &str) -> Result<Value, G
 }
 
 /// Every canonical field Gemini has no equivalent for, when it is set.
-fn reject_unsupported(req: &ChatRequest, provider: &str) -> Result<(), GwError> {
+fn reject_unsupported(req: &ChatRequest, provider: Who<'_>) -> Result<(), GwError> {
     if req
         .logit_bias_json
         .as_deref()
@@ -424,7 +500,7 @@ fn reject_unsupported(req: &ChatRequest, provider: &str) -> Result<(), GwError> 
     Ok(())
 }
 
-fn generation_config(req: &ChatRequest, provider: &str) -> Result<Map<String, Value>, GwError> {
+fn generation_config(req: &ChatRequest, provider: Who<'_>) -> Result<Map<String, Value>, GwError> {
     let mut c = Map::new();
     if let Some(t) = req.temperature {
         c.insert("temperature".into(), json!(t));
@@ -506,7 +582,7 @@ struct Turn {
 }
 
 /// `systemInstruction` parts and `contents`.
-fn contents(req: &ChatRequest, provider: &str) -> Result<(Vec<Value>, Vec<Value>), GwError> {
+fn contents(req: &ChatRequest, provider: Who<'_>) -> Result<(Vec<Value>, Vec<Value>), GwError> {
     let mut system = Vec::new();
     let mut turns: Vec<Turn> = Vec::with_capacity(req.messages.len());
     // tool_call_id → function name, from the assistant messages seen so far.
@@ -591,7 +667,7 @@ fn contents(req: &ChatRequest, provider: &str) -> Result<(Vec<Value>, Vec<Value>
 }
 
 /// Tool-call arguments as a JSON object (Gemini's `args` is a `Struct`).
-fn arguments(text: &str, provider: &str, param: &str) -> Result<Value, GwError> {
+fn arguments(text: &str, provider: Who<'_>, param: &str) -> Result<Value, GwError> {
     if text.trim().is_empty() {
         return Ok(Value::Object(Map::new()));
     }
@@ -627,7 +703,7 @@ fn content_text(m: &Message) -> String {
 }
 
 /// Text-only content (system, developer and assistant messages).
-fn text_parts(m: &Message, i: usize, provider: &str) -> Result<Vec<Value>, GwError> {
+fn text_parts(m: &Message, i: usize, provider: Who<'_>) -> Result<Vec<Value>, GwError> {
     match m.content.as_ref().and_then(|c| c.value.as_ref()) {
         None => Ok(Vec::new()),
         Some(content::Value::Text(t)) if t.is_empty() => Ok(Vec::new()),
@@ -653,7 +729,7 @@ fn text_parts(m: &Message, i: usize, provider: &str) -> Result<Vec<Value>, GwErr
     }
 }
 
-fn user_parts(m: &Message, i: usize, provider: &str) -> Result<Vec<Value>, GwError> {
+fn user_parts(m: &Message, i: usize, provider: Who<'_>) -> Result<Vec<Value>, GwError> {
     let parts = match m.content.as_ref().and_then(|c| c.value.as_ref()) {
         None => return Ok(Vec::new()),
         Some(content::Value::Text(t)) => return Ok(vec![json!({ "text": t })]),
@@ -705,7 +781,7 @@ fn user_parts(m: &Message, i: usize, provider: &str) -> Result<Vec<Value>, GwErr
 
 /// A data URL as `inlineData`, an http(s) URL as `fileData` (its MIME type
 /// from the extension).
-fn media(url: &str, provider: &str, param: &str) -> Result<Value, GwError> {
+fn media(url: &str, provider: Who<'_>, param: &str) -> Result<Value, GwError> {
     if let Some(rest) = url.strip_prefix("data:") {
         let Some((meta, data)) = rest.split_once(',') else {
             return Err(invalid(provider, param, "the data URL has no data"));

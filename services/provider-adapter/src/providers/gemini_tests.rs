@@ -11,17 +11,21 @@ use serde_json::{Value, json};
 use super::*;
 
 const KEY: &str = "gemini-test-key";
+const GEM: Who<'static> = Who {
+    name: "gem",
+    kind: "google",
+};
 
 fn req(body: Value) -> ChatRequest {
     parse_request(body.to_string().as_bytes()).unwrap()
 }
 
 fn body(v: Value) -> Value {
-    request_body(&req(v), "gem").unwrap()
+    request_body(&req(v), GEM).unwrap()
 }
 
 fn err(v: Value) -> GwError {
-    request_body(&req(v), "gem").unwrap_err()
+    request_body(&req(v), GEM).unwrap_err()
 }
 
 #[test]
@@ -496,4 +500,125 @@ async fn maps_upstream_errors() {
     let e = bad.complete(&t, &user("hi")).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::UpstreamRejected);
     assert!(!e.message().contains("wrong-key"));
+}
+
+// ---- Vertex AI: the same wire format behind a service account's OAuth token
+
+/// A throwaway key made for these tests (the emulator verifies with its public half).
+const TEST_KEY_PEM: &str =
+    include_str!("../../../../tests/emulators/src/gemini/test-service-account-key.pem");
+
+fn credentials(token_uri: &str) -> String {
+    json!({
+        "type": "service_account",
+        "project_id": "proj-1",
+        "private_key_id": "test",
+        "private_key": TEST_KEY_PEM,
+        "client_email": "gateway@proj-1.iam.gserviceaccount.com",
+        "token_uri": token_uri,
+    })
+    .to_string()
+}
+
+fn vertex(addr: std::net::SocketAddr, creds: &str) -> Result<Gemini, GwError> {
+    let yaml = format!(
+        "providers:\n  - name: vx\n    type: vertex-ai\n    base_url: http://{addr}/v1\n    project_id: proj-1\n    location: us-central1\n    credentials: ${{VX_CREDENTIALS}}\n"
+    );
+    let env = HashMap::from([("VX_CREDENTIALS".to_owned(), creds.to_owned())]);
+    let config = Config::parse(&yaml, "test.yaml", &env).unwrap();
+    Gemini::new(&config.providers[0], crate::http::client().unwrap())
+}
+
+#[test]
+fn signs_a_verifiable_jwt_bearer_assertion() {
+    let source = TokenSource::new(
+        &credentials("https://oauth2.googleapis.com/token"),
+        crate::http::client().unwrap(),
+    )
+    .unwrap();
+    let jwt = source.assertion(1_700_000_000).unwrap();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header: Value = serde_json::from_slice(&b64.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header, json!({"alg": "RS256", "typ": "JWT"}));
+    let claims: Value = serde_json::from_slice(&b64.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(
+        claims,
+        json!({"iss": "gateway@proj-1.iam.gserviceaccount.com", "scope": "https://www.googleapis.com/auth/cloud-platform",
+            "aud": "https://oauth2.googleapis.com/token", "iat": 1_700_000_000u64, "exp": 1_700_003_600u64})
+    );
+    let signature = b64.decode(parts[2]).unwrap();
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        source.public_key_der(),
+    )
+    .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
+    .unwrap();
+
+    for bad in [
+        "not json".to_owned(),
+        json!({"type": "authorized_user", "client_email": "a", "private_key": TEST_KEY_PEM}).to_string(),
+        json!({"client_email": "a", "private_key": "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"})
+            .to_string(),
+    ] {
+        let e = TokenSource::new(&bad, crate::http::client().unwrap()).err().unwrap();
+        assert!(!e.contains("BEGIN PRIVATE KEY"), "{e}");
+    }
+}
+
+#[tokio::test]
+async fn vertex_mints_caches_and_uses_a_token() {
+    let emu = emulator().await;
+    let p = vertex(emu.addr, &credentials(&format!("http://{}/token", emu.addr))).unwrap();
+    let t = target("gemini-2.0-flash");
+    let out = p.complete(&t, &user("hello vertex")).await.unwrap();
+    assert_eq!(
+        out.choices[0]
+            .message
+            .as_ref()
+            .unwrap()
+            .content
+            .as_ref()
+            .unwrap()
+            .value,
+        Some(content::Value::Text("You said: hello vertex".into()))
+    );
+    let chunks: Vec<_> = p.stream(&t, &user("and stream")).await.unwrap().collect().await;
+    assert!(chunks.iter().all(Result::is_ok));
+    let e = p.complete(&t, &user("[emu:status=429] hi")).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::UpstreamRateLimited);
+
+    let seen = recorded(&emu).await;
+    let paths: Vec<&str> = seen.iter().map(|s| s["path"].as_str().unwrap()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/token",
+            "/v1/projects/proj-1/locations/us-central1/publishers/google/models/gemini-2.0-flash:generateContent",
+            "/v1/projects/proj-1/locations/us-central1/publishers/google/models/gemini-2.0-flash:streamGenerateContent?alt=sse",
+            "/v1/projects/proj-1/locations/us-central1/publishers/google/models/gemini-2.0-flash:generateContent",
+        ],
+        "one token, cached across calls"
+    );
+    for s in &seen[1..] {
+        assert!(
+            s["headers"]["authorization"]
+                .as_str()
+                .unwrap()
+                .starts_with("Bearer ya29.emu-")
+        );
+        assert!(s["headers"].get("x-goog-api-key").is_none());
+    }
+
+    // A token endpoint that refuses the account: a clear, non-retryable error.
+    let other = vertex(
+        emu.addr,
+        &credentials(&format!("http://{}/token-nowhere", emu.addr)),
+    )
+    .unwrap();
+    let e = other.complete(&t, &user("hi")).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::UpstreamRejected, "{}", e.message());
+    assert!(!e.message().contains("PRIVATE KEY"));
 }

@@ -15,6 +15,7 @@ use llmgw_proto::{ChatRequest, ChatResponse, Target};
 
 pub(crate) mod gemini;
 pub(crate) mod openai;
+pub(crate) mod vertex;
 
 /// Says a request to one configured provider and says its answer back.
 #[async_trait]
@@ -35,7 +36,9 @@ pub(crate) fn build(config: &ProviderConfig, client: &reqwest::Client) -> Result
         ProviderKind::OpenAi | ProviderKind::Compatible(_) => {
             Arc::new(openai::OpenAi::new(config, client.clone())?)
         }
-        ProviderKind::Google => Arc::new(gemini::Gemini::new(config, client.clone())?),
+        ProviderKind::Google | ProviderKind::VertexAi => {
+            Arc::new(gemini::Gemini::new(config, client.clone())?)
+        }
         other => {
             return Err(GwError::new(
                 llmgw_kit::ErrorCode::Internal,

@@ -34,6 +34,9 @@ use crate::routes::State;
 use crate::schema;
 
 mod request;
+mod vertex;
+
+pub use vertex::token;
 
 use request::{GenerateRequest, lower_types};
 
@@ -117,7 +120,16 @@ fn json_response(status: StatusCode, body: impl Into<Body>) -> Response {
         .into_response()
 }
 
-/// `POST /v1beta/models/{model_action}`.
+/// How a caller proves who it is.
+#[derive(Clone, Copy)]
+enum Auth {
+    /// AI Studio: `x-goog-api-key`.
+    ApiKey,
+    /// Vertex AI: `Authorization: Bearer <token from /token>`.
+    OAuth,
+}
+
+/// `POST /v1beta/models/{model_action}` (AI Studio).
 pub async fn generate(
     Extract(state): Extract<Arc<State>>,
     Path(model_action): Path<String>,
@@ -125,12 +137,45 @@ pub async fn generate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    serve(&state, Auth::ApiKey, &model_action, &uri, &headers, &body).await
+}
+
+/// `POST /v1/projects/{project}/locations/{location}/publishers/google/models/{model_action}`
+/// (Vertex AI).
+pub async fn vertex_generate(
+    Extract(state): Extract<Arc<State>>,
+    Path((_project, _location, model_action)): Path<(String, String, String)>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    serve(&state, Auth::OAuth, &model_action, &uri, &headers, &body).await
+}
+
+async fn serve(
+    state: &State,
+    auth: Auth,
+    model_action: &str,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Response {
     let path = match uri.query() {
         Some(q) => format!("{}?{q}", uri.path()),
         None => uri.path().to_owned(),
     };
-    let mut tracker = state.track("POST", &path, &headers, Some(&body));
-    match answer(&state, &model_action, uri.query(), &headers, &body, &mut tracker).await {
+    let mut tracker = state.track("POST", &path, headers, Some(body));
+    match answer(
+        state,
+        auth,
+        model_action,
+        uri.query(),
+        headers,
+        body,
+        &mut tracker,
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(e) => {
             tracker.finish(Outcome::Error);
@@ -139,7 +184,12 @@ pub async fn generate(
     }
 }
 
-fn check_auth(state: &State, query: Option<&str>, headers: &HeaderMap) -> Result<(), GoogleError> {
+fn check_auth(
+    state: &State,
+    auth: Auth,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(), GoogleError> {
     let has_query_key = query
         .into_iter()
         .flat_map(|q| q.split('&'))
@@ -148,6 +198,9 @@ fn check_auth(state: &State, query: Option<&str>, headers: &HeaderMap) -> Result
         return Err(GoogleError::invalid(
             "API keys must be sent in the x-goog-api-key header, never in the URL (emulator rule).",
         ));
+    }
+    if let Auth::OAuth = auth {
+        return vertex::check_bearer(headers);
     }
     let Some(expected) = state
         .expected_auth
@@ -168,13 +221,14 @@ fn check_auth(state: &State, query: Option<&str>, headers: &HeaderMap) -> Result
 
 async fn answer(
     state: &State,
+    auth: Auth,
     model_action: &str,
     query: Option<&str>,
     headers: &HeaderMap,
     body: &Bytes,
     tracker: &mut Tracker,
 ) -> Result<Response, GoogleError> {
-    check_auth(state, query, headers)?;
+    check_auth(state, auth, query, headers)?;
     let (model, action) = model_action.split_once(':').unwrap_or((model_action, ""));
     let stream = match action {
         "generateContent" => false,
