@@ -244,6 +244,11 @@ impl Gemini {
             .read_limited(&mut response, ERROR_BODY_LIMIT, false)
             .await
             .unwrap_or_default();
+        if status == StatusCode::UNAUTHORIZED
+            && let Some(tokens) = &self.tokens
+        {
+            tokens.invalidate().await;
+        }
         let err = self.peer.status_error(status, response.headers(), &body);
         Err(refine_error(&self.peer, err, status, &body))
     }

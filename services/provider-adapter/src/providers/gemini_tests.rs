@@ -612,6 +612,17 @@ async fn vertex_mints_caches_and_uses_a_token() {
         assert!(s["headers"].get("x-goog-api-key").is_none());
     }
 
+    // A token Vertex refuses (401) is forgotten: the next call mints another.
+    let e = p.complete(&t, &user("[emu:status=401] hi")).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::UpstreamRejected);
+    p.complete(&t, &user("hi again")).await.unwrap();
+    let tokens = recorded(&emu)
+        .await
+        .iter()
+        .filter(|s| s["path"] == "/token")
+        .count();
+    assert_eq!(tokens, 2);
+
     // A token endpoint that refuses the account: a clear, non-retryable error.
     let other = vertex(
         emu.addr,

@@ -105,6 +105,12 @@ impl TokenSource {
         Ok(token)
     }
 
+    /// Forgets the cached token (the upstream refused it), so the next call
+    /// mints a fresh one.
+    pub(crate) async fn invalidate(&self) {
+        *self.cached.lock().await = None;
+    }
+
     async fn fetch(&self, peer: &Peer) -> Result<(Secret, Duration), GwError> {
         let name = peer.name();
         let now = SystemTime::now()

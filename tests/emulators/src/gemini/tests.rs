@@ -65,3 +65,34 @@ fn calls_a_declared_function_and_streams_it() -> Result<(), Box<dyn std::error::
     assert!(text.contains("usageMetadata"));
     Ok(())
 }
+
+#[test]
+fn keys_only_in_the_header() {
+    let state = State::new(crate::Options {
+        api_key: Some("k".into()),
+        record: false,
+    });
+    let mut h = HeaderMap::new();
+    assert_eq!(
+        check_auth(&state, Auth::ApiKey, None, &h).unwrap_err().status,
+        403
+    );
+    h.insert("x-goog-api-key", HeaderValue::from_static("k"));
+    assert!(check_auth(&state, Auth::ApiKey, Some("alt=sse"), &h).is_ok());
+    assert_eq!(
+        check_auth(&state, Auth::ApiKey, Some("alt=sse&key=k"), &h)
+            .unwrap_err()
+            .status,
+        400,
+        "a key in the URL is refused even when the header is right"
+    );
+    h.insert("x-goog-api-key", HeaderValue::from_static("wrong"));
+    assert_eq!(
+        check_auth(&state, Auth::ApiKey, None, &h).unwrap_err().status,
+        400
+    );
+    // Vertex routes want an OAuth token from `/token`, not a key.
+    assert_eq!(check_auth(&state, Auth::OAuth, None, &h).unwrap_err().status, 401);
+    h.insert("authorization", HeaderValue::from_static("Bearer ya29.emu-abc"));
+    assert!(check_auth(&state, Auth::OAuth, None, &h).is_ok());
+}
