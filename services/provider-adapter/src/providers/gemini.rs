@@ -329,6 +329,22 @@ fn refine_error(peer: &Peer, err: GwError, status: StatusCode, body: &[u8]) -> G
         }
         return err;
     }
+    let key_invalid = google.message.contains("API key not valid")
+        || google
+            .details
+            .iter()
+            .any(|d| d.get("reason").and_then(Value::as_str) == Some("API_KEY_INVALID"));
+    if status == StatusCode::BAD_REQUEST && key_invalid {
+        let name = peer.name();
+        return peer
+            .error(
+                ErrorCode::UpstreamRejected,
+                format!(
+                    "provider `{name}` rejected the gateway's credentials (400): the api key is not valid"
+                ),
+            )
+            .with_upstream_status(400);
+    }
     if status == StatusCode::BAD_REQUEST && is_context_length(&google.message) {
         let name = peer.name();
         let message: String = google.message.chars().take(512).collect();
@@ -459,10 +475,11 @@ pub(crate) fn request_body(req: &ChatRequest, provider: Who<'_>) -> Result<Value
 
 /// Every canonical field Gemini has no equivalent for, when it is set.
 fn reject_unsupported(req: &ChatRequest, provider: Who<'_>) -> Result<(), GwError> {
+    // `{}` asks for nothing; any bias at all cannot be honoured.
     if req
         .logit_bias_json
         .as_deref()
-        .is_some_and(|b| !b.trim().is_empty())
+        .is_some_and(|b| !matches!(serde_json::from_str::<Value>(b), Ok(Value::Object(m)) if m.is_empty()))
     {
         return Err(unsupported(provider, "logit_bias", "`logit_bias`"));
     }

@@ -204,6 +204,9 @@ fn refuses_what_gemini_cannot_honour() {
     let e = err(json!({"model": "m", "messages": [
         {"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "nope", "content": "x"}]}));
     assert_eq!(e.param(), Some("messages[1].tool_call_id"));
+    let e = err(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}));
+    assert_eq!(e.param(), Some("top_logprobs"));
+    body(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "logit_bias": {}}));
     let e = err(json!({"model": "m", "messages": [{"role": "system", "content": "only"}]}));
     assert_eq!(e.param(), Some("messages"));
 }
@@ -499,6 +502,7 @@ async fn maps_upstream_errors() {
     let bad = Gemini::new(&config.providers[0], crate::http::client().unwrap()).unwrap();
     let e = bad.complete(&t, &user("hi")).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::UpstreamRejected);
+    assert!(e.message().contains("credentials"), "{}", e.message());
     assert!(!e.message().contains("wrong-key"));
 }
 
