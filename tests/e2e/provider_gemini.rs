@@ -488,3 +488,41 @@ async fn vertex_ai_with_a_service_account() {
         assert!(!r.to_string().contains(&gw.key), "client key leaked upstream");
     }
 }
+
+#[tokio::test]
+async fn gemini_split_shape() {
+    // Five processes over gRPC: reasoning, tool calls and usage survive the hops.
+    let gw = Gateway::start_with(Shape::Split, PROVIDERS, MODELS).await;
+    let (status, _, body) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gemini-flash", "messages": user("split"), "reasoning_effort": "high"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["message"]["content"], "You said: split");
+    assert_eq!(body["choices"][0]["message"]["reasoning"], "Thinking about: split", "{body}");
+    let details = &body["usage"]["completion_tokens_details"];
+    assert_eq!(details["reasoning_tokens"], 3, "{body}");
+    let tools = json!([{"type": "function", "function": {"name": "lookup",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]);
+    let events = gw
+        .stream(
+            &json!({"model": "gemini-flash", "messages": user("find"), "tools": tools, "stream": true,
+            "stream_options": {"include_usage": true}}),
+        )
+        .await;
+    let all = chunks(&events);
+    let call = all
+        .iter()
+        .find_map(|c| {
+            c["choices"]
+                .get(0)
+                .and_then(|ch| ch["delta"]["tool_calls"].get(0))
+                .cloned()
+        })
+        .expect("a streamed tool call");
+    assert_eq!(call["function"]["name"], "lookup");
+    assert_eq!(call["function"]["arguments"], r#"{"q":"Paris"}"#);
+    assert!(all.last().unwrap()["usage"]["total_tokens"].as_u64().unwrap() > 0);
+}
