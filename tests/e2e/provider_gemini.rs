@@ -501,7 +501,10 @@ async fn gemini_split_shape() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["message"]["content"], "You said: split");
-    assert_eq!(body["choices"][0]["message"]["reasoning"], "Thinking about: split", "{body}");
+    assert_eq!(
+        body["choices"][0]["message"]["reasoning"], "Thinking about: split",
+        "{body}"
+    );
     let details = &body["usage"]["completion_tokens_details"];
     assert_eq!(details["reasoning_tokens"], 3, "{body}");
     let tools = json!([{"type": "function", "function": {"name": "lookup",
