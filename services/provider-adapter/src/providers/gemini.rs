@@ -435,14 +435,15 @@ pub(crate) fn request_body(req: &ChatRequest, provider: Who<'_>) -> Result<Value
                     .map_err(|_| invalid(provider, &param, "the parameters are not valid JSON"))?;
                 let schema =
                     to_gemini_schema(&schema, &schema, 0).map_err(|what| invalid(provider, &param, &what))?;
-                // Gemini rejects an OBJECT without properties: a function without
-                // parameters simply has none.
-                let empty_object = schema.get("type").and_then(Value::as_str) == Some("OBJECT")
-                    && schema
-                        .get("properties")
-                        .and_then(Value::as_object)
-                        .is_none_or(Map::is_empty);
-                if !empty_object {
+                // Gemini rejects an OBJECT without properties (and a schema
+                // without a type): a function without parameters has none.
+                let empty = schema.as_object().is_none_or(Map::is_empty)
+                    || (schema.get("type").and_then(Value::as_str) == Some("OBJECT")
+                        && schema
+                            .get("properties")
+                            .and_then(Value::as_object)
+                            .is_none_or(Map::is_empty));
+                if !empty {
                     decl.insert("parameters".into(), schema);
                 }
             }
@@ -943,6 +944,28 @@ pub(crate) fn to_gemini_schema(root: &Value, schema: &Value, depth: usize) -> Re
     }
     if let Some(c) = obj.get("const") {
         out.insert("enum".into(), json!([c]));
+    }
+    // Gemini takes `enum` on strings only, and a few formats per type;
+    // anything else is dropped rather than failing the whole request.
+    if out
+        .get("enum")
+        .and_then(Value::as_array)
+        .is_some_and(|values| !values.iter().all(Value::is_string))
+    {
+        out.remove("enum");
+    }
+    let ty = out.get("type").and_then(Value::as_str).unwrap_or_default();
+    let format_ok = match out.get("format").and_then(Value::as_str) {
+        None => true,
+        Some(f) => matches!(
+            (ty, f),
+            ("STRING", "enum" | "date-time")
+                | ("INTEGER", "int32" | "int64")
+                | ("NUMBER", "float" | "double")
+        ),
+    };
+    if !format_ok {
+        out.remove("format");
     }
     if let Some(props) = obj.get("properties").and_then(Value::as_object) {
         let mut converted = Map::new();

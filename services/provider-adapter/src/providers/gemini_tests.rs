@@ -98,7 +98,8 @@ fn translates_tools_choice_and_generation_config() {
                 "additionalProperties": false,
                 "properties": {"city": {"type": "string"}, "unit": {"type": ["string", "null"], "enum": ["c", "f"]}},
                 "required": ["city"]}}},
-            {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}}
+            {"type": "function", "function": {"name": "now", "parameters": {"type": "object", "properties": {}}}},
+            {"type": "function", "function": {"name": "ping", "parameters": {}}}
         ],
         "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
         "temperature": 0.2, "top_p": 0.9, "max_completion_tokens": 50, "stop": ["END"], "n": 2, "seed": 7,
@@ -116,7 +117,8 @@ fn translates_tools_choice_and_generation_config() {
                 "type": "OBJECT", "required": ["city"], "properties": {
                     "city": {"type": "STRING"},
                     "unit": {"type": "STRING", "nullable": true, "enum": ["c", "f"]}}}},
-            {"name": "now"}
+            {"name": "now"},
+            {"name": "ping"}
         ]}])
     );
     assert_eq!(
@@ -219,7 +221,10 @@ fn schema_cleanup_handles_refs_unions_and_depth() {
             "a": {"anyOf": [{"type": "string"}, {"type": "null"}]},
             "b": {"oneOf": [{"type": "integer"}, {"type": "string"}]},
             "c": {"allOf": [{"$ref": "#/definitions/C"}]},
-            "d": {"type": ["integer", "string"]}
+            "d": {"type": ["integer", "string"]},
+            "e": {"type": "string", "format": "email"},
+            "f": {"type": "string", "format": "date-time"},
+            "g": {"type": "integer", "enum": [1, 2]}
         },
         "definitions": {"C": {"type": "boolean", "description": "flag", "examples": [true]}}
     });
@@ -230,7 +235,10 @@ fn schema_cleanup_handles_refs_unions_and_depth() {
             "a": {"type": "STRING", "nullable": true},
             "b": {"anyOf": [{"type": "INTEGER"}, {"type": "STRING"}]},
             "c": {"type": "BOOLEAN", "description": "flag"},
-            "d": {"anyOf": [{"type": "INTEGER"}, {"type": "STRING"}]}
+            "d": {"anyOf": [{"type": "INTEGER"}, {"type": "STRING"}]},
+            "e": {"type": "STRING"},
+            "f": {"type": "STRING", "format": "date-time"},
+            "g": {"type": "INTEGER"}
         }})
     );
     let recursive = json!({"$ref": "#"});
