@@ -16,4 +16,5 @@ mod embeddings;
 mod errors;
 mod grpc;
 mod provider_anthropic;
+mod provider_gemini;
 mod provider_misc;

@@ -30,6 +30,7 @@ mod chat;
 pub mod directives;
 mod embeddings;
 mod flavours;
+mod gemini;
 mod ollama;
 mod record;
 mod routes;
@@ -102,6 +103,12 @@ pub fn router(opts: Options) -> Router {
         )
         .route("/mistral/v1/chat/completions", post(flavours::mistral_chat))
         .route("/api/chat", post(ollama::chat))
+        .route("/v1beta/models/{model_action}", post(gemini::generate))
+        .route(
+            "/v1/projects/{project}/locations/{location}/publishers/google/models/{model_action}",
+            post(gemini::vertex_generate),
+        )
+        .route("/token", post(gemini::token))
         .route(
             "/_emu/requests",
             get(routes::recorded).delete(routes::clear_recorded),

@@ -14,9 +14,11 @@ use llmgw_kit::services::ChunkStream;
 use llmgw_proto::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Target};
 
 pub(crate) mod anthropic;
+pub(crate) mod gemini;
 pub(crate) mod ollama;
 pub(crate) mod openai;
 mod upstream;
+pub(crate) mod vertex;
 
 /// Says a request to one configured provider and says its answer back.
 #[async_trait]
@@ -53,6 +55,9 @@ pub(crate) fn build(config: &ProviderConfig, client: &reqwest::Client) -> Result
         | ProviderKind::Compatible(_) => Arc::new(openai::OpenAi::new(config, client.clone())?),
         ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(config, client.clone())?),
         ProviderKind::Ollama => Arc::new(ollama::Ollama::new(config, client.clone())?),
+        ProviderKind::Google | ProviderKind::VertexAi => {
+            Arc::new(gemini::Gemini::new(config, client.clone())?)
+        }
         other => {
             return Err(GwError::new(
                 llmgw_kit::ErrorCode::Internal,
