@@ -61,19 +61,28 @@ impl Gateway {
     /// list items, indented two spaces); `{emu}` stands for the emulator's
     /// `host:port`, which serves every emulated wire format.
     pub async fn start_with(shape: Shape, extra_providers: &str, extra_models: &str) -> Gateway {
-        let emu = llmgw_emulators::spawn(Options {
+        let mut emu = llmgw_emulators::spawn(Options {
             api_key: Some(EMU_KEY.into()),
             record: true,
         })
         .await
         .expect("emulator");
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (http, grpc) = (free_addr(), free_addr());
-        let [auth, router, adapter, metering] = [free_addr(), free_addr(), free_addr(), free_addr()];
-        let dead = free_addr(); // nothing listens here: connection refused
+        let mut dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("gateway.yaml");
-        let text = format!(
-            r#"data_dir: {data}
+        let roles: &[&str] = match shape {
+            Shape::All => &["all"],
+            Shape::Split => &["auth", "router", "adapter", "metering", "edge"],
+        };
+        // Ports come from binding :0 and letting go, so another test may
+        // take one before the gateway binds it: a gateway that exits while
+        // starting is started again on fresh ports.
+        let mut key = None;
+        for attempt in 1..=3 {
+            let (http, grpc) = (free_addr(), free_addr());
+            let [auth, router, adapter, metering] = [free_addr(), free_addr(), free_addr(), free_addr()];
+            let dead = free_addr(); // nothing listens here: connection refused
+            let text = format!(
+                r#"data_dir: {data}
 edge:
   http_addr: {http}
   grpc_addr: {grpc}
@@ -115,51 +124,64 @@ services:
   adapter: {{ addr: {adapter} }}
   metering: {{ addr: {metering} }}
 "#,
-            data = dir.path().join("data").display(),
-            base = emu.base_url(),
-            extra_providers = extra_providers.replace("{emu}", &emu.addr.to_string()),
-            extra_models = extra_models,
-        );
-        std::fs::write(&config, text).expect("write config");
-        let key = create_key(&config, "acme", None).await;
-
-        let roles: &[&str] = match shape {
-            Shape::All => &["all"],
-            Shape::Split => &["auth", "router", "adapter", "metering", "edge"],
-        };
-        let mut children = Vec::new();
-        for role in roles {
-            let child = Command::new(bin())
-                .arg(role)
-                .arg("--config")
-                .arg(&config)
-                .env("EMU_KEY", EMU_KEY)
-                .env("LLMGW_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::inherit())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("spawn llmgw");
-            children.push(child);
+                data = dir.path().join("data").display(),
+                base = emu.base_url(),
+                extra_providers = extra_providers.replace("{emu}", &emu.addr.to_string()),
+                extra_models = extra_models,
+            );
+            std::fs::write(&config, text).expect("write config");
+            if key.is_none() {
+                key = Some(create_key(&config, "acme", None).await);
+            }
+            let mut children = Vec::new();
+            for role in roles {
+                let child = Command::new(bin())
+                    .arg(role)
+                    .arg("--config")
+                    .arg(&config)
+                    .env("EMU_KEY", EMU_KEY)
+                    .env("LLMGW_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .kill_on_drop(true)
+                    .spawn()
+                    .expect("spawn llmgw");
+                children.push(child);
+            }
+            let mut gw = Gateway {
+                http,
+                grpc,
+                key: key.clone().unwrap_or_default(),
+                config: config.clone(),
+                emu,
+                client: http_client(),
+                _dir: dir,
+                children,
+            };
+            if gw.wait_ready(shape, &[auth, router, adapter, metering]).await {
+                return gw;
+            }
+            assert!(attempt < 3, "gateway exited while starting, three times");
+            // Take the emulator and the temp dir back for the next attempt.
+            let Gateway { emu: e, _dir: d, .. } = gw;
+            (emu, dir) = (e, d);
         }
-        let gw = Gateway {
-            http,
-            grpc,
-            key,
-            config,
-            emu,
-            client: http_client(),
-            _dir: dir,
-            children,
-        };
-        gw.wait_ready(shape, &[auth, router, adapter, metering]).await;
-        gw
+        unreachable!("the loop returns or panics")
     }
 
-    async fn wait_ready(&self, shape: Shape, services: &[SocketAddr]) {
+    /// Polls until the gateway answers (and, split, every service accepts
+    /// connections); `false` as soon as one of its processes has exited.
+    async fn wait_ready(&mut self, shape: Shape, services: &[SocketAddr]) -> bool {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             assert!(Instant::now() < deadline, "gateway did not become ready");
+            if self
+                .children
+                .iter_mut()
+                .any(|c| matches!(c.try_wait(), Ok(Some(_))))
+            {
+                return false;
+            }
             let mut ready = self.get("/health").await.map(|(s, _)| s == 200).unwrap_or(false);
             if shape == Shape::Split {
                 for addr in services {
@@ -167,7 +189,7 @@ services:
                 }
             }
             if ready {
-                return;
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
