@@ -72,9 +72,6 @@ KNOWN_BROKEN: dict[tuple[str, str], str] = {
     ("azure-openai", "embeddings"): (
         "the emulator has no `POST /openai/deployments/{d}/embeddings` route: the gateway's call answers 404 Invalid URL"
     ),
-    ("mistral", "embeddings"): (
-        "the emulator has no `POST /mistral/v1/embeddings` route: the gateway's call answers 404 Invalid URL"
-    ),
 }
 
 # ---------------------------------------------------------------------------------------

@@ -102,6 +102,7 @@ pub fn router(opts: Options) -> Router {
             post(flavours::azure_chat),
         )
         .route("/mistral/v1/chat/completions", post(flavours::mistral_chat))
+        .route("/mistral/v1/embeddings", post(embeddings::embeddings))
         .route("/api/chat", post(ollama::chat))
         .route("/v1beta/models/{model_action}", post(gemini::generate))
         .route(
