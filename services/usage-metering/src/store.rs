@@ -36,6 +36,119 @@ const USAGE_BY_MODEL: &str = "SELECT model, provider, COUNT(*), \
 #[derive(Clone)]
 pub struct UsageStore {
     pool: AnyPool,
+    /// SQLite takes a whole batch as one JSON parameter (one statement, one
+    /// round trip to its worker thread); other backends insert row by row.
+    sqlite: bool,
+}
+
+/// One batch as a single statement: the events travel as one JSON array of
+/// arrays (every value bound, none spliced into SQL) and SQLite's `json_each`
+/// turns them into rows.
+const INSERT_EVENTS_JSON: &str = "INSERT INTO usage_events (\
+     request_id, org_id, project_id, key_id, model, provider, provider_model, \
+     input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd, \
+     estimated, streamed, status, http_status, started_at, latency_ms, recorded_at\
+     ) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
+     json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
+     json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'), \
+     json_extract(value, '$[9]'), json_extract(value, '$[10]'), json_extract(value, '$[11]'), \
+     json_extract(value, '$[12]'), json_extract(value, '$[13]'), json_extract(value, '$[14]'), \
+     json_extract(value, '$[15]'), json_extract(value, '$[16]'), json_extract(value, '$[17]'), $2 \
+     FROM json_each($1) WHERE true \
+     ON CONFLICT (request_id) DO NOTHING";
+
+/// An event as the JSON row `INSERT_EVENTS_JSON` reads: a tuple struct,
+/// so it is written as an array, in column order.
+#[derive(serde::Serialize)]
+struct EventRow<'a>(
+    &'a str,
+    &'a str,
+    Option<&'a str>,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    u32,
+    u32,
+    u32,
+    u32,
+    f64,
+    bool,
+    bool,
+    &'a str,
+    u32,
+    i64,
+    f64,
+);
+
+impl UsageStore {
+    /// The portable row-by-row insert, as other backends use it.
+    #[cfg(test)]
+    pub(crate) fn row_by_row(mut self) -> Self {
+        self.sqlite = false;
+        self
+    }
+
+    async fn record_sqlite(
+        &self,
+        events: &[pb::UsageEvent],
+        recorded_at: i64,
+    ) -> Result<pb::RecordAck, GwError> {
+        let rows: Vec<EventRow<'_>> = events
+            .iter()
+            .map(|e| {
+                let cost = cost_usd(
+                    &e.price.unwrap_or_default(),
+                    Tokens {
+                        input: e.input_tokens,
+                        output: e.output_tokens,
+                        cached: e.cached_tokens,
+                    },
+                );
+                EventRow(
+                    e.request_id.as_str(),
+                    e.org_id.as_str(),
+                    e.project_id.as_deref(),
+                    e.key_id.as_str(),
+                    e.model.as_str(),
+                    e.provider.as_str(),
+                    e.provider_model.as_str(),
+                    e.input_tokens,
+                    e.output_tokens,
+                    e.cached_tokens,
+                    e.reasoning_tokens,
+                    cost,
+                    e.estimated,
+                    e.streamed,
+                    e.status.as_str(),
+                    e.http_status.min(i32::MAX as u32),
+                    e.started_at_ms,
+                    e.latency_ms,
+                )
+            })
+            .collect();
+        let json = serde_json::to_string(&rows)
+            .map_err(|e| GwError::internal(format!("cannot encode usage: {e}")))?;
+        let inserted = sqlx::query(INSERT_EVENTS_JSON)
+            .bind(json)
+            .bind(recorded_at)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("recording usage"))?
+            .rows_affected();
+        let ack = pb::RecordAck {
+            accepted: inserted,
+            duplicates: events.len() as u64 - inserted,
+        };
+        if ack.duplicates > 0 {
+            tracing::debug!(
+                accepted = ack.accepted,
+                duplicates = ack.duplicates,
+                "usage batch had duplicates"
+            );
+        }
+        Ok(ack)
+    }
 }
 
 impl fmt::Debug for UsageStore {
@@ -47,7 +160,7 @@ impl fmt::Debug for UsageStore {
 /// Opens (creating and migrating if needed) `<data_dir>/metering.db`.
 pub async fn open(config: &Config) -> Result<UsageStore, GwError> {
     let pool = db::open_sqlite(&config.data_dir, "metering.db", MIGRATIONS).await?;
-    Ok(UsageStore { pool })
+    Ok(UsageStore { pool, sqlite: true })
 }
 
 /// The metering service over `store`, as the one client type callers use.
@@ -69,6 +182,9 @@ impl MeteringService for UsageStore {
             return Ok(ack);
         }
         let recorded_at = now_ms();
+        if self.sqlite {
+            return self.record_sqlite(&events, recorded_at).await;
+        }
         // The first statement is a write, so SQLite takes its write lock at once.
         let mut tx = self.pool.begin().await.map_err(db_error("recording usage"))?;
         for event in &events {

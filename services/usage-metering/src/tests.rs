@@ -119,7 +119,20 @@ async fn cost_is_computed_from_the_price() {
 #[tokio::test]
 async fn duplicates_are_counted_once() {
     let dir = tempfile::tempdir().unwrap();
-    let m = metering(dir.path()).await;
+    duplicates_on(metering(dir.path()).await).await;
+}
+
+/// The row-by-row path (what PostgreSQL uses) keeps the same contract as
+/// SQLite's one-statement batch.
+#[tokio::test]
+async fn duplicates_are_counted_once_row_by_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::parse("{}", "test.yaml", &HashMap::new()).unwrap();
+    config.data_dir = dir.path().to_path_buf();
+    duplicates_on(service(open(&config).await.unwrap().row_by_row())).await;
+}
+
+async fn duplicates_on(m: Metering) {
     let batch = vec![
         event("r1", "org_a", "gpt-4o-mini", 1000, 500),
         event("r2", "org_a", "gpt-4o-mini", 1000, 500),
