@@ -111,7 +111,10 @@ pub fn router(opts: Options) -> Router {
         )
         .route("/token", post(gemini::token))
         .route("/model/{model_id}/converse", post(bedrock::converse))
-        .route("/model/{model_id}/converse-stream", post(bedrock::converse_stream))
+        .route(
+            "/model/{model_id}/converse-stream",
+            post(bedrock::converse_stream),
+        )
         .route(
             "/_emu/requests",
             get(routes::recorded).delete(routes::clear_recorded),

@@ -66,7 +66,11 @@ const EMPTY_OBJECT_SCHEMA: &str = r#"{"type":"object"}"#;
 const ERROR_BODY_LIMIT: usize = 64 << 10;
 /// A model id is one path segment: everything but unreserved characters is
 /// encoded (`:` in `…-v1:0` becomes `%3A`, as the AWS SDKs send it).
-const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const PATH_SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// A Bedrock provider.
 pub(crate) struct Bedrock {
@@ -94,9 +98,7 @@ impl Bedrock {
             .filter(|r| !r.is_empty())
             .ok_or_else(|| invalid("bedrock needs a `region`"))?;
         let (Some(key_id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) else {
-            return Err(invalid(
-                "bedrock needs `access_key_id` and `secret_access_key`",
-            ));
+            return Err(invalid("bedrock needs `access_key_id` and `secret_access_key`"));
         };
         let credentials = Credentials::new(
             key_id.expose(),
@@ -132,7 +134,12 @@ impl Bedrock {
     }
 
     /// The signed request for `req`: `converse` or `converse-stream`.
-    fn request(&self, target: &Target, req: &ChatRequest, stream: bool) -> Result<reqwest::RequestBuilder, GwError> {
+    fn request(
+        &self,
+        target: &Target,
+        req: &ChatRequest,
+        stream: bool,
+    ) -> Result<reqwest::RequestBuilder, GwError> {
         let name = self.peer.name();
         let body = request_body(req, name).map_err(|e| e.with_provider(name))?;
         let action = if stream { "converse-stream" } else { "converse" };
@@ -228,10 +235,7 @@ impl Bedrock {
                 .peer
                 .error(
                     ErrorCode::UpstreamRejected,
-                    format!(
-                        "provider `{}`: context_length_exceeded: {said}",
-                        self.peer.name()
-                    ),
+                    format!("provider `{}`: context_length_exceeded: {said}", self.peer.name()),
                 )
                 .with_param("messages")
                 .with_upstream_status(400));
@@ -258,7 +262,10 @@ pub(crate) fn openai_error(body: &[u8], kind: Option<&str>) -> (Vec<u8>, bool) {
         kind: Option<String>,
     }
     let parsed: Option<AwsError> = serde_json::from_slice(body).ok();
-    let message = parsed.as_ref().and_then(|e| e.message.clone()).unwrap_or_default();
+    let message = parsed
+        .as_ref()
+        .and_then(|e| e.message.clone())
+        .unwrap_or_default();
     let kind = kind
         .map(str::to_owned)
         .or_else(|| parsed.and_then(|e| e.kind))
@@ -271,7 +278,9 @@ pub(crate) fn openai_error(body: &[u8], kind: Option<&str>) -> (Vec<u8>, bool) {
         (Some(k), true) => k.clone(),
         (None, _) => message,
     };
-    let body = json!({"error": {"message": text, "type": kind}}).to_string().into_bytes();
+    let body = json!({"error": {"message": text, "type": kind}})
+        .to_string()
+        .into_bytes();
     (body, too_long)
 }
 
@@ -575,16 +584,14 @@ pub(crate) fn request_body(req: &ChatRequest, provider: &str) -> Result<Vec<u8>,
         .map(|s| s.sequences.as_slice())
         .filter(|s| !s.is_empty());
     let max_tokens = req.max_completion_tokens.or(req.max_tokens);
-    let inference_config = (max_tokens.is_some()
-        || req.temperature.is_some()
-        || req.top_p.is_some()
-        || stop.is_some())
-    .then_some(InferenceConfig {
-        max_tokens,
-        temperature: req.temperature,
-        top_p: req.top_p,
-        stop_sequences: stop,
-    });
+    let inference_config =
+        (max_tokens.is_some() || req.temperature.is_some() || req.top_p.is_some() || stop.is_some())
+            .then_some(InferenceConfig {
+                max_tokens,
+                temperature: req.temperature,
+                top_p: req.top_p,
+                stop_sequences: stop,
+            });
     // Fields the canonical model does not name (such as Anthropic's `top_k`)
     // are the model's own: Converse takes them in `additionalModelRequestFields`.
     let additional = match req.extra_json.as_deref().map(str::trim) {
@@ -619,13 +626,14 @@ fn tool_config<'a>(req: &'a ChatRequest, provider: &str) -> Result<Option<ToolCo
             .function
             .as_ref()
             .ok_or_else(|| GwError::invalid(format!("tools[{i}].function"), "a tool needs a function"))?;
-        let json: &RawValue = serde_json::from_str(function.parameters_json.as_deref().unwrap_or(EMPTY_OBJECT_SCHEMA))
-            .map_err(|e| {
-                GwError::invalid(
-                    format!("tools[{i}].function.parameters"),
-                    format!("the json schema is not valid json: {e}"),
-                )
-            })?;
+        let json: &RawValue =
+            serde_json::from_str(function.parameters_json.as_deref().unwrap_or(EMPTY_OBJECT_SCHEMA))
+                .map_err(|e| {
+                    GwError::invalid(
+                        format!("tools[{i}].function.parameters"),
+                        format!("the json schema is not valid json: {e}"),
+                    )
+                })?;
         tools.push(WireTool {
             tool_spec: ToolSpec {
                 name: &function.name,
@@ -701,7 +709,11 @@ fn system_texts<'a>(
 }
 
 /// The blocks of a user or assistant message's content.
-fn content_blocks<'a>(content: Option<&'a Content>, i: usize, provider: &str) -> Result<Vec<Block<'a>>, GwError> {
+fn content_blocks<'a>(
+    content: Option<&'a Content>,
+    i: usize,
+    provider: &str,
+) -> Result<Vec<Block<'a>>, GwError> {
     let mut blocks = Vec::new();
     match content.and_then(|c| c.value.as_ref()) {
         None => {}

@@ -44,9 +44,9 @@ use crate::record::{Outcome, Tracker};
 use crate::routes::{State, paced_body};
 use crate::schema;
 
-mod validate;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 /// The access key id the emulator knows; its secret is the emulator's API key.
 pub const ACCESS_KEY_ID: &str = "AKIDEXAMPLE";
@@ -92,12 +92,30 @@ impl ApiError {
                 "AccessDeniedException",
                 "You don't have access to the model with the specified model ID.",
             ),
-            404 => ("ResourceNotFoundException", "Could not resolve the foundation model from the provided model identifier."),
-            408 => ("ModelTimeoutException", "Model has timed out in processing the request."),
-            424 => ("ModelErrorException", "The model encountered an error (emulated)."),
-            429 => ("ThrottlingException", "Too many requests, please wait before trying again."),
-            503 => ("ServiceUnavailableException", "Bedrock is unable to process your request."),
-            500..=599 => ("InternalServerException", "The server encountered an internal error."),
+            404 => (
+                "ResourceNotFoundException",
+                "Could not resolve the foundation model from the provided model identifier.",
+            ),
+            408 => (
+                "ModelTimeoutException",
+                "Model has timed out in processing the request.",
+            ),
+            424 => (
+                "ModelErrorException",
+                "The model encountered an error (emulated).",
+            ),
+            429 => (
+                "ThrottlingException",
+                "Too many requests, please wait before trying again.",
+            ),
+            503 => (
+                "ServiceUnavailableException",
+                "Bedrock is unable to process your request.",
+            ),
+            500..=599 => (
+                "InternalServerException",
+                "The server encountered an internal error.",
+            ),
             _ => ("ValidationException", "Emulated error."),
         };
         Self {
@@ -133,7 +151,12 @@ fn error_response(e: &ApiError, request_id: &str) -> Response {
 }
 
 /// `POST /model/{modelId}/converse`.
-pub async fn converse(Extract(state): Extract<Arc<State>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+pub async fn converse(
+    Extract(state): Extract<Arc<State>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     handle(&state, &uri, &headers, body, false).await
 }
 
@@ -191,12 +214,10 @@ async fn answer(
     if let Some(secret) = state.api_key() {
         verify_signature(secret, "POST", uri, headers, body, SystemTime::now())?;
     }
-    let req: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError {
-            status: 400,
-            kind: "SerializationException",
-            message: format!("Unable to parse request body: {e}"),
-        }
+    let req: Value = serde_json::from_slice(body).map_err(|e| ApiError {
+        status: 400,
+        kind: "SerializationException",
+        message: format!("Unable to parse request body: {e}"),
     })?;
     let req = validate::request(&req)?;
     let plan = plan(&req, state.ids());
@@ -329,11 +350,12 @@ pub(crate) fn verify_signature(
             "The request signature we calculated does not match the signature you provided. Check your AWS Secret Access Key and signing method. Consult the service documentation for details.",
         )
     };
-    let auth = value
-        .to_str()
-        .ok()
-        .and_then(parse_authorization)
-        .ok_or_else(|| ApiError::forbidden("IncompleteSignatureException", "Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters."))?;
+    let auth = value.to_str().ok().and_then(parse_authorization).ok_or_else(|| {
+        ApiError::forbidden(
+            "IncompleteSignatureException",
+            "Authorization header requires 'Credential', 'Signature' and 'SignedHeaders' parameters.",
+        )
+    })?;
     if auth.key_id != ACCESS_KEY_ID {
         return Err(ApiError::forbidden(
             "UnrecognizedClientException",
@@ -442,7 +464,9 @@ fn plan<'r>(req: &validate::Request<'r>, ids: &IdGen) -> Plan<'r> {
         _ => None,
     };
     let use_tools = !req.tools.is_empty()
-        && (forced.is_some() || matches!(req.tool_choice, validate::ToolChoice::Any) || !req.last_is_tool_result);
+        && (forced.is_some()
+            || matches!(req.tool_choice, validate::ToolChoice::Any)
+            || !req.last_is_tool_result);
     let stop_reason = if use_tools {
         let targets: Vec<&validate::Tool<'_>> = match forced {
             Some(t) => vec![t],

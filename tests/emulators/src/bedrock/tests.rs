@@ -54,17 +54,30 @@ fn verifies_sigv4() {
     assert!(with_token.contains_key("x-amz-security-token"));
     verify_signature(SECRET, "POST", &uri, &with_token, body, now).unwrap();
 
-    let kind = |h: &HeaderMap, body: &[u8], now| verify_signature(SECRET, "POST", &uri, h, body, now).unwrap_err().kind;
-    assert_eq!(kind(&signed("wrong", None, body, now), body, now), "InvalidSignatureException");
+    let kind = |h: &HeaderMap, body: &[u8], now| {
+        verify_signature(SECRET, "POST", &uri, h, body, now)
+            .unwrap_err()
+            .kind
+    };
+    assert_eq!(
+        kind(&signed("wrong", None, body, now), body, now),
+        "InvalidSignatureException"
+    );
     assert_eq!(kind(&ok, b"{\"messages\":[1]}", now), "InvalidSignatureException");
-    assert_eq!(kind(&HeaderMap::new(), body, now), "MissingAuthenticationTokenException");
+    assert_eq!(
+        kind(&HeaderMap::new(), body, now),
+        "MissingAuthenticationTokenException"
+    );
     assert_eq!(
         kind(&ok, body, now + Duration::from_secs(3600)),
         "InvalidSignatureException",
         "expired"
     );
     let mut other_key = ok.clone();
-    let auth = ok["authorization"].to_str().unwrap().replace(ACCESS_KEY_ID, "AKIDOTHER");
+    let auth = ok["authorization"]
+        .to_str()
+        .unwrap()
+        .replace(ACCESS_KEY_ID, "AKIDOTHER");
     other_key.insert("authorization", HeaderValue::from_str(&auth).unwrap());
     assert_eq!(kind(&other_key, body, now), "UnrecognizedClientException");
     let mut dropped_token = with_token.clone();
@@ -75,7 +88,10 @@ fn verifies_sigv4() {
 #[test]
 fn parses_amz_dates() {
     let t = parse_amz_date("20150830T123600Z").unwrap();
-    assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 1_440_938_160);
+    assert_eq!(
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
+        1_440_938_160
+    );
     assert!(parse_amz_date("2015-08-30T12:36:00Z").is_none());
 }
 
@@ -87,7 +103,8 @@ fn validates_like_bedrock() {
     assert!(e.contains("start with a user message"), "{e}");
     let e = check(json!({"messages": [{"role": "user", "content": [{"text": "a"}]}, {"role": "user", "content": [{"text": "b"}]}]})).unwrap_err();
     assert!(e.contains("alternate"), "{e}");
-    let e = check(json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}], "model": "x"})).unwrap_err();
+    let e = check(json!({"messages": [{"role": "user", "content": [{"text": "hi"}]}], "model": "x"}))
+        .unwrap_err();
     assert!(e.contains("extraneous key [model]"), "{e}");
     let tools = json!({"tools": [{"toolSpec": {"name": "f", "inputSchema": {"json": {"type": "object"}}}}]});
     let e = check(json!({"toolConfig": tools, "messages": [
@@ -112,7 +129,11 @@ fn frames_decode() {
     let mut rest = bytes::Bytes::from(buf);
     let mut kinds = Vec::new();
     while let DecodedFrame::Complete(m) = decoder.decode_frame(&mut rest).unwrap() {
-        let h = m.headers().iter().find(|h| h.name().as_str() == ":event-type").unwrap();
+        let h = m
+            .headers()
+            .iter()
+            .find(|h| h.name().as_str() == ":event-type")
+            .unwrap();
         kinds.push(h.value().as_string().unwrap().as_str().to_owned());
     }
     assert_eq!(kinds.len(), ends.len());

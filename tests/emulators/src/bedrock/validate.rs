@@ -80,9 +80,11 @@ fn only(map: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), ApiE
 }
 
 fn string<'r>(map: &'r Map<String, Value>, key: &str, at: &str) -> Result<&'r str, ApiError> {
-    map.get(key)
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid(format!("Malformed input request: #{at}: required key [{key}] not found")))
+    map.get(key).and_then(Value::as_str).ok_or_else(|| {
+        invalid(format!(
+            "Malformed input request: #{at}: required key [{key}] not found"
+        ))
+    })
 }
 
 /// Checks `body` and returns what the answer needs.
@@ -97,10 +99,16 @@ pub fn request(body: &Value) -> Result<Request<'_>, ApiError> {
             .ok_or_else(|| invalid("Malformed input request: #/system: expected type: JSONArray"))?;
         for (i, b) in blocks.iter().enumerate() {
             let b = object(b, &format!("system[{i}]"))?;
-            only(b, &["text", "guardContent", "cachePoint"], &format!("/system/{i}"))?;
+            only(
+                b,
+                &["text", "guardContent", "cachePoint"],
+                &format!("/system/{i}"),
+            )?;
             if let Some(text) = b.get("text").and_then(Value::as_str) {
                 if text.trim().is_empty() {
-                    return Err(invalid(format!("The text field in the SystemContentBlock object at system.{i} is blank. Add text to the text field, and try again.")));
+                    return Err(invalid(format!(
+                        "The text field in the SystemContentBlock object at system.{i} is blank. Add text to the text field, and try again."
+                    )));
                 }
                 prompt_chars += text.chars().count();
             }
@@ -122,7 +130,9 @@ pub fn request(body: &Value) -> Result<Request<'_>, ApiError> {
                 if let Some(v) = cfg.get(key)
                     && !v.as_f64().is_some_and(|t| (0.0..=1.0).contains(&t))
                 {
-                    return Err(invalid(format!("1 validation error detected: Value at 'inferenceConfig.{key}' failed to satisfy constraint: Member must have value less than or equal to 1")));
+                    return Err(invalid(format!(
+                        "1 validation error detected: Value at 'inferenceConfig.{key}' failed to satisfy constraint: Member must have value less than or equal to 1"
+                    )));
                 }
             }
             let stops = match cfg.get("stopSequences") {
@@ -148,7 +158,9 @@ pub fn request(body: &Value) -> Result<Request<'_>, ApiError> {
         .as_array()
         .ok_or_else(|| invalid("Malformed input request: #/messages: expected type: JSONArray"))?;
     if messages.is_empty() {
-        return Err(invalid("A conversation must start with a user message. Try again with a conversation that starts with a user message."));
+        return Err(invalid(
+            "A conversation must start with a user message. Try again with a conversation that starts with a user message.",
+        ));
     }
     let mut prev_role = "";
     let mut prev_tool_uses: HashSet<&str> = HashSet::new();
@@ -161,20 +173,30 @@ pub fn request(body: &Value) -> Result<Request<'_>, ApiError> {
         only(m, &["role", "content"], &at)?;
         let role = string(m, "role", &at)?;
         if role != "user" && role != "assistant" {
-            return Err(invalid(format!("1 validation error detected: Value '{role}' at 'messages.{}.member.role' failed to satisfy constraint: Member must satisfy enum value set: [user, assistant]", i + 1)));
+            return Err(invalid(format!(
+                "1 validation error detected: Value '{role}' at 'messages.{}.member.role' failed to satisfy constraint: Member must satisfy enum value set: [user, assistant]",
+                i + 1
+            )));
         }
         if i == 0 && role != "user" {
-            return Err(invalid("A conversation must start with a user message. Try again with a conversation that starts with a user message."));
+            return Err(invalid(
+                "A conversation must start with a user message. Try again with a conversation that starts with a user message.",
+            ));
         }
         if role == prev_role {
-            return Err(invalid("A conversation must alternate between user and assistant roles. Make sure the conversation alternates between user and assistant roles and try again."));
+            return Err(invalid(
+                "A conversation must alternate between user and assistant roles. Make sure the conversation alternates between user and assistant roles and try again.",
+            ));
         }
-        let content = m
-            .get("content")
-            .and_then(Value::as_array)
-            .ok_or_else(|| invalid(format!("Malformed input request: #{at}: required key [content] not found")))?;
+        let content = m.get("content").and_then(Value::as_array).ok_or_else(|| {
+            invalid(format!(
+                "Malformed input request: #{at}: required key [content] not found"
+            ))
+        })?;
         if content.is_empty() {
-            return Err(invalid(format!("The content field in the Message object at messages.{i} is empty. Add a ContentBlock object to the content field and try again.")));
+            return Err(invalid(format!(
+                "The content field in the Message object at messages.{i} is empty. Add a ContentBlock object to the content field and try again."
+            )));
         }
         let mut tool_uses = HashSet::new();
         let mut texts = Vec::new();
@@ -184,12 +206,20 @@ pub fn request(body: &Value) -> Result<Request<'_>, ApiError> {
             let b = object(b, &bat)?;
             only(b, BLOCK_KINDS, &bat)?;
             if b.len() != 1 {
-                return Err(invalid(format!("Malformed input request: #{bat}: a ContentBlock must have exactly one member")));
+                return Err(invalid(format!(
+                    "Malformed input request: #{bat}: a ContentBlock must have exactly one member"
+                )));
             }
             if let Some(text) = b.get("text") {
-                let text = text.as_str().ok_or_else(|| invalid(format!("Malformed input request: #{bat}/text: expected type: String")))?;
+                let text = text.as_str().ok_or_else(|| {
+                    invalid(format!(
+                        "Malformed input request: #{bat}/text: expected type: String"
+                    ))
+                })?;
                 if text.trim().is_empty() {
-                    return Err(invalid(format!("The text field in the ContentBlock object at messages.{i}.content.{j} is blank. Add text to the text field, and try again.")));
+                    return Err(invalid(format!(
+                        "The text field in the ContentBlock object at messages.{i}.content.{j} is blank. Add text to the text field, and try again."
+                    )));
                 }
                 prompt_chars += text.chars().count();
                 texts.push(text);
@@ -206,7 +236,9 @@ pub fn request(body: &Value) -> Result<Request<'_>, ApiError> {
                 let id = string(tu, "toolUseId", &bat)?;
                 string(tu, "name", &bat)?;
                 if !tu.contains_key("input") {
-                    return Err(invalid(format!("Malformed input request: #{bat}/toolUse: required key [input] not found")));
+                    return Err(invalid(format!(
+                        "Malformed input request: #{bat}/toolUse: required key [input] not found"
+                    )));
                 }
                 tool_uses.insert(id);
             }
@@ -215,15 +247,22 @@ pub fn request(body: &Value) -> Result<Request<'_>, ApiError> {
                     return Err(invalid("toolResult blocks are only allowed in user messages."));
                 }
                 let tr = object(tr, &format!("{bat}/toolResult"))?;
-                only(tr, &["toolUseId", "content", "status"], &format!("{bat}/toolResult"))?;
+                only(
+                    tr,
+                    &["toolUseId", "content", "status"],
+                    &format!("{bat}/toolResult"),
+                )?;
                 let id = string(tr, "toolUseId", &bat)?;
                 if !prev_tool_uses.contains(id) {
-                    return Err(invalid(format!("The toolUseId {id} in the toolResult at messages.{i}.content.{j} does not match a toolUse block in the previous assistant turn.")));
+                    return Err(invalid(format!(
+                        "The toolUseId {id} in the toolResult at messages.{i}.content.{j} does not match a toolUse block in the previous assistant turn."
+                    )));
                 }
-                let blocks = tr
-                    .get("content")
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| invalid(format!("Malformed input request: #{bat}/toolResult: required key [content] not found")))?;
+                let blocks = tr.get("content").and_then(Value::as_array).ok_or_else(|| {
+                    invalid(format!(
+                        "Malformed input request: #{bat}/toolResult: required key [content] not found"
+                    ))
+                })?;
                 for (k, rb) in blocks.iter().enumerate() {
                     let rat = format!("{bat}/toolResult/content/{k}");
                     let rb = object(rb, &rat)?;
@@ -244,17 +283,20 @@ pub fn request(body: &Value) -> Result<Request<'_>, ApiError> {
                 results += 1;
             }
         }
-        if !tool_uses.is_empty() || results > 0 {
-            if !has_tool_config {
-                return Err(invalid("The toolConfig field must be defined when using toolUse and toolResult content blocks."));
-            }
+        if (!tool_uses.is_empty() || results > 0) && !has_tool_config {
+            return Err(invalid(
+                "The toolConfig field must be defined when using toolUse and toolResult content blocks.",
+            ));
         }
         if role == "user" && !prev_tool_uses.is_empty() && results < prev_tool_uses.len() {
-            return Err(invalid(format!("Expected toolResult blocks at messages.{i}.content for the following Ids: {}", {
-                let mut ids: Vec<&str> = prev_tool_uses.iter().copied().collect();
-                ids.sort_unstable();
-                ids.join(", ")
-            })));
+            return Err(invalid(format!(
+                "Expected toolResult blocks at messages.{i}.content for the following Ids: {}",
+                {
+                    let mut ids: Vec<&str> = prev_tool_uses.iter().copied().collect();
+                    ids.sort_unstable();
+                    ids.join(", ")
+                }
+            )));
         }
         if role == "user" {
             last_user_text = texts.join(" ");
@@ -280,19 +322,25 @@ fn check_image(image: &Value, at: &str) -> Result<(), ApiError> {
     only(image, &["format", "source"], &format!("{at}/image"))?;
     let format = string(image, "format", at)?;
     if !IMAGE_FORMATS.contains(&format) {
-        return Err(invalid(format!("Malformed input request: #{at}/image/format: {format} is not a valid enum value")));
+        return Err(invalid(format!(
+            "Malformed input request: #{at}/image/format: {format} is not a valid enum value"
+        )));
     }
-    let source = image
-        .get("source")
-        .and_then(Value::as_object)
-        .ok_or_else(|| invalid(format!("Malformed input request: #{at}/image: required key [source] not found")))?;
+    let source = image.get("source").and_then(Value::as_object).ok_or_else(|| {
+        invalid(format!(
+            "Malformed input request: #{at}/image: required key [source] not found"
+        ))
+    })?;
     only(source, &["bytes", "s3Location"], &format!("{at}/image/source"))?;
-    let bytes = source
-        .get("bytes")
-        .and_then(Value::as_str)
-        .ok_or_else(|| invalid(format!("Malformed input request: #{at}/image/source: required key [bytes] not found")))?;
+    let bytes = source.get("bytes").and_then(Value::as_str).ok_or_else(|| {
+        invalid(format!(
+            "Malformed input request: #{at}/image/source: required key [bytes] not found"
+        ))
+    })?;
     if STANDARD.decode(bytes).is_err() {
-        return Err(invalid(format!("Malformed input request: #{at}/image/source/bytes: invalid base64")));
+        return Err(invalid(format!(
+            "Malformed input request: #{at}/image/source/bytes: invalid base64"
+        )));
     }
     Ok(())
 }
@@ -319,19 +367,29 @@ fn tool_config(cfg: &Value) -> Result<(Vec<Tool<'_>>, ToolChoice<'_>), ApiError>
         let name = string(spec, "name", &sat)?;
         if name.is_empty()
             || name.len() > 64
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         {
-            return Err(invalid(format!("1 validation error detected: Value '{name}' at 'toolConfig.tools.{}.member.toolSpec.name' failed to satisfy constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_-]+", i + 1)));
+            return Err(invalid(format!(
+                "1 validation error detected: Value '{name}' at 'toolConfig.tools.{}.member.toolSpec.name' failed to satisfy constraint: Member must satisfy regular expression pattern: [a-zA-Z0-9_-]+",
+                i + 1
+            )));
         }
         let schema = spec
             .get("inputSchema")
             .and_then(Value::as_object)
-            .ok_or_else(|| invalid(format!("Malformed input request: #{sat}: required key [inputSchema] not found")))?;
+            .ok_or_else(|| {
+                invalid(format!(
+                    "Malformed input request: #{sat}: required key [inputSchema] not found"
+                ))
+            })?;
         only(schema, &["json"], &format!("{sat}/inputSchema"))?;
-        let json = schema
-            .get("json")
-            .filter(|j| j.is_object())
-            .ok_or_else(|| invalid(format!("Malformed input request: #{sat}/inputSchema: required key [json] not found")))?;
+        let json = schema.get("json").filter(|j| j.is_object()).ok_or_else(|| {
+            invalid(format!(
+                "Malformed input request: #{sat}/inputSchema: required key [json] not found"
+            ))
+        })?;
         tools.push(Tool { name, schema: json });
     }
     let choice = match cfg.get("toolChoice") {
@@ -340,7 +398,9 @@ fn tool_config(cfg: &Value) -> Result<(Vec<Tool<'_>>, ToolChoice<'_>), ApiError>
             let c = object(c, "toolChoice")?;
             only(c, &["auto", "any", "tool"], "/toolConfig/toolChoice")?;
             if c.len() != 1 {
-                return Err(invalid("Malformed input request: #/toolConfig/toolChoice: exactly one member must be set"));
+                return Err(invalid(
+                    "Malformed input request: #/toolConfig/toolChoice: exactly one member must be set",
+                ));
             }
             if c.contains_key("auto") {
                 ToolChoice::Auto
@@ -354,7 +414,9 @@ fn tool_config(cfg: &Value) -> Result<(Vec<Tool<'_>>, ToolChoice<'_>), ApiError>
                     .and_then(Value::as_str)
                     .ok_or_else(|| invalid("Malformed input request: #/toolConfig/toolChoice/tool: required key [name] not found"))?;
                 if !tools.iter().any(|t| t.name == name) {
-                    return Err(invalid(format!("The tool {name} in toolChoice is not defined in toolConfig.tools.")));
+                    return Err(invalid(format!(
+                        "The tool {name} in toolChoice is not defined in toolConfig.tools."
+                    )));
                 }
                 ToolChoice::Tool(name)
             }

@@ -117,12 +117,18 @@ fn unsupported_parameters_are_refused_by_name() {
         (json!({"frequency_penalty": 0.5}), "frequency_penalty"),
         (json!({"logit_bias": {"1": 2}}), "logit_bias"),
         (json!({"reasoning_effort": "high"}), "reasoning_effort"),
-        (json!({"response_format": {"type": "json_object"}}), "response_format"),
+        (
+            json!({"response_format": {"type": "json_object"}}),
+            "response_format",
+        ),
         (
             json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
             "response_format",
         ),
-        (json!({"tools": tools, "parallel_tool_calls": false}), "parallel_tool_calls"),
+        (
+            json!({"tools": tools, "parallel_tool_calls": false}),
+            "parallel_tool_calls",
+        ),
     ] {
         let mut body = json!({"model": "m", "messages": user});
         for (k, v) in extra.as_object().unwrap() {
@@ -140,8 +146,10 @@ fn unsupported_parameters_are_refused_by_name() {
     let e = wire_err(&json!({"model": "m", "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/bmp;base64,AAAA"}}]}]}));
     assert!(e.message().contains("image/bmp"), "{}", e.message());
-    let e = wire_err(&json!({"model": "m", "messages": [{"role": "assistant", "content": null, "tool_calls": [
-        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}]}));
+    let e = wire_err(
+        &json!({"model": "m", "messages": [{"role": "assistant", "content": null, "tool_calls": [
+        {"id": "c", "type": "function", "function": {"name": "f", "arguments": "[1]"}}]}]}),
+    );
     assert_eq!(e.param(), Some("messages[0].tool_calls[0].function.arguments"));
 }
 
@@ -169,10 +177,24 @@ fn parses_a_response_with_tools_reasoning_and_cache_usage() {
         })
     );
     let f = m.tool_calls[0].function.as_ref().unwrap();
-    assert_eq!((m.tool_calls[0].id.as_str(), f.name.as_str()), ("tooluse_1", "get_weather"));
-    assert_eq!(serde_json::from_str::<Value>(&f.arguments).unwrap(), json!({"city": "Paris"}));
+    assert_eq!(
+        (m.tool_calls[0].id.as_str(), f.name.as_str()),
+        ("tooluse_1", "get_weather")
+    );
+    assert_eq!(
+        serde_json::from_str::<Value>(&f.arguments).unwrap(),
+        json!({"city": "Paris"})
+    );
     let u = r.usage.unwrap();
-    assert_eq!((u.prompt_tokens, u.completion_tokens, u.total_tokens, u.cached_tokens), (14, 5, 19, Some(4)));
+    assert_eq!(
+        (
+            u.prompt_tokens,
+            u.completion_tokens,
+            u.total_tokens,
+            u.cached_tokens
+        ),
+        (14, 5, 19, Some(4))
+    );
     assert_eq!((r.id.as_str(), r.model.as_str()), ("chatcmpl-1", "m"));
 
     for (reason, finish) in [
@@ -196,8 +218,14 @@ fn peer() -> Peer {
 
 fn frame(buf: &mut Vec<u8>, kind: &str, payload: &Value) {
     let frame = Frame::new(payload.to_string().into_bytes())
-        .add_header(Header::new(":event-type", FrameValue::String(kind.to_owned().into())))
-        .add_header(Header::new(":content-type", FrameValue::String("application/json".into())))
+        .add_header(Header::new(
+            ":event-type",
+            FrameValue::String(kind.to_owned().into()),
+        ))
+        .add_header(Header::new(
+            ":content-type",
+            FrameValue::String("application/json".into()),
+        ))
         .add_header(Header::new(":message-type", FrameValue::String("event".into())));
     write_message_to(&frame, buf).unwrap();
 }
@@ -205,8 +233,16 @@ fn frame(buf: &mut Vec<u8>, kind: &str, payload: &Value) {
 fn tool_stream() -> Vec<u8> {
     let mut buf = Vec::new();
     frame(&mut buf, "messageStart", &json!({"role": "assistant"}));
-    frame(&mut buf, "contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"text": "Checking"}}));
-    frame(&mut buf, "contentBlockDelta", &json!({"contentBlockIndex": 0, "delta": {"text": " now."}}));
+    frame(
+        &mut buf,
+        "contentBlockDelta",
+        &json!({"contentBlockIndex": 0, "delta": {"text": "Checking"}}),
+    );
+    frame(
+        &mut buf,
+        "contentBlockDelta",
+        &json!({"contentBlockIndex": 0, "delta": {"text": " now."}}),
+    );
     frame(&mut buf, "contentBlockStop", &json!({"contentBlockIndex": 0}));
     frame(
         &mut buf,
@@ -214,7 +250,11 @@ fn tool_stream() -> Vec<u8> {
         &json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "tooluse_1", "name": "get_weather"}}}),
     );
     for part in ["{\"ci", "ty\":\"Par", "is\"}"] {
-        frame(&mut buf, "contentBlockDelta", &json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": part}}}));
+        frame(
+            &mut buf,
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": part}}}),
+        );
     }
     frame(&mut buf, "contentBlockStop", &json!({"contentBlockIndex": 1}));
     frame(&mut buf, "messageStop", &json!({"stopReason": "tool_use"}));
@@ -263,7 +303,12 @@ fn decodes_the_event_stream_split_anywhere() {
         assert!(done.unwrap(), "step {step}");
         assert_eq!(chunks, whole, "step {step}");
     }
-    let delta = |c: &ChatChunk| c.choices.first().and_then(|c| c.delta.clone()).unwrap_or_default();
+    let delta = |c: &ChatChunk| {
+        c.choices
+            .first()
+            .and_then(|c| c.delta.clone())
+            .unwrap_or_default()
+    };
     assert_eq!(delta(&whole[0]).role, Some(Role::Assistant as i32));
     let text: String = whole.iter().filter_map(|c| delta(c).content).collect();
     assert_eq!(text, "Checking now.");
@@ -286,9 +331,19 @@ fn decodes_the_event_stream_split_anywhere() {
 fn exceptions_and_corrupt_frames_end_the_stream_with_an_error() {
     let mut buf = Vec::new();
     frame(&mut buf, "messageStart", &json!({"role": "assistant"}));
-    let exception = Frame::new(json!({"message": "Too many tokens, slow down"}).to_string().into_bytes())
-        .add_header(Header::new(":exception-type", FrameValue::String("throttlingException".into())))
-        .add_header(Header::new(":message-type", FrameValue::String("exception".into())));
+    let exception = Frame::new(
+        json!({"message": "Too many tokens, slow down"})
+            .to_string()
+            .into_bytes(),
+    )
+    .add_header(Header::new(
+        ":exception-type",
+        FrameValue::String("throttlingException".into()),
+    ))
+    .add_header(Header::new(
+        ":message-type",
+        FrameValue::String("exception".into()),
+    ));
     write_message_to(&exception, &mut buf).unwrap();
     let (chunks, done) = translate(&buf, 5);
     assert_eq!(chunks.len(), 1);
@@ -314,25 +369,48 @@ fn errors_are_rewritten_and_classified() {
     };
     let (e, _) = classify(429, "ThrottlingException", "Too many requests");
     assert_eq!((e.code(), e.retryable()), (ErrorCode::UpstreamRateLimited, true));
-    assert!(e.message().contains("ThrottlingException: Too many requests"), "{}", e.message());
-    let (e, _) = classify(403, "UnrecognizedClientException", "The security token is invalid aws-secret-key");
-    assert_eq!((e.code(), e.http_status(), e.retryable()), (ErrorCode::UpstreamRejected, 502, false));
+    assert!(
+        e.message().contains("ThrottlingException: Too many requests"),
+        "{}",
+        e.message()
+    );
+    let (e, _) = classify(
+        403,
+        "UnrecognizedClientException",
+        "The security token is invalid aws-secret-key",
+    );
+    assert_eq!(
+        (e.code(), e.http_status(), e.retryable()),
+        (ErrorCode::UpstreamRejected, 502, false)
+    );
     assert!(!e.message().contains("aws-secret-key"));
     let (e, _) = classify(404, "ResourceNotFoundException", "no such model");
-    assert_eq!((e.code(), e.upstream_status()), (ErrorCode::UpstreamRejected, Some(404)));
+    assert_eq!(
+        (e.code(), e.upstream_status()),
+        (ErrorCode::UpstreamRejected, Some(404))
+    );
     let (e, _) = classify(408, "ModelTimeoutException", "slow");
     assert_eq!(e.code(), ErrorCode::UpstreamTimeout);
     let (e, _) = classify(500, "InternalServerException", "oops");
     assert_eq!((e.code(), e.retryable()), (ErrorCode::UpstreamError, true));
     let (e, _) = classify(503, "ServiceUnavailableException", "busy");
     assert_eq!((e.code(), e.retryable()), (ErrorCode::UpstreamError, true));
-    let (_, too_long) = classify(400, "ValidationException", "Input is too long for requested model.");
+    let (_, too_long) = classify(
+        400,
+        "ValidationException",
+        "Input is too long for requested model.",
+    );
     assert!(too_long);
     let (_, too_long) = classify(400, "ValidationException", "A conversation must alternate");
     assert!(!too_long);
 
     let mut h = HeaderMap::new();
-    h.insert("x-amzn-errortype", "ThrottlingException:http://internal.amazon.com/coral/".parse().unwrap());
+    h.insert(
+        "x-amzn-errortype",
+        "ThrottlingException:http://internal.amazon.com/coral/"
+            .parse()
+            .unwrap(),
+    );
     assert_eq!(error_type(&h).as_deref(), Some("ThrottlingException"));
 }
 
@@ -355,15 +433,27 @@ fn signs_each_request_and_never_shows_the_secret() {
     let auth = get("authorization").unwrap();
     assert!(auth.is_sensitive());
     let auth = auth.to_str().unwrap();
-    assert!(auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"), "{auth}");
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/"),
+        "{auth}"
+    );
     assert!(auth.contains("/eu-west-3/bedrock/aws4_request"), "{auth}");
-    assert!(auth.contains("SignedHeaders=accept;content-type;host;x-amz-date;x-amz-security-token"), "{auth}");
+    assert!(
+        auth.contains("SignedHeaders=accept;content-type;host;x-amz-date;x-amz-security-token"),
+        "{auth}"
+    );
     assert!(!auth.contains("aws-secret-key"));
     assert!(get("x-amz-date").is_some());
     assert_eq!(get("x-amz-security-token").unwrap(), "session-token-value");
     // A different body (or time) is a different signature.
     let other = p.sign(&url, JSON, b"{\"a\":1}", SystemTime::now()).unwrap();
-    assert_ne!(other.iter().find(|(n, _)| n == "authorization").map(|(_, v)| v.clone()), Some(get("authorization").unwrap()));
+    assert_ne!(
+        other
+            .iter()
+            .find(|(n, _)| n == "authorization")
+            .map(|(_, v)| v.clone()),
+        Some(get("authorization").unwrap())
+    );
 
     let p = provider(None);
     let headers = p.sign(&url, JSON, b"{}", SystemTime::now()).unwrap();
@@ -427,7 +517,10 @@ async fn completes_and_streams_against_the_emulator() {
         .unwrap();
     let seen: Value = serde_json::from_str(&seen).unwrap();
     let last = seen.as_array().unwrap().last().unwrap();
-    assert_eq!(last["path"], "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse");
+    assert_eq!(
+        last["path"],
+        "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse"
+    );
     assert_eq!(last["body"]["system"], json!([{"text": "sys"}]));
 
     let tools = json!([{"type": "function", "function": {"name": "get_weather",
@@ -452,15 +545,23 @@ async fn completes_and_streams_against_the_emulator() {
             }
         }
     }
-    assert_eq!(serde_json::from_str::<Value>(&args).unwrap(), json!({"city": "Paris"}));
+    assert_eq!(
+        serde_json::from_str::<Value>(&args).unwrap(),
+        json!({"city": "Paris"})
+    );
     assert_eq!(finish, FinishReason::ToolCalls as i32);
     assert!(usage.unwrap().completion_tokens > 0);
 
     let e = adapter
-        .complete(ask(json!({"model": "x", "messages": [{"role": "user", "content": "hi [emu:status=429]"}]})))
+        .complete(ask(
+            json!({"model": "x", "messages": [{"role": "user", "content": "hi [emu:status=429]"}]}),
+        ))
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.upstream_status(), e.retryable()), (ErrorCode::UpstreamRateLimited, Some(429), true));
+    assert_eq!(
+        (e.code(), e.upstream_status(), e.retryable()),
+        (ErrorCode::UpstreamRateLimited, Some(429), true)
+    );
     let e = adapter
         .stream(ask(json!({"model": "x", "stream": true, "messages": [{"role": "user", "content": "hi [emu:prompt_too_long]"}]})))
         .await
@@ -470,9 +571,14 @@ async fn completes_and_streams_against_the_emulator() {
     assert!(e.message().contains("context_length_exceeded"), "{}", e.message());
 
     // A stream that breaks off mid-way, or with an exception, ends with an error.
-    for prompt in ["[emu:abort_mid_stream] [emu:words=50] hi", "[emu:error_mid_stream] hi there"] {
+    for prompt in [
+        "[emu:abort_mid_stream] [emu:words=50] hi",
+        "[emu:error_mid_stream] hi there",
+    ] {
         let mut stream = adapter
-            .stream(ask(json!({"model": "x", "stream": true, "messages": [{"role": "user", "content": prompt}]})))
+            .stream(ask(
+                json!({"model": "x", "stream": true, "messages": [{"role": "user", "content": prompt}]}),
+            ))
             .await
             .unwrap();
         let mut items = Vec::new();
@@ -489,10 +595,19 @@ async fn completes_and_streams_against_the_emulator() {
 async fn a_wrong_secret_is_a_credential_failure_without_the_secret() {
     let (_emu, adapter) = emulator("not-the-secret").await;
     let e = adapter
-        .complete(ask(json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]})))
+        .complete(ask(
+            json!({"model": "x", "messages": [{"role": "user", "content": "hi"}]}),
+        ))
         .await
         .unwrap_err();
-    assert_eq!((e.code(), e.upstream_status(), e.http_status()), (ErrorCode::UpstreamRejected, Some(403), 502));
-    assert!(e.message().contains("InvalidSignatureException"), "{}", e.message());
+    assert_eq!(
+        (e.code(), e.upstream_status(), e.http_status()),
+        (ErrorCode::UpstreamRejected, Some(403), 502)
+    );
+    assert!(
+        e.message().contains("InvalidSignatureException"),
+        "{}",
+        e.message()
+    );
     assert!(!e.message().contains("not-the-secret"));
 }
