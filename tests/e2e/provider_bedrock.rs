@@ -185,6 +185,34 @@ async fn bedrock_chat_stream_and_images() {
         .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["choices"][0]["finish_reason"], "content_filter");
+
+    // ---- json_schema: emulated with a forced tool, answered as JSON text
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}, "temp": {"type": "number"}},
+        "required": ["city", "temp"], "additionalProperties": false});
+    let format = json!({"type": "json_schema", "json_schema": {"name": "w", "schema": schema}});
+    let (status, _, body) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "claude-bedrock", "messages": user("weather?"), "response_format": format}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    let parsed: Value =
+        serde_json::from_str(body["choices"][0]["message"]["content"].as_str().unwrap()).unwrap();
+    assert!(
+        parsed["city"].is_string() && parsed["temp"].is_number(),
+        "{parsed}"
+    );
+    assert_eq!(
+        gw.last_upstream().await["body"]["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"]["json"],
+        schema
+    );
+    let events = gw
+        .stream(&json!({"model": "claude-bedrock", "messages": user("weather?"), "response_format": format, "stream": true}))
+        .await;
+    let streamed: Value = serde_json::from_str(&joined(&chunks(&events), "content")).unwrap();
+    assert_eq!(streamed, parsed);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

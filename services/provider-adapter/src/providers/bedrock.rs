@@ -9,6 +9,8 @@
 //! become `toolResult` blocks in a user turn, images must be inline bytes (a
 //! data URL; Bedrock cannot fetch an http(s) URL), and fields the canonical
 //! model does not name (`extra`) go to `additionalModelRequestFields`.
+//! `response_format` (`json_object`, `json_schema`) is emulated with one forced
+//! tool whose input comes back as the message text, as for Anthropic.
 //! Parameters Converse has no equivalent for are refused with a 400 naming the
 //! parameter and the provider, never dropped.
 //!
@@ -60,6 +62,8 @@ use crate::http::Peer;
 const SERVICE: &str = "bedrock";
 const JSON: &str = "application/json";
 const EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
+/// The forced tool that emulates `response_format` JSON modes.
+const JSON_TOOL: &str = "json_response";
 /// `inputSchema.json` of a tool whose function has no `parameters`.
 const EMPTY_OBJECT_SCHEMA: &str = r#"{"type":"object"}"#;
 /// The most of an error body we read: enough for any error object.
@@ -139,9 +143,9 @@ impl Bedrock {
         target: &Target,
         req: &ChatRequest,
         stream: bool,
-    ) -> Result<reqwest::RequestBuilder, GwError> {
+    ) -> Result<(reqwest::RequestBuilder, bool), GwError> {
         let name = self.peer.name();
-        let body = request_body(req, name).map_err(|e| e.with_provider(name))?;
+        let (body, json_mode) = request_body(req, name).map_err(|e| e.with_provider(name))?;
         let action = if stream { "converse-stream" } else { "converse" };
         let url = format!(
             "{}/model/{}/{action}",
@@ -159,7 +163,7 @@ impl Bedrock {
         for (header, value) in signed {
             request = request.header(header, value);
         }
-        Ok(request.body(body))
+        Ok((request.body(body), json_mode))
     }
 
     /// The SigV4 headers (`authorization`, `x-amz-date`, and
@@ -287,7 +291,7 @@ pub(crate) fn openai_error(body: &[u8], kind: Option<&str>) -> (Vec<u8>, bool) {
 #[async_trait]
 impl Provider for Bedrock {
     async fn complete(&self, target: &Target, req: &ChatRequest) -> Result<ChatResponse, GwError> {
-        let request = self.request(target, req, false)?;
+        let (request, json_mode) = self.request(target, req, false)?;
         let timeout = self.timeout(target);
         let call = async {
             let mut response = self.send(request).await?;
@@ -301,7 +305,7 @@ impl Provider for Bedrock {
         let (id, body) = tokio::time::timeout(timeout, call)
             .await
             .map_err(|_| self.peer.timeout_error(timeout))??;
-        parse_response(&body, &id, &target.model).map_err(|what| {
+        parse_response(&body, &id, &target.model, json_mode).map_err(|what| {
             self.peer.error(
                 ErrorCode::UpstreamError,
                 format!("provider `{}` sent an invalid response: {what}", self.peer.name()),
@@ -310,7 +314,7 @@ impl Provider for Bedrock {
     }
 
     async fn stream(&self, target: &Target, req: &ChatRequest) -> Result<ChunkStream, GwError> {
-        let request = self.request(target, req, true)?;
+        let (request, json_mode) = self.request(target, req, true)?;
         let timeout = self.timeout(target);
         let response = tokio::time::timeout(timeout, self.send(request))
             .await
@@ -320,7 +324,7 @@ impl Provider for Bedrock {
             body: response.bytes_stream(),
             buf: BytesMut::new(),
             decoder: MessageFrameDecoder::new(),
-            translator: Translator::new(self.peer.clone(), id, target.model.clone()),
+            translator: Translator::new(self.peer.clone(), id, target.model.clone(), json_mode),
             ready: VecDeque::new(),
             finished: false,
         }))
@@ -499,15 +503,12 @@ fn check_unsupported(req: &ChatRequest, provider: &str) -> Result<(), GwError> {
     if req.parallel_tool_calls == Some(false) && !req.tools.is_empty() {
         return refuse("parallel_tool_calls", "`parallel_tool_calls: false`");
     }
-    match req.response_format.as_ref().and_then(|f| f.format.as_ref()) {
-        Some(Format::JsonObject(true)) => refuse("response_format", "`response_format` `json_object`"),
-        Some(Format::JsonSchema(_)) => refuse("response_format", "`response_format` `json_schema`"),
-        _ => Ok(()),
-    }
+    Ok(())
 }
 
-/// The Converse request body for `req`.
-pub(crate) fn request_body(req: &ChatRequest, provider: &str) -> Result<Vec<u8>, GwError> {
+/// The Converse request body for `req`, and whether `response_format` is
+/// emulated with the [`JSON_TOOL`] (the answer's tool input is then the text).
+pub(crate) fn request_body(req: &ChatRequest, provider: &str) -> Result<(Vec<u8>, bool), GwError> {
     check_unsupported(req, provider)?;
     let mut system: Vec<TextBlock<'_>> = Vec::new();
     let mut messages: Vec<WireMessage<'_>> = Vec::with_capacity(req.messages.len());
@@ -577,7 +578,44 @@ pub(crate) fn request_body(req: &ChatRequest, provider: &str) -> Result<Vec<u8>,
         }
     }
 
-    let tool_config = tool_config(req, provider)?;
+    let mut tool_config = tool_config(req, provider)?;
+    let format = req.response_format.as_ref().and_then(|f| f.format.as_ref());
+    let json_schema = match format {
+        Some(Format::JsonObject(true)) => Some((EMPTY_OBJECT_SCHEMA, None)),
+        Some(Format::JsonSchema(s)) => Some((
+            s.schema_json.as_deref().unwrap_or(EMPTY_OBJECT_SCHEMA),
+            s.description.as_deref(),
+        )),
+        _ => None,
+    };
+    let json_mode = json_schema.is_some();
+    if let Some((schema_text, description)) = json_schema {
+        if tool_config.is_some() {
+            return Err(unsupported(
+                provider,
+                "response_format",
+                "`response_format` together with `tools`",
+            ));
+        }
+        let json: &RawValue = serde_json::from_str(schema_text).map_err(|e| {
+            GwError::invalid(
+                "response_format.json_schema.schema",
+                format!("the json schema is not valid json: {e}"),
+            )
+        })?;
+        tool_config = Some(ToolConfig {
+            tools: vec![WireTool {
+                tool_spec: ToolSpec {
+                    name: JSON_TOOL,
+                    description: Some(
+                        description.unwrap_or("Respond with JSON that matches the input schema."),
+                    ),
+                    input_schema: InputSchema { json },
+                },
+            }],
+            tool_choice: Some(json!({"tool": {"name": JSON_TOOL}})),
+        });
+    }
     let stop = req
         .stop
         .as_ref()
@@ -608,8 +646,9 @@ pub(crate) fn request_body(req: &ChatRequest, provider: &str) -> Result<Vec<u8>,
         tool_config,
         additional_model_request_fields: additional,
     };
-    serde_json::to_vec(&wire)
-        .map_err(|e| GwError::internal(format!("cannot encode the bedrock request: {e}")))
+    let body = serde_json::to_vec(&wire)
+        .map_err(|e| GwError::internal(format!("cannot encode the bedrock request: {e}")))?;
+    Ok((body, json_mode))
 }
 
 fn tool_config<'a>(req: &'a ChatRequest, provider: &str) -> Result<Option<ToolConfig<'a>>, GwError> {
@@ -929,10 +968,10 @@ impl WireUsage {
     }
 }
 
-fn finish_reason(stop_reason: Option<&str>) -> FinishReason {
+fn finish_reason(stop_reason: Option<&str>, json_mode: bool) -> FinishReason {
     match stop_reason {
         Some("max_tokens" | "model_context_window_exceeded") => FinishReason::Length,
-        Some("tool_use") => FinishReason::ToolCalls,
+        Some("tool_use") if !json_mode => FinishReason::ToolCalls,
         Some("guardrail_intervened" | "content_filtered") => FinishReason::ContentFilter,
         _ => FinishReason::Stop,
     }
@@ -945,7 +984,12 @@ fn unix_now() -> i64 {
 }
 
 /// A Converse response as a canonical response; `Err` says what was wrong.
-pub(crate) fn parse_response(body: &[u8], id: &str, model: &str) -> Result<ChatResponse, String> {
+pub(crate) fn parse_response(
+    body: &[u8],
+    id: &str,
+    model: &str,
+    json_mode: bool,
+) -> Result<ChatResponse, String> {
     let wire: WireResponse = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let mut text = String::new();
     let mut reasoning: Option<String> = None;
@@ -958,6 +1002,10 @@ pub(crate) fn parse_response(body: &[u8], id: &str, model: &str) -> Result<ChatR
             reasoning.get_or_insert_default().push_str(&r.text);
         }
         if let Some(call) = block.tool_use {
+            if json_mode && call.name == JSON_TOOL {
+                text.push_str(call.input.map_or("{}", RawValue::get));
+                continue;
+            }
             tool_calls.push(ToolCall {
                 id: call.tool_use_id,
                 r#type: "function".to_owned(),
@@ -988,7 +1036,7 @@ pub(crate) fn parse_response(body: &[u8], id: &str, model: &str) -> Result<ChatR
                 reasoning,
                 ..Message::default()
             }),
-            finish_reason: finish_reason(wire.stop_reason.as_deref()) as i32,
+            finish_reason: finish_reason(wire.stop_reason.as_deref(), json_mode) as i32,
             logprobs_json: None,
         }],
         usage: Some(wire.usage.canonical()),
@@ -1078,20 +1126,25 @@ pub(crate) struct Translator {
     id: String,
     model: String,
     created: i64,
-    /// Tool-use blocks: (Bedrock's content block index, tool-call ordinal).
-    tools: Vec<(u32, u32)>,
+    json_mode: bool,
+    /// Tool-use blocks: (Bedrock's content block index, tool-call ordinal);
+    /// the forced [`JSON_TOOL`] has no ordinal (its input is the text).
+    tools: Vec<(u32, Option<u32>)>,
+    calls: u32,
     started: bool,
     stopped: bool,
 }
 
 impl Translator {
-    pub(crate) fn new(peer: Peer, id: String, model: String) -> Self {
+    pub(crate) fn new(peer: Peer, id: String, model: String, json_mode: bool) -> Self {
         Self {
             peer,
             id,
             model,
             created: unix_now(),
+            json_mode,
             tools: Vec::new(),
+            calls: 0,
             started: false,
             stopped: false,
         }
@@ -1176,8 +1229,13 @@ impl Translator {
                 self.start(out);
                 let start: BlockStart = self.parse(payload)?;
                 if let Some(tool) = start.start.and_then(|s| s.tool_use) {
-                    let ordinal = u32::try_from(self.tools.len()).unwrap_or(u32::MAX);
-                    self.tools.push((start.content_block_index, ordinal));
+                    if self.json_mode && tool.name == JSON_TOOL {
+                        self.tools.push((start.content_block_index, None));
+                        return Ok(false);
+                    }
+                    let ordinal = self.calls;
+                    self.calls += 1;
+                    self.tools.push((start.content_block_index, Some(ordinal)));
                     out.push_back(self.delta(Delta {
                         tool_calls: vec![ToolCallDelta {
                             index: ordinal,
@@ -1218,14 +1276,21 @@ impl Translator {
                         .find(|(block, _)| *block == d.content_block_index)
                         .map(|(_, ordinal)| *ordinal)
                         .ok_or_else(|| self.invalid())?;
-                    out.push_back(self.delta(Delta {
-                        tool_calls: vec![ToolCallDelta {
-                            index: ordinal,
-                            arguments: Some(input),
-                            ..ToolCallDelta::default()
-                        }],
-                        ..Delta::default()
-                    }));
+                    let delta = match ordinal {
+                        Some(ordinal) => Delta {
+                            tool_calls: vec![ToolCallDelta {
+                                index: ordinal,
+                                arguments: Some(input),
+                                ..ToolCallDelta::default()
+                            }],
+                            ..Delta::default()
+                        },
+                        None => Delta {
+                            content: Some(input),
+                            ..Delta::default()
+                        },
+                    };
+                    out.push_back(self.delta(delta));
                 }
             }
             "messageStop" => {
@@ -1236,7 +1301,7 @@ impl Translator {
                     vec![ChunkChoice {
                         index: 0,
                         delta: Some(Delta::default()),
-                        finish_reason: finish_reason(stop.stop_reason.as_deref()) as i32,
+                        finish_reason: finish_reason(stop.stop_reason.as_deref(), self.json_mode) as i32,
                         logprobs_json: None,
                     }],
                     None,

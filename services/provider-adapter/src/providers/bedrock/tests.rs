@@ -20,7 +20,9 @@ fn canonical(body: &Value) -> ChatRequest {
 }
 
 fn wire(body: &Value) -> Value {
-    serde_json::from_slice(&request_body(&canonical(body), "aws").unwrap()).unwrap()
+    let (bytes, json_mode) = request_body(&canonical(body), "aws").unwrap();
+    assert!(!json_mode);
+    serde_json::from_slice(&bytes).unwrap()
 }
 
 fn wire_err(body: &Value) -> GwError {
@@ -118,11 +120,7 @@ fn unsupported_parameters_are_refused_by_name() {
         (json!({"logit_bias": {"1": 2}}), "logit_bias"),
         (json!({"reasoning_effort": "high"}), "reasoning_effort"),
         (
-            json!({"response_format": {"type": "json_object"}}),
-            "response_format",
-        ),
-        (
-            json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}}),
+            json!({"tools": tools, "response_format": {"type": "json_object"}}),
             "response_format",
         ),
         (
@@ -154,6 +152,82 @@ fn unsupported_parameters_are_refused_by_name() {
 }
 
 #[test]
+fn json_schema_is_a_forced_tool_and_comes_back_as_text() {
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
+    let body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "w", "schema": schema}}});
+    let (bytes, json_mode) = request_body(&canonical(&body), "aws").unwrap();
+    assert!(json_mode);
+    let w: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(w["toolConfig"]["tools"][0]["toolSpec"]["name"], JSON_TOOL);
+    assert_eq!(
+        w["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"]["json"],
+        schema
+    );
+    assert_eq!(
+        w["toolConfig"]["toolChoice"],
+        json!({"tool": {"name": JSON_TOOL}})
+    );
+
+    let answer = json!({"output": {"message": {"role": "assistant", "content": [
+        {"toolUse": {"toolUseId": "t1", "name": JSON_TOOL, "input": {"city": "Paris"}}}]}},
+        "stopReason": "tool_use", "usage": {"inputTokens": 1, "outputTokens": 1}});
+    let r = parse_response(answer.to_string().as_bytes(), "i", "m", true).unwrap();
+    let m = r.choices[0].message.as_ref().unwrap();
+    assert!(m.tool_calls.is_empty());
+    assert_eq!(
+        m.content,
+        Some(Content {
+            value: Some(ContentValue::Text("{\"city\":\"Paris\"}".into()))
+        })
+    );
+    assert_eq!(r.choices[0].finish_reason, FinishReason::Stop as i32);
+
+    let mut buf = Vec::new();
+    frame(&mut buf, "messageStart", &json!({"role": "assistant"}));
+    frame(
+        &mut buf,
+        "contentBlockStart",
+        &json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "t1", "name": JSON_TOOL}}}),
+    );
+    for part in ["{\"ci", "ty\":\"Paris\"}"] {
+        frame(
+            &mut buf,
+            "contentBlockDelta",
+            &json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": part}}}),
+        );
+    }
+    frame(&mut buf, "messageStop", &json!({"stopReason": "tool_use"}));
+    frame(
+        &mut buf,
+        "metadata",
+        &json!({"usage": {"inputTokens": 1, "outputTokens": 1}}),
+    );
+    let (chunks, done) = translate_mode(&buf, 4, true);
+    assert!(done.unwrap());
+    let text: String = chunks
+        .iter()
+        .filter_map(|c| {
+            c.choices
+                .first()
+                .and_then(|c| c.delta.as_ref())
+                .and_then(|d| d.content.clone())
+        })
+        .collect();
+    assert_eq!(text, "{\"city\":\"Paris\"}");
+    assert!(chunks.iter().all(|c| {
+        c.choices
+            .iter()
+            .all(|ch| ch.delta.as_ref().is_none_or(|d| d.tool_calls.is_empty()))
+    }));
+    assert!(chunks.iter().any(|c| {
+        c.choices
+            .first()
+            .is_some_and(|ch| ch.finish_reason == FinishReason::Stop as i32)
+    }));
+}
+
+#[test]
 fn parses_a_response_with_tools_reasoning_and_cache_usage() {
     let body = json!({
         "output": {"message": {"role": "assistant", "content": [
@@ -165,7 +239,7 @@ fn parses_a_response_with_tools_reasoning_and_cache_usage() {
         "usage": {"inputTokens": 10, "outputTokens": 5, "totalTokens": 15, "cacheReadInputTokens": 4},
         "metrics": {"latencyMs": 10}
     });
-    let r = parse_response(body.to_string().as_bytes(), "chatcmpl-1", "m").unwrap();
+    let r = parse_response(body.to_string().as_bytes(), "chatcmpl-1", "m", false).unwrap();
     let c = &r.choices[0];
     assert_eq!(c.finish_reason, FinishReason::ToolCalls as i32);
     let m = c.message.as_ref().unwrap();
@@ -206,10 +280,10 @@ fn parses_a_response_with_tools_reasoning_and_cache_usage() {
     ] {
         let body = json!({"output": {"message": {"role": "assistant", "content": [{"text": "x"}]}},
             "stopReason": reason, "usage": {"inputTokens": 1, "outputTokens": 1}});
-        let r = parse_response(body.to_string().as_bytes(), "i", "m").unwrap();
+        let r = parse_response(body.to_string().as_bytes(), "i", "m", false).unwrap();
         assert_eq!(r.choices[0].finish_reason, finish as i32, "{reason}");
     }
-    assert!(parse_response(b"{}", "i", "m").is_err());
+    assert!(parse_response(b"{}", "i", "m", false).is_err());
 }
 
 fn peer() -> Peer {
@@ -268,9 +342,13 @@ fn tool_stream() -> Vec<u8> {
 
 /// Feeds `bytes` in pieces of `step` bytes, as a network would.
 fn translate(bytes: &[u8], step: usize) -> (Vec<ChatChunk>, Result<bool, GwError>) {
+    translate_mode(bytes, step, false)
+}
+
+fn translate_mode(bytes: &[u8], step: usize, json_mode: bool) -> (Vec<ChatChunk>, Result<bool, GwError>) {
     let mut decoder = MessageFrameDecoder::new();
     let mut buf = BytesMut::new();
-    let mut translator = Translator::new(peer(), "chatcmpl-x".into(), "m".into());
+    let mut translator = Translator::new(peer(), "chatcmpl-x".into(), "m".into(), json_mode);
     let mut out = VecDeque::new();
     let mut done = Ok(false);
     'feed: for piece in bytes.chunks(step) {
