@@ -16,5 +16,6 @@ mod embeddings;
 mod errors;
 mod grpc;
 mod provider_anthropic;
+mod provider_bedrock;
 mod provider_gemini;
 mod provider_misc;

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 mod anthropic;
+mod bedrock;
 mod chat;
 pub mod directives;
 mod embeddings;
@@ -110,6 +111,11 @@ pub fn router(opts: Options) -> Router {
             post(gemini::vertex_generate),
         )
         .route("/token", post(gemini::token))
+        .route("/model/{model_id}/converse", post(bedrock::converse))
+        .route(
+            "/model/{model_id}/converse-stream",
+            post(bedrock::converse_stream),
+        )
         .route(
             "/_emu/requests",
             get(routes::recorded).delete(routes::clear_recorded),

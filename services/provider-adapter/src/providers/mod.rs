@@ -14,6 +14,7 @@ use llmgw_kit::services::ChunkStream;
 use llmgw_proto::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Target};
 
 pub(crate) mod anthropic;
+pub(crate) mod bedrock;
 pub(crate) mod gemini;
 pub(crate) mod ollama;
 pub(crate) mod openai;
@@ -55,17 +56,9 @@ pub(crate) fn build(config: &ProviderConfig, client: &reqwest::Client) -> Result
         | ProviderKind::Compatible(_) => Arc::new(openai::OpenAi::new(config, client.clone())?),
         ProviderKind::Anthropic => Arc::new(anthropic::Anthropic::new(config, client.clone())?),
         ProviderKind::Ollama => Arc::new(ollama::Ollama::new(config, client.clone())?),
+        ProviderKind::Bedrock => Arc::new(bedrock::Bedrock::new(config, client.clone())?),
         ProviderKind::Google | ProviderKind::VertexAi => {
             Arc::new(gemini::Gemini::new(config, client.clone())?)
-        }
-        other => {
-            return Err(GwError::new(
-                llmgw_kit::ErrorCode::Internal,
-                format!(
-                    "provider `{}`: type `{other}` is not supported by this build yet",
-                    config.name
-                ),
-            ));
         }
     })
 }
