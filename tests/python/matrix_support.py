@@ -102,7 +102,7 @@ ROWS: list[Row] = [
         "bedrock",
         "bedrock",
         "br",
-        "base_url: http://{emu}\n    region: us-east-1\n    access_key_id: AKIAEMULATOR0000000\n    secret_access_key: ${EMU_KEY}",
+        "base_url: http://{emu}\n    region: us-east-1\n    access_key_id: AKIDEXAMPLE\n    secret_access_key: ${EMU_KEY}",
         "anthropic.claude-3-5-sonnet-20241022-v2:0",
         "amazon.titan-embed-text-v2:0",
         "",  # its emulator paths are not known here yet
