@@ -240,14 +240,16 @@ async fn gemini_tools_images_and_formats() {
     assert_eq!(args["city"], "Paris");
     assert_eq!(finish.as_deref(), Some("tool_calls"));
 
-    // ---- image parts: data URL inline, http URL by reference
+    // ---- image parts: data URL inline, a Files API URI by reference (an
+    // http(s) URL is fetched by the gateway's guard: see below)
+    let files = "https://generativelanguage.googleapis.com/v1beta/files/cat.jpg";
     let (status, _, body) = gw
         .post(
             "/v1/chat/completions",
             &json!({"model": "gemini-flash", "messages": [{"role": "user", "content": [
                 {"type": "text", "text": "what is in these?"},
                 {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "high"}}
+                {"type": "image_url", "image_url": {"url": files, "detail": "high"}}
             ]}]}),
         )
         .await;
@@ -263,7 +265,7 @@ async fn gemini_tools_images_and_formats() {
     );
     assert_eq!(
         parts[2],
-        json!({"fileData": {"mimeType": "image/jpeg", "fileUri": "https://example.com/cat.jpg"}})
+        json!({"fileData": {"mimeType": "image/jpeg", "fileUri": files}})
     );
 
     // ---- json_object and json_schema
@@ -372,11 +374,38 @@ async fn gemini_errors_and_unsupported_params() {
         .post(
             "/v1/chat/completions",
             &json!({"model": "gemini-flash", "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": "https://example.com/image"}}]}]}),
+                {"type": "image_url", "image_url": {"url": "gopher://example.com/image.png"}}]}]}),
         )
         .await;
     assert_eq!(status, 400, "{b}");
     assert_eq!(b["error"]["param"], "messages[0].content[0].image_url", "{b}");
+    // The guard is on: an http(s) image on a loopback host (the emulator
+    // itself, which is listening) is refused, naming the param and why.
+    for url in [
+        format!("http://{}/v1beta/models", gw.emu.addr),
+        format!("http://localhost:{}/cat.png", gw.emu.addr.port()),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+    ] {
+        let (status, _, b) = gw
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "gemini-flash", "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "look"},
+                    {"type": "image_url", "image_url": {"url": url}}]}]}),
+            )
+            .await;
+        assert_eq!(status, 400, "{b}");
+        assert_eq!(b["error"]["param"], "messages[0].content[1].image_url", "{b}");
+        let message = b["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("`gem` (google)") && message.contains("cannot fetch the image url"),
+            "{b}"
+        );
+        assert!(
+            message.contains("loopback") || message.contains("link-local"),
+            "{b}"
+        );
+    }
     assert_eq!(
         gw.upstream_requests().await.len(),
         before,

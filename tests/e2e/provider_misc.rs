@@ -360,10 +360,20 @@ async fn azure_mistral_ollama_and_a_compatible_host() {
         "ol",
     )
     .await;
+    // http(s) images are fetched through the guard, which refuses the
+    // loopback emulator (listening, so only the guard stops it).
     refused(
         &gw,
         json!({"model": "ol-model", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}),
+            {"type": "image_url", "image_url": {"url": format!("http://{}/cat.png", gw.emu.addr)}}]}]}),
+        "messages[0].content[0].image_url",
+        "ol",
+    )
+    .await;
+    refused(
+        &gw,
+        json!({"model": "ol-model", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "ftp://example.com/cat.png"}}]}]}),
         "messages[0].content[0].image_url",
         "ol",
     )

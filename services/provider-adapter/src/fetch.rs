@@ -187,18 +187,19 @@ impl Fetcher {
         Ok(addrs)
     }
 
-    /// `req` with every http(s) `image_url` in the messages `which` selects
-    /// fetched and inlined as a base64 data URL; borrowed when there is none.
+    /// `req` with every `image_url` that `wanted` picks (by message and
+    /// URL; only http(s) URLs are ever fetched) fetched and inlined as a
+    /// base64 data URL; borrowed when there is none. Refusals name
+    /// `provider` (`` `ol` (ollama) ``), which needs the bytes.
     pub(crate) async fn inline_images<'a>(
         &self,
         req: &'a ChatRequest,
-        which: fn(&Message) -> bool,
+        provider: (&str, &str),
+        wanted: impl Fn(&Message, &str) -> bool,
     ) -> Result<Cow<'a, ChatRequest>, GwError> {
+        let (name, kind) = provider;
         let mut out: Option<ChatRequest> = None;
         for (i, m) in req.messages.iter().enumerate() {
-            if !which(m) {
-                continue;
-            }
             let Some(content::Value::Parts(parts)) = m.content.as_ref().and_then(|c| c.value.as_ref()) else {
                 continue;
             };
@@ -206,11 +207,21 @@ impl Fetcher {
                 let Some(content_part::Part::ImageUrl(image)) = &part.part else {
                     continue;
                 };
-                if !is_http(&image.url) {
+                if !is_http(&image.url) || !wanted(m, &image.url) {
                     continue;
                 }
                 let param = format!("messages[{i}].content[{j}].image_url");
-                let (mime, bytes) = self.fetch_image(&image.url, &param).await?;
+                let (mime, bytes) = self.fetch_image(&image.url, &param).await.map_err(|e| {
+                    GwError::new(
+                        e.code(),
+                        format!(
+                            "provider `{name}` ({kind}) takes images as bytes, and the gateway {}",
+                            e.message()
+                        ),
+                    )
+                    .with_param(param.clone())
+                    .with_provider(name)
+                })?;
                 let data = base64::engine::general_purpose::STANDARD.encode(&bytes);
                 let copy = out.get_or_insert_with(|| req.clone());
                 if let Some(content::Value::Parts(parts)) =

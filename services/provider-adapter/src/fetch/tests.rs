@@ -4,7 +4,6 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::stream;
 use llmgw_kit::ErrorCode;
@@ -43,10 +42,10 @@ async fn server() -> SocketAddr {
             // Chunked, no Content-Length: the cap must hold while streaming.
             get(|| async {
                 let chunks = (0..64).map(|_| Ok::<_, Infallible>(Bytes::from(vec![0u8; 1024])));
-                Response::builder()
-                    .header(header::CONTENT_TYPE, "image/png")
-                    .body(Body::from_stream(stream::iter(chunks)))
-                    .map_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response(), |r| r)
+                (
+                    [(header::CONTENT_TYPE, "image/png")],
+                    Body::from_stream(stream::iter(chunks)),
+                )
             }),
         )
         .route(
@@ -63,10 +62,7 @@ async fn server() -> SocketAddr {
                         )
                     })
                 });
-                Response::builder()
-                    .header(header::CONTENT_TYPE, "image/png")
-                    .body(Body::from_stream(chunks))
-                    .map_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response(), |r| r)
+                ([(header::CONTENT_TYPE, "image/png")], Body::from_stream(chunks))
             }),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -268,7 +264,10 @@ async fn inlines_http_images_only() {
         .as_bytes(),
     )
     .unwrap();
-    let out = local().inline_images(&req, |_| true).await.unwrap();
+    let out = local()
+        .inline_images(&req, ("ol", "ollama"), |_, _| true)
+        .await
+        .unwrap();
     let Some(content::Value::Parts(parts)) = out.messages[0].content.as_ref().and_then(|c| c.value.as_ref())
     else {
         panic!("parts expected")
@@ -280,7 +279,23 @@ async fn inlines_http_images_only() {
     let b64 = base64::engine::general_purpose::STANDARD.encode(PNG);
     assert_eq!(url(1), format!("data:image/png;base64,{b64}"));
     assert_eq!(url(2), "data:image/gif;base64,R0lG");
+    // A refusal names the provider and the param.
+    let err = Fetcher::new()
+        .inline_images(&req, ("ol", "ollama"), |_, _| true)
+        .await
+        .unwrap_err();
+    assert_eq!(err.param(), Some("messages[0].content[1].image_url"));
+    assert_eq!(err.provider(), Some("ol"));
+    assert!(
+        err.message()
+            .starts_with("provider `ol` (ollama) takes images as bytes, and the gateway cannot fetch the image url: its host is a loopback address"),
+        "{}",
+        err.message()
+    );
     // Nothing to fetch: borrowed as is.
-    let plain = local().inline_images(&req, |_| false).await.unwrap();
+    let plain = local()
+        .inline_images(&req, ("ol", "ollama"), |_, _| false)
+        .await
+        .unwrap();
     assert!(matches!(plain, Cow::Borrowed(_)));
 }

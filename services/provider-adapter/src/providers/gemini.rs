@@ -12,7 +12,9 @@
 //! Translation, canonical → Gemini: system and developer messages become
 //! `systemInstruction`; user and assistant turns become `contents` with roles
 //! `user` and `model` (consecutive turns of one role merged); images become
-//! `inlineData` (data URLs) or `fileData` (http(s) URLs); assistant tool calls
+//! `inlineData` (data URLs, and on AI Studio http(s) URLs, fetched through the
+//! guard in [`crate::fetch`]: AI Studio cannot fetch arbitrary URLs) or
+//! `fileData` (Files API and `gs://` URIs, and http(s) URLs on Vertex AI); assistant tool calls
 //! become `functionCall` parts and tool results `functionResponse` parts
 //! (named after the call they answer); tools become `functionDeclarations`
 //! with their JSON schemas cut down to the OpenAPI subset Gemini accepts;
@@ -57,6 +59,7 @@ use serde_json::{Map, Value, json};
 
 use super::Provider;
 use super::vertex::TokenSource;
+use crate::fetch::{self, Fetcher};
 use crate::http::Peer;
 
 const API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
@@ -98,6 +101,8 @@ pub(crate) struct Gemini {
     headers: HeaderMap,
     timeout: Duration,
     client: reqwest::Client,
+    /// Fetches http(s) image URLs on AI Studio, which takes them only inline.
+    fetcher: Fetcher,
 }
 
 impl Gemini {
@@ -155,6 +160,7 @@ impl Gemini {
             headers,
             timeout: config.timeout,
             client,
+            fetcher: Fetcher::new(),
         })
     }
 
@@ -172,7 +178,7 @@ impl Gemini {
         }
     }
 
-    fn request(
+    async fn request(
         &self,
         target: &Target,
         req: &ChatRequest,
@@ -195,7 +201,18 @@ impl Gemini {
             )
             .with_provider(name));
         }
-        let body = request_body(req, self.who())?;
+        let req = if self.tokens.is_none() {
+            // Cheap refusals first: a request refused anyway fetches nothing.
+            reject_unsupported(req, self.who())?;
+            self.fetcher
+                .inline_images(req, (name, self.kind), |m, url| {
+                    matches!(m.role(), Role::User | Role::Unspecified) && !is_files_uri(url)
+                })
+                .await?
+        } else {
+            std::borrow::Cow::Borrowed(req)
+        };
+        let body = request_body(&req, self.who())?;
         let url = if stream {
             format!("{}{model}:streamGenerateContent?alt=sse", self.models_url)
         } else {
@@ -257,7 +274,7 @@ impl Gemini {
 #[async_trait]
 impl Provider for Gemini {
     async fn complete(&self, target: &Target, req: &ChatRequest) -> Result<ChatResponse, GwError> {
-        let request = self.request(target, req, false)?;
+        let request = self.request(target, req, false).await?;
         let timeout = self.timeout(target);
         let call = async {
             let mut response = self.send(request).await?;
@@ -279,7 +296,7 @@ impl Provider for Gemini {
     }
 
     async fn stream(&self, target: &Target, req: &ChatRequest) -> Result<ChunkStream, GwError> {
-        let request = self.request(target, req, true)?;
+        let request = self.request(target, req, true).await?;
         let timeout = self.timeout(target);
         let response = tokio::time::timeout(timeout, self.send(request))
             .await
@@ -802,7 +819,7 @@ fn user_parts(m: &Message, i: usize, provider: Who<'_>) -> Result<Vec<Value>, Gw
     Ok(out)
 }
 
-/// A data URL as `inlineData`, an http(s) URL as `fileData` (its MIME type
+/// A data URL as `inlineData`, an http(s) URL or `gs://` URI as `fileData` (its MIME type
 /// from the extension).
 fn media(url: &str, provider: Who<'_>, param: &str) -> Result<Value, GwError> {
     if let Some(rest) = url.strip_prefix("data:") {
@@ -818,8 +835,12 @@ fn media(url: &str, provider: Who<'_>, param: &str) -> Result<Value, GwError> {
         return Ok(json!({ "inlineData": { "mimeType": mime, "data": data } }));
     }
     let lower = url.to_ascii_lowercase();
-    if !(lower.starts_with("https://") || lower.starts_with("http://")) {
-        return Err(invalid(provider, param, "expected a data URL or an http(s) URL"));
+    if !(fetch::is_http(&lower) || lower.starts_with("gs://")) {
+        return Err(invalid(
+            provider,
+            param,
+            "expected a data URL, an http(s) URL or a gs:// URI",
+        ));
     }
     let Some(mime) = mime_from_url(&lower) else {
         return Err(invalid(
@@ -829,6 +850,15 @@ fn media(url: &str, provider: Who<'_>, param: &str) -> Result<Value, GwError> {
         ));
     };
     Ok(json!({ "fileData": { "mimeType": mime, "fileUri": url } }))
+}
+
+/// A Gemini Files API URI (`https://generativelanguage.googleapis.com/v1beta/files/…`):
+/// Gemini reads it itself, so it is passed as `fileData`, not fetched.
+fn is_files_uri(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    lower
+        .strip_prefix("https://generativelanguage.googleapis.com/")
+        .is_some_and(|path| path.contains("/files/") || path.starts_with("files/"))
 }
 
 fn mime_from_url(url: &str) -> Option<&'static str> {

@@ -3,8 +3,8 @@
 //! Request: `{model, messages: [{role, content, images, tool_calls, thinking, tool_name}],
 //! tools, format, options: {temperature, top_p, num_predict, stop, seed, presence_penalty,
 //! frequency_penalty}, stream, think}`. Content parts are joined into one string; images must
-//! be inline bytes (a data URL's base64 is sent as is; an http(s) URL is refused until the
-//! gateway has a guarded fetch); tool-call arguments travel as JSON objects; `json_object`
+//! be inline bytes (a data URL's base64 is sent as is; an http(s) URL is fetched through the
+//! guard in [`crate::fetch`] and its bytes inlined); tool-call arguments travel as JSON objects; `json_object`
 //! is `format: "json"` and `json_schema` is the schema itself as `format`.
 //!
 //! Ollama has no `n`, `logprobs`, `logit_bias` or forced tool choice: asking for them is a
@@ -40,6 +40,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{Provider, upstream};
+use crate::fetch::Fetcher;
 use crate::http::Peer;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -55,6 +56,8 @@ pub(crate) struct Ollama {
     headers: HeaderMap,
     timeout: Duration,
     client: reqwest::Client,
+    /// Fetches http(s) image URLs: Ollama only takes inline bytes.
+    fetcher: Fetcher,
 }
 
 // ---- wire: request ---------------------------------------------------------
@@ -275,6 +278,7 @@ impl Ollama {
             headers,
             timeout: config.timeout,
             client,
+            fetcher: Fetcher::new(),
         })
     }
 
@@ -293,8 +297,25 @@ impl Ollama {
         .with_provider(self.peer.name())
     }
 
-    /// The `/api/chat` body for `req`.
-    fn body(&self, target: &Target, req: &ChatRequest, stream: bool) -> Result<Vec<u8>, GwError> {
+    /// The `/api/chat` body for `req`, its http(s) images fetched and
+    /// inlined first (after the cheap checks, so a request refused anyway
+    /// fetches nothing).
+    async fn fetch_and_body(
+        &self,
+        target: &Target,
+        req: &ChatRequest,
+        stream: bool,
+    ) -> Result<Vec<u8>, GwError> {
+        self.check(req)?;
+        let req = self
+            .fetcher
+            .inline_images(req, (self.peer.name(), "ollama"), |_, _| true)
+            .await?;
+        self.body(target, &req, stream)
+    }
+
+    /// What Ollama cannot do at all.
+    fn check(&self, req: &ChatRequest) -> Result<(), GwError> {
         if req.n.is_some_and(|n| n > 1) {
             return Err(self.unsupported("n", "`n` > 1"));
         }
@@ -307,6 +328,12 @@ impl Ollama {
         if req.logit_bias_json.is_some() {
             return Err(self.unsupported("logit_bias", "`logit_bias`"));
         }
+        Ok(())
+    }
+
+    /// The `/api/chat` body for `req`, whose images are inline by now.
+    fn body(&self, target: &Target, req: &ChatRequest, stream: bool) -> Result<Vec<u8>, GwError> {
+        self.check(req)?;
         let mut send_tools = true;
         match req.tool_choice.as_ref().and_then(|c| c.choice.as_ref()) {
             Some(tool_choice::Choice::Mode(m)) if *m == ToolChoiceMode::None as i32 => send_tools = false,
@@ -461,19 +488,18 @@ impl Ollama {
         })
     }
 
-    /// A data URL's base64 payload; anything else is refused.
+    /// A data URL's base64 payload (http(s) URLs were fetched into data
+    /// URLs already); anything else is refused.
     fn image<'a>(&self, url: &'a str, param: &str) -> Result<&'a str, GwError> {
         if let Some(rest) = url.strip_prefix("data:")
             && let Some((_, data)) = rest.split_once(";base64,")
         {
             return Ok(data);
         }
-        let what = if url.starts_with("http://") || url.starts_with("https://") {
-            "image urls (send the image inline as a base64 data url)"
-        } else {
-            "this image url (send the image inline as a base64 data url)"
-        };
-        Err(self.unsupported(&format!("{param}.image_url"), what))
+        Err(self.unsupported(
+            &format!("{param}.image_url"),
+            "this image url (send an http(s) url or a base64 data url)",
+        ))
     }
 
     /// Sends `body` and waits for the headers; a non-2xx answer becomes an
@@ -563,7 +589,7 @@ fn response(body: &[u8]) -> Result<ChatResponse, String> {
 #[async_trait]
 impl Provider for Ollama {
     async fn complete(&self, target: &Target, req: &ChatRequest) -> Result<ChatResponse, GwError> {
-        let body = self.body(target, req, false)?;
+        let body = self.fetch_and_body(target, req, false).await?;
         let timeout = self.timeout(target);
         let call = async {
             let mut response = self.send(body, false).await?;
@@ -584,7 +610,7 @@ impl Provider for Ollama {
     }
 
     async fn stream(&self, target: &Target, req: &ChatRequest) -> Result<ChunkStream, GwError> {
-        let body = self.body(target, req, true)?;
+        let body = self.fetch_and_body(target, req, true).await?;
         let timeout = self.timeout(target);
         let response = tokio::time::timeout(timeout, self.send(body, true))
             .await

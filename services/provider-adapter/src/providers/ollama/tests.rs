@@ -163,7 +163,7 @@ fn refuses_what_ollama_lacks() -> TestResult {
                 value: Some(content::Value::Parts(ContentParts {
                     parts: vec![ContentPart {
                         part: Some(content_part::Part::ImageUrl(ImageUrl {
-                            url: "https://example.com/cat.png".to_owned(),
+                            url: "ftp://example.com/cat.png".to_owned(),
                             detail: None,
                         })),
                     }],
@@ -380,4 +380,80 @@ fn an_error_line_ends_the_stream() {
         ),
         "{err:?}"
     );
+}
+
+fn image_request(url: &str) -> ChatRequest {
+    let mut req = user("what is it?");
+    req.messages[0].content = Some(llmgw_proto::Content {
+        value: Some(content::Value::Parts(ContentParts {
+            parts: vec![
+                ContentPart {
+                    part: Some(content_part::Part::Text("what is it?".to_owned())),
+                },
+                ContentPart {
+                    part: Some(content_part::Part::ImageUrl(ImageUrl {
+                        url: url.to_owned(),
+                        detail: None,
+                    })),
+                },
+            ],
+        })),
+    });
+    req
+}
+
+/// A local server answering `GET /cat.png` with a PNG.
+async fn image_server() -> Result<std::net::SocketAddr, Box<dyn std::error::Error>> {
+    let png: &'static [u8] = b"\x89PNG\r\n\x1a\nrest";
+    let app = axum::Router::new().route(
+        "/cat.png",
+        axum::routing::get(move || async move { ([("content-type", "image/png")], png) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+#[tokio::test]
+async fn fetches_and_inlines_an_http_image() -> TestResult {
+    use base64::Engine as _;
+    let (emu, mut p) = emulator().await?;
+    let images = image_server().await?;
+    let url = format!("http://{images}/cat.png");
+
+    // The production guard refuses the loopback image server.
+    let err = p
+        .complete(&target("llava"), &image_request(&url))
+        .await
+        .err()
+        .ok_or("fetched from loopback")?;
+    assert_eq!(err.http_status(), 400);
+    assert_eq!(err.param(), Some("messages[0].content[1].image_url"));
+    assert!(err.message().contains("loopback"), "{}", err.message());
+
+    // With the test allowance the image is fetched and sent as base64.
+    p.fetcher = crate::fetch::Fetcher::for_tests(1 << 20, Duration::from_secs(5));
+    p.complete(&target("llava"), &image_request(&url)).await?;
+    let stream = p.stream(&target("llava"), &image_request(&url)).await?;
+    assert!(stream.collect::<Vec<_>>().await.iter().all(Result::is_ok));
+    let recorded: Value = serde_json::from_slice(
+        &reqwest::get(format!("http://{}/_emu/requests", emu.addr))
+            .await?
+            .bytes()
+            .await?,
+    )?;
+    let sent: Vec<&Value> = recorded
+        .as_array()
+        .ok_or("no list")?
+        .iter()
+        .filter(|r| r["path"] == "/api/chat")
+        .collect();
+    assert_eq!(sent.len(), 2, "the refused request never reached ollama");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG\r\n\x1a\nrest");
+    for r in sent {
+        assert_eq!(r["body"]["messages"][0]["images"], json!([b64]));
+        assert_eq!(r["body"]["messages"][0]["content"], "what is it?");
+    }
+    Ok(())
 }
