@@ -30,6 +30,13 @@
 //! is a `content_filter` finish with empty content. A stream is one
 //! `GenerateContentResponse` per SSE event and ends with the body (no
 //! `[DONE]`); it becomes OpenAI-style chunks and a final usage-only chunk.
+//!
+//! Embeddings (AI Studio): `POST {base_url}/models/{model}:batchEmbedContents` with
+//! `{requests: [{model: "models/{model}", content: {parts: [{text}]}, outputDimensionality}]}`
+//! (the client's extra fields, such as `taskType`, go into each request) answers
+//! `{embeddings: [{values}]}`. Gemini counts no tokens there, so usage is estimated (about
+//! four characters a token) and marked so. Text only: token-id inputs are a 400 naming
+//! `input`. Vertex AI's embeddings (`:predict`) are not offered yet.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -48,8 +55,9 @@ use llmgw_kit::openai::parse_upstream_error;
 use llmgw_kit::services::ChunkStream;
 use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto::{
-    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, FinishReason, FunctionCall, Message,
-    Role, Target, ToolCall, ToolCallDelta, Usage, content, content_part, response_format, tool_choice,
+    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, Embedding, EmbeddingsRequest,
+    EmbeddingsResponse, FinishReason, FunctionCall, Message, Role, Target, ToolCall, ToolCallDelta, Usage,
+    content, content_part, embedding_input, response_format, tool_choice,
 };
 use pin_project_lite::pin_project;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -171,20 +179,8 @@ impl Gemini {
         }
     }
 
-    fn timeout(&self, target: &Target) -> Duration {
-        match target.timeout_ms {
-            0 => self.timeout,
-            ms => Duration::from_millis(u64::from(ms)),
-        }
-    }
-
-    async fn request(
-        &self,
-        target: &Target,
-        req: &ChatRequest,
-        stream: bool,
-    ) -> Result<reqwest::RequestBuilder, GwError> {
-        let name = self.peer.name();
+    /// The target's model, safe to put in a URL path.
+    fn model<'a>(&self, target: &'a Target) -> Result<&'a str, GwError> {
         let model = target.model.strip_prefix("models/").unwrap_or(&target.model);
         // The model lands in the URL path: no `/`, `?`, `#` or `%` may steer it.
         if model.is_empty()
@@ -199,8 +195,52 @@ impl Gemini {
                     self.who()
                 ),
             )
-            .with_provider(name));
+            .with_provider(self.peer.name()));
         }
+        Ok(model)
+    }
+
+    /// The `batchEmbedContents` body for `req`: text inputs only.
+    fn embed_body(&self, model: &str, req: &EmbeddingsRequest) -> Result<Vec<u8>, GwError> {
+        let extra = match req.extra_json.as_deref() {
+            Some(text) => serde_json::from_str::<Map<String, Value>>(text)
+                .map_err(|e| GwError::internal(format!("extra fields are not a JSON object: {e}")))?,
+            None => Map::new(),
+        };
+        let mut requests = Vec::with_capacity(req.inputs.len());
+        for input in &req.inputs {
+            let Some(embedding_input::Value::Text(text)) = &input.value else {
+                return Err(unsupported(self.who(), "input", "token-id inputs (send text)"));
+            };
+            let mut one = extra.clone();
+            one.insert("model".into(), Value::String(format!("models/{model}")));
+            one.insert("content".into(), json!({ "parts": [{ "text": text }] }));
+            if let Some(d) = req.dimensions {
+                one.insert("outputDimensionality".into(), Value::from(d));
+            }
+            requests.push(Value::Object(one));
+        }
+        serde_json::to_vec(&json!({ "requests": requests })).map_err(|e| {
+            GwError::internal(format!("cannot encode the gemini request: {e}"))
+                .with_provider(self.peer.name())
+        })
+    }
+
+    fn timeout(&self, target: &Target) -> Duration {
+        match target.timeout_ms {
+            0 => self.timeout,
+            ms => Duration::from_millis(u64::from(ms)),
+        }
+    }
+
+    async fn request(
+        &self,
+        target: &Target,
+        req: &ChatRequest,
+        stream: bool,
+    ) -> Result<reqwest::RequestBuilder, GwError> {
+        let name = self.peer.name();
+        let model = self.model(target)?;
         let req = if self.tokens.is_none() {
             // Cheap refusals first: a request refused anyway fetches nothing.
             reject_unsupported(req, self.who())?;
@@ -271,8 +311,85 @@ impl Gemini {
     }
 }
 
+#[derive(Deserialize)]
+struct BatchEmbedResponse {
+    #[serde(default)]
+    embeddings: Vec<ContentEmbedding>,
+}
+
+#[derive(Deserialize)]
+struct ContentEmbedding {
+    #[serde(default)]
+    values: Vec<f32>,
+}
+
 #[async_trait]
 impl Provider for Gemini {
+    async fn embed(&self, target: &Target, req: &EmbeddingsRequest) -> Result<EmbeddingsResponse, GwError> {
+        let name = self.peer.name();
+        if self.tokens.is_some() {
+            return Err(unsupported(self.who(), "model", "embeddings through llmgw yet"));
+        }
+        let model = self.model(target)?;
+        let body = self.embed_body(model, req)?;
+        let request = self
+            .client
+            .post(format!("{}{model}:batchEmbedContents", self.models_url))
+            .headers(self.headers.clone())
+            .header(ACCEPT, JSON)
+            .body(body);
+        let timeout = self.timeout(target);
+        let call = async {
+            let mut response = self.send(request).await?;
+            self.peer
+                .read_limited(&mut response, MAX_MESSAGE_BYTES, true)
+                .await
+        };
+        let body = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| self.peer.timeout_error(timeout))??;
+        let invalid = || {
+            self.peer.error(
+                ErrorCode::UpstreamError,
+                format!("provider `{name}` sent an invalid embeddings response"),
+            )
+        };
+        let parsed: BatchEmbedResponse = serde_json::from_slice(&body).map_err(|_| invalid())?;
+        if parsed.embeddings.len() != req.inputs.len() {
+            return Err(invalid());
+        }
+        // Gemini counts no tokens here: about four characters a token, marked estimated.
+        let tokens: u32 = req
+            .inputs
+            .iter()
+            .map(|i| match &i.value {
+                Some(embedding_input::Value::Text(t)) => {
+                    u32::try_from(t.chars().count().div_ceil(4).max(1)).unwrap_or(u32::MAX)
+                }
+                _ => 0,
+            })
+            .fold(0, u32::saturating_add);
+        Ok(EmbeddingsResponse {
+            model: target.model.clone(),
+            data: parsed
+                .embeddings
+                .into_iter()
+                .zip(0u32..)
+                .map(|(e, index)| Embedding {
+                    index,
+                    vector: e.values,
+                })
+                .collect(),
+            usage: Some(Usage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+                estimated: true,
+                ..Usage::default()
+            }),
+            metadata: None,
+        })
+    }
+
     async fn complete(&self, target: &Target, req: &ChatRequest) -> Result<ChatResponse, GwError> {
         let request = self.request(target, req, false).await?;
         let timeout = self.timeout(target);

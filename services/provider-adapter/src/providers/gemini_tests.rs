@@ -730,3 +730,77 @@ async fn vertex_passes_http_images_by_reference() {
         json!({"fileData": {"mimeType": "image/jpeg", "fileUri": url}})
     );
 }
+
+fn embed_request(inputs: Vec<llmgw_proto::EmbeddingInput>, dimensions: Option<u32>) -> EmbeddingsRequest {
+    EmbeddingsRequest {
+        model: "x".into(),
+        inputs,
+        dimensions,
+        extra_json: Some(r#"{"taskType":"RETRIEVAL_DOCUMENT"}"#.into()),
+        ..EmbeddingsRequest::default()
+    }
+}
+
+fn text_input(t: &str) -> llmgw_proto::EmbeddingInput {
+    llmgw_proto::EmbeddingInput {
+        value: Some(embedding_input::Value::Text(t.into())),
+    }
+}
+
+#[tokio::test]
+async fn embeds_on_ai_studio() {
+    let emu = emulator().await;
+    let p = provider(emu.addr);
+    let t = target("text-embedding-004");
+    let r = p
+        .embed(
+            &t,
+            &embed_request(vec![text_input("alpha"), text_input("beta!")], Some(16)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.data.len(), 2);
+    assert_eq!((r.data[1].index, r.data[1].vector.len()), (1, 16));
+    let norm: f32 = r.data[0].vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-3);
+    let u = r.usage.unwrap();
+    assert_eq!((u.prompt_tokens, u.estimated), (4, true));
+    let sent = recorded(&emu).await;
+    assert_eq!(
+        sent[0]["path"],
+        "/v1beta/models/text-embedding-004:batchEmbedContents"
+    );
+    assert_eq!(
+        sent[0]["body"]["requests"][1],
+        json!({"model": "models/text-embedding-004", "content": {"parts": [{"text": "beta!"}]},
+            "outputDimensionality": 16, "taskType": "RETRIEVAL_DOCUMENT"})
+    );
+
+    // token ids are refused before anything is sent
+    let tokens = llmgw_proto::EmbeddingInput {
+        value: Some(embedding_input::Value::Tokens(llmgw_proto::TokenIds {
+            ids: vec![1],
+        })),
+    };
+    let e = p.embed(&t, &embed_request(vec![tokens], None)).await.unwrap_err();
+    assert_eq!((e.http_status(), e.param()), (400, Some("input")));
+    // a chat model: Gemini's 404 comes back
+    let e = p
+        .embed(
+            &target("gemini-2.0-flash"),
+            &embed_request(vec![text_input("x")], None),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), 404, "{}", e.message());
+    assert_eq!(recorded(&emu).await.len(), 2);
+
+    // Vertex AI: not offered, said clearly
+    let vx = vertex(emu.addr, &credentials(&format!("http://{}/token", emu.addr))).unwrap();
+    let e = vx
+        .embed(&t, &embed_request(vec![text_input("x")], None))
+        .await
+        .unwrap_err();
+    assert_eq!((e.http_status(), e.param()), (400, Some("model")));
+    assert!(e.message().contains("`vx` (vertex-ai)"), "{}", e.message());
+}

@@ -15,6 +15,11 @@
 //! turned into canonical chunks as each line arrives: a role chunk, content (and reasoning)
 //! deltas, tool calls (Ollama sends each whole), a finish chunk, and a usage-only chunk.
 //! Errors are `{"error": "..."}`.
+//!
+//! Embeddings: `POST {base_url}/api/embed` with `{model, input: string|[string], dimensions}`
+//! (and the client's extra fields, such as `truncate` or `keep_alive`) answers
+//! `{embeddings: [[...]], prompt_eval_count}`. Ollama embeds text only: token-id inputs are
+//! a 400 naming `input`.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -29,9 +34,9 @@ use llmgw_kit::grpc::MAX_MESSAGE_BYTES;
 use llmgw_kit::services::ChunkStream;
 use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto::{
-    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, FinishReason, FunctionCall, Message,
-    Role, Target, ToolCall, ToolCallDelta, ToolChoiceMode, Usage, content, content_part, response_format,
-    tool_choice,
+    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, Embedding, EmbeddingsRequest,
+    EmbeddingsResponse, FinishReason, FunctionCall, Message, Role, Target, ToolCall, ToolCallDelta,
+    ToolChoiceMode, Usage, content, content_part, embedding_input, response_format, tool_choice,
 };
 use pin_project_lite::pin_project;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -586,8 +591,123 @@ fn response(body: &[u8]) -> Result<ChatResponse, String> {
     })
 }
 
+#[derive(Serialize)]
+struct EmbedOut<'a> {
+    model: &'a str,
+    input: EmbedInput<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dimensions: Option<u32>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EmbedInput<'a> {
+    One(&'a str),
+    Many(Vec<&'a str>),
+}
+
+#[derive(Deserialize)]
+struct EmbedIn {
+    #[serde(default)]
+    model: String,
+    embeddings: Vec<Vec<f32>>,
+    #[serde(default)]
+    prompt_eval_count: Option<u32>,
+}
+
+impl Ollama {
+    /// The `/api/embed` body for `req`: text inputs only.
+    fn embed_body(&self, target: &Target, req: &EmbeddingsRequest) -> Result<Vec<u8>, GwError> {
+        let mut texts = Vec::with_capacity(req.inputs.len());
+        for input in &req.inputs {
+            match &input.value {
+                Some(embedding_input::Value::Text(t)) => texts.push(t.as_str()),
+                _ => return Err(self.unsupported("input", "token-id inputs (send text)")),
+            }
+        }
+        let input = match texts.as_slice() {
+            [one] if req.single => EmbedInput::One(one),
+            _ => EmbedInput::Many(texts),
+        };
+        let extra = match req.extra_json.as_deref() {
+            Some(text) => serde_json::from_str::<Map<String, Value>>(text)
+                .map_err(|e| GwError::internal(format!("extra fields are not a JSON object: {e}")))?,
+            None => Map::new(),
+        };
+        serde_json::to_vec(&EmbedOut {
+            model: &target.model,
+            input,
+            dimensions: req.dimensions,
+            extra,
+        })
+        .map_err(|e| GwError::internal(format!("cannot write request: {e}")).with_provider(self.peer.name()))
+    }
+}
+
 #[async_trait]
 impl Provider for Ollama {
+    async fn embed(&self, target: &Target, req: &EmbeddingsRequest) -> Result<EmbeddingsResponse, GwError> {
+        let body = self.embed_body(target, req)?;
+        let url = self.url.join("embed").map_err(|e| {
+            GwError::internal(format!("cannot build the embed url: {e}")).with_provider(self.peer.name())
+        })?;
+        let request = self
+            .client
+            .post(url)
+            .headers(self.headers.clone())
+            .header(ACCEPT, JSON)
+            .body(body);
+        let timeout = self.timeout(target);
+        let call = async {
+            let mut response =
+                upstream::send(&self.peer, request, openai_error)
+                    .await
+                    .map_err(|e| match e.upstream_status() {
+                        Some(404) => e.with_param("model"),
+                        _ => e,
+                    })?;
+            self.peer
+                .read_limited(&mut response, MAX_MESSAGE_BYTES, true)
+                .await
+        };
+        let body = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| self.peer.timeout_error(timeout))??;
+        let name = self.peer.name();
+        let invalid = || {
+            self.peer.error(
+                ErrorCode::UpstreamError,
+                format!("provider `{name}` sent an invalid embeddings response"),
+            )
+        };
+        let parsed: EmbedIn = serde_json::from_slice(&body).map_err(|_| invalid())?;
+        if parsed.embeddings.len() != req.inputs.len() {
+            return Err(invalid());
+        }
+        let tokens = parsed.prompt_eval_count.unwrap_or(0);
+        Ok(EmbeddingsResponse {
+            model: if parsed.model.is_empty() {
+                target.model.clone()
+            } else {
+                parsed.model
+            },
+            data: parsed
+                .embeddings
+                .into_iter()
+                .zip(0u32..)
+                .map(|(vector, index)| Embedding { index, vector })
+                .collect(),
+            usage: Some(Usage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+                ..Usage::default()
+            }),
+            metadata: None,
+        })
+    }
+
     async fn complete(&self, target: &Target, req: &ChatRequest) -> Result<ChatResponse, GwError> {
         let body = self.fetch_and_body(target, req, false).await?;
         let timeout = self.timeout(target);

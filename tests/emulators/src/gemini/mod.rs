@@ -230,6 +230,12 @@ async fn answer(
 ) -> Result<Response, GoogleError> {
     check_auth(state, auth, query, headers)?;
     let (model, action) = model_action.split_once(':').unwrap_or((model_action, ""));
+    if action == "batchEmbedContents" {
+        let resp = crate::embeddings::gemini_batch(model, body)
+            .map_err(|(status, message)| GoogleError { status, message })?;
+        tracker.finish(Outcome::Completed);
+        return Ok(json_response(StatusCode::OK, resp));
+    }
     let stream = match action {
         "generateContent" => false,
         "streamGenerateContent" => true,

@@ -457,3 +457,85 @@ async fn fetches_and_inlines_an_http_image() -> TestResult {
     }
     Ok(())
 }
+
+fn embed_request(texts: &[&str], single: bool, dimensions: Option<u32>) -> EmbeddingsRequest {
+    EmbeddingsRequest {
+        model: "m".to_owned(),
+        inputs: texts
+            .iter()
+            .map(|t| llmgw_proto::EmbeddingInput {
+                value: Some(embedding_input::Value::Text((*t).to_owned())),
+            })
+            .collect(),
+        single,
+        dimensions,
+        extra_json: Some(r#"{"truncate":false}"#.to_owned()),
+        ..EmbeddingsRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn embeds_against_the_emulator() -> TestResult {
+    let (emu, p) = emulator().await?;
+    let r = p
+        .embed(
+            &target("nomic-embed-text"),
+            &embed_request(&["alpha", "beta"], false, Some(32)),
+        )
+        .await?;
+    assert_eq!(r.data.len(), 2);
+    assert_eq!((r.data[1].index, r.data[1].vector.len()), (1, 32));
+    assert!(
+        r.usage
+            .is_some_and(|u| u.prompt_tokens == 3 && u.total_tokens == 3)
+    );
+    let one = p
+        .embed(
+            &target("nomic-embed-text"),
+            &embed_request(&["alpha"], true, None),
+        )
+        .await?;
+    assert_eq!(one.data[0].vector.len(), 768);
+    let recorded: Value = serde_json::from_slice(
+        &reqwest::get(format!("http://{}/_emu/requests", emu.addr))
+            .await?
+            .bytes()
+            .await?,
+    )?;
+    let sent: Vec<&Value> = recorded
+        .as_array()
+        .ok_or("no list")?
+        .iter()
+        .filter(|r| r["path"] == "/api/embed")
+        .map(|r| &r["body"])
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            &json!({"model": "nomic-embed-text", "input": ["alpha", "beta"], "dimensions": 32, "truncate": false}),
+            &json!({"model": "nomic-embed-text", "input": "alpha", "truncate": false}),
+        ]
+    );
+
+    // token ids: ollama embeds text only
+    let mut tokens = embed_request(&["x"], true, None);
+    tokens.inputs[0].value = Some(embedding_input::Value::Tokens(llmgw_proto::TokenIds {
+        ids: vec![1, 2],
+    }));
+    let err = p
+        .embed(&target("nomic-embed-text"), &tokens)
+        .await
+        .err()
+        .ok_or("accepted")?;
+    assert_eq!((err.http_status(), err.param()), (400, Some("input")));
+    assert!(err.message().contains("`local` (ollama)"), "{}", err.message());
+
+    // a model ollama does not have
+    let err = p
+        .embed(&target("missing-model"), &embed_request(&["x"], true, None))
+        .await
+        .err()
+        .ok_or("accepted")?;
+    assert_eq!((err.http_status(), err.param()), (404, Some("model")));
+    Ok(())
+}
