@@ -10,13 +10,16 @@
 //! pinned and no proxy), so a second DNS answer cannot swap them (rebinding).
 //! No redirects; the body is capped while it streams (Content-Length is not
 //! trusted) and the whole fetch is capped in time; the answer must be an
-//! image (`image/*`, or PNG, JPEG, GIF or WebP by its magic bytes).
+//! image (`image/*`, or PNG, JPEG, GIF or WebP by its magic bytes). The
+//! images of one request are fetched concurrently, at most [`MAX_IMAGES`] of
+//! them and [`MAX_TOTAL_BYTES`] together.
 //!
 //! Every refusal is a 400 naming the parameter and saying why, without the
 //! URL (it may carry a token) or the addresses it resolved to.
 
 use std::borrow::Cow;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -29,6 +32,10 @@ use reqwest::{Url, redirect};
 const MAX_BYTES: usize = 20 << 20;
 /// The longest a fetch may take, from resolving the host to the last byte.
 const TIMEOUT: Duration = Duration::from_secs(10);
+/// The most images fetched for one request.
+pub(crate) const MAX_IMAGES: usize = 16;
+/// The most bytes fetched for one request, all its images together.
+pub(crate) const MAX_TOTAL_BYTES: usize = 48 << 20;
 
 /// Fetches images for providers that need inline bytes. Production code
 /// builds it with [`Fetcher::new`]; the test-only constructor may allow
@@ -38,7 +45,11 @@ pub(crate) struct Fetcher {
     /// Loopback addresses allowed (tests only).
     allow_loopback: bool,
     max_bytes: usize,
+    max_total_bytes: usize,
     timeout: Duration,
+    /// Names answered without DNS (tests only: they prove the connection
+    /// goes to the vetted address, not to a second lookup's answer).
+    hosts: Vec<(String, IpAddr)>,
 }
 
 impl Default for Fetcher {
@@ -53,7 +64,9 @@ impl Fetcher {
         Self {
             allow_loopback: false,
             max_bytes: MAX_BYTES,
+            max_total_bytes: MAX_TOTAL_BYTES,
             timeout: TIMEOUT,
+            hosts: Vec::new(),
         }
     }
 
@@ -64,13 +77,38 @@ impl Fetcher {
         Self {
             allow_loopback: true,
             max_bytes,
+            max_total_bytes: max_bytes,
             timeout,
+            hosts: Vec::new(),
         }
+    }
+
+    /// Answers `name` with `ip` instead of asking DNS (tests only).
+    #[cfg(test)]
+    pub(crate) fn with_host(mut self, name: &str, ip: IpAddr) -> Self {
+        self.hosts.push((name.to_owned(), ip));
+        self
     }
 
     /// Fetches the image at `url`: its MIME type and bytes. `param` names
     /// the field in errors (`messages[0].content[1].image_url`).
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "the one-image form; translators use `inline_images`")
+    )]
     pub(crate) async fn fetch_image(&self, url: &str, param: &str) -> Result<(String, Vec<u8>), GwError> {
+        self.fetch_within(url, param, &AtomicUsize::new(self.max_bytes))
+            .await
+    }
+
+    /// [`Self::fetch_image`], taking its bytes from `budget`, shared by the
+    /// images of one request.
+    async fn fetch_within(
+        &self,
+        url: &str,
+        param: &str,
+        budget: &AtomicUsize,
+    ) -> Result<(String, Vec<u8>), GwError> {
         let refuse = |why: &str| GwError::invalid(param, format!("cannot fetch the image url: {why}"));
         let url = Url::parse(url).map_err(|_| refuse("it is not a valid url"))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -147,6 +185,15 @@ impl Fetcher {
                         self.max_bytes
                     )));
                 }
+                let taken = budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |left| {
+                    left.checked_sub(chunk.len())
+                });
+                if taken.is_err() {
+                    return Err(refuse(&format!(
+                        "the request's images are larger than {} bytes together",
+                        self.max_total_bytes
+                    )));
+                }
                 body.extend_from_slice(&chunk);
             }
             let mime = match sniff(&body) {
@@ -167,7 +214,12 @@ impl Fetcher {
 
     /// The host's addresses, each vetted; the reason when any is refused.
     async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, String> {
-        let addrs: Vec<SocketAddr> = match literal_ip(host) {
+        let known = self
+            .hosts
+            .iter()
+            .find(|(name, _)| name == host)
+            .map(|(_, ip)| *ip);
+        let addrs: Vec<SocketAddr> = match literal_ip(host).or(known) {
             Some(ip) => vec![SocketAddr::new(ip, port)],
             None => tokio::net::lookup_host((host, port))
                 .await
@@ -198,7 +250,19 @@ impl Fetcher {
         wanted: impl Fn(&Message, &str) -> bool,
     ) -> Result<Cow<'a, ChatRequest>, GwError> {
         let (name, kind) = provider;
-        let mut out: Option<ChatRequest> = None;
+        let refuse = |e: GwError, param: &str| {
+            GwError::new(
+                e.code(),
+                format!(
+                    "provider `{name}` ({kind}) takes images as bytes, and the gateway {}",
+                    e.message()
+                ),
+            )
+            .with_param(param)
+            .with_provider(name)
+        };
+        // (message, part, url, param) of every image to fetch.
+        let mut wanted_images = Vec::new();
         for (i, m) in req.messages.iter().enumerate() {
             let Some(content::Value::Parts(parts)) = m.content.as_ref().and_then(|c| c.value.as_ref()) else {
                 continue;
@@ -211,28 +275,40 @@ impl Fetcher {
                     continue;
                 }
                 let param = format!("messages[{i}].content[{j}].image_url");
-                let (mime, bytes) = self.fetch_image(&image.url, &param).await.map_err(|e| {
-                    GwError::new(
-                        e.code(),
-                        format!(
-                            "provider `{name}` ({kind}) takes images as bytes, and the gateway {}",
-                            e.message()
-                        ),
-                    )
-                    .with_param(param.clone())
-                    .with_provider(name)
-                })?;
-                let data = base64::engine::general_purpose::STANDARD.encode(&bytes);
-                let copy = out.get_or_insert_with(|| req.clone());
-                if let Some(content::Value::Parts(parts)) =
-                    copy.messages[i].content.as_mut().and_then(|c| c.value.as_mut())
-                    && let Some(content_part::Part::ImageUrl(image)) = &mut parts.parts[j].part
-                {
-                    image.url = format!("data:{mime};base64,{data}");
+                if wanted_images.len() == MAX_IMAGES {
+                    let e = GwError::invalid(
+                        &param,
+                        format!("cannot fetch more than {MAX_IMAGES} image urls for one request"),
+                    );
+                    return Err(refuse(e, &param));
                 }
+                wanted_images.push((i, j, image.url.as_str(), param));
             }
         }
-        Ok(out.map_or(Cow::Borrowed(req), Cow::Owned))
+        if wanted_images.is_empty() {
+            return Ok(Cow::Borrowed(req));
+        }
+        let budget = AtomicUsize::new(self.max_total_bytes);
+        let fetched = futures_util::future::try_join_all(wanted_images.iter().map(|(_, _, url, param)| {
+            let budget = &budget;
+            async move {
+                self.fetch_within(url, param, budget)
+                    .await
+                    .map_err(|e| refuse(e, param))
+            }
+        }))
+        .await?;
+        let mut out = req.clone();
+        for ((i, j, _, _), (mime, bytes)) in wanted_images.iter().zip(fetched) {
+            let data = base64::engine::general_purpose::STANDARD.encode(&bytes);
+            if let Some(content::Value::Parts(parts)) =
+                out.messages[*i].content.as_mut().and_then(|c| c.value.as_mut())
+                && let Some(content_part::Part::ImageUrl(image)) = &mut parts.parts[*j].part
+            {
+                image.url = format!("data:{mime};base64,{data}");
+            }
+        }
+        Ok(Cow::Owned(out))
     }
 }
 

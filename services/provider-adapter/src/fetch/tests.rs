@@ -38,6 +38,10 @@ async fn server() -> SocketAddr {
         )
         .route("/missing", get(|| async { StatusCode::NOT_FOUND }))
         .route(
+            "/ten",
+            get(|| async { ([(header::CONTENT_TYPE, "image/png")], vec![7u8; 10 << 10]) }),
+        )
+        .route(
             "/big",
             // Chunked, no Content-Length: the cap must hold while streaming.
             get(|| async {
@@ -298,4 +302,98 @@ async fn inlines_http_images_only() {
         .await
         .unwrap();
     assert!(matches!(plain, Cow::Borrowed(_)));
+}
+
+fn with_urls(urls: &[String]) -> ChatRequest {
+    let parts: Vec<serde_json::Value> = urls
+        .iter()
+        .map(|u| serde_json::json!({"type": "image_url", "image_url": {"url": u}}))
+        .collect();
+    llmgw_kit::openai::parse_request(
+        serde_json::json!({"model": "m", "messages": [{"role": "user", "content": parts}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn caps_the_images_of_one_request() {
+    let addr = server().await;
+    let ten = format!("http://{addr}/ten");
+    // One 10 KiB image fits the 16 KiB budget; two do not, together.
+    let one = with_urls(std::slice::from_ref(&ten));
+    let out = local()
+        .inline_images(&one, ("ol", "ollama"), |_, _| true)
+        .await
+        .unwrap();
+    assert!(matches!(out, Cow::Owned(_)));
+    let err = local()
+        .inline_images(
+            &with_urls(&[ten.clone(), ten.clone()]),
+            ("ol", "ollama"),
+            |_, _| true,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.http_status(), 400);
+    assert!(
+        err.message().contains("larger than 16384 bytes together"),
+        "{}",
+        err.message()
+    );
+    // At most MAX_IMAGES urls are fetched: the next is refused before any fetch.
+    let many: Vec<String> = (0..=MAX_IMAGES).map(|_| ten.clone()).collect();
+    let err = Fetcher::new()
+        .inline_images(&with_urls(&many), ("ol", "ollama"), |_, _| true)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.param(),
+        Some(format!("messages[0].content[{MAX_IMAGES}].image_url").as_str())
+    );
+    assert!(
+        err.message().contains("more than 16 image urls"),
+        "{}",
+        err.message()
+    );
+}
+
+#[tokio::test]
+async fn numeric_hosts_are_normalised_before_the_check() {
+    let guard = Fetcher::new();
+    for url in [
+        "http://2130706433/x.png",
+        "http://0x7f.1/x.png",
+        "http://127.1/x.png",
+    ] {
+        refused(guard.fetch_image(url, PARAM).await, "loopback");
+    }
+}
+
+#[tokio::test]
+async fn connects_only_to_the_vetted_address() {
+    let addr = server().await;
+    // `images.invalid` never resolves in DNS (RFC 6761): the fetch can only
+    // succeed by connecting to the address the guard vetted.
+    let url = format!("http://images.invalid:{}/cat.png", addr.port());
+    let (mime, _) = local()
+        .with_host("images.invalid", addr.ip())
+        .fetch_image(&url, PARAM)
+        .await
+        .unwrap();
+    assert_eq!(mime, "image/png");
+    // Without the answer: no resolution (or, on a slow resolver, no time left).
+    refused(
+        local().fetch_image(&url, PARAM).await,
+        "cannot fetch the image url: it",
+    );
+    // A name answered with a private address is refused, loopback allowed or not.
+    refused(
+        local()
+            .with_host("images.invalid", "10.1.2.3".parse().unwrap())
+            .fetch_image(&url, PARAM)
+            .await,
+        "private",
+    );
 }
