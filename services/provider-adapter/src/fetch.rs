@@ -198,7 +198,13 @@ impl Fetcher {
             }
             let mime = match sniff(&body) {
                 Some(mime) => mime.to_owned(),
-                None if declared.starts_with("image/") && declared.len() > "image/".len() => declared,
+                // A raster type as declared; SVG is markup no provider reads as an image.
+                None if declared.starts_with("image/")
+                    && declared.len() > "image/".len()
+                    && !declared.starts_with("image/svg") =>
+                {
+                    declared
+                }
                 None => return Err(refuse("the response is not an image")),
             };
             Ok((mime, body))

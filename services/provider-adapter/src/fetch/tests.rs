@@ -36,6 +36,10 @@ async fn server() -> SocketAddr {
             "/redirect",
             get(|| async { (StatusCode::FOUND, [(header::LOCATION, "/cat.png")]) }),
         )
+        .route(
+            "/drawing.svg",
+            get(|| async { ([(header::CONTENT_TYPE, "image/svg+xml")], "<svg/>") }),
+        )
         .route("/missing", get(|| async { StatusCode::NOT_FOUND }))
         .route(
             "/ten",
@@ -191,6 +195,10 @@ async fn refuses_what_is_not_a_small_quick_image() {
     let addr = server().await;
     let url = |path: &str| format!("http://{addr}{path}");
     refused(local().fetch_image(&url("/page"), PARAM).await, "not an image");
+    refused(
+        local().fetch_image(&url("/drawing.svg"), PARAM).await,
+        "not an image",
+    );
     refused(
         local().fetch_image(&url("/redirect"), PARAM).await,
         "redirects are not followed",
