@@ -466,8 +466,43 @@ async fn vertex_ai_with_a_service_account() {
     let providers = format!(
         "  - name: vx\n    type: vertex-ai\n    base_url: http://{{emu}}/v1\n    project_id: proj-1\n    location: us-central1\n    credentials: '{credentials}'\n"
     );
-    let models = "  - name: gemini-vertex\n    target: vx/gemini-2.0-flash\n    price: { input_per_mtok: 0.1, output_per_mtok: 0.4 }\n";
+    let models = "  - name: gemini-vertex\n    target: vx/gemini-2.0-flash\n    price: { input_per_mtok: 0.1, output_per_mtok: 0.4 }\n  - name: vertex-embed\n    target: vx/text-embedding-005\n    price: { input_per_mtok: 0.1, output_per_mtok: 0 }\n";
     let gw = Gateway::start_with(Shape::All, &providers, models).await;
+
+    // Embeddings through `:predict`, tokens counted by Vertex AI.
+    let (status, _, body) = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "vertex-embed", "input": ["alpha", "beta"], "dimensions": 8}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][1]["embedding"].as_array().unwrap().len(), 8);
+    assert_eq!(body["usage"]["prompt_tokens"], 3, "{body}");
+    assert!(body["usage"].get("estimated").is_none(), "{body}");
+    assert!(
+        (body["usage"]["cost_usd"].as_f64().unwrap() - 3.0 * 0.1 / 1e6).abs() < 1e-15,
+        "{body}"
+    );
+    let up = gw.last_upstream().await;
+    assert!(
+        up["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/models/text-embedding-005:predict"),
+        "{up}"
+    );
+    let (status, _, e) = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "vertex-embed", "input": [[1, 2]]}),
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["param"].as_str()),
+        (400, Some("input")),
+        "{e}"
+    );
 
     let (status, _, body) = gw
         .post(

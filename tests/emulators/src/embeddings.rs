@@ -12,7 +12,10 @@
 //! options}` → `{model, embeddings, prompt_eval_count}`, errors
 //! `{"error": "..."}`) and Gemini's `models/{model}:batchEmbedContents`
 //! (`{requests: [{model, content: {parts: [{text}]}, taskType, title,
-//! outputDimensionality}]}` → `{embeddings: [{values}]}`, no token counts).
+//! outputDimensionality}]}` → `{embeddings: [{values}]}`, no token counts), and
+//! Vertex AI's `models/{model}:predict` (`{instances: [{content, task_type, title}],
+//! parameters: {outputDimensionality, autoTruncate}}` → `{predictions: [{embeddings:
+//! {values, statistics: {token_count, truncated}}}]}`).
 
 use std::sync::Arc;
 
@@ -372,4 +375,76 @@ pub(crate) fn gemini_batch(model: &str, body: &[u8]) -> Result<String, (u16, Str
         embeddings.push(json!({ "values": vector(&text, dims) }));
     }
     Ok(json!({ "embeddings": embeddings }).to_string())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VertexPredict {
+    instances: Vec<VertexInstance>,
+    #[serde(default)]
+    parameters: Option<VertexParameters>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VertexInstance {
+    content: String,
+    #[serde(default)]
+    task_type: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct VertexParameters {
+    #[serde(default)]
+    output_dimensionality: Option<i64>,
+    #[serde(default)]
+    auto_truncate: Option<bool>,
+}
+
+/// `models/{model}:predict` for a text-embedding model (Vertex AI): the
+/// response body, or a Google error's status and message.
+pub(crate) fn vertex_predict(model: &str, body: &[u8]) -> Result<String, (u16, String)> {
+    let native = if model.starts_with("gemini-embedding") {
+        3072
+    } else if model.starts_with("text-embedding") || model.starts_with("text-multilingual-embedding") {
+        768
+    } else {
+        return Err((
+            400,
+            format!("Model publishers/google/models/{model} does not support the predict method."),
+        ));
+    };
+    let bad = |m: String| (400, m);
+    let req: VertexPredict =
+        serde_json::from_slice(body).map_err(|e| bad(format!("Invalid JSON payload received. {e}")))?;
+    let params = req.parameters.unwrap_or(VertexParameters {
+        output_dimensionality: None,
+        auto_truncate: None,
+    });
+    let _ = params.auto_truncate;
+    let dims = match params.output_dimensionality {
+        None => native,
+        Some(d) if d >= 1 && d as usize <= native => d as usize,
+        Some(_) => {
+            return Err(bad(format!(
+                "outputDimensionality must be between 1 and {native}."
+            )));
+        }
+    };
+    let mut predictions = Vec::with_capacity(req.instances.len());
+    for i in &req.instances {
+        let _ = (&i.task_type, &i.title);
+        if i.content.is_empty() {
+            return Err(bad("The text content is empty.".to_owned()));
+        }
+        predictions.push(json!({"embeddings": {
+            "values": vector(&i.content, dims),
+            "statistics": {"truncated": false, "token_count": i.content.len().div_ceil(4).max(1)},
+        }}));
+    }
+    let chars: usize = req.instances.iter().map(|i| i.content.chars().count()).sum();
+    Ok(json!({ "predictions": predictions, "metadata": {"billableCharacterCount": chars} }).to_string())
 }

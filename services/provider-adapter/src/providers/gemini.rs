@@ -35,8 +35,10 @@
 //! `{requests: [{model: "models/{model}", content: {parts: [{text}]}, outputDimensionality}]}`
 //! (the client's extra fields, such as `taskType`, go into each request) answers
 //! `{embeddings: [{values}]}`. Gemini counts no tokens there, so usage is estimated (about
-//! four characters a token) and marked so. Text only: token-id inputs are a 400 naming
-//! `input`. Vertex AI's embeddings (`:predict`) are not offered yet.
+//! four characters a token) and marked so. Vertex AI: `{model}:predict` with
+//! `{instances: [{content}], parameters: {outputDimensionality}}` (extra fields, such as
+//! `task_type`, go into each instance) answers `{predictions: [{embeddings: {values,
+//! statistics: {token_count}}}]}`. Text only: token-id inputs are a 400 naming `input`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -200,7 +202,8 @@ impl Gemini {
         Ok(model)
     }
 
-    /// The `batchEmbedContents` body for `req`: text inputs only.
+    /// The `batchEmbedContents` (AI Studio) or `predict` (Vertex AI) body
+    /// for `req`: text inputs only.
     fn embed_body(&self, model: &str, req: &EmbeddingsRequest) -> Result<Vec<u8>, GwError> {
         let extra = match req.extra_json.as_deref() {
             Some(text) => serde_json::from_str::<Map<String, Value>>(text)
@@ -213,14 +216,25 @@ impl Gemini {
                 return Err(unsupported(self.who(), "input", "token-id inputs (send text)"));
             };
             let mut one = extra.clone();
-            one.insert("model".into(), Value::String(format!("models/{model}")));
-            one.insert("content".into(), json!({ "parts": [{ "text": text }] }));
-            if let Some(d) = req.dimensions {
-                one.insert("outputDimensionality".into(), Value::from(d));
+            if self.tokens.is_some() {
+                one.insert("content".into(), Value::String(text.clone()));
+            } else {
+                one.insert("model".into(), Value::String(format!("models/{model}")));
+                one.insert("content".into(), json!({ "parts": [{ "text": text }] }));
+                if let Some(d) = req.dimensions {
+                    one.insert("outputDimensionality".into(), Value::from(d));
+                }
             }
             requests.push(Value::Object(one));
         }
-        serde_json::to_vec(&json!({ "requests": requests })).map_err(|e| {
+        let body = match (&self.tokens, req.dimensions) {
+            (None, _) => json!({ "requests": requests }),
+            (Some(_), None) => json!({ "instances": requests }),
+            (Some(_), Some(d)) => {
+                json!({ "instances": requests, "parameters": { "outputDimensionality": d } })
+            }
+        };
+        serde_json::to_vec(&body).map_err(|e| {
             GwError::internal(format!("cannot encode the gemini request: {e}"))
                 .with_provider(self.peer.name())
         })
@@ -321,20 +335,43 @@ struct BatchEmbedResponse {
 struct ContentEmbedding {
     #[serde(default)]
     values: Vec<f32>,
+    /// Vertex AI only.
+    #[serde(default)]
+    statistics: Option<EmbeddingStatistics>,
+}
+
+/// Vertex AI's `predict` answer for text embeddings.
+#[derive(Deserialize)]
+struct PredictResponse {
+    #[serde(default)]
+    predictions: Vec<Prediction>,
+}
+
+#[derive(Deserialize)]
+struct Prediction {
+    embeddings: ContentEmbedding,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingStatistics {
+    #[serde(default)]
+    token_count: Option<f64>,
 }
 
 #[async_trait]
 impl Provider for Gemini {
     async fn embed(&self, target: &Target, req: &EmbeddingsRequest) -> Result<EmbeddingsResponse, GwError> {
         let name = self.peer.name();
-        if self.tokens.is_some() {
-            return Err(unsupported(self.who(), "model", "embeddings through llmgw yet"));
-        }
         let model = self.model(target)?;
         let body = self.embed_body(model, req)?;
+        let action = if self.tokens.is_some() {
+            "predict"
+        } else {
+            "batchEmbedContents"
+        };
         let request = self
             .client
-            .post(format!("{}{model}:batchEmbedContents", self.models_url))
+            .post(format!("{}{model}:{action}", self.models_url))
             .headers(self.headers.clone())
             .header(ACCEPT, JSON)
             .body(body);
@@ -354,25 +391,40 @@ impl Provider for Gemini {
                 format!("provider `{name}` sent an invalid embeddings response"),
             )
         };
-        let parsed: BatchEmbedResponse = serde_json::from_slice(&body).map_err(|_| invalid())?;
-        if parsed.embeddings.len() != req.inputs.len() {
+        let embeddings = if self.tokens.is_some() {
+            let parsed: PredictResponse = serde_json::from_slice(&body).map_err(|_| invalid())?;
+            parsed.predictions.into_iter().map(|p| p.embeddings).collect()
+        } else {
+            let parsed: BatchEmbedResponse = serde_json::from_slice(&body).map_err(|_| invalid())?;
+            parsed.embeddings
+        };
+        if embeddings.len() != req.inputs.len() {
             return Err(invalid());
         }
-        // Gemini counts no tokens here: about four characters a token, marked estimated.
-        let tokens: u32 = req
-            .inputs
+        // Vertex AI counts tokens per input; AI Studio does not: about four
+        // characters a token there, marked estimated.
+        let counted: Option<Vec<f64>> = embeddings
             .iter()
-            .map(|i| match &i.value {
-                Some(embedding_input::Value::Text(t)) => {
-                    u32::try_from(t.chars().count().div_ceil(4).max(1)).unwrap_or(u32::MAX)
-                }
-                _ => 0,
-            })
-            .fold(0, u32::saturating_add);
+            .map(|e| e.statistics.as_ref().and_then(|s| s.token_count))
+            .collect();
+        let (tokens, estimated) = match counted {
+            Some(counts) => (counts.iter().sum::<f64>().round() as u32, false),
+            None => (
+                req.inputs
+                    .iter()
+                    .map(|i| match &i.value {
+                        Some(embedding_input::Value::Text(t)) => {
+                            u32::try_from(t.chars().count().div_ceil(4).max(1)).unwrap_or(u32::MAX)
+                        }
+                        _ => 0,
+                    })
+                    .fold(0, u32::saturating_add),
+                true,
+            ),
+        };
         Ok(EmbeddingsResponse {
             model: target.model.clone(),
-            data: parsed
-                .embeddings
+            data: embeddings
                 .into_iter()
                 .zip(0u32..)
                 .map(|(e, index)| Embedding {
@@ -383,7 +435,7 @@ impl Provider for Gemini {
             usage: Some(Usage {
                 prompt_tokens: tokens,
                 total_tokens: tokens,
-                estimated: true,
+                estimated,
                 ..Usage::default()
             }),
             metadata: None,

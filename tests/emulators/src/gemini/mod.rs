@@ -230,9 +230,13 @@ async fn answer(
 ) -> Result<Response, GoogleError> {
     check_auth(state, auth, query, headers)?;
     let (model, action) = model_action.split_once(':').unwrap_or((model_action, ""));
-    if action == "batchEmbedContents" {
-        let resp = crate::embeddings::gemini_batch(model, body)
-            .map_err(|(status, message)| GoogleError { status, message })?;
+    if action == "batchEmbedContents" || (action == "predict" && matches!(auth, Auth::OAuth)) {
+        let resp = if action == "predict" {
+            crate::embeddings::vertex_predict(model, body)
+        } else {
+            crate::embeddings::gemini_batch(model, body)
+        };
+        let resp = resp.map_err(|(status, message)| GoogleError { status, message })?;
         tracker.finish(Outcome::Completed);
         return Ok(json_response(StatusCode::OK, resp));
     }
