@@ -1,5 +1,6 @@
 //! A Gemini API (AI Studio, `v1beta`) emulator: `POST /v1beta/models/{model}:generateContent`
-//! and `:streamGenerateContent?alt=sse`, built from Google's API reference.
+//! and `:streamGenerateContent?alt=sse`, built from Google's API reference. Embeddings
+//! (`:batchEmbedContents`, and Vertex AI's `:predict`) are answered by [`crate::embeddings`].
 //!
 //! As strict as the real API where it matters to a gateway: the key must come in the
 //! `x-goog-api-key` header (a key in the query string is refused, to prove the gateway never
