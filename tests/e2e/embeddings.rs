@@ -112,3 +112,188 @@ async fn embeddings_in_one_process() {
 async fn embeddings_across_five_processes() {
     embeddings(Shape::Split).await;
 }
+
+const MORE_PROVIDERS: &str = r#"  - name: az
+    type: azure-openai
+    base_url: http://{emu}
+    api_key: ${EMU_KEY}
+  - name: ol
+    type: ollama
+    base_url: http://{emu}
+    api_key: ${EMU_KEY}
+  - name: gem
+    type: google
+    base_url: http://{emu}/v1beta
+    api_key: ${EMU_KEY}
+"#;
+
+const MORE_MODELS: &str = r#"  - name: az-embed
+    target: az/my-embedding-deployment
+    price: { input_per_mtok: 0.1, output_per_mtok: 0 }
+  - name: ol-embed
+    target: ol/nomic-embed-text
+    price: { input_per_mtok: 0.1, output_per_mtok: 0 }
+  - name: gem-embed
+    target: gem/text-embedding-004
+    price: { input_per_mtok: 0.1, output_per_mtok: 0 }
+"#;
+
+/// Little-endian `f32`s from standard base64 (what OpenAI's `base64` encoding is).
+fn decode_f32s(text: &str) -> Vec<f32> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bytes = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for c in text.bytes().filter(|c| *c != b'=') {
+        let v = ALPHABET.iter().position(|a| *a == c).expect("base64") as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            bytes.push((acc >> bits) as u8);
+        }
+    }
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_through_azure_ollama_and_gemini() {
+    let gw = Gateway::start_with(Shape::All, MORE_PROVIDERS, MORE_MODELS).await;
+    let mut alphas = Vec::new();
+    for (model, provider, path, estimated) in [
+        (
+            "az-embed",
+            "az",
+            "/openai/deployments/my-embedding-deployment/embeddings?api-version=",
+            false,
+        ),
+        ("ol-embed", "ol", "/api/embed", false),
+        (
+            "gem-embed",
+            "gem",
+            "/v1beta/models/text-embedding-004:batchEmbedContents",
+            true,
+        ),
+    ] {
+        // floats, two inputs, dimensions; usage and cost
+        let (s, h, v) = gw
+            .post(
+                "/v1/embeddings",
+                &json!({"model": model, "input": ["alpha", "beta"], "dimensions": 16}),
+            )
+            .await;
+        assert_eq!(s, 200, "{model}: {v}");
+        assert_eq!(h["x-llmgw-provider"], provider);
+        assert_eq!(v["object"], "list");
+        assert_eq!(v["data"].as_array().unwrap().len(), 2, "{v}");
+        assert_eq!(v["data"][1]["index"], 1);
+        let alpha = floats(&v["data"][0]["embedding"]);
+        assert_eq!(alpha.len(), 16);
+        let norm: f32 = alpha.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-3, "{model}: {norm}");
+        let p = v["usage"]["prompt_tokens"].as_f64().unwrap();
+        assert!(p > 0.0, "{v}");
+        assert_eq!(v["usage"]["total_tokens"].as_f64(), Some(p));
+        let cost = v["usage"]["cost_usd"].as_f64().unwrap();
+        assert!((cost - p * 0.1 / 1e6).abs() < 1e-15, "{v}");
+        assert_eq!(
+            v["usage"]["estimated"].as_bool().unwrap_or(false),
+            estimated,
+            "{v}"
+        );
+        let up = gw.last_upstream().await;
+        assert!(up["path"].as_str().unwrap().starts_with(path), "{up}");
+        alphas.push(alpha);
+
+        // base64 carries the same f32 values as floats
+        let (s, _, b64) = gw
+            .post(
+                "/v1/embeddings",
+                &json!({"model": model, "input": "alpha", "encoding_format": "base64", "dimensions": 16}),
+            )
+            .await;
+        assert_eq!(s, 200, "{b64}");
+        assert_eq!(
+            decode_f32s(b64["data"][0]["embedding"].as_str().unwrap()),
+            alphas[alphas.len() - 1],
+            "{model}"
+        );
+        // the native size when no dimensions are asked for
+        let (s, _, v) = gw
+            .post("/v1/embeddings", &json!({"model": model, "input": "alpha"}))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert!(v["data"][0]["embedding"].as_array().unwrap().len() >= 768);
+    }
+    // The emulators share one vector function: the same text, the same vector.
+    assert!(alphas.windows(2).all(|w| w[0] == w[1]));
+
+    // What each wire looks like.
+    let (_, _, _) = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "az-embed", "input": [[1, 2, 3]], "dimensions": 8}),
+        )
+        .await;
+    let up = gw.last_upstream().await;
+    assert_eq!(up["body"], json!({"input": [[1, 2, 3]], "dimensions": 8}), "{up}");
+    assert_eq!(up["headers"]["api-key"], crate::harness::EMU_KEY);
+    gw.post(
+        "/v1/embeddings",
+        &json!({"model": "ol-embed", "input": ["a", "b"], "dimensions": 8}),
+    )
+    .await;
+    assert_eq!(
+        gw.last_upstream().await["body"],
+        json!({"model": "nomic-embed-text", "input": ["a", "b"], "dimensions": 8})
+    );
+    gw.post(
+        "/v1/embeddings",
+        &json!({"model": "gem-embed", "input": "a", "dimensions": 8}),
+    )
+    .await;
+    let up = gw.last_upstream().await;
+    assert_eq!(
+        up["body"],
+        json!({"requests": [{"model": "models/text-embedding-004", "content": {"parts": [{"text": "a"}]},
+            "outputDimensionality": 8}]})
+    );
+    assert_eq!(up["headers"]["x-goog-api-key"], crate::harness::EMU_KEY);
+
+    // Token ids: Azure takes them (above); Ollama and Gemini only take text.
+    let before = gw.upstream_requests().await.len();
+    for (model, provider) in [("ol-embed", "`ol` (ollama)"), ("gem-embed", "`gem` (google)")] {
+        for input in [json!([1, 2, 3]), json!([[1, 2], [3]])] {
+            let (s, _, e) = gw
+                .post("/v1/embeddings", &json!({"model": model, "input": input}))
+                .await;
+            assert_eq!((s, e["error"]["param"].as_str()), (400, Some("input")), "{e}");
+            let message = e["error"]["message"].as_str().unwrap();
+            assert!(message.contains(provider) && message.contains("token"), "{e}");
+        }
+    }
+    assert_eq!(
+        gw.upstream_requests().await.len(),
+        before,
+        "nothing went upstream"
+    );
+
+    // Too many dimensions: the provider's refusal comes back as a 400.
+    let (s, _, e) = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "gem-embed", "input": "a", "dimensions": 100000}),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+}

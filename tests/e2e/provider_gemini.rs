@@ -240,14 +240,16 @@ async fn gemini_tools_images_and_formats() {
     assert_eq!(args["city"], "Paris");
     assert_eq!(finish.as_deref(), Some("tool_calls"));
 
-    // ---- image parts: data URL inline, http URL by reference
+    // ---- image parts: data URL inline, a Files API URI by reference (an
+    // http(s) URL is fetched by the gateway's guard: see below)
+    let files = "https://generativelanguage.googleapis.com/v1beta/files/cat.jpg";
     let (status, _, body) = gw
         .post(
             "/v1/chat/completions",
             &json!({"model": "gemini-flash", "messages": [{"role": "user", "content": [
                 {"type": "text", "text": "what is in these?"},
                 {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg", "detail": "high"}}
+                {"type": "image_url", "image_url": {"url": files, "detail": "high"}}
             ]}]}),
         )
         .await;
@@ -263,7 +265,7 @@ async fn gemini_tools_images_and_formats() {
     );
     assert_eq!(
         parts[2],
-        json!({"fileData": {"mimeType": "image/jpeg", "fileUri": "https://example.com/cat.jpg"}})
+        json!({"fileData": {"mimeType": "image/jpeg", "fileUri": files}})
     );
 
     // ---- json_object and json_schema
@@ -372,11 +374,38 @@ async fn gemini_errors_and_unsupported_params() {
         .post(
             "/v1/chat/completions",
             &json!({"model": "gemini-flash", "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": "https://example.com/image"}}]}]}),
+                {"type": "image_url", "image_url": {"url": "gopher://example.com/image.png"}}]}]}),
         )
         .await;
     assert_eq!(status, 400, "{b}");
     assert_eq!(b["error"]["param"], "messages[0].content[0].image_url", "{b}");
+    // The guard is on: an http(s) image on a loopback host (the emulator
+    // itself, which is listening) is refused, naming the param and why.
+    for url in [
+        format!("http://{}/v1beta/models", gw.emu.addr),
+        format!("http://localhost:{}/cat.png", gw.emu.addr.port()),
+        "http://169.254.169.254/latest/meta-data/".to_owned(),
+    ] {
+        let (status, _, b) = gw
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "gemini-flash", "messages": [{"role": "user", "content": [
+                    {"type": "text", "text": "look"},
+                    {"type": "image_url", "image_url": {"url": url}}]}]}),
+            )
+            .await;
+        assert_eq!(status, 400, "{b}");
+        assert_eq!(b["error"]["param"], "messages[0].content[1].image_url", "{b}");
+        let message = b["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("`gem` (google)") && message.contains("cannot fetch the image url"),
+            "{b}"
+        );
+        assert!(
+            message.contains("loopback") || message.contains("link-local"),
+            "{b}"
+        );
+    }
     assert_eq!(
         gw.upstream_requests().await.len(),
         before,
@@ -437,8 +466,43 @@ async fn vertex_ai_with_a_service_account() {
     let providers = format!(
         "  - name: vx\n    type: vertex-ai\n    base_url: http://{{emu}}/v1\n    project_id: proj-1\n    location: us-central1\n    credentials: '{credentials}'\n"
     );
-    let models = "  - name: gemini-vertex\n    target: vx/gemini-2.0-flash\n    price: { input_per_mtok: 0.1, output_per_mtok: 0.4 }\n";
+    let models = "  - name: gemini-vertex\n    target: vx/gemini-2.0-flash\n    price: { input_per_mtok: 0.1, output_per_mtok: 0.4 }\n  - name: vertex-embed\n    target: vx/text-embedding-005\n    price: { input_per_mtok: 0.1, output_per_mtok: 0 }\n";
     let gw = Gateway::start_with(Shape::All, &providers, models).await;
+
+    // Embeddings through `:predict`, tokens counted by Vertex AI.
+    let (status, _, body) = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "vertex-embed", "input": ["alpha", "beta"], "dimensions": 8}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][1]["embedding"].as_array().unwrap().len(), 8);
+    assert_eq!(body["usage"]["prompt_tokens"], 3, "{body}");
+    assert!(body["usage"].get("estimated").is_none(), "{body}");
+    assert!(
+        (body["usage"]["cost_usd"].as_f64().unwrap() - 3.0 * 0.1 / 1e6).abs() < 1e-15,
+        "{body}"
+    );
+    let up = gw.last_upstream().await;
+    assert!(
+        up["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("/models/text-embedding-005:predict"),
+        "{up}"
+    );
+    let (status, _, e) = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "vertex-embed", "input": [[1, 2]]}),
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["param"].as_str()),
+        (400, Some("input")),
+        "{e}"
+    );
 
     let (status, _, body) = gw
         .post(

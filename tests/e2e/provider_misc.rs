@@ -360,10 +360,32 @@ async fn azure_mistral_ollama_and_a_compatible_host() {
         "ol",
     )
     .await;
+    // http(s) images are fetched through the guard, which refuses the
+    // loopback emulator (listening, so only the guard stops it).
     refused(
         &gw,
         json!({"model": "ol-model", "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}),
+            {"type": "image_url", "image_url": {"url": format!("http://{}/cat.png", gw.emu.addr)}}]}]}),
+        "messages[0].content[0].image_url",
+        "ol",
+    )
+    .await;
+    let (_, _, err) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "ol-model", "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": format!("http://localhost:{}/cat.png", gw.emu.addr.port())}}]}]}),
+        )
+        .await;
+    let message = err["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot fetch the image url: its host is a loopback address"),
+        "{err}"
+    );
+    refused(
+        &gw,
+        json!({"model": "ol-model", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "ftp://example.com/cat.png"}}]}]}),
         "messages[0].content[0].image_url",
         "ol",
     )

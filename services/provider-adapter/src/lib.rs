@@ -20,6 +20,7 @@ use llmgw_proto::{
 };
 use tracing::Instrument as _;
 
+mod fetch;
 mod http;
 mod providers;
 

@@ -4,15 +4,27 @@
 //! `dimensions`; usage with `prompt_tokens` and `total_tokens`. Vectors are
 //! deterministic (a hash of the input) and unit length, so tests can compare
 //! them across calls.
+//!
+//! Beside it, the same vectors in other providers' shapes: Azure OpenAI's
+//! `POST /openai/deployments/{deployment}/embeddings?api-version=` (the
+//! deployment names the model, `api-key` header), Ollama's `POST /api/embed`
+//! (`{model, input: string|[string], truncate, dimensions, keep_alive,
+//! options}` → `{model, embeddings, prompt_eval_count}`, errors
+//! `{"error": "..."}`) and Gemini's `models/{model}:batchEmbedContents`
+//! (`{requests: [{model, content: {parts: [{text}]}, taskType, title,
+//! outputDimensionality}]}` → `{embeddings: [{values}]}`, no token counts), and
+//! Vertex AI's `models/{model}:predict` (`{instances: [{content, task_type, title}],
+//! parameters: {outputDimensionality, autoTruncate}}` → `{predictions: [{embeddings:
+//! {values, statistics: {token_count, truncated}}}]}`).
 
 use std::sync::Arc;
 
-use axum::extract::State as Extract;
+use axum::extract::{Path, RawQuery, State as Extract};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine as _;
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use crate::chat::ApiError;
 use crate::record::Outcome;
@@ -42,8 +54,51 @@ fn invalid(message: impl Into<String>, param: &'static str) -> ApiError {
     ApiError::invalid(message, Some(param), Some("invalid_value"))
 }
 
+/// `POST /openai/deployments/{deployment}/embeddings?api-version=` (Azure OpenAI).
+pub async fn azure_embeddings(
+    Extract(state): Extract<Arc<State>>,
+    Path(deployment): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let path = format!(
+        "/openai/deployments/{deployment}/embeddings?{}",
+        query.as_deref().unwrap_or("")
+    );
+    let mut tracker = state.track("POST", &path, &headers, Some(&body));
+    if let Err(resp) = crate::flavours::azure_check(&state, query.as_deref(), &headers) {
+        tracker.finish(Outcome::Error);
+        return *resp;
+    }
+    let result = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|mut v| {
+            // Azure takes the model from the deployment.
+            v.as_object_mut()?
+                .insert("model".into(), Value::String(deployment));
+            Some(v.to_string())
+        })
+        .ok_or_else(|| ApiError::invalid("We could not parse the JSON body of your request.", None, None))
+        .and_then(|body| compute(body.as_bytes()));
+    match result {
+        Ok(resp) => {
+            tracker.finish(Outcome::Completed);
+            json_response(StatusCode::OK, resp)
+        }
+        Err(e) => {
+            tracker.finish(Outcome::Error);
+            error_response(&e)
+        }
+    }
+}
+
 fn answer(state: &State, headers: &HeaderMap, body: &[u8]) -> Result<String, ApiError> {
     state.check_auth(headers)?;
+    compute(body)
+}
+
+fn compute(body: &[u8]) -> Result<String, ApiError> {
     let req: Value = serde_json::from_slice(body)
         .map_err(|_| ApiError::invalid("We could not parse the JSON body of your request.", None, None))?;
     let model = req
@@ -154,4 +209,242 @@ fn vector(text: &str, dims: usize) -> Vec<f32> {
         *x /= norm;
     }
     v
+}
+
+/// Ollama's native vector size (nomic-embed-text).
+const OLLAMA_DIMENSIONS: usize = 768;
+
+/// `POST /api/embed` (Ollama).
+pub async fn ollama_embed(Extract(state): Extract<Arc<State>>, headers: HeaderMap, body: Bytes) -> Response {
+    let mut tracker = state.track("POST", "/api/embed", &headers, Some(&body));
+    // Ollama itself has no auth; a proxy in front of it checks a bearer key when one is sent.
+    let unauthorized = matches!(
+        (&state.expected_auth, headers.get(axum::http::header::AUTHORIZATION)),
+        (Some(expected), Some(given)) if given.as_bytes() != expected.as_bytes()
+    );
+    let result = if unauthorized {
+        Err((StatusCode::UNAUTHORIZED, "unauthorized".to_owned()))
+    } else {
+        ollama_answer(&body)
+    };
+    match result {
+        Ok(resp) => {
+            tracker.finish(Outcome::Completed);
+            json_response(StatusCode::OK, resp)
+        }
+        Err((status, message)) => {
+            tracker.finish(Outcome::Error);
+            json_response(status, json!({ "error": message }).to_string())
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OllamaEmbed {
+    model: String,
+    input: Value,
+    #[serde(default)]
+    truncate: Option<bool>,
+    #[serde(default)]
+    dimensions: Option<u64>,
+    #[serde(default)]
+    keep_alive: Option<Value>,
+    #[serde(default)]
+    options: Option<Map<String, Value>>,
+}
+
+fn ollama_answer(body: &[u8]) -> Result<String, (StatusCode, String)> {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    let req: OllamaEmbed = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    let _ = (req.truncate, &req.keep_alive, &req.options);
+    if req.model.is_empty() {
+        return Err(bad("model is required".to_owned()));
+    }
+    if req.model.contains("missing") {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("model \"{}\" not found, try pulling it first", req.model),
+        ));
+    }
+    let texts: Vec<&str> = match &req.input {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(items) => items
+            .iter()
+            .map(|i| i.as_str().ok_or_else(|| bad("invalid input type".to_owned())))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(bad("invalid input type".to_owned())),
+    };
+    let dims = match req.dimensions {
+        None => OLLAMA_DIMENSIONS,
+        Some(d) if d >= 1 && d as usize <= OLLAMA_DIMENSIONS => d as usize,
+        Some(d) => return Err(bad(format!("invalid dimensions: {d}"))),
+    };
+    let prompt_eval_count: usize = texts.iter().map(|t| t.len().div_ceil(4).max(1)).sum();
+    let embeddings: Vec<Vec<f32>> = texts.iter().map(|t| vector(t, dims)).collect();
+    Ok(json!({
+        "model": req.model,
+        "embeddings": embeddings,
+        "total_duration": 14_143_917u64,
+        "load_duration": 1_019_500u64,
+        "prompt_eval_count": prompt_eval_count,
+    })
+    .to_string())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GeminiBatch {
+    requests: Vec<GeminiEmbedRequest>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct GeminiEmbedRequest {
+    model: String,
+    content: GeminiContent,
+    #[serde(default)]
+    task_type: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+    #[serde(default)]
+    output_dimensionality: Option<i64>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GeminiContent {
+    #[serde(default)]
+    role: Option<String>,
+    parts: Vec<GeminiPart>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GeminiPart {
+    text: String,
+}
+
+/// `models/{model}:batchEmbedContents` (Gemini): the response body, or a
+/// Google error's status and message.
+pub(crate) fn gemini_batch(model: &str, body: &[u8]) -> Result<String, (u16, String)> {
+    let native = if model.starts_with("gemini-embedding") {
+        3072
+    } else if model.starts_with("text-embedding") || model.starts_with("embedding") {
+        768
+    } else {
+        return Err((
+            404,
+            format!(
+                "models/{model} is not found for API version v1beta, or is not supported for batchEmbedContents."
+            ),
+        ));
+    };
+    let bad = |m: String| (400, m);
+    let req: GeminiBatch =
+        serde_json::from_slice(body).map_err(|e| bad(format!("Invalid JSON payload received. {e}")))?;
+    if req.requests.is_empty() {
+        return Err(bad(
+            "* BatchEmbedContentsRequest.requests: contents is not specified".to_owned(),
+        ));
+    }
+    let mut embeddings = Vec::with_capacity(req.requests.len());
+    for (i, r) in req.requests.iter().enumerate() {
+        let _ = (&r.task_type, &r.title, &r.content.role);
+        if r.model != format!("models/{model}") {
+            return Err(bad(format!(
+                "Model name in request ({}) does not match model name in URL (models/{model}).",
+                r.model
+            )));
+        }
+        let text: String = r.content.parts.iter().map(|p| p.text.as_str()).collect();
+        if text.is_empty() {
+            return Err(bad(format!(
+                "* BatchEmbedContentsRequest.requests[{i}].content.parts: contents is not specified"
+            )));
+        }
+        let dims = match r.output_dimensionality {
+            None => native,
+            Some(d) if d >= 1 && d as usize <= native => d as usize,
+            Some(_) => {
+                return Err(bad(format!(
+                    "* BatchEmbedContentsRequest.requests[{i}].output_dimensionality: Output dimensionality must be between 1 and {native}."
+                )));
+            }
+        };
+        embeddings.push(json!({ "values": vector(&text, dims) }));
+    }
+    Ok(json!({ "embeddings": embeddings }).to_string())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VertexPredict {
+    instances: Vec<VertexInstance>,
+    #[serde(default)]
+    parameters: Option<VertexParameters>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VertexInstance {
+    content: String,
+    #[serde(default)]
+    task_type: Option<String>,
+    #[serde(default)]
+    title: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct VertexParameters {
+    #[serde(default)]
+    output_dimensionality: Option<i64>,
+    #[serde(default)]
+    auto_truncate: Option<bool>,
+}
+
+/// `models/{model}:predict` for a text-embedding model (Vertex AI): the
+/// response body, or a Google error's status and message.
+pub(crate) fn vertex_predict(model: &str, body: &[u8]) -> Result<String, (u16, String)> {
+    let native = if model.starts_with("gemini-embedding") {
+        3072
+    } else if model.starts_with("text-embedding") || model.starts_with("text-multilingual-embedding") {
+        768
+    } else {
+        return Err((
+            400,
+            format!("Model publishers/google/models/{model} does not support the predict method."),
+        ));
+    };
+    let bad = |m: String| (400, m);
+    let req: VertexPredict =
+        serde_json::from_slice(body).map_err(|e| bad(format!("Invalid JSON payload received. {e}")))?;
+    let params = req.parameters.unwrap_or(VertexParameters {
+        output_dimensionality: None,
+        auto_truncate: None,
+    });
+    let _ = params.auto_truncate;
+    let dims = match params.output_dimensionality {
+        None => native,
+        Some(d) if d >= 1 && d as usize <= native => d as usize,
+        Some(_) => {
+            return Err(bad(format!(
+                "outputDimensionality must be between 1 and {native}."
+            )));
+        }
+    };
+    let mut predictions = Vec::with_capacity(req.instances.len());
+    for i in &req.instances {
+        let _ = (&i.task_type, &i.title);
+        if i.content.is_empty() {
+            return Err(bad("The text content is empty.".to_owned()));
+        }
+        predictions.push(json!({"embeddings": {
+            "values": vector(&i.content, dims),
+            "statistics": {"truncated": false, "token_count": i.content.len().div_ceil(4).max(1)},
+        }}));
+    }
+    let chars: usize = req.instances.iter().map(|i| i.content.chars().count()).sum();
+    Ok(json!({ "predictions": predictions, "metadata": {"billableCharacterCount": chars} }).to_string())
 }

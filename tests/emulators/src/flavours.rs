@@ -97,7 +97,11 @@ fn azure_error(status: StatusCode, body: Value) -> Response {
     json(status, body.to_string())
 }
 
-fn azure_check(state: &State, query: Option<&str>, headers: &HeaderMap) -> Result<(), Box<Response>> {
+pub(crate) fn azure_check(
+    state: &State,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<(), Box<Response>> {
     let has_version = query
         .unwrap_or("")
         .split('&')

@@ -102,9 +102,14 @@ pub fn router(opts: Options) -> Router {
             "/openai/deployments/{deployment}/chat/completions",
             post(flavours::azure_chat),
         )
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(embeddings::azure_embeddings),
+        )
         .route("/mistral/v1/chat/completions", post(flavours::mistral_chat))
         .route("/mistral/v1/embeddings", post(embeddings::embeddings))
         .route("/api/chat", post(ollama::chat))
+        .route("/api/embed", post(embeddings::ollama_embed))
         .route("/v1beta/models/{model_action}", post(gemini::generate))
         .route(
             "/v1/projects/{project}/locations/{location}/publishers/google/models/{model_action}",

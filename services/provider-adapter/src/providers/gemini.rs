@@ -12,7 +12,9 @@
 //! Translation, canonical → Gemini: system and developer messages become
 //! `systemInstruction`; user and assistant turns become `contents` with roles
 //! `user` and `model` (consecutive turns of one role merged); images become
-//! `inlineData` (data URLs) or `fileData` (http(s) URLs); assistant tool calls
+//! `inlineData` (data URLs, and on AI Studio http(s) URLs, fetched through the
+//! guard in [`crate::fetch`]: AI Studio cannot fetch arbitrary URLs) or
+//! `fileData` (Files API and `gs://` URIs, and http(s) URLs on Vertex AI); assistant tool calls
 //! become `functionCall` parts and tool results `functionResponse` parts
 //! (named after the call they answer); tools become `functionDeclarations`
 //! with their JSON schemas cut down to the OpenAPI subset Gemini accepts;
@@ -28,6 +30,15 @@
 //! is a `content_filter` finish with empty content. A stream is one
 //! `GenerateContentResponse` per SSE event and ends with the body (no
 //! `[DONE]`); it becomes OpenAI-style chunks and a final usage-only chunk.
+//!
+//! Embeddings (AI Studio): `POST {base_url}/models/{model}:batchEmbedContents` with
+//! `{requests: [{model: "models/{model}", content: {parts: [{text}]}, outputDimensionality}]}`
+//! (the client's extra fields, such as `taskType`, go into each request) answers
+//! `{embeddings: [{values}]}`. Gemini counts no tokens there, so usage is estimated (about
+//! four characters a token) and marked so. Vertex AI: `{model}:predict` with
+//! `{instances: [{content}], parameters: {outputDimensionality}}` (extra fields, such as
+//! `task_type`, go into each instance) answers `{predictions: [{embeddings: {values,
+//! statistics: {token_count}}}]}`. Text only: token-id inputs are a 400 naming `input`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -46,8 +57,9 @@ use llmgw_kit::openai::parse_upstream_error;
 use llmgw_kit::services::ChunkStream;
 use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto::{
-    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, FinishReason, FunctionCall, Message,
-    Role, Target, ToolCall, ToolCallDelta, Usage, content, content_part, response_format, tool_choice,
+    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, Embedding, EmbeddingsRequest,
+    EmbeddingsResponse, FinishReason, FunctionCall, Message, Role, Target, ToolCall, ToolCallDelta, Usage,
+    content, content_part, embedding_input, response_format, tool_choice,
 };
 use pin_project_lite::pin_project;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -57,6 +69,7 @@ use serde_json::{Map, Value, json};
 
 use super::Provider;
 use super::vertex::TokenSource;
+use crate::fetch::{self, Fetcher};
 use crate::http::Peer;
 
 const API_KEY: HeaderName = HeaderName::from_static("x-goog-api-key");
@@ -98,6 +111,8 @@ pub(crate) struct Gemini {
     headers: HeaderMap,
     timeout: Duration,
     client: reqwest::Client,
+    /// Fetches http(s) image URLs on AI Studio, which takes them only inline.
+    fetcher: Fetcher,
 }
 
 impl Gemini {
@@ -155,6 +170,7 @@ impl Gemini {
             headers,
             timeout: config.timeout,
             client,
+            fetcher: Fetcher::new(),
         })
     }
 
@@ -165,20 +181,8 @@ impl Gemini {
         }
     }
 
-    fn timeout(&self, target: &Target) -> Duration {
-        match target.timeout_ms {
-            0 => self.timeout,
-            ms => Duration::from_millis(u64::from(ms)),
-        }
-    }
-
-    fn request(
-        &self,
-        target: &Target,
-        req: &ChatRequest,
-        stream: bool,
-    ) -> Result<reqwest::RequestBuilder, GwError> {
-        let name = self.peer.name();
+    /// The target's model, safe to put in a URL path.
+    fn model<'a>(&self, target: &'a Target) -> Result<&'a str, GwError> {
         let model = target.model.strip_prefix("models/").unwrap_or(&target.model);
         // The model lands in the URL path: no `/`, `?`, `#` or `%` may steer it.
         if model.is_empty()
@@ -193,9 +197,76 @@ impl Gemini {
                     self.who()
                 ),
             )
-            .with_provider(name));
+            .with_provider(self.peer.name()));
         }
-        let body = request_body(req, self.who())?;
+        Ok(model)
+    }
+
+    /// The `batchEmbedContents` (AI Studio) or `predict` (Vertex AI) body
+    /// for `req`: text inputs only.
+    fn embed_body(&self, model: &str, req: &EmbeddingsRequest) -> Result<Vec<u8>, GwError> {
+        let extra = match req.extra_json.as_deref() {
+            Some(text) => serde_json::from_str::<Map<String, Value>>(text)
+                .map_err(|e| GwError::internal(format!("extra fields are not a JSON object: {e}")))?,
+            None => Map::new(),
+        };
+        let mut requests = Vec::with_capacity(req.inputs.len());
+        for input in &req.inputs {
+            let Some(embedding_input::Value::Text(text)) = &input.value else {
+                return Err(unsupported(self.who(), "input", "token-id inputs (send text)"));
+            };
+            let mut one = extra.clone();
+            if self.tokens.is_some() {
+                one.insert("content".into(), Value::String(text.clone()));
+            } else {
+                one.insert("model".into(), Value::String(format!("models/{model}")));
+                one.insert("content".into(), json!({ "parts": [{ "text": text }] }));
+                if let Some(d) = req.dimensions {
+                    one.insert("outputDimensionality".into(), Value::from(d));
+                }
+            }
+            requests.push(Value::Object(one));
+        }
+        let body = match (&self.tokens, req.dimensions) {
+            (None, _) => json!({ "requests": requests }),
+            (Some(_), None) => json!({ "instances": requests }),
+            (Some(_), Some(d)) => {
+                json!({ "instances": requests, "parameters": { "outputDimensionality": d } })
+            }
+        };
+        serde_json::to_vec(&body).map_err(|e| {
+            GwError::internal(format!("cannot encode the gemini request: {e}"))
+                .with_provider(self.peer.name())
+        })
+    }
+
+    fn timeout(&self, target: &Target) -> Duration {
+        match target.timeout_ms {
+            0 => self.timeout,
+            ms => Duration::from_millis(u64::from(ms)),
+        }
+    }
+
+    async fn request(
+        &self,
+        target: &Target,
+        req: &ChatRequest,
+        stream: bool,
+    ) -> Result<reqwest::RequestBuilder, GwError> {
+        let name = self.peer.name();
+        let model = self.model(target)?;
+        let req = if self.tokens.is_none() {
+            // Cheap refusals first: a request refused anyway fetches nothing.
+            reject_unsupported(req, self.who())?;
+            self.fetcher
+                .inline_images(req, (name, self.kind), |m, url| {
+                    matches!(m.role(), Role::User | Role::Unspecified) && !is_files_uri(url)
+                })
+                .await?
+        } else {
+            std::borrow::Cow::Borrowed(req)
+        };
+        let body = request_body(&req, self.who())?;
         let url = if stream {
             format!("{}{model}:streamGenerateContent?alt=sse", self.models_url)
         } else {
@@ -254,10 +325,125 @@ impl Gemini {
     }
 }
 
+#[derive(Deserialize)]
+struct BatchEmbedResponse {
+    #[serde(default)]
+    embeddings: Vec<ContentEmbedding>,
+}
+
+#[derive(Deserialize)]
+struct ContentEmbedding {
+    #[serde(default)]
+    values: Vec<f32>,
+    /// Vertex AI only.
+    #[serde(default)]
+    statistics: Option<EmbeddingStatistics>,
+}
+
+/// Vertex AI's `predict` answer for text embeddings.
+#[derive(Deserialize)]
+struct PredictResponse {
+    #[serde(default)]
+    predictions: Vec<Prediction>,
+}
+
+#[derive(Deserialize)]
+struct Prediction {
+    embeddings: ContentEmbedding,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingStatistics {
+    #[serde(default)]
+    token_count: Option<f64>,
+}
+
 #[async_trait]
 impl Provider for Gemini {
+    async fn embed(&self, target: &Target, req: &EmbeddingsRequest) -> Result<EmbeddingsResponse, GwError> {
+        let name = self.peer.name();
+        let model = self.model(target)?;
+        let body = self.embed_body(model, req)?;
+        let action = if self.tokens.is_some() {
+            "predict"
+        } else {
+            "batchEmbedContents"
+        };
+        let request = self
+            .client
+            .post(format!("{}{model}:{action}", self.models_url))
+            .headers(self.headers.clone())
+            .header(ACCEPT, JSON)
+            .body(body);
+        let timeout = self.timeout(target);
+        let call = async {
+            let mut response = self.send(request).await?;
+            self.peer
+                .read_limited(&mut response, MAX_MESSAGE_BYTES, true)
+                .await
+        };
+        let body = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| self.peer.timeout_error(timeout))??;
+        let invalid = || {
+            self.peer.error(
+                ErrorCode::UpstreamError,
+                format!("provider `{name}` sent an invalid embeddings response"),
+            )
+        };
+        let embeddings = if self.tokens.is_some() {
+            let parsed: PredictResponse = serde_json::from_slice(&body).map_err(|_| invalid())?;
+            parsed.predictions.into_iter().map(|p| p.embeddings).collect()
+        } else {
+            let parsed: BatchEmbedResponse = serde_json::from_slice(&body).map_err(|_| invalid())?;
+            parsed.embeddings
+        };
+        if embeddings.len() != req.inputs.len() {
+            return Err(invalid());
+        }
+        // Vertex AI counts tokens per input; AI Studio does not: about four
+        // characters a token there, marked estimated.
+        let counted: Option<Vec<f64>> = embeddings
+            .iter()
+            .map(|e| e.statistics.as_ref().and_then(|s| s.token_count))
+            .collect();
+        let (tokens, estimated) = match counted {
+            Some(counts) => (counts.iter().sum::<f64>().round() as u32, false),
+            None => (
+                req.inputs
+                    .iter()
+                    .map(|i| match &i.value {
+                        Some(embedding_input::Value::Text(t)) => {
+                            u32::try_from(t.chars().count().div_ceil(4).max(1)).unwrap_or(u32::MAX)
+                        }
+                        _ => 0,
+                    })
+                    .fold(0, u32::saturating_add),
+                true,
+            ),
+        };
+        Ok(EmbeddingsResponse {
+            model: target.model.clone(),
+            data: embeddings
+                .into_iter()
+                .zip(0u32..)
+                .map(|(e, index)| Embedding {
+                    index,
+                    vector: e.values,
+                })
+                .collect(),
+            usage: Some(Usage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+                estimated,
+                ..Usage::default()
+            }),
+            metadata: None,
+        })
+    }
+
     async fn complete(&self, target: &Target, req: &ChatRequest) -> Result<ChatResponse, GwError> {
-        let request = self.request(target, req, false)?;
+        let request = self.request(target, req, false).await?;
         let timeout = self.timeout(target);
         let call = async {
             let mut response = self.send(request).await?;
@@ -279,7 +465,7 @@ impl Provider for Gemini {
     }
 
     async fn stream(&self, target: &Target, req: &ChatRequest) -> Result<ChunkStream, GwError> {
-        let request = self.request(target, req, true)?;
+        let request = self.request(target, req, true).await?;
         let timeout = self.timeout(target);
         let response = tokio::time::timeout(timeout, self.send(request))
             .await
@@ -802,7 +988,7 @@ fn user_parts(m: &Message, i: usize, provider: Who<'_>) -> Result<Vec<Value>, Gw
     Ok(out)
 }
 
-/// A data URL as `inlineData`, an http(s) URL as `fileData` (its MIME type
+/// A data URL as `inlineData`, an http(s) URL or `gs://` URI as `fileData` (its MIME type
 /// from the extension).
 fn media(url: &str, provider: Who<'_>, param: &str) -> Result<Value, GwError> {
     if let Some(rest) = url.strip_prefix("data:") {
@@ -818,8 +1004,12 @@ fn media(url: &str, provider: Who<'_>, param: &str) -> Result<Value, GwError> {
         return Ok(json!({ "inlineData": { "mimeType": mime, "data": data } }));
     }
     let lower = url.to_ascii_lowercase();
-    if !(lower.starts_with("https://") || lower.starts_with("http://")) {
-        return Err(invalid(provider, param, "expected a data URL or an http(s) URL"));
+    if !(fetch::is_http(&lower) || lower.starts_with("gs://")) {
+        return Err(invalid(
+            provider,
+            param,
+            "expected a data URL, an http(s) URL or a gs:// URI",
+        ));
     }
     let Some(mime) = mime_from_url(&lower) else {
         return Err(invalid(
@@ -829,6 +1019,15 @@ fn media(url: &str, provider: Who<'_>, param: &str) -> Result<Value, GwError> {
         ));
     };
     Ok(json!({ "fileData": { "mimeType": mime, "fileUri": url } }))
+}
+
+/// A Gemini Files API URI (`https://generativelanguage.googleapis.com/v1beta/files/…`):
+/// Gemini reads it itself, so it is passed as `fileData`, not fetched.
+fn is_files_uri(url: &str) -> bool {
+    let lower = url.to_ascii_lowercase();
+    lower
+        .strip_prefix("https://generativelanguage.googleapis.com/")
+        .is_some_and(|path| path.contains("/files/") || path.starts_with("files/"))
 }
 
 fn mime_from_url(url: &str) -> Option<&'static str> {

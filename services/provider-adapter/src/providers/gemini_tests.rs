@@ -645,3 +645,189 @@ async fn vertex_mints_caches_and_uses_a_token() {
     assert_eq!(e.code(), ErrorCode::UpstreamRejected, "{}", e.message());
     assert!(!e.message().contains("PRIVATE KEY"));
 }
+
+/// A local server answering `GET /cat` with a PNG (no extension: the type
+/// comes from the answer).
+async fn image_server() -> std::net::SocketAddr {
+    let app = axum::Router::new().route(
+        "/cat",
+        axum::routing::get(|| async { ([("content-type", "image/png")], &b"\x89PNG\r\n\x1a\nrest"[..]) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+fn with_images(urls: &[&str]) -> ChatRequest {
+    let mut parts = vec![json!({"type": "text", "text": "what is it?"})];
+    parts.extend(
+        urls.iter()
+            .map(|u| json!({"type": "image_url", "image_url": {"url": u}})),
+    );
+    req(json!({"model": "x", "messages": [{"role": "user", "content": parts}]}))
+}
+
+#[tokio::test]
+async fn ai_studio_fetches_http_images_and_inlines_them() {
+    use base64::Engine as _;
+    let emu = emulator().await;
+    let images = image_server().await;
+    let url = format!("http://{images}/cat");
+    let mut p = provider(emu.addr);
+    let t = target("gemini-2.0-flash");
+
+    // The production guard refuses a loopback host; nothing goes upstream.
+    let e = p.complete(&t, &with_images(&[&url])).await.unwrap_err();
+    assert_eq!(e.http_status(), 400);
+    assert_eq!(e.param(), Some("messages[0].content[1].image_url"));
+    assert!(
+        e.message().contains("`gem` (google)") && e.message().contains("loopback"),
+        "{}",
+        e.message()
+    );
+    assert!(recorded(&emu).await.is_empty());
+
+    // Allowed (tests only): fetched and sent as inlineData; Files API and
+    // gs:// URIs still go by reference.
+    p.fetcher = Fetcher::for_tests(1 << 20, Duration::from_secs(5));
+    let files = "https://generativelanguage.googleapis.com/v1beta/files/abc.png";
+    p.complete(&t, &with_images(&[&url, files, "gs://bucket/dog.jpg"]))
+        .await
+        .unwrap();
+    let sent = recorded(&emu).await;
+    let parts = &sent[0]["body"]["contents"][0]["parts"];
+    let b64 = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG\r\n\x1a\nrest");
+    assert_eq!(
+        parts[1],
+        json!({"inlineData": {"mimeType": "image/png", "data": b64}})
+    );
+    assert_eq!(
+        parts[2],
+        json!({"fileData": {"mimeType": "image/png", "fileUri": files}})
+    );
+    assert_eq!(
+        parts[3],
+        json!({"fileData": {"mimeType": "image/jpeg", "fileUri": "gs://bucket/dog.jpg"}})
+    );
+}
+
+#[tokio::test]
+async fn vertex_passes_http_images_by_reference() {
+    let emu = emulator().await;
+    let p = vertex(emu.addr, &credentials(&format!("http://{}/token", emu.addr))).unwrap();
+    let url = "http://127.0.0.1:1/cat.jpg";
+    p.complete(&target("gemini-2.0-flash"), &with_images(&[url]))
+        .await
+        .unwrap();
+    let sent = recorded(&emu).await;
+    let call = sent
+        .iter()
+        .find(|r| r["path"].as_str().is_some_and(|p| p.contains(":generateContent")))
+        .unwrap();
+    assert_eq!(
+        call["body"]["contents"][0]["parts"][1],
+        json!({"fileData": {"mimeType": "image/jpeg", "fileUri": url}})
+    );
+}
+
+fn embed_request(inputs: Vec<llmgw_proto::EmbeddingInput>, dimensions: Option<u32>) -> EmbeddingsRequest {
+    EmbeddingsRequest {
+        model: "x".into(),
+        inputs,
+        dimensions,
+        extra_json: Some(r#"{"taskType":"RETRIEVAL_DOCUMENT"}"#.into()),
+        ..EmbeddingsRequest::default()
+    }
+}
+
+fn text_input(t: &str) -> llmgw_proto::EmbeddingInput {
+    llmgw_proto::EmbeddingInput {
+        value: Some(embedding_input::Value::Text(t.into())),
+    }
+}
+
+#[tokio::test]
+async fn embeds_on_ai_studio() {
+    let emu = emulator().await;
+    let p = provider(emu.addr);
+    let t = target("text-embedding-004");
+    let r = p
+        .embed(
+            &t,
+            &embed_request(vec![text_input("alpha"), text_input("beta!")], Some(16)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.data.len(), 2);
+    assert_eq!((r.data[1].index, r.data[1].vector.len()), (1, 16));
+    let norm: f32 = r.data[0].vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-3);
+    let u = r.usage.unwrap();
+    assert_eq!((u.prompt_tokens, u.estimated), (4, true));
+    let sent = recorded(&emu).await;
+    assert_eq!(
+        sent[0]["path"],
+        "/v1beta/models/text-embedding-004:batchEmbedContents"
+    );
+    assert_eq!(
+        sent[0]["body"]["requests"][1],
+        json!({"model": "models/text-embedding-004", "content": {"parts": [{"text": "beta!"}]},
+            "outputDimensionality": 16, "taskType": "RETRIEVAL_DOCUMENT"})
+    );
+
+    // token ids are refused before anything is sent
+    let tokens = llmgw_proto::EmbeddingInput {
+        value: Some(embedding_input::Value::Tokens(llmgw_proto::TokenIds {
+            ids: vec![1],
+        })),
+    };
+    let e = p.embed(&t, &embed_request(vec![tokens], None)).await.unwrap_err();
+    assert_eq!((e.http_status(), e.param()), (400, Some("input")));
+    // a chat model: Gemini's 404 comes back
+    let e = p
+        .embed(
+            &target("gemini-2.0-flash"),
+            &embed_request(vec![text_input("x")], None),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), 404, "{}", e.message());
+    assert_eq!(recorded(&emu).await.len(), 2);
+}
+
+#[tokio::test]
+async fn embeds_on_vertex_ai() {
+    let emu = emulator().await;
+    let vx = vertex(emu.addr, &credentials(&format!("http://{}/token", emu.addr))).unwrap();
+    let mut req = embed_request(vec![text_input("alpha"), text_input("beta!")], Some(8));
+    req.extra_json = Some(r#"{"task_type":"RETRIEVAL_QUERY"}"#.into());
+    let r = vx.embed(&target("text-embedding-005"), &req).await.unwrap();
+    assert_eq!((r.data.len(), r.data[1].vector.len()), (2, 8));
+    let u = r.usage.unwrap();
+    assert_eq!((u.prompt_tokens, u.estimated), (4, false), "counted by vertex");
+    let sent = recorded(&emu).await;
+    let call = sent
+        .iter()
+        .find(|r| r["path"].as_str().is_some_and(|p| p.ends_with(":predict")))
+        .unwrap();
+    assert_eq!(
+        call["path"],
+        "/v1/projects/proj-1/locations/us-central1/publishers/google/models/text-embedding-005:predict"
+    );
+    assert_eq!(
+        call["body"],
+        json!({"instances": [{"content": "alpha", "task_type": "RETRIEVAL_QUERY"},
+            {"content": "beta!", "task_type": "RETRIEVAL_QUERY"}],
+            "parameters": {"outputDimensionality": 8}})
+    );
+    // The same unit vector as every emulator gives for the same text.
+    let studio = provider(emu.addr)
+        .embed(
+            &target("text-embedding-004"),
+            &embed_request(vec![text_input("alpha")], Some(8)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(studio.data[0].vector, r.data[0].vector);
+}

@@ -3,8 +3,8 @@
 //! Request: `{model, messages: [{role, content, images, tool_calls, thinking, tool_name}],
 //! tools, format, options: {temperature, top_p, num_predict, stop, seed, presence_penalty,
 //! frequency_penalty}, stream, think}`. Content parts are joined into one string; images must
-//! be inline bytes (a data URL's base64 is sent as is; an http(s) URL is refused until the
-//! gateway has a guarded fetch); tool-call arguments travel as JSON objects; `json_object`
+//! be inline bytes (a data URL's base64 is sent as is; an http(s) URL is fetched through the
+//! guard in [`crate::fetch`] and its bytes inlined); tool-call arguments travel as JSON objects; `json_object`
 //! is `format: "json"` and `json_schema` is the schema itself as `format`.
 //!
 //! Ollama has no `n`, `logprobs`, `logit_bias` or forced tool choice: asking for them is a
@@ -15,6 +15,11 @@
 //! turned into canonical chunks as each line arrives: a role chunk, content (and reasoning)
 //! deltas, tool calls (Ollama sends each whole), a finish chunk, and a usage-only chunk.
 //! Errors are `{"error": "..."}`.
+//!
+//! Embeddings: `POST {base_url}/api/embed` with `{model, input: string|[string], dimensions}`
+//! (and the client's extra fields, such as `truncate` or `keep_alive`) answers
+//! `{embeddings: [[...]], prompt_eval_count}`. Ollama embeds text only: token-id inputs are
+//! a 400 naming `input`.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -29,9 +34,9 @@ use llmgw_kit::grpc::MAX_MESSAGE_BYTES;
 use llmgw_kit::services::ChunkStream;
 use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto::{
-    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, FinishReason, FunctionCall, Message,
-    Role, Target, ToolCall, ToolCallDelta, ToolChoiceMode, Usage, content, content_part, response_format,
-    tool_choice,
+    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, Embedding, EmbeddingsRequest,
+    EmbeddingsResponse, FinishReason, FunctionCall, Message, Role, Target, ToolCall, ToolCallDelta,
+    ToolChoiceMode, Usage, content, content_part, embedding_input, response_format, tool_choice,
 };
 use pin_project_lite::pin_project;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -40,6 +45,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::{Provider, upstream};
+use crate::fetch::Fetcher;
 use crate::http::Peer;
 
 const JSON: HeaderValue = HeaderValue::from_static("application/json");
@@ -55,6 +61,8 @@ pub(crate) struct Ollama {
     headers: HeaderMap,
     timeout: Duration,
     client: reqwest::Client,
+    /// Fetches http(s) image URLs: Ollama only takes inline bytes.
+    fetcher: Fetcher,
 }
 
 // ---- wire: request ---------------------------------------------------------
@@ -275,6 +283,7 @@ impl Ollama {
             headers,
             timeout: config.timeout,
             client,
+            fetcher: Fetcher::new(),
         })
     }
 
@@ -293,8 +302,25 @@ impl Ollama {
         .with_provider(self.peer.name())
     }
 
-    /// The `/api/chat` body for `req`.
-    fn body(&self, target: &Target, req: &ChatRequest, stream: bool) -> Result<Vec<u8>, GwError> {
+    /// The `/api/chat` body for `req`, its http(s) images fetched and
+    /// inlined first (after the cheap checks, so a request refused anyway
+    /// fetches nothing).
+    async fn fetch_and_body(
+        &self,
+        target: &Target,
+        req: &ChatRequest,
+        stream: bool,
+    ) -> Result<Vec<u8>, GwError> {
+        self.check(req)?;
+        let req = self
+            .fetcher
+            .inline_images(req, (self.peer.name(), "ollama"), |_, _| true)
+            .await?;
+        self.body(target, &req, stream)
+    }
+
+    /// What Ollama cannot do at all.
+    fn check(&self, req: &ChatRequest) -> Result<(), GwError> {
         if req.n.is_some_and(|n| n > 1) {
             return Err(self.unsupported("n", "`n` > 1"));
         }
@@ -307,6 +333,12 @@ impl Ollama {
         if req.logit_bias_json.is_some() {
             return Err(self.unsupported("logit_bias", "`logit_bias`"));
         }
+        Ok(())
+    }
+
+    /// The `/api/chat` body for `req`, whose images are inline by now.
+    fn body(&self, target: &Target, req: &ChatRequest, stream: bool) -> Result<Vec<u8>, GwError> {
+        self.check(req)?;
         let mut send_tools = true;
         match req.tool_choice.as_ref().and_then(|c| c.choice.as_ref()) {
             Some(tool_choice::Choice::Mode(m)) if *m == ToolChoiceMode::None as i32 => send_tools = false,
@@ -461,19 +493,18 @@ impl Ollama {
         })
     }
 
-    /// A data URL's base64 payload; anything else is refused.
+    /// A data URL's base64 payload (http(s) URLs were fetched into data
+    /// URLs already); anything else is refused.
     fn image<'a>(&self, url: &'a str, param: &str) -> Result<&'a str, GwError> {
         if let Some(rest) = url.strip_prefix("data:")
             && let Some((_, data)) = rest.split_once(";base64,")
         {
             return Ok(data);
         }
-        let what = if url.starts_with("http://") || url.starts_with("https://") {
-            "image urls (send the image inline as a base64 data url)"
-        } else {
-            "this image url (send the image inline as a base64 data url)"
-        };
-        Err(self.unsupported(&format!("{param}.image_url"), what))
+        Err(self.unsupported(
+            &format!("{param}.image_url"),
+            "this image url (send an http(s) url or a base64 data url)",
+        ))
     }
 
     /// Sends `body` and waits for the headers; a non-2xx answer becomes an
@@ -560,10 +591,125 @@ fn response(body: &[u8]) -> Result<ChatResponse, String> {
     })
 }
 
+#[derive(Serialize)]
+struct EmbedOut<'a> {
+    model: &'a str,
+    input: EmbedInput<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dimensions: Option<u32>,
+    #[serde(flatten)]
+    extra: Map<String, Value>,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum EmbedInput<'a> {
+    One(&'a str),
+    Many(Vec<&'a str>),
+}
+
+#[derive(Deserialize)]
+struct EmbedIn {
+    #[serde(default)]
+    model: String,
+    embeddings: Vec<Vec<f32>>,
+    #[serde(default)]
+    prompt_eval_count: Option<u32>,
+}
+
+impl Ollama {
+    /// The `/api/embed` body for `req`: text inputs only.
+    fn embed_body(&self, target: &Target, req: &EmbeddingsRequest) -> Result<Vec<u8>, GwError> {
+        let mut texts = Vec::with_capacity(req.inputs.len());
+        for input in &req.inputs {
+            match &input.value {
+                Some(embedding_input::Value::Text(t)) => texts.push(t.as_str()),
+                _ => return Err(self.unsupported("input", "token-id inputs (send text)")),
+            }
+        }
+        let input = match texts.as_slice() {
+            [one] if req.single => EmbedInput::One(one),
+            _ => EmbedInput::Many(texts),
+        };
+        let extra = match req.extra_json.as_deref() {
+            Some(text) => serde_json::from_str::<Map<String, Value>>(text)
+                .map_err(|e| GwError::internal(format!("extra fields are not a JSON object: {e}")))?,
+            None => Map::new(),
+        };
+        serde_json::to_vec(&EmbedOut {
+            model: &target.model,
+            input,
+            dimensions: req.dimensions,
+            extra,
+        })
+        .map_err(|e| GwError::internal(format!("cannot write request: {e}")).with_provider(self.peer.name()))
+    }
+}
+
 #[async_trait]
 impl Provider for Ollama {
+    async fn embed(&self, target: &Target, req: &EmbeddingsRequest) -> Result<EmbeddingsResponse, GwError> {
+        let body = self.embed_body(target, req)?;
+        let url = self.url.join("embed").map_err(|e| {
+            GwError::internal(format!("cannot build the embed url: {e}")).with_provider(self.peer.name())
+        })?;
+        let request = self
+            .client
+            .post(url)
+            .headers(self.headers.clone())
+            .header(ACCEPT, JSON)
+            .body(body);
+        let timeout = self.timeout(target);
+        let call = async {
+            let mut response =
+                upstream::send(&self.peer, request, openai_error)
+                    .await
+                    .map_err(|e| match e.upstream_status() {
+                        Some(404) => e.with_param("model"),
+                        _ => e,
+                    })?;
+            self.peer
+                .read_limited(&mut response, MAX_MESSAGE_BYTES, true)
+                .await
+        };
+        let body = tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| self.peer.timeout_error(timeout))??;
+        let name = self.peer.name();
+        let invalid = || {
+            self.peer.error(
+                ErrorCode::UpstreamError,
+                format!("provider `{name}` sent an invalid embeddings response"),
+            )
+        };
+        let parsed: EmbedIn = serde_json::from_slice(&body).map_err(|_| invalid())?;
+        if parsed.embeddings.len() != req.inputs.len() {
+            return Err(invalid());
+        }
+        let tokens = parsed.prompt_eval_count.unwrap_or(0);
+        Ok(EmbeddingsResponse {
+            model: if parsed.model.is_empty() {
+                target.model.clone()
+            } else {
+                parsed.model
+            },
+            data: parsed
+                .embeddings
+                .into_iter()
+                .zip(0u32..)
+                .map(|(vector, index)| Embedding { index, vector })
+                .collect(),
+            usage: Some(Usage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+                ..Usage::default()
+            }),
+            metadata: None,
+        })
+    }
+
     async fn complete(&self, target: &Target, req: &ChatRequest) -> Result<ChatResponse, GwError> {
-        let body = self.body(target, req, false)?;
+        let body = self.fetch_and_body(target, req, false).await?;
         let timeout = self.timeout(target);
         let call = async {
             let mut response = self.send(body, false).await?;
@@ -584,7 +730,7 @@ impl Provider for Ollama {
     }
 
     async fn stream(&self, target: &Target, req: &ChatRequest) -> Result<ChunkStream, GwError> {
-        let body = self.body(target, req, true)?;
+        let body = self.fetch_and_body(target, req, true).await?;
         let timeout = self.timeout(target);
         let response = tokio::time::timeout(timeout, self.send(body, true))
             .await

@@ -1,5 +1,6 @@
 //! A Gemini API (AI Studio, `v1beta`) emulator: `POST /v1beta/models/{model}:generateContent`
-//! and `:streamGenerateContent?alt=sse`, built from Google's API reference.
+//! and `:streamGenerateContent?alt=sse`, built from Google's API reference. Embeddings
+//! (`:batchEmbedContents`, and Vertex AI's `:predict`) are answered by [`crate::embeddings`].
 //!
 //! As strict as the real API where it matters to a gateway: the key must come in the
 //! `x-goog-api-key` header (a key in the query string is refused, to prove the gateway never
@@ -230,6 +231,16 @@ async fn answer(
 ) -> Result<Response, GoogleError> {
     check_auth(state, auth, query, headers)?;
     let (model, action) = model_action.split_once(':').unwrap_or((model_action, ""));
+    if action == "batchEmbedContents" || (action == "predict" && matches!(auth, Auth::OAuth)) {
+        let resp = if action == "predict" {
+            crate::embeddings::vertex_predict(model, body)
+        } else {
+            crate::embeddings::gemini_batch(model, body)
+        };
+        let resp = resp.map_err(|(status, message)| GoogleError { status, message })?;
+        tracker.finish(Outcome::Completed);
+        return Ok(json_response(StatusCode::OK, resp));
+    }
     let stream = match action {
         "generateContent" => false,
         "streamGenerateContent" => true,

@@ -163,7 +163,7 @@ fn refuses_what_ollama_lacks() -> TestResult {
                 value: Some(content::Value::Parts(ContentParts {
                     parts: vec![ContentPart {
                         part: Some(content_part::Part::ImageUrl(ImageUrl {
-                            url: "https://example.com/cat.png".to_owned(),
+                            url: "ftp://example.com/cat.png".to_owned(),
                             detail: None,
                         })),
                     }],
@@ -380,4 +380,162 @@ fn an_error_line_ends_the_stream() {
         ),
         "{err:?}"
     );
+}
+
+fn image_request(url: &str) -> ChatRequest {
+    let mut req = user("what is it?");
+    req.messages[0].content = Some(llmgw_proto::Content {
+        value: Some(content::Value::Parts(ContentParts {
+            parts: vec![
+                ContentPart {
+                    part: Some(content_part::Part::Text("what is it?".to_owned())),
+                },
+                ContentPart {
+                    part: Some(content_part::Part::ImageUrl(ImageUrl {
+                        url: url.to_owned(),
+                        detail: None,
+                    })),
+                },
+            ],
+        })),
+    });
+    req
+}
+
+/// A local server answering `GET /cat.png` with a PNG.
+async fn image_server() -> Result<std::net::SocketAddr, Box<dyn std::error::Error>> {
+    let png: &'static [u8] = b"\x89PNG\r\n\x1a\nrest";
+    let app = axum::Router::new().route(
+        "/cat.png",
+        axum::routing::get(move || async move { ([("content-type", "image/png")], png) }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+#[tokio::test]
+async fn fetches_and_inlines_an_http_image() -> TestResult {
+    use base64::Engine as _;
+    let (emu, mut p) = emulator().await?;
+    let images = image_server().await?;
+    let url = format!("http://{images}/cat.png");
+
+    // The production guard refuses the loopback image server.
+    let err = p
+        .complete(&target("llava"), &image_request(&url))
+        .await
+        .err()
+        .ok_or("fetched from loopback")?;
+    assert_eq!(err.http_status(), 400);
+    assert_eq!(err.param(), Some("messages[0].content[1].image_url"));
+    assert!(err.message().contains("loopback"), "{}", err.message());
+
+    // With the test allowance the image is fetched and sent as base64.
+    p.fetcher = crate::fetch::Fetcher::for_tests(1 << 20, Duration::from_secs(5));
+    p.complete(&target("llava"), &image_request(&url)).await?;
+    let stream = p.stream(&target("llava"), &image_request(&url)).await?;
+    assert!(stream.collect::<Vec<_>>().await.iter().all(Result::is_ok));
+    let recorded: Value = serde_json::from_slice(
+        &reqwest::get(format!("http://{}/_emu/requests", emu.addr))
+            .await?
+            .bytes()
+            .await?,
+    )?;
+    let sent: Vec<&Value> = recorded
+        .as_array()
+        .ok_or("no list")?
+        .iter()
+        .filter(|r| r["path"] == "/api/chat")
+        .collect();
+    assert_eq!(sent.len(), 2, "the refused request never reached ollama");
+    let b64 = base64::engine::general_purpose::STANDARD.encode(b"\x89PNG\r\n\x1a\nrest");
+    for r in sent {
+        assert_eq!(r["body"]["messages"][0]["images"], json!([b64]));
+        assert_eq!(r["body"]["messages"][0]["content"], "what is it?");
+    }
+    Ok(())
+}
+
+fn embed_request(texts: &[&str], single: bool, dimensions: Option<u32>) -> EmbeddingsRequest {
+    EmbeddingsRequest {
+        model: "m".to_owned(),
+        inputs: texts
+            .iter()
+            .map(|t| llmgw_proto::EmbeddingInput {
+                value: Some(embedding_input::Value::Text((*t).to_owned())),
+            })
+            .collect(),
+        single,
+        dimensions,
+        extra_json: Some(r#"{"truncate":false}"#.to_owned()),
+        ..EmbeddingsRequest::default()
+    }
+}
+
+#[tokio::test]
+async fn embeds_against_the_emulator() -> TestResult {
+    let (emu, p) = emulator().await?;
+    let r = p
+        .embed(
+            &target("nomic-embed-text"),
+            &embed_request(&["alpha", "beta"], false, Some(32)),
+        )
+        .await?;
+    assert_eq!(r.data.len(), 2);
+    assert_eq!((r.data[1].index, r.data[1].vector.len()), (1, 32));
+    assert!(
+        r.usage
+            .is_some_and(|u| u.prompt_tokens == 3 && u.total_tokens == 3)
+    );
+    let one = p
+        .embed(
+            &target("nomic-embed-text"),
+            &embed_request(&["alpha"], true, None),
+        )
+        .await?;
+    assert_eq!(one.data[0].vector.len(), 768);
+    let recorded: Value = serde_json::from_slice(
+        &reqwest::get(format!("http://{}/_emu/requests", emu.addr))
+            .await?
+            .bytes()
+            .await?,
+    )?;
+    let sent: Vec<&Value> = recorded
+        .as_array()
+        .ok_or("no list")?
+        .iter()
+        .filter(|r| r["path"] == "/api/embed")
+        .map(|r| &r["body"])
+        .collect();
+    assert_eq!(
+        sent,
+        [
+            &json!({"model": "nomic-embed-text", "input": ["alpha", "beta"], "dimensions": 32, "truncate": false}),
+            &json!({"model": "nomic-embed-text", "input": "alpha", "truncate": false}),
+        ]
+    );
+
+    // token ids: ollama embeds text only
+    let mut tokens = embed_request(&["x"], true, None);
+    tokens.inputs[0].value = Some(embedding_input::Value::Tokens(llmgw_proto::TokenIds {
+        ids: vec![1, 2],
+    }));
+    let err = p
+        .embed(&target("nomic-embed-text"), &tokens)
+        .await
+        .err()
+        .ok_or("accepted")?;
+    assert_eq!((err.http_status(), err.param()), (400, Some("input")));
+    assert!(err.message().contains("`local` (ollama)"), "{}", err.message());
+
+    // a model ollama does not have
+    let err = p
+        .embed(&target("missing-model"), &embed_request(&["x"], true, None))
+        .await
+        .err()
+        .ok_or("accepted")?;
+    assert_eq!((err.http_status(), err.param()), (404, Some("model")));
+    Ok(())
 }
