@@ -298,7 +298,7 @@ TIME = {
     },
 }
 PIXEL_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
-IMAGE_URL = "https://example.com/cat.png"
+IMAGE_URL = "https://example.invalid/cat.png"  # .invalid never resolves (RFC 2606)
 CITY_SCHEMA = {
     "type": "object",
     "properties": {"city": {"type": "string"}, "population": {"type": "integer"}, "capital": {"type": "boolean"}},

@@ -58,27 +58,27 @@ BY_DESIGN: dict[tuple[str, str], str] = {
     # Anthropic's Messages API has no seed and one answer per request.
     ("anthropic", "seed"): "seed",
     ("anthropic", "n2"): "n",
-    # No embeddings through llmgw for these provider types (yet): a 400 naming `model`.
+    # Anthropic has no embeddings API: a 400 naming `model`.
     ("anthropic", "embeddings"): "model",
-    ("google", "embeddings"): "model",
-    ("vertex-ai", "embeddings"): "model",
-    ("ollama", "embeddings"): "model",
-    # Ollama's /api/chat: tools are offered or not (no forcing), images only inline, one answer.
+    # Ollama's /api/chat: tools are offered or not (no forcing), one answer.
     ("ollama", "tool_required"): "tool_choice",
     ("ollama", "tool_named"): "tool_choice",
-    ("ollama", "vision_url"): "messages[0].content[1].image_url",
     ("ollama", "n2"): "n",
+    # Ollama and Gemini on AI Studio take images as bytes: the gateway fetches an
+    # image URL through its guard (no loopback, private or link-local hosts; size
+    # and time caps). The matrix's URL names no public host this sandbox can
+    # reach, so these cells show the guard's clear refusal; a successful guarded
+    # fetch is tested in services/provider-adapter/src/fetch with a test-only
+    # allowance for loopback.
+    ("ollama", "vision_url"): "messages[0].content[1].image_url",
+    ("google", "vision_url"): "messages[0].content[1].image_url",
     # Groq refuses n > 1.
     ("groq", "n2"): "n",
 }
 
 #: Cells that fail because of a known bug (gateway or emulator), with the reason. The table
 #: shows them as "❌ known bug"; fix the bug, then remove the entry.
-KNOWN_BROKEN: dict[tuple[str, str], str] = {
-    ("azure-openai", "embeddings"): (
-        "the emulator has no `POST /openai/deployments/{d}/embeddings` route: the gateway's call answers 404 Invalid URL"
-    ),
-}
+KNOWN_BROKEN: dict[tuple[str, str], str] = {}
 
 # ---------------------------------------------------------------------------------------
 
