@@ -72,6 +72,7 @@ fn openai_type(code: ErrorCode) -> &'static str {
         | ErrorCode::UnsupportedMediaType
         | ErrorCode::MethodNotAllowed
         | ErrorCode::UpstreamRejected
+        | ErrorCode::ContextLengthExceeded
         | ErrorCode::Unauthenticated => "invalid_request_error",
         ErrorCode::PermissionDenied => "permission_error",
         ErrorCode::RateLimited | ErrorCode::UpstreamRateLimited => "rate_limit_error",

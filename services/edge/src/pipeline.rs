@@ -395,6 +395,7 @@ pub fn error_type(e: &GwError) -> &'static str {
         ErrorCode::Internal | ErrorCode::Unspecified => "internal_error",
         ErrorCode::UpstreamRateLimited => "upstream_rate_limited",
         ErrorCode::MethodNotAllowed => "method_not_allowed",
+        ErrorCode::ContextLengthExceeded => "context_length_exceeded",
     }
 }
 

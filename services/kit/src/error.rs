@@ -142,7 +142,7 @@ impl GwError {
 /// HTTP status of a code.
 pub fn code_http_status(code: ErrorCode) -> u16 {
     match code {
-        ErrorCode::InvalidRequest | ErrorCode::UpstreamRejected => 400,
+        ErrorCode::InvalidRequest | ErrorCode::UpstreamRejected | ErrorCode::ContextLengthExceeded => 400,
         ErrorCode::Unauthenticated => 401,
         ErrorCode::BudgetExceeded => 402,
         ErrorCode::PermissionDenied => 403,
@@ -165,7 +165,7 @@ pub fn code_grpc(code: ErrorCode) -> tonic::Code {
         | ErrorCode::PayloadTooLarge
         | ErrorCode::UnsupportedMediaType
         | ErrorCode::MethodNotAllowed => tonic::Code::InvalidArgument,
-        ErrorCode::UpstreamRejected => tonic::Code::FailedPrecondition,
+        ErrorCode::UpstreamRejected | ErrorCode::ContextLengthExceeded => tonic::Code::FailedPrecondition,
         ErrorCode::Unauthenticated => tonic::Code::Unauthenticated,
         ErrorCode::BudgetExceeded | ErrorCode::RateLimited | ErrorCode::UpstreamRateLimited => {
             tonic::Code::ResourceExhausted
@@ -243,7 +243,7 @@ mod tests {
 
     #[test]
     fn every_code_has_a_status() {
-        for code in 0..=16 {
+        for code in 0..=17 {
             let code = ErrorCode::try_from(code).unwrap_or(ErrorCode::Internal);
             let s = code_http_status(code);
             assert!((400..600).contains(&s), "{code:?} -> {s}");

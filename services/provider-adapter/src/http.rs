@@ -200,10 +200,18 @@ impl Peer {
                 format!("provider `{name}` rejected the gateway's credentials ({code}){said}"),
             ),
             400..=499 => {
+                // OpenAI and compatible hosts say so in `code`.
+                let too_long =
+                    upstream.as_ref().and_then(|u| u.code.as_deref()) == Some("context_length_exceeded");
                 let err = self.error(
-                    ErrorCode::UpstreamRejected,
+                    if too_long {
+                        ErrorCode::ContextLengthExceeded
+                    } else {
+                        ErrorCode::UpstreamRejected
+                    },
                     format!("provider `{name}` rejected the request ({code}){said}"),
                 );
+                let err = if too_long { err.with_param("messages") } else { err };
                 match upstream.and_then(|u| u.param).filter(|p| !p.is_empty()) {
                     Some(param) => err.with_param(param),
                     None => err,

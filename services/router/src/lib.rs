@@ -30,6 +30,8 @@ struct ProviderEntry {
     name: String,
     kind: &'static str,
     timeout_ms: u32,
+    /// What `@slug` alone resolves to.
+    default_model: Option<String>,
 }
 
 struct ModelEntry {
@@ -61,6 +63,7 @@ fn provider_entry(p: &ProviderConfig) -> ProviderEntry {
         name: p.name.clone(),
         kind: p.kind.as_str(),
         timeout_ms: u32::try_from(p.timeout.as_millis()).unwrap_or(u32::MAX),
+        default_model: p.default_model.clone(),
     }
 }
 
@@ -137,6 +140,24 @@ impl Catalog {
             });
         }
         if let Some(rest) = model.strip_prefix('@') {
+            // `@slug` alone: the provider's `default_model`.
+            let slug = rest.strip_suffix('/').unwrap_or(rest);
+            if !slug.contains('/') {
+                let idx = *self
+                    .by_provider_name
+                    .get(slug)
+                    .ok_or_else(|| unknown_provider(model, slug))?;
+                let Some(default) = self.providers[idx].default_model.clone() else {
+                    return Err(GwError::new(
+                        ErrorCode::ModelNotFound,
+                        format!(
+                            "`{model}` names provider `{slug}` but no model, and it has no `default_model`"
+                        ),
+                    )
+                    .with_param("model"));
+                };
+                return Ok(self.plan(model, idx, &default));
+            }
             let (slug, upstream) = split(rest).ok_or_else(|| not_found(model))?;
             let idx = *self
                 .by_provider_name

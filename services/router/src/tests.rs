@@ -9,6 +9,7 @@ providers:
     type: openai
     base_url: http://127.0.0.1:1/v1
     timeout: 2s
+    default_model: gpt-4o-mini
   - name: backup
     type: openai
     base_url: http://127.0.0.1:2/v1
@@ -62,8 +63,18 @@ async fn slug_and_provider_addressing() {
 }
 
 #[tokio::test]
+async fn slug_alone_uses_the_default_model() {
+    let t = route("@emu").await.unwrap().targets.remove(0);
+    assert_eq!((t.provider.as_str(), t.model.as_str()), ("emu", "gpt-4o-mini"));
+    assert_eq!(t.price.unwrap().input_per_mtok, 0.15);
+    let e = route("@backup").await.unwrap_err();
+    assert_eq!((e.code(), e.param()), (ErrorCode::ModelNotFound, Some("model")));
+    assert!(e.message().contains("default_model"), "{e:?}");
+}
+
+#[tokio::test]
 async fn unknown_models_are_404_naming_model() {
-    for m in ["nope", "@nope/x", "@emu/", "anthropic/claude", "/x"] {
+    for m in ["nope", "@nope/x", "@nope", "anthropic/claude", "/x"] {
         let e = route(m).await.unwrap_err();
         assert_eq!(e.code(), ErrorCode::ModelNotFound, "{m}");
         assert_eq!(e.param(), Some("model"));

@@ -11,6 +11,7 @@
 //! | `[emu:abort_mid_stream]` | send a few chunks, then drop the connection (no `[DONE]`) |
 //! | `[emu:finish=length]`, `[emu:finish=content_filter]` | force that `finish_reason` |
 //! | `[emu:parallel]` | with ≥2 tools, call the first two |
+//! | `[emu:prompt_too_long]` | answer 400 `context_length_exceeded` (param `messages`) |
 //!
 //! Unknown directives are stripped and ignored.
 

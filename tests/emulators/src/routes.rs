@@ -164,6 +164,14 @@ async fn answer(
     if let Some(status) = d.status.filter(|s| (400..=599).contains(s)) {
         return Err(ApiError::for_status(status, plan.model));
     }
+    // `[emu:prompt_too_long]`: OpenAI's answer to a prompt over the window.
+    if body.windows(21).any(|w| w == b"[emu:prompt_too_long]".as_slice()) {
+        return Err(ApiError::invalid(
+            "This model's maximum context length is 128000 tokens. However, your messages resulted in 131072 tokens. Please reduce the length of the messages.",
+            Some("messages"),
+            Some("context_length_exceeded"),
+        ));
+    }
     let id = state.ids.id("chatcmpl-");
     let created = unix_now();
     let tracker = std::mem::replace(tracker, Tracker::none());

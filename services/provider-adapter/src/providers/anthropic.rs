@@ -153,7 +153,7 @@ fn refine(peer: &Peer, err: GwError) -> GwError {
             .map_or(err.message(), |(_, said)| said);
         return peer
             .error(
-                ErrorCode::UpstreamRejected,
+                ErrorCode::ContextLengthExceeded,
                 format!("provider `{}`: context_length_exceeded: {said}", peer.name()),
             )
             .with_param("messages")

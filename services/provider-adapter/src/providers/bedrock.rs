@@ -238,7 +238,7 @@ impl Bedrock {
             return Err(self
                 .peer
                 .error(
-                    ErrorCode::UpstreamRejected,
+                    ErrorCode::ContextLengthExceeded,
                     format!("provider `{}`: context_length_exceeded: {said}", self.peer.name()),
                 )
                 .with_param("messages")

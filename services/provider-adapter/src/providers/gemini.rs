@@ -536,7 +536,7 @@ fn refine_error(peer: &Peer, err: GwError, status: StatusCode, body: &[u8]) -> G
         let message: String = google.message.chars().take(512).collect();
         return peer
             .error(
-                ErrorCode::UpstreamRejected,
+                ErrorCode::ContextLengthExceeded,
                 format!(
                     "provider `{name}` rejected the request (400): context_length_exceeded: the prompt is longer than the model's context window: {message}"
                 ),
