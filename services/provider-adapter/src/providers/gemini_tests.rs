@@ -369,7 +369,7 @@ fn refines_google_errors() {
     let body = br#"{"error":{"code":400,"message":"The input token count (2000000) exceeds the maximum number of tokens allowed (1048576).","status":"INVALID_ARGUMENT"}}"#;
     let e = peer.status_error(StatusCode::BAD_REQUEST, &HeaderMap::new(), body);
     let e = refine_error(&peer, e, StatusCode::BAD_REQUEST, body);
-    assert_eq!(e.code(), ErrorCode::UpstreamRejected);
+    assert_eq!(e.code(), ErrorCode::ContextLengthExceeded);
     assert_eq!(e.param(), Some("messages"));
     assert!(e.message().contains("context_length_exceeded"), "{}", e.message());
 }
@@ -483,7 +483,7 @@ async fn maps_upstream_errors() {
     let e = p.complete(&t, &user("[emu:status=400] hi")).await.unwrap_err();
     assert_eq!(
         (e.code(), e.param()),
-        (ErrorCode::UpstreamRejected, Some("messages"))
+        (ErrorCode::ContextLengthExceeded, Some("messages"))
     );
     let e = p.stream(&t, &user("[emu:status=403] hi")).await.err().unwrap();
     assert_eq!(e.code(), ErrorCode::UpstreamRejected);

@@ -429,7 +429,7 @@ fn error_statuses_are_classified() {
     let e = refine(&p, e);
     assert_eq!(
         (e.code(), e.http_status(), e.param()),
-        (ErrorCode::UpstreamRejected, 400, Some("messages"))
+        (ErrorCode::ContextLengthExceeded, 400, Some("messages"))
     );
     assert!(
         e.message()
