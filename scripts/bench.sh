@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make bench`: builds the release binaries once, then runs `llmgw-bench`, which
-# starts the OpenAI emulator and the gateway (one process, then split), runs the
-# scenarios direct vs gateway in alternating rounds, prints the table and writes
+# starts the emulator (OpenAI, Anthropic and Bedrock routes) and the gateway (one
+# process, then split), runs the scenarios direct vs gateway in alternating rounds
+# (S4a / S4b: streams through the Anthropic and Bedrock adapters against the
+# emulator called in that provider's own format), prints the table and writes
 # bench/results/latest.json. Everything it starts it also stops.
 #
 #   BENCH_QUICK=1 scripts/bench.sh     # ~30 s smoke run (CI)

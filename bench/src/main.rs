@@ -3,6 +3,12 @@
 //! (`llmgw all`) and a split one (five processes talking gRPC), then runs each
 //! scenario in rounds that alternate direct / one-process / split with the
 //! same request bodies, and reports medians of the rounds with their spread.
+//! S4a and S4b stream through the gateway's Anthropic and Bedrock adapters
+//! and compare with the emulator called directly in that provider's format.
+//! The Bedrock route is served by a second emulator started without
+//! `--api-key`, which then checks no SigV4 signature: the gateway still signs
+//! every request (its cost counts as gateway overhead), the direct client
+//! sends unsigned ones, and neither pays for a verification.
 //! Results go to `bench/results/latest.json`; `scripts/bench.sh` builds and
 //! runs it (`make bench`). `BENCH_QUICK=1` is a ~30 s smoke run.
 #![expect(clippy::print_stdout, reason = "the bench prints its report")]
@@ -22,14 +28,17 @@ use clap::Parser;
 use serde_json::json;
 
 use crate::client::Target;
-use crate::procs::{MODEL, Pinning, Procs};
+use crate::procs::{BEDROCK_UPSTREAM, MODEL, Pinning, Procs};
 use crate::report::{Compare, Row, TARGETS};
-use crate::scenarios::{Bodies, Errors, Params, Reference, S1Round, S2Round, S4Round};
+use crate::scenarios::{
+    Bodies, Errors, PACED_CHUNKS, PACED_GAP_MS, PACED_STREAMS, Paced, Params, Reference, S1Round, S2Round,
+    S4Round,
+};
 
 #[derive(Parser, Debug)]
 #[command(
     name = "llmgw-bench",
-    about = "Direct vs gateway (one process and split) against the OpenAI emulator"
+    about = "Direct vs gateway (one process and split) against the provider emulator"
 )]
 struct Args {
     /// A ~30 s smoke run: fewer rounds and requests.
@@ -140,6 +149,11 @@ struct Rounds {
     s1: [Vec<S1Round>; 3],
     s2: [Vec<S2Round>; 3],
     s4: [Vec<S4Round>; 3],
+    s4a: [Vec<S4Round>; 3],
+    s4b: [Vec<S4Round>; 3],
+    /// The paced (buffering) checks, by target.
+    s4a_paced: Vec<Paced>,
+    s4b_paced: Vec<Paced>,
 }
 
 /// Runs the bench; `Ok(false)` when it ran but saw errors.
@@ -172,7 +186,11 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
     eprintln!("{}", pinning.note);
     let emu_key = format!("bench-emu-{}", std::process::id());
     let emu_addr = procs
-        .start_emulator(&emulator, pinning.client_core, &emu_key)
+        .start_emulator(&emulator, pinning.client_core, Some(&emu_key), "emulator")
+        .await?;
+    // Bedrock (S4b): without a key, so it verifies no signature.
+    let unsigned_addr = procs
+        .start_emulator(&emulator, pinning.client_core, None, "emulator-unsigned")
         .await?;
     let env = [("EMU_KEY", emu_key.as_str()), ("NO_COLOR", "1")];
 
@@ -181,7 +199,14 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
     let one_cfg = write_config(
         &dir,
         "one",
-        procs::gateway_config(&dir.join("one"), ports[0], ports[1], emu_addr, None)?,
+        procs::gateway_config(
+            &dir.join("one"),
+            ports[0],
+            ports[1],
+            emu_addr,
+            unsigned_addr,
+            None,
+        )?,
     )?;
     let split_services = [ports[4], ports[5], ports[6], ports[7]];
     let split_cfg = write_config(
@@ -192,6 +217,7 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
             ports[2],
             ports[3],
             emu_addr,
+            unsigned_addr,
             Some(split_services),
         )?,
     )?;
@@ -216,11 +242,13 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         Arc::new(Target::new(TARGETS[1], ports[0], &one_key)?),
         Arc::new(Target::new(TARGETS[2], ports[2], &split_key)?),
     ];
+    let anthropic_direct = Arc::new(Target::anthropic(TARGETS[0], emu_addr, &emu_key)?);
+    let bedrock_direct = Arc::new(Target::bedrock(TARGETS[0], unsigned_addr, BEDROCK_UPSTREAM)?);
     let bodies = Bodies::new(MODEL);
     for (i, t) in targets.iter().enumerate() {
         procs.wait_ready(t, &bodies.chat, i > 0).await?;
     }
-    let reference = Reference::capture(&targets[0], &bodies).await?;
+    let reference = Reference::capture(&targets[0], &anthropic_direct, &bedrock_direct, &bodies).await?;
     eprintln!(
         "ready in {:.1}s; request {} B, answer content {} B, stream {} chunks; {} rounds{}",
         started.elapsed().as_secs_f64(),
@@ -265,20 +293,51 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
             r.s2[i].push(x);
         }
     }
-    for round in 0..p.rounds {
-        for i in order(round) {
-            let x = scenarios::s4(&targets[i], &bodies, &reference, &p).await?;
-            procs.check_alive()?;
-            let what = format!(
-                "{} streams, TTFT p50 {:.4} ms, gap p50 {:.1} µs",
-                x.measured,
-                x.ttft_p50_ms,
-                x.gap_p50_ms * 1e3
-            );
-            progress("S4", round, &p, i, &what, &x.errors);
-            r.s4[i].push(x);
-        }
-    }
+    let s4_targets = targets.clone();
+    let s4_bodies = [&bodies.stream, &bodies.stream, &bodies.stream];
+    r.s4 = stream_rounds("S4", &s4_targets, s4_bodies, &reference.deltas, &p, &mut procs).await?;
+    let s4a_targets = [anthropic_direct, targets[1].clone(), targets[2].clone()];
+    let s4a_bodies = [
+        &bodies.native.anthropic_direct,
+        &bodies.native.anthropic_gateway,
+        &bodies.native.anthropic_gateway,
+    ];
+    r.s4a = stream_rounds(
+        "S4a",
+        &s4a_targets,
+        s4a_bodies,
+        &reference.anthropic_deltas,
+        &p,
+        &mut procs,
+    )
+    .await?;
+    let s4b_targets = [bedrock_direct, targets[1].clone(), targets[2].clone()];
+    let s4b_bodies = [
+        &bodies.native.bedrock_direct,
+        &bodies.native.bedrock_gateway,
+        &bodies.native.bedrock_gateway,
+    ];
+    r.s4b = stream_rounds(
+        "S4b",
+        &s4b_targets,
+        s4b_bodies,
+        &reference.bedrock_deltas,
+        &p,
+        &mut procs,
+    )
+    .await?;
+    let paced_a = [
+        &bodies.paced.anthropic_direct,
+        &bodies.paced.anthropic_gateway,
+        &bodies.paced.anthropic_gateway,
+    ];
+    r.s4a_paced = paced_checks("S4a", &s4a_targets, paced_a, &p, &mut procs).await?;
+    let paced_b = [
+        &bodies.paced.bedrock_direct,
+        &bodies.paced.bedrock_gateway,
+        &bodies.paced.bedrock_gateway,
+    ];
+    r.s4b_paced = paced_checks("S4b", &s4b_targets, paced_b, &p, &mut procs).await?;
 
     let rows = rows(&r, &p);
     let errors = error_samples(&r);
@@ -315,8 +374,16 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         "chunk gaps: the emulator sends a stream's chunks back to back, so direct gaps are ~0 \
          (one read); gateway gaps show how it paces chunks it forwards"
     );
+    println!(
+        "S4a / S4b: direct is the emulator in the provider's own format (Anthropic /v1/messages SSE; \
+         Bedrock ConverseStream frames, unsigned: that emulator checks no signature, the gateway still signs); \
+         the gateways stream OpenAI chunks translated by the anthropic / bedrock adapter; \
+         \"to end\" is message_stop / the metadata frame direct, [DONE] through the gateway"
+    );
     println!();
     print!("{}", report::table(&rows));
+    println!("{}", paced_line("S4a", &r.s4a_paced));
+    println!("{}", paced_line("S4b", &r.s4b_paced));
     for (target, scenario, e) in &errors {
         if e.count > 0 {
             println!(
@@ -343,10 +410,22 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
             "s1": {"warmup": p.s1_warmup, "requests": p.s1_requests, "max_s": p.s1_max.as_secs_f64()},
             "s2": {"clients": p.s2_clients, "warmup_s": p.s2_warmup.as_secs_f64(), "duration_s": p.s2_duration.as_secs_f64()},
             "s4": {"warmup": p.s4_warmup, "streams": p.s4_streams, "max_s": p.s4_max.as_secs_f64(), "chunks": reference.deltas.len()},
+            "s4a": {
+                "direct": "POST /v1/messages (Anthropic SSE), x-api-key checked",
+                "gateway": "OpenAI stream, model targeting a type: anthropic provider",
+                "chunks": reference.anthropic_deltas.len(),
+            },
+            "s4b": {
+                "direct": format!("POST /model/{}/converse-stream (event-stream frames), unsigned", BEDROCK_UPSTREAM.replace(':', "%3A")),
+                "gateway": "OpenAI stream, model targeting a type: bedrock provider (SigV4-signed; the emulator does not verify)",
+                "chunks": reference.bedrock_deltas.len(),
+            },
+
             "request_bytes": bodies.chat.len(),
             "answer_content_bytes": reference.content.len(),
         },
         "results": report::rows_json(&rows),
+        "paced_checks": {"S4a": paced_json(&r.s4a_paced), "S4b": paced_json(&r.s4b_paced)},
         "errors": errors.iter().map(|(t, s, e)| json!({"target": t, "scenario": s, "count": e.count, "samples": e.samples})).collect::<Vec<_>>(),
         "gateway_logs": logs.iter().map(|(name, n, samples)| json!({"process": name, "warn_error_lines": n, "first": samples})).collect::<Vec<_>>(),
     });
@@ -363,6 +442,95 @@ fn write_config(dir: &Path, name: &str, yaml: String) -> anyhow::Result<PathBuf>
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, yaml)?;
     Ok(path)
+}
+
+/// Rounds of a streaming scenario; `bodies` and `want` per target (in
+/// [`TARGETS`] order) and the direct stream's content chunks.
+async fn stream_rounds(
+    scenario: &str,
+    targets: &[Arc<Target>; 3],
+    bodies: [&bytes::Bytes; 3],
+    want: &[String],
+    p: &Params,
+    procs: &mut Procs,
+) -> anyhow::Result<[Vec<S4Round>; 3]> {
+    let mut rounds: [Vec<S4Round>; 3] = Default::default();
+    for round in 0..p.rounds {
+        for i in order(round) {
+            let x = scenarios::s4(&targets[i], bodies[i], want, p).await?;
+            procs.check_alive()?;
+            let what = format!(
+                "{} streams, TTFT p50 {:.4} ms, gap p50 {:.1} µs",
+                x.measured,
+                x.ttft_p50_ms,
+                x.gap_p50_ms * 1e3
+            );
+            progress(scenario, round, p, i, &what, &x.errors);
+            rounds[i].push(x);
+        }
+    }
+    Ok(rounds)
+}
+
+/// The paced check of S4a or S4b: direct first (its chunks are the
+/// reference), then each gateway.
+async fn paced_checks(
+    scenario: &str,
+    targets: &[Arc<Target>; 3],
+    bodies: [&bytes::Bytes; 3],
+    p: &Params,
+    procs: &mut Procs,
+) -> anyhow::Result<Vec<Paced>> {
+    let mut out: Vec<Paced> = Vec::with_capacity(3);
+    for i in 0..3 {
+        let want = out.first().map(|d| d.deltas.as_slice());
+        let x = scenarios::paced(&targets[i], bodies[i], want, p).await?;
+        procs.check_alive()?;
+        let what = format!(
+            "{PACED_STREAMS} paced streams, TTFT {:.2} ms, gap p50 {:.2} ms min {:.2} ms, end {:.1} ms",
+            x.ttft_ms, x.gap_p50_ms, x.gap_min_ms, x.end_ms
+        );
+        eprintln!("{scenario} paced {:<11} {what}", TARGETS[i]);
+        out.push(x);
+    }
+    Ok(out)
+}
+
+fn paced_line(scenario: &str, checks: &[Paced]) -> String {
+    let f = |g: fn(&Paced) -> f64| {
+        checks
+            .iter()
+            .map(|x| format!("{:.2}", g(x)))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    format!(
+        "{scenario} paced check (upstream sends {PACED_CHUNKS} chunks {PACED_GAP_MS} ms apart; {} / {} / {}): \
+         TTFT {} ms, chunk gap p50 {} ms (min {}), to end {} ms{}",
+        TARGETS[0],
+        TARGETS[1],
+        TARGETS[2],
+        f(|x| x.ttft_ms),
+        f(|x| x.gap_p50_ms),
+        f(|x| x.gap_min_ms),
+        f(|x| x.end_ms),
+        if checks.iter().all(|x| x.errors.count == 0) {
+            ": chunks forwarded as they come, none buffered"
+        } else {
+            ": FAILED, see the errors"
+        }
+    )
+}
+
+fn paced_json(checks: &[Paced]) -> serde_json::Value {
+    let mut v = json!({"chunks": PACED_CHUNKS, "upstream_gap_ms": PACED_GAP_MS, "streams": PACED_STREAMS});
+    for (x, name) in checks.iter().zip(TARGETS) {
+        v[name.replace('-', "_")] = json!({
+            "ttft_p50_ms": x.ttft_ms, "gap_p50_ms": x.gap_p50_ms, "gap_min_ms": x.gap_min_ms,
+            "end_p50_ms": x.end_ms, "errors": x.errors.count,
+        });
+    }
+    v
 }
 
 /// Target order in a round: rotated each round, so no target always runs
@@ -449,6 +617,23 @@ fn rows(r: &Rounds, p: &Params) -> Vec<Row> {
             compare,
         });
     }
+    // The same figures; the end is message_stop / metadata direct, [DONE] via the gateway.
+    for (scenario, rounds) in [("S4a anthropic stream", &r.s4a), ("S4b bedrock stream", &r.s4b)] {
+        for (metric, unit, compare, f) in s4 {
+            let metric = match metric {
+                "to [DONE] p50" => "to end p50",
+                "to [DONE] p99" => "to end p99",
+                m => m,
+            };
+            rows.push(Row {
+                scenario,
+                metric,
+                unit,
+                values: per_target(rounds, f),
+                compare,
+            });
+        }
+    }
     rows
 }
 
@@ -471,6 +656,18 @@ fn error_samples(r: &Rounds) -> Vec<(&'static str, &'static str, Errors)> {
         out.push((*target, "S1", merged(r.s1[i].iter().map(|x| &x.errors))));
         out.push((*target, "S2", merged(r.s2[i].iter().map(|x| &x.errors))));
         out.push((*target, "S4", merged(r.s4[i].iter().map(|x| &x.errors))));
+        out.push((*target, "S4a", merged(r.s4a[i].iter().map(|x| &x.errors))));
+        out.push((*target, "S4b", merged(r.s4b[i].iter().map(|x| &x.errors))));
+        out.push((
+            *target,
+            "S4a paced",
+            merged(r.s4a_paced.get(i).map(|x| &x.errors).into_iter()),
+        ));
+        out.push((
+            *target,
+            "S4b paced",
+            merged(r.s4b_paced.get(i).map(|x| &x.errors).into_iter()),
+        ));
     }
     out
 }

@@ -15,8 +15,16 @@ use http::StatusCode;
 
 use crate::client::{Conn, Target, snippet};
 
-/// The model every scenario asks for, on the emulator and on the gateway.
+/// The model every OpenAI scenario asks for, on the emulator and on the gateway.
 pub const MODEL: &str = "gpt-4o-mini";
+/// S4a: the gateway model that targets the `type: anthropic` provider, and
+/// the upstream model it names (also what the direct Anthropic call asks for).
+pub const ANTHROPIC_MODEL: &str = "claude-bench";
+pub const ANTHROPIC_UPSTREAM: &str = "claude-3-5-sonnet-20241022";
+/// S4b: the gateway model that targets the `type: bedrock` provider, and the
+/// Bedrock model id (in the ConverseStream path, direct and via the gateway).
+pub const BEDROCK_MODEL: &str = "bedrock-bench";
+pub const BEDROCK_UPSTREAM: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 
 /// How long a process may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -151,16 +159,22 @@ impl Procs {
             .filter_map(|p| p.log.as_deref().map(|l| (p.name.as_str(), l)))
     }
 
-    /// Starts the emulator and returns its base URL's address.
+    /// Starts an emulator named `label` and returns its base URL's address.
+    /// Without `api_key` it accepts any key and verifies no SigV4 signature.
     pub async fn start_emulator(
         &mut self,
         bin: &Path,
         core: Option<usize>,
-        api_key: &str,
+        api_key: Option<&str>,
+        label: &str,
     ) -> anyhow::Result<SocketAddr> {
-        let log = self.dir.join("emulator.log");
+        let log = self.dir.join(format!("{label}.log"));
+        let mut args = vec!["--addr", "127.0.0.1:0", "--no-record"];
+        if let Some(key) = api_key {
+            args.extend(["--api-key", key]);
+        }
         let mut child = command(bin, core)
-            .args(["--addr", "127.0.0.1:0", "--api-key", api_key, "--no-record"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(File::create(&log)?)
@@ -168,7 +182,7 @@ impl Procs {
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let stdout = child.stdout.take().context("no emulator stdout")?;
         self.procs.push(Proc {
-            name: "emulator".into(),
+            name: label.to_owned(),
             child,
             log: Some(log.clone()),
             _stdout: None,
@@ -180,7 +194,7 @@ impl Procs {
         });
         let (reader, line) = tokio::time::timeout(READY_TIMEOUT, read)
             .await
-            .context("the emulator did not print its address")???;
+            .with_context(|| format!("{label} did not print its address"))???;
         if let Some(p) = self.procs.last_mut() {
             p._stdout = Some(reader);
         }
@@ -278,13 +292,16 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
         .collect::<Result<Vec<_>, _>>()?)
 }
 
-/// A gateway config for the emulator at `emulator`; `services` holds the
-/// auth, router, adapter and metering addresses of a split deployment.
+/// A gateway config for the emulator at `emulator` (OpenAI and Anthropic
+/// providers) and the unsigned one at `unsigned` (the Bedrock provider: the
+/// gateway signs, that emulator does not check); `services` holds the auth,
+/// router, adapter and metering addresses of a split deployment.
 pub fn gateway_config(
     data_dir: &Path,
     http: SocketAddr,
     grpc: SocketAddr,
     emulator: SocketAddr,
+    unsigned: SocketAddr,
     services: Option<[SocketAddr; 4]>,
 ) -> anyhow::Result<String> {
     let data_dir = serde_json::to_string(&data_dir.to_str().context("temp dir path is not UTF-8")?)?;
@@ -298,10 +315,26 @@ providers:
     type: openai
     base_url: http://{emulator}/v1
     api_key: ${{EMU_KEY}}
+  - name: claude
+    type: anthropic
+    base_url: http://{emulator}/v1
+    api_key: ${{EMU_KEY}}
+  - name: aws
+    type: bedrock
+    base_url: http://{unsigned}
+    region: us-east-1
+    access_key_id: AKIDEXAMPLE
+    secret_access_key: bench-secret-not-checked
 models:
   - name: {MODEL}
     target: emu/{MODEL}
     price: {{ input_per_mtok: 0.15, output_per_mtok: 0.60 }}
+  - name: {ANTHROPIC_MODEL}
+    target: claude/{ANTHROPIC_UPSTREAM}
+    price: {{ input_per_mtok: 3.0, output_per_mtok: 15.0 }}
+  - name: {BEDROCK_MODEL}
+    target: aws/{BEDROCK_UPSTREAM}
+    price: {{ input_per_mtok: 3.0, output_per_mtok: 15.0 }}
 "#
     );
     if let Some([auth, router, adapter, metering]) = services {

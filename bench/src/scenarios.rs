@@ -4,6 +4,10 @@
 //! - S1: sequential non-streaming requests, zero upstream delay: latency.
 //! - S2: many concurrent keep-alive clients for a fixed time: throughput.
 //! - S4: sequential streams: time to first content and the gaps between chunks.
+//! - S4a / S4b: the same through the gateway's Anthropic and Bedrock adapters
+//!   (an OpenAI stream from the gateway), against the emulator called
+//!   directly in its native format (Anthropic Messages SSE, Bedrock
+//!   ConverseStream event-stream frames).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +19,7 @@ use http::StatusCode;
 use tokio::task::JoinSet;
 
 use crate::client::{Conn, StreamOutcome, Target, message_content, snippet};
+use crate::procs::{ANTHROPIC_MODEL, ANTHROPIC_UPSTREAM, BEDROCK_MODEL};
 
 /// How much work each scenario does per round.
 #[derive(Clone, Debug)]
@@ -74,11 +79,67 @@ impl Params {
 pub const ANSWER_WORDS: usize = 230;
 /// Content chunks in a streamed answer (the emulator streams a word a chunk).
 pub const STREAM_CHUNKS: usize = 64;
+/// The paced check (S4a / S4b): content chunks, the upstream's spacing of
+/// its events, and streams per target.
+pub const PACED_CHUNKS: usize = 8;
+pub const PACED_GAP_MS: u64 = 5;
+pub const PACED_STREAMS: usize = 3;
 
-/// The request bodies, identical for every target.
+/// `max_tokens` of the S4a / S4b requests, sent both direct and through
+/// the gateway, so the emulator gets the same request either way.
+const NATIVE_MAX_TOKENS: u32 = 1024;
+
+/// The request bodies, identical for every target (S4a / S4b: the same
+/// request in the provider's format direct, in OpenAI's via the gateway).
 pub struct Bodies {
     pub chat: Bytes,
     pub stream: Bytes,
+    /// S4a / S4b, unpaced: [`STREAM_CHUNKS`] chunks back to back.
+    pub native: NativeBodies,
+    /// The paced check: [`PACED_CHUNKS`] events [`PACED_GAP_MS`] apart.
+    pub paced: NativeBodies,
+}
+
+/// One streamed request for S4a and S4b, direct and through the gateway.
+pub struct NativeBodies {
+    /// S4a direct: Anthropic Messages, `stream: true`.
+    pub anthropic_direct: Bytes,
+    /// S4a via the gateway: OpenAI, model targeting the anthropic provider.
+    pub anthropic_gateway: Bytes,
+    /// S4b direct: Bedrock ConverseStream (the model id is in the path).
+    pub bedrock_direct: Bytes,
+    /// S4b via the gateway: OpenAI, model targeting the bedrock provider.
+    pub bedrock_gateway: Bytes,
+}
+
+impl NativeBodies {
+    fn new(prompt: &str) -> Self {
+        let anthropic_direct = serde_json::json!({
+            "model": ANTHROPIC_UPSTREAM,
+            "max_tokens": NATIVE_MAX_TOKENS,
+            "messages": [{"role": "user", "content": prompt}],
+            "stream": true,
+        });
+        let gateway = |model: &str| {
+            let body = serde_json::json!({
+                "model": model,
+                "max_tokens": NATIVE_MAX_TOKENS,
+                "messages": [{"role": "user", "content": prompt}],
+                "stream": true,
+            });
+            Bytes::from(body.to_string())
+        };
+        let bedrock_direct = serde_json::json!({
+            "messages": [{"role": "user", "content": [{"text": prompt}]}],
+            "inferenceConfig": {"maxTokens": NATIVE_MAX_TOKENS},
+        });
+        Self {
+            anthropic_direct: Bytes::from(anthropic_direct.to_string()),
+            anthropic_gateway: gateway(ANTHROPIC_MODEL),
+            bedrock_direct: Bytes::from(bedrock_direct.to_string()),
+            bedrock_gateway: gateway(BEDROCK_MODEL),
+        }
+    }
 }
 
 impl Bodies {
@@ -98,9 +159,15 @@ impl Bodies {
             ],
             "stream": true,
         });
+        let prompt = format!("Stream a paragraph about latency. [emu:words={STREAM_CHUNKS}]");
+        let paced = format!(
+            "Stream a paragraph about latency. [emu:words={PACED_CHUNKS}] [emu:chunk_delay_ms={PACED_GAP_MS}]"
+        );
         Self {
             chat: Bytes::from(chat.to_string()),
             stream: Bytes::from(stream.to_string()),
+            native: NativeBodies::new(&prompt),
+            paced: NativeBodies::new(&paced),
         }
     }
 }
@@ -110,10 +177,20 @@ impl Bodies {
 pub struct Reference {
     pub content: String,
     pub deltas: Vec<String>,
+    /// S4a: the text deltas of the direct Anthropic stream.
+    pub anthropic_deltas: Vec<String>,
+    /// S4b: the text deltas of the direct Bedrock stream.
+    pub bedrock_deltas: Vec<String>,
 }
 
 impl Reference {
-    pub async fn capture(direct: &Target, bodies: &Bodies) -> anyhow::Result<Self> {
+    /// `direct` is the OpenAI route; `anthropic` and `bedrock` the native ones.
+    pub async fn capture(
+        direct: &Target,
+        anthropic: &Target,
+        bedrock: &Target,
+        bodies: &Bodies,
+    ) -> anyhow::Result<Self> {
         let mut conn = Conn::open(direct.addr).await?;
         let (status, body) = conn.post(direct, bodies.chat.clone()).await?;
         if status != StatusCode::OK {
@@ -128,11 +205,32 @@ impl Reference {
                 stream.done
             );
         }
+        let anthropic_deltas = native_reference(anthropic, bodies.native.anthropic_direct.clone()).await?;
+        let bedrock_deltas = native_reference(bedrock, bodies.native.bedrock_direct.clone()).await?;
         Ok(Self {
             content,
             deltas: stream.deltas,
+            anthropic_deltas,
+            bedrock_deltas,
         })
     }
+}
+
+/// The content chunks of a direct stream in a provider's own format.
+async fn native_reference(target: &Target, body: Bytes) -> anyhow::Result<Vec<String>> {
+    let mut conn = Conn::open(target.addr).await?;
+    let stream = conn.stream(target, body).await?;
+    if !stream.done || stream.after_done > 0 || stream.deltas.len() != STREAM_CHUNKS {
+        bail!(
+            "the emulator's reference {:?} stream is off: {} content chunks (want {STREAM_CHUNKS}), \
+             end seen {}, {} events after it",
+            target.wire,
+            stream.deltas.len(),
+            stream.done,
+            stream.after_done
+        );
+    }
+    Ok(stream.deltas)
 }
 
 /// Errors seen in a round: how many, and the first few messages.
@@ -386,13 +484,9 @@ pub struct S4Round {
     pub errors: Errors,
 }
 
-/// S4: sequential streams over one connection.
-pub async fn s4(
-    target: &Arc<Target>,
-    bodies: &Bodies,
-    reference: &Reference,
-    p: &Params,
-) -> anyhow::Result<S4Round> {
+/// S4 (and S4a / S4b): sequential streams of `body` over one connection,
+/// each checked against `want`, the direct stream's content chunks.
+pub async fn s4(target: &Arc<Target>, body: &Bytes, want: &[String], p: &Params) -> anyhow::Result<S4Round> {
     let mut client = Client::new(target.clone(), None);
     let mut errors = Errors::default();
     let warm_until = Instant::now() + p.s4_max / 4;
@@ -400,7 +494,7 @@ pub async fn s4(
         if Instant::now() > warm_until {
             break;
         }
-        if let Err(e) = client.stream(&bodies.stream, p.request_timeout).await {
+        if let Err(e) = client.stream(body, p.request_timeout).await {
             errors.add(format!("{e:#}"));
         }
     }
@@ -414,23 +508,24 @@ pub async fn s4(
             break;
         }
         measured += 1;
-        let out = match client.stream(&bodies.stream, p.request_timeout).await {
+        let out = match client.stream(body, p.request_timeout).await {
             Ok(out) => out,
             Err(e) => {
                 errors.add(format!("{e:#}"));
                 continue;
             }
         };
+        let end = target.wire.end_marker();
         if !out.done {
-            errors.add("stream ended without data: [DONE]".into());
+            errors.add(format!("stream ended without {end}"));
         } else if out.after_done > 0 {
-            errors.add(format!("{} events after data: [DONE]", out.after_done));
-        } else if out.deltas != reference.deltas {
-            let first_diff = out.deltas.iter().zip(&reference.deltas).position(|(a, b)| a != b);
+            errors.add(format!("{} events after {end}", out.after_done));
+        } else if out.deltas != want {
+            let first_diff = out.deltas.iter().zip(want).position(|(a, b)| a != b);
             errors.add(format!(
                 "chunks differ from direct: {} content chunks (want {}), first difference at {first_diff:?}",
                 out.deltas.len(),
-                reference.deltas.len()
+                want.len()
             ));
         } else if let Some(t) = out.ttft {
             record(&mut ttft, t);
@@ -450,6 +545,86 @@ pub async fn s4(
         gap_p99_ms: ms(&gaps, 0.99),
         done_p50_ms: ms(&done, 0.5),
         done_p99_ms: ms(&done, 0.99),
+        errors,
+    })
+}
+
+/// The paced check: with the upstream spacing its events [`PACED_GAP_MS`]
+/// apart, a stream forwarded as it comes shows the same spacing; one
+/// buffered (translated whole, then sent) shows its chunks microseconds
+/// apart and a TTFT near the whole stream's time.
+#[derive(Clone, Debug)]
+pub struct Paced {
+    /// Medians over the good streams.
+    pub ttft_ms: f64,
+    pub gap_p50_ms: f64,
+    /// The smallest gap between content chunks seen.
+    pub gap_min_ms: f64,
+    pub end_ms: f64,
+    /// The content chunks of the last complete stream.
+    pub deltas: Vec<String>,
+    /// Failed, incomplete, differing or buffered streams.
+    pub errors: Errors,
+}
+
+/// [`PACED_STREAMS`] paced streams of `body`; `want` is the direct stream's
+/// chunks (none when this is the direct run).
+pub async fn paced(
+    target: &Arc<Target>,
+    body: &Bytes,
+    want: Option<&[String]>,
+    p: &Params,
+) -> anyhow::Result<Paced> {
+    let mut client = Client::new(target.clone(), None);
+    let mut errors = Errors::default();
+    let mut ttft = histogram()?;
+    let mut gaps = histogram()?;
+    let mut end = histogram()?;
+    let mut deltas = Vec::new();
+    let spacing = Duration::from_millis(PACED_GAP_MS);
+    for _ in 0..PACED_STREAMS {
+        let out = match client.stream(body, p.request_timeout).await {
+            Ok(out) => out,
+            Err(e) => {
+                errors.add(format!("{e:#}"));
+                continue;
+            }
+        };
+        let marker = target.wire.end_marker();
+        let min_gap = out.gaps.iter().min().copied().unwrap_or_default();
+        if !out.done || out.after_done > 0 {
+            errors.add(format!(
+                "stream incomplete: end ({marker}) seen {}, {} events after it",
+                out.done, out.after_done
+            ));
+        } else if out.deltas.len() != PACED_CHUNKS || want.is_some_and(|w| out.deltas != w) {
+            errors.add(format!(
+                "paced chunks differ from direct: {} content chunks (want {PACED_CHUNKS})",
+                out.deltas.len()
+            ));
+        } else if min_gap < spacing / 2 {
+            errors.add(format!(
+                "buffered: content chunks {min_gap:?} apart though the upstream sent them {spacing:?} apart"
+            ));
+        } else if let (Some(t), Some(d)) = (out.ttft, out.done_after) {
+            record(&mut ttft, t);
+            record(&mut end, d);
+            for g in &out.gaps {
+                record(&mut gaps, *g);
+            }
+            deltas = out.deltas;
+        }
+    }
+    Ok(Paced {
+        ttft_ms: ms(&ttft, 0.5),
+        gap_p50_ms: ms(&gaps, 0.5),
+        gap_min_ms: if gaps.is_empty() {
+            f64::NAN
+        } else {
+            gaps.min() as f64 / 1e6
+        },
+        end_ms: ms(&end, 0.5),
+        deltas,
         errors,
     })
 }
