@@ -15,6 +15,7 @@
 //! Messages never carry the provider key (an upstream message that echoes it
 //! is redacted), the request body or the URL.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,6 +62,14 @@ pub(crate) fn client() -> Result<reqwest::Client, GwError> {
 pub(crate) struct Peer {
     name: Arc<str>,
     key: Option<Secret>,
+}
+
+/// The per-try timeout for `target`: the router's, else the provider's own.
+pub(crate) fn per_try_timeout(own: Duration, target: &llmgw_proto::Target) -> Duration {
+    match target.timeout_ms {
+        0 => own,
+        ms => Duration::from_millis(u64::from(ms)),
+    }
 }
 
 impl Peer {
@@ -127,6 +136,24 @@ impl Peer {
             body.extend_from_slice(&chunk);
         }
         Ok(body)
+    }
+
+    /// A non-streaming call: sends (through `send`, which may read a
+    /// provider's own error shape) and reads the whole answer, both within
+    /// the per-try `timeout`.
+    pub(crate) async fn call_within(
+        &self,
+        timeout: Duration,
+        send: impl Future<Output = Result<Response, GwError>>,
+    ) -> Result<Vec<u8>, GwError> {
+        let call = async {
+            let mut response = send.await?;
+            self.read_limited(&mut response, llmgw_kit::grpc::MAX_MESSAGE_BYTES, true)
+                .await
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| self.timeout_error(timeout))?
     }
 
     /// The per-try timeout expired before the provider answered.

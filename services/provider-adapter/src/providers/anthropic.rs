@@ -28,7 +28,6 @@ use async_trait::async_trait;
 use eventsource_stream::{Event, EventStream, EventStreamError};
 use futures_util::Stream;
 use llmgw_kit::config::ProviderConfig;
-use llmgw_kit::grpc::MAX_MESSAGE_BYTES;
 use llmgw_kit::services::ChunkStream;
 use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto::content::Value as ContentValue;
@@ -108,10 +107,7 @@ impl Anthropic {
     }
 
     fn timeout(&self, target: &Target) -> Duration {
-        match target.timeout_ms {
-            0 => self.timeout,
-            ms => Duration::from_millis(u64::from(ms)),
-        }
+        crate::http::per_try_timeout(self.timeout, target)
     }
 
     fn request(
@@ -166,16 +162,10 @@ fn refine(peer: &Peer, err: GwError) -> GwError {
 impl Provider for Anthropic {
     async fn complete(&self, target: &Target, req: &ChatRequest) -> Result<ChatResponse, GwError> {
         let (request, json_mode) = self.request(target, req, false)?;
-        let timeout = self.timeout(target);
-        let call = async {
-            let mut response = self.send(request).await?;
-            self.peer
-                .read_limited(&mut response, MAX_MESSAGE_BYTES, true)
-                .await
-        };
-        let body = tokio::time::timeout(timeout, call)
-            .await
-            .map_err(|_| self.peer.timeout_error(timeout))??;
+        let body = self
+            .peer
+            .call_within(self.timeout(target), self.send(request))
+            .await?;
         parse_response(&body, json_mode).map_err(|what| {
             self.peer.error(
                 ErrorCode::UpstreamError,

@@ -52,7 +52,6 @@ use async_trait::async_trait;
 use eventsource_stream::{Event, EventStream, EventStreamError};
 use futures_util::Stream;
 use llmgw_kit::config::{ProviderConfig, ProviderKind};
-use llmgw_kit::grpc::MAX_MESSAGE_BYTES;
 use llmgw_kit::openai::parse_upstream_error;
 use llmgw_kit::services::ChunkStream;
 use llmgw_kit::{ErrorCode, GwError};
@@ -241,10 +240,7 @@ impl Gemini {
     }
 
     fn timeout(&self, target: &Target) -> Duration {
-        match target.timeout_ms {
-            0 => self.timeout,
-            ms => Duration::from_millis(u64::from(ms)),
-        }
+        crate::http::per_try_timeout(self.timeout, target)
     }
 
     async fn request(
@@ -375,16 +371,10 @@ impl Provider for Gemini {
             .headers(self.headers.clone())
             .header(ACCEPT, JSON)
             .body(body);
-        let timeout = self.timeout(target);
-        let call = async {
-            let mut response = self.send(request).await?;
-            self.peer
-                .read_limited(&mut response, MAX_MESSAGE_BYTES, true)
-                .await
-        };
-        let body = tokio::time::timeout(timeout, call)
-            .await
-            .map_err(|_| self.peer.timeout_error(timeout))??;
+        let body = self
+            .peer
+            .call_within(self.timeout(target), self.send(request))
+            .await?;
         let invalid = || {
             self.peer.error(
                 ErrorCode::UpstreamError,
@@ -444,16 +434,10 @@ impl Provider for Gemini {
 
     async fn complete(&self, target: &Target, req: &ChatRequest) -> Result<ChatResponse, GwError> {
         let request = self.request(target, req, false).await?;
-        let timeout = self.timeout(target);
-        let call = async {
-            let mut response = self.send(request).await?;
-            self.peer
-                .read_limited(&mut response, MAX_MESSAGE_BYTES, true)
-                .await
-        };
-        let body = tokio::time::timeout(timeout, call)
-            .await
-            .map_err(|_| self.peer.timeout_error(timeout))??;
+        let body = self
+            .peer
+            .call_within(self.timeout(target), self.send(request))
+            .await?;
         let name = self.peer.name();
         let parsed: GenerateResponse = serde_json::from_slice(&body).map_err(|_| {
             self.peer.error(

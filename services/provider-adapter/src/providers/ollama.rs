@@ -288,10 +288,7 @@ impl Ollama {
     }
 
     fn timeout(&self, target: &Target) -> Duration {
-        match target.timeout_ms {
-            0 => self.timeout,
-            ms => Duration::from_millis(u64::from(ms)),
-        }
+        crate::http::per_try_timeout(self.timeout, target)
     }
 
     fn unsupported(&self, param: &str, what: &str) -> GwError {
@@ -710,16 +707,10 @@ impl Provider for Ollama {
 
     async fn complete(&self, target: &Target, req: &ChatRequest) -> Result<ChatResponse, GwError> {
         let body = self.fetch_and_body(target, req, false).await?;
-        let timeout = self.timeout(target);
-        let call = async {
-            let mut response = self.send(body, false).await?;
-            self.peer
-                .read_limited(&mut response, MAX_MESSAGE_BYTES, true)
-                .await
-        };
-        let body = tokio::time::timeout(timeout, call)
-            .await
-            .map_err(|_| self.peer.timeout_error(timeout))??;
+        let body = self
+            .peer
+            .call_within(self.timeout(target), self.send(body, false))
+            .await?;
         let name = self.peer.name();
         response(&body).map_err(|e| {
             self.peer.error(

@@ -22,7 +22,6 @@ use async_trait::async_trait;
 use eventsource_stream::{Event, EventStream, EventStreamError};
 use futures_util::Stream;
 use llmgw_kit::config::{CompatHost, ProviderConfig, ProviderKind};
-use llmgw_kit::grpc::MAX_MESSAGE_BYTES;
 
 use llmgw_kit::openai::{
     embeddings_request_json, parse_chunk, parse_embeddings_response, parse_response, parse_upstream_error,
@@ -337,10 +336,7 @@ impl OpenAi {
     }
 
     fn timeout(&self, target: &Target) -> Duration {
-        match target.timeout_ms {
-            0 => self.timeout,
-            ms => Duration::from_millis(u64::from(ms)),
-        }
+        crate::http::per_try_timeout(self.timeout, target)
     }
 
     /// The request for `req`, for the provider's `model`. The body's `stream`
@@ -407,16 +403,10 @@ fn without_model(body: &mut Vec<u8>) {
 impl Provider for OpenAi {
     async fn complete(&self, target: &Target, req: &ChatRequest) -> Result<ChatResponse, GwError> {
         let request = self.request(target, req, false)?;
-        let timeout = self.timeout(target);
-        let call = async {
-            let mut response = self.send(request).await?;
-            self.peer
-                .read_limited(&mut response, MAX_MESSAGE_BYTES, true)
-                .await
-        };
-        let body = tokio::time::timeout(timeout, call)
-            .await
-            .map_err(|_| self.peer.timeout_error(timeout))??;
+        let body = self
+            .peer
+            .call_within(self.timeout(target), self.send(request))
+            .await?;
         parse_response(&body).map_err(|_| {
             let name = self.peer.name();
             match parse_upstream_error(&body) {
@@ -471,16 +461,10 @@ impl Provider for OpenAi {
             .headers(self.headers.clone())
             .header(ACCEPT, JSON)
             .body(body);
-        let timeout = self.timeout(target);
-        let call = async {
-            let mut response = self.send(request).await?;
-            self.peer
-                .read_limited(&mut response, MAX_MESSAGE_BYTES, true)
-                .await
-        };
-        let body = tokio::time::timeout(timeout, call)
-            .await
-            .map_err(|_| self.peer.timeout_error(timeout))??;
+        let body = self
+            .peer
+            .call_within(self.timeout(target), self.send(request))
+            .await?;
         parse_embeddings_response(&body).map_err(|_| {
             self.peer.error(
                 ErrorCode::UpstreamError,
