@@ -33,6 +33,8 @@ use super::{Bedrock, JSON, PATH_SEGMENT, unsupported};
 pub(super) const TITAN_CONCURRENCY: usize = 8;
 /// The most texts Cohere Embed takes in one call.
 pub(super) const COHERE_BATCH: usize = 96;
+/// How many Cohere calls (of up to [`COHERE_BATCH`] texts) run at once.
+const COHERE_CONCURRENCY: usize = 2;
 /// The dimensions Titan Text Embeddings V2 offers.
 const TITAN_V2_DIMENSIONS: [u32; 3] = [256, 512, 1024];
 
@@ -280,7 +282,7 @@ impl Bedrock {
             utf8_percent_encode(&target.model, PATH_SEGMENT)
         );
         let concurrency = match family {
-            Family::Cohere => 2,
+            Family::Cohere => COHERE_CONCURRENCY,
             Family::TitanV2 | Family::Titan => TITAN_CONCURRENCY,
         };
         let timeout = self.timeout(target);
