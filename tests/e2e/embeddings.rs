@@ -297,3 +297,215 @@ async fn embeddings_through_azure_ollama_and_gemini() {
         .await;
     assert_eq!(s, 400, "{e}");
 }
+
+const BEDROCK_PROVIDERS: &str = "  - name: aws\n    type: bedrock\n    base_url: http://{emu}\n    region: us-east-1\n    access_key_id: AKIDEXAMPLE\n    secret_access_key: ${EMU_KEY}\n  - name: aws-wrong\n    type: bedrock\n    base_url: http://{emu}\n    region: us-east-1\n    access_key_id: AKIDEXAMPLE\n    secret_access_key: wrong-aws-secret-value\n    max_retries: 0\n";
+const BEDROCK_MODELS: &str = r#"  - name: titan-embed
+    target: aws/amazon.titan-embed-text-v2:0
+    price: { input_per_mtok: 0.02, output_per_mtok: 0 }
+  - name: cohere-embed
+    target: aws/cohere.embed-english-v3
+    price: { input_per_mtok: 0.1, output_per_mtok: 0 }
+  - name: claude-bedrock
+    target: aws/anthropic.claude-3-5-sonnet-20240620-v1:0
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_through_bedrock_titan_and_cohere() {
+    let gw = Gateway::start_with(Shape::All, BEDROCK_PROVIDERS, BEDROCK_MODELS).await;
+    const TITAN_PATH: &str = "/model/amazon.titan-embed-text-v2%3A0/invoke";
+    const COHERE_PATH: &str = "/model/cohere.embed-english-v3/invoke";
+
+    // ---- Titan: one signed InvokeModel call per input, vectors in input order
+    let (s, h, v) = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "titan-embed", "input": ["alpha", "beta gamma", "delta"], "dimensions": 256}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(h["x-llmgw-provider"], "aws");
+    assert_eq!(v["object"], "list");
+    assert_eq!(v["model"], "amazon.titan-embed-text-v2:0");
+    let data = v["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3);
+    for (i, d) in data.iter().enumerate() {
+        assert_eq!(d["index"], i);
+        assert_eq!(d["embedding"].as_array().unwrap().len(), 256);
+    }
+    // Titan's inputTextTokenCount summed (the emulator counts words: 1 + 2 + 1).
+    assert_eq!(v["usage"]["prompt_tokens"], 4, "{v}");
+    assert_eq!(v["usage"]["total_tokens"], 4, "{v}");
+    assert!(!v["usage"]["estimated"].as_bool().unwrap_or(false), "{v}");
+    assert!(
+        (v["usage"]["cost_usd"].as_f64().unwrap() - 4.0 * 0.02 / 1e6).abs() < 1e-15,
+        "{v}"
+    );
+    let ups = gw.upstream_requests().await;
+    let titan: Vec<_> = ups.iter().filter(|u| u["path"] == TITAN_PATH).collect();
+    assert_eq!(titan.len(), 3, "{ups:?}");
+    let mut texts: Vec<&str> = titan
+        .iter()
+        .map(|u| u["body"]["inputText"].as_str().unwrap())
+        .collect();
+    texts.sort_unstable();
+    assert_eq!(texts, ["alpha", "beta gamma", "delta"]);
+    let up = titan.iter().find(|u| u["body"]["inputText"] == "alpha").unwrap();
+    assert_eq!(
+        up["body"],
+        json!({"inputText": "alpha", "dimensions": 256, "normalize": true})
+    );
+    let auth = up["headers"]["authorization"].as_str().unwrap_or("");
+    assert!(
+        auth.starts_with("AWS4-HMAC-SHA256 Credential=AKIDEXAMPLE/")
+            && auth.contains("/us-east-1/bedrock/aws4_request"),
+        "{up}"
+    );
+    assert!(
+        !up.to_string().contains(crate::harness::EMU_KEY),
+        "the secret is never sent"
+    );
+    // In order: the first vector is alpha's, whichever call finished first.
+    let (_, _, one) = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "titan-embed", "input": "delta", "dimensions": 256}),
+        )
+        .await;
+    assert_eq!(one["data"][0]["embedding"], data[2]["embedding"]);
+
+    // base64 carries the same f32 values as floats; the native size is 1024.
+    let (s, _, flt) = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "titan-embed", "input": "alpha"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{flt}");
+    assert_eq!(
+        gw.last_upstream().await["body"],
+        json!({"inputText": "alpha", "normalize": true})
+    );
+    let titan_alpha = floats(&flt["data"][0]["embedding"]);
+    assert_eq!(titan_alpha.len(), 1024);
+    let (s, _, b64) = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "titan-embed", "input": "alpha", "encoding_format": "base64"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b64}");
+    assert_eq!(
+        decode_f32s(b64["data"][0]["embedding"].as_str().unwrap()),
+        titan_alpha
+    );
+
+    // ---- Cohere: one call for all inputs, usage estimated
+    let (s, h, v) = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "cohere-embed", "input": ["alpha", "beta"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(h["x-llmgw-provider"], "aws");
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+    assert_eq!(v["data"][1]["index"], 1);
+    let cohere_alpha = floats(&v["data"][0]["embedding"]);
+    // The emulators share one vector function: the same text, the same vector.
+    assert_eq!(cohere_alpha, titan_alpha);
+    // About four characters a token: alpha 2, beta 1.
+    assert_eq!(v["usage"]["prompt_tokens"], 3, "{v}");
+    assert_eq!(v["usage"]["estimated"], true, "{v}");
+    assert!(
+        (v["usage"]["cost_usd"].as_f64().unwrap() - 3.0 * 0.1 / 1e6).abs() < 1e-15,
+        "{v}"
+    );
+    let up = gw.last_upstream().await;
+    assert_eq!(up["path"], COHERE_PATH);
+    assert_eq!(
+        up["body"],
+        json!({"texts": ["alpha", "beta"], "input_type": "search_document", "embedding_types": ["float"]})
+    );
+    let (s, _, b64) = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "cohere-embed", "input": "alpha", "encoding_format": "base64"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b64}");
+    assert_eq!(
+        decode_f32s(b64["data"][0]["embedding"].as_str().unwrap()),
+        titan_alpha
+    );
+
+    // ---- what cannot be done is a 400 naming the param, and nothing goes upstream
+    let before = gw.upstream_requests().await.len();
+    for (body, param, says) in [
+        (
+            json!({"model": "titan-embed", "input": "a", "dimensions": 300}),
+            "dimensions",
+            "256, 512 or 1024",
+        ),
+        (
+            json!({"model": "cohere-embed", "input": "a", "dimensions": 256}),
+            "dimensions",
+            "fixed size",
+        ),
+        (
+            json!({"model": "titan-embed", "input": [1, 2, 3]}),
+            "input",
+            "token",
+        ),
+        (
+            json!({"model": "cohere-embed", "input": [[1, 2], [3]]}),
+            "input",
+            "token",
+        ),
+        (
+            json!({"model": "claude-bedrock", "input": "a"}),
+            "model",
+            "`aws` (bedrock)",
+        ),
+    ] {
+        let (s, _, e) = gw.post("/v1/embeddings", &body).await;
+        assert_eq!(
+            (s, e["error"]["param"].as_str()),
+            (400, Some(param)),
+            "{body}: {e}"
+        );
+        let message = e["error"]["message"].as_str().unwrap();
+        assert!(message.contains(says), "{body}: {e}");
+    }
+    assert_eq!(
+        gw.upstream_requests().await.len(),
+        before,
+        "nothing went upstream"
+    );
+
+    // ---- Bedrock's refusals: a too-long input names `input`; a wrong secret is a 502
+    // naming the provider, never the secret
+    let (s, _, e) = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "titan-embed", "input": ["fine", "[emu:prompt_too_long] long"]}),
+        )
+        .await;
+    assert_eq!((s, e["error"]["param"].as_str()), (400, Some("input")), "{e}");
+    assert!(e.to_string().contains("context_length_exceeded"), "{e}");
+    let (s, _, e) = gw
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "@aws-wrong/cohere.embed-english-v3", "input": "a"}),
+        )
+        .await;
+    assert_eq!(s, 502, "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains("aws-wrong") && text.contains("InvalidSignatureException"),
+        "{e}"
+    );
+    assert!(
+        !text.contains("wrong-aws-secret-value") && !text.contains(crate::harness::EMU_KEY),
+        "{e}"
+    );
+}

@@ -50,11 +50,10 @@ pytestmark = pytest.mark.gateway
 #: Cells the gateway refuses on purpose: a 400 naming this `param` and the provider.
 BY_DESIGN: dict[tuple[str, str], str] = {
     # Bedrock Converse: no seed, one answer per request, images only as bytes
-    # (no fetch guard for it yet); embeddings are Titan/Cohere InvokeModel, not built yet.
+    # (no fetch guard for it yet).
     ("bedrock", "seed"): "seed",
     ("bedrock", "n2"): "n",
     ("bedrock", "vision_url"): "messages[0].content[1].image_url.url",
-    ("bedrock", "embeddings"): "model",
     # Anthropic's Messages API has no seed and one answer per request.
     ("anthropic", "seed"): "seed",
     ("anthropic", "n2"): "n",

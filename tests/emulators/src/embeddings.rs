@@ -15,7 +15,11 @@
 //! outputDimensionality}]}` → `{embeddings: [{values}]}`, no token counts), and
 //! Vertex AI's `models/{model}:predict` (`{instances: [{content, task_type, title}],
 //! parameters: {outputDimensionality, autoTruncate}}` → `{predictions: [{embeddings:
-//! {values, statistics: {token_count, truncated}}}]}`).
+//! {values, statistics: {token_count, truncated}}}]}`), and Bedrock's InvokeModel for
+//! Titan Text Embeddings (`{inputText, dimensions, normalize, embeddingTypes}` →
+//! `{embedding, inputTextTokenCount, embeddingsByType}`) and Cohere Embed (`{texts,
+//! input_type, truncate, embedding_types}` → `{id, texts, embeddings: {float: [...]} | [...],
+//! response_type}`).
 
 use std::sync::Arc;
 
@@ -447,4 +451,248 @@ pub(crate) fn vertex_predict(model: &str, body: &[u8]) -> Result<String, (u16, S
     }
     let chars: usize = req.instances.iter().map(|i| i.content.chars().count()).sum();
     Ok(json!({ "predictions": predictions, "metadata": {"billableCharacterCount": chars} }).to_string())
+}
+
+/// Bedrock's "malformed input" validation message.
+fn malformed(what: &str) -> (u16, String) {
+    (
+        400,
+        format!("Malformed input request: {what}, please reformat your input and try again."),
+    )
+}
+
+/// `POST /model/{modelId}/invoke` for a Titan or Cohere embedding model
+/// (Bedrock): the response body, or a status and message.
+pub(crate) fn bedrock_invoke(model: &str, body: &[u8]) -> Result<String, (u16, String)> {
+    let req: Map<String, Value> =
+        serde_json::from_slice(body).map_err(|_| malformed("#: expected type: JSONObject"))?;
+    // `[emu:status=N]` and `[emu:prompt_too_long]` in any text steer the answer.
+    let texts = req
+        .get("inputText")
+        .into_iter()
+        .chain(req.get("texts").and_then(Value::as_array).into_iter().flatten())
+        .filter_map(Value::as_str);
+    for text in texts {
+        if let Some(status) = crate::directives::parse(text)
+            .0
+            .status
+            .filter(|s| (400..=599).contains(s))
+        {
+            return Err((status, format!("Emulated status {status}.")));
+        }
+        if text.contains("[emu:prompt_too_long]") {
+            return Err((400, "Input is too long for requested model.".to_owned()));
+        }
+    }
+    if model.starts_with("amazon.titan-embed") {
+        bedrock_titan(model, &req)
+    } else if model.starts_with("cohere.embed") {
+        bedrock_cohere(&req)
+    } else {
+        Err((400, "The provided model identifier is invalid.".to_owned()))
+    }
+}
+
+fn bedrock_titan(model: &str, req: &Map<String, Value>) -> Result<String, (u16, String)> {
+    let v2 = model.starts_with("amazon.titan-embed-text-v2");
+    let allowed: &[&str] = if v2 {
+        &["inputText", "dimensions", "normalize", "embeddingTypes"]
+    } else {
+        &["inputText"]
+    };
+    if let Some(key) = req.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(malformed(&format!("extraneous key [{key}] is not permitted")));
+    }
+    let text = match req.get("inputText") {
+        Some(Value::String(t)) if !t.is_empty() && t.chars().count() <= 50_000 => t,
+        Some(Value::String(_)) => {
+            return Err(malformed("#/inputText: expected minLength: 1, maxLength: 50000"));
+        }
+        Some(_) => return Err(malformed("#/inputText: expected type: String")),
+        None => return Err(malformed("#: required key [inputText] not found")),
+    };
+    let dims = match req.get("dimensions") {
+        None => {
+            if v2 {
+                1024
+            } else {
+                1536
+            }
+        }
+        Some(Value::Number(n)) if matches!(n.as_u64(), Some(256 | 512 | 1024)) => {
+            n.as_u64().unwrap_or(1024) as usize
+        }
+        Some(_) => return Err(malformed("#/dimensions: 256, 512 or 1024 expected")),
+    };
+    if req.get("normalize").is_some_and(|n| !n.is_boolean()) {
+        return Err(malformed("#/normalize: expected type: Boolean"));
+    }
+    if let Some(types) = req.get("embeddingTypes") {
+        let ok = types.as_array().is_some_and(|a| {
+            !a.is_empty() && a.iter().all(|t| matches!(t.as_str(), Some("float" | "binary")))
+        });
+        if !ok {
+            return Err(malformed(
+                "#/embeddingTypes: expected [\"float\", \"binary\"] items",
+            ));
+        }
+    }
+    let embedding = vector(text, dims);
+    Ok(json!({
+        "embedding": embedding,
+        "inputTextTokenCount": text.split_whitespace().count().max(1),
+        "embeddingsByType": {"float": embedding},
+    })
+    .to_string())
+}
+
+/// Cohere Embed v3's vector size on Bedrock.
+const COHERE_DIMENSIONS: usize = 1024;
+
+fn bedrock_cohere(req: &Map<String, Value>) -> Result<String, (u16, String)> {
+    const ALLOWED: [&str; 5] = ["texts", "images", "input_type", "truncate", "embedding_types"];
+    if let Some(key) = req.keys().find(|k| !ALLOWED.contains(&k.as_str())) {
+        return Err(malformed(&format!("extraneous key [{key}] is not permitted")));
+    }
+    let texts: Vec<&str> = match req.get("texts") {
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|t| {
+                t.as_str()
+                    .ok_or_else(|| malformed("#/texts: expected type: String"))
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(malformed("#/texts: expected type: JSONArray")),
+        None => return Err(malformed("#: required key [texts] not found")),
+    };
+    if texts.is_empty() || texts.len() > 96 {
+        return Err(malformed("#/texts: expected minimum item count: 1, maximum: 96"));
+    }
+    if texts.iter().any(|t| t.is_empty() || t.chars().count() > 2048) {
+        return Err(malformed("#/texts: expected minLength: 1, maxLength: 2048"));
+    }
+    match req.get("input_type").and_then(Value::as_str) {
+        Some("search_document" | "search_query" | "classification" | "clustering") => {}
+        Some(_) => {
+            return Err(malformed(
+                "#/input_type: search_document, search_query, classification or clustering expected",
+            ));
+        }
+        None => return Err(malformed("#: required key [input_type] not found")),
+    }
+    if req
+        .get("truncate")
+        .is_some_and(|t| !matches!(t.as_str(), Some("NONE" | "START" | "END")))
+    {
+        return Err(malformed("#/truncate: NONE, START or END expected"));
+    }
+    let vectors: Vec<Vec<f32>> = texts.iter().map(|t| vector(t, COHERE_DIMENSIONS)).collect();
+    let id = format!("{:016x}", texts.iter().map(|t| t.len() as u64).sum::<u64>());
+    match req.get("embedding_types") {
+        None => Ok(json!({
+            "id": id,
+            "texts": texts,
+            "embeddings": vectors,
+            "response_type": "embeddings_floats",
+        })
+        .to_string()),
+        Some(Value::Array(types))
+            if !types.is_empty()
+                && types.iter().all(|t| {
+                    matches!(
+                        t.as_str(),
+                        Some("float" | "int8" | "uint8" | "binary" | "ubinary")
+                    )
+                }) =>
+        {
+            let mut by_type = Map::new();
+            if types.iter().any(|t| t == "float") {
+                by_type.insert("float".into(), json!(vectors));
+            }
+            Ok(json!({
+                "id": id,
+                "texts": texts,
+                "embeddings": by_type,
+                "response_type": "embeddings_by_type",
+            })
+            .to_string())
+        }
+        Some(_) => Err(malformed(
+            "#/embedding_types: float, int8, uint8, binary or ubinary expected",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invoke(model: &str, body: Value) -> Result<Value, (u16, String)> {
+        bedrock_invoke(model, body.to_string().as_bytes()).map(|s| serde_json::from_str(&s).unwrap())
+    }
+
+    fn f32s(v: &Value) -> Vec<f32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    }
+
+    #[test]
+    fn bedrock_titan_v2_vectors_honour_dimensions() {
+        let m = "amazon.titan-embed-text-v2:0";
+        let r = invoke(m, json!({"inputText": "hello there", "normalize": true})).unwrap();
+        assert_eq!(r["embedding"].as_array().unwrap().len(), 1024);
+        assert_eq!(r["inputTextTokenCount"], 2);
+        let r256 = invoke(m, json!({"inputText": "hello there", "dimensions": 256})).unwrap();
+        assert_eq!(r256["embedding"].as_array().unwrap().len(), 256);
+        assert_eq!(f32s(&r256["embedding"]), vector("hello there", 256));
+        for bad in [
+            json!({"inputText": "x", "dimensions": 300}),
+            json!({"inputText": ""}),
+            json!({"inputText": "x", "extra": 1}),
+            json!({"texts": ["x"]}),
+        ] {
+            assert_eq!(invoke(m, bad).unwrap_err().0, 400);
+        }
+        // V1 takes `inputText` alone.
+        let e = invoke(
+            "amazon.titan-embed-text-v1",
+            json!({"inputText": "x", "normalize": true}),
+        )
+        .unwrap_err();
+        assert!(e.1.contains("[normalize]"), "{e:?}");
+        let r = invoke("amazon.titan-embed-text-v1", json!({"inputText": "x"})).unwrap();
+        assert_eq!(r["embedding"].as_array().unwrap().len(), 1536);
+    }
+
+    #[test]
+    fn bedrock_cohere_both_shapes_and_strictness() {
+        let m = "cohere.embed-english-v3";
+        let by_type = invoke(
+            m,
+            json!({"texts": ["a", "b"], "input_type": "search_document", "embedding_types": ["float"]}),
+        )
+        .unwrap();
+        assert_eq!(by_type["response_type"], "embeddings_by_type");
+        assert_eq!(f32s(&by_type["embeddings"]["float"][1]), vector("b", 1024));
+        let floats = invoke(m, json!({"texts": ["a"], "input_type": "search_query"})).unwrap();
+        assert_eq!(f32s(&floats["embeddings"][0]), vector("a", 1024));
+        for bad in [
+            json!({"texts": ["a"]}),
+            json!({"texts": [], "input_type": "search_query"}),
+            json!({"texts": ["a"], "input_type": "other"}),
+            json!({"texts": ["a"], "input_type": "search_query", "dimensions": 256}),
+            json!({"inputText": "a"}),
+        ] {
+            assert_eq!(invoke(m, bad).unwrap_err().0, 400);
+        }
+        assert_eq!(invoke("meta.llama3", json!({"texts": ["a"]})).unwrap_err().0, 400);
+        let steered = json!({"texts": ["a", "[emu:status=429] b"], "input_type": "search_query"});
+        assert_eq!(invoke(m, steered).unwrap_err().0, 429);
+        let long = json!({"inputText": "[emu:prompt_too_long] a"});
+        let e = invoke("amazon.titan-embed-text-v2:0", long).unwrap_err();
+        assert_eq!(e, (400, "Input is too long for requested model.".to_owned()));
+    }
 }

@@ -117,6 +117,7 @@ pub fn router(opts: Options) -> Router {
         )
         .route("/token", post(gemini::token))
         .route("/model/{model_id}/converse", post(bedrock::converse))
+        .route("/model/{model_id}/invoke", post(bedrock::invoke))
         .route(
             "/model/{model_id}/converse-stream",
             post(bedrock::converse_stream),

@@ -20,6 +20,9 @@
 //! shaped as OpenAI would send them: a role chunk, text / reasoning /
 //! tool-call deltas, a finish chunk, then a usage-only chunk.
 //!
+//! Embeddings go through InvokeModel (`/model/{modelId}/invoke`) for Titan
+//! and Cohere models: see [`embed`].
+//!
 //! Errors are `{"message": ...}` with the type in `x-amzn-errortype`; they
 //! are rewritten to OpenAI's error object and classified by [`Peer`].
 
@@ -45,8 +48,9 @@ use llmgw_proto::content_part::Part;
 use llmgw_proto::response_format::Format;
 use llmgw_proto::tool_choice::Choice as ToolChoiceKind;
 use llmgw_proto::{
-    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta, FinishReason, FunctionCall,
-    Message, Role, Target, ToolCall, ToolCallDelta, ToolChoiceMode, Usage,
+    ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta, EmbeddingsRequest,
+    EmbeddingsResponse, FinishReason, FunctionCall, Message, Role, Target, ToolCall, ToolCallDelta,
+    ToolChoiceMode, Usage,
 };
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use pin_project_lite::pin_project;
@@ -290,6 +294,10 @@ pub(crate) fn openai_error(body: &[u8], kind: Option<&str>) -> (Vec<u8>, bool) {
 
 #[async_trait]
 impl Provider for Bedrock {
+    async fn embed(&self, target: &Target, req: &EmbeddingsRequest) -> Result<EmbeddingsResponse, GwError> {
+        self.embed_invoke(target, req).await
+    }
+
     async fn complete(&self, target: &Target, req: &ChatRequest) -> Result<ChatResponse, GwError> {
         let (request, json_mode) = self.request(target, req, false)?;
         let timeout = self.timeout(target);
@@ -1435,5 +1443,6 @@ pub(crate) fn decode(
     }
 }
 
+mod embed;
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,9 @@
 //! `finish`), plus `[emu:prompt_too_long]` (the 400 a too-long input gets) and
 //! `[emu:error_mid_stream]` (an exception frame after the first text delta).
 //!
+//! `POST /model/{modelId}/invoke` (InvokeModel) serves the Titan and Cohere embedding models,
+//! signed the same way.
+//!
 //! ConverseStream answers `application/vnd.amazon.eventstream` frames encoded with
 //! `aws-smithy-eventstream`: `messageStart`, `contentBlockStart` (tool use), `contentBlockDelta`s,
 //! `contentBlockStop`, `messageStop`, `metadata` (usage).
@@ -31,7 +34,7 @@ use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, si
 use aws_sigv4::sign::v4;
 use aws_smithy_eventstream::frame::write_message_to;
 use aws_smithy_types::event_stream::{Header, HeaderValue as FrameValue, Message as Frame};
-use axum::extract::State as Extract;
+use axum::extract::{Path, State as Extract};
 use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -175,6 +178,49 @@ async fn handle(state: &State, uri: &Uri, headers: &HeaderMap, body: Bytes, stre
     let request_id = request_id(state.ids());
     match answer(state, uri, headers, &body, stream, &mut tracker, &request_id).await {
         Ok(resp) => resp,
+        Err(e) => {
+            tracker.finish(Outcome::Error);
+            error_response(&e, &request_id)
+        }
+    }
+}
+
+/// `POST /model/{modelId}/invoke`: InvokeModel for the Titan and Cohere embedding models,
+/// signed like Converse (see [`crate::embeddings::bedrock_invoke`]); `[emu:status=N]` in a
+/// text answers Bedrock's exception for N, `[emu:prompt_too_long]` the too-long 400.
+pub async fn invoke(
+    Extract(state): Extract<Arc<State>>,
+    Path(model): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut tracker = state.track("POST", uri.path(), &headers, Some(&body));
+    let request_id = request_id(state.ids());
+    let verified = match state.api_key() {
+        Some(secret) => verify_signature(secret, "POST", &uri, &headers, &body, SystemTime::now()),
+        None => Ok(()),
+    };
+    let result = verified.and_then(|()| {
+        crate::embeddings::bedrock_invoke(&model, &body).map_err(|(status, message)| match status {
+            400 => ApiError::validation(message),
+            _ => ApiError::for_status(status),
+        })
+    });
+    match result {
+        Ok(answer) => {
+            tracker.finish(Outcome::Completed);
+            let request_id = HeaderValue::from_str(&request_id).unwrap_or(HeaderValue::from_static("0"));
+            (
+                StatusCode::OK,
+                [
+                    (CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                    (REQUEST_ID, request_id),
+                ],
+                answer,
+            )
+                .into_response()
+        }
         Err(e) => {
             tracker.finish(Outcome::Error);
             error_response(&e, &request_id)
