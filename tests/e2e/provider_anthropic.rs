@@ -518,3 +518,92 @@ async fn anthropic_across_five_processes() {
         .await;
     assert_eq!(status, 502, "{body}");
 }
+
+/// Extended thinking with tools over several turns: the signed thinking
+/// blocks come back as `thinking_blocks` (whole, and streamed once signed)
+/// and, sent back on the next turn, let the tool loop continue — without
+/// them Anthropic refuses the turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_thinking_with_tools_over_turns() {
+    let gw = start(Shape::All).await;
+    let tools = json!([{"type": "function", "function": {"name": "get_weather",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]);
+    let (s, _, first) = gw
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "claude-sonnet", "messages": user("weather in Paris?"), "tools": tools, "reasoning_effort": "low"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{first}");
+    let message = &first["choices"][0]["message"];
+    let blocks = message["thinking_blocks"].as_array().expect("thinking_blocks");
+    assert_eq!(blocks[0]["type"], "thinking");
+    assert!(
+        blocks[0]["signature"].as_str().is_some_and(|s| !s.is_empty()),
+        "{message}"
+    );
+    assert_eq!(blocks[0]["thinking"], message["reasoning"]);
+    let call = &message["tool_calls"][0];
+
+    let turn = |assistant: Value| {
+        json!({"model": "claude-sonnet", "tools": tools, "reasoning_effort": "low", "messages": [
+            {"role": "user", "content": "weather in Paris?"},
+            assistant,
+            {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}
+        ]})
+    };
+    // Sent back as it came, the loop continues.
+    let (s, _, second) = gw.post("/v1/chat/completions", &turn(message.clone())).await;
+    assert_eq!(s, 200, "{second}");
+    assert_eq!(second["choices"][0]["message"]["content"], "Tool result: sunny");
+    let sent = gw.last_upstream().await;
+    assert_eq!(
+        sent["body"]["messages"][1]["content"][0]["type"], "thinking",
+        "{sent}"
+    );
+    // Without them, Anthropic's refusal comes back as the client's 400.
+    let (s, _, refused) = gw
+        .post(
+            "/v1/chat/completions",
+            &turn(json!({"role": "assistant", "content": null, "tool_calls": [call]})),
+        )
+        .await;
+    assert_eq!(s, 400, "{refused}");
+    assert!(
+        refused["error"]["message"].as_str().unwrap().contains("thinking"),
+        "{refused}"
+    );
+    // A block without its signature is refused before anything is sent.
+    let mut unsigned = message.clone();
+    unsigned["thinking_blocks"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("signature");
+    let (s, _, e) = gw.post("/v1/chat/completions", &turn(unsigned)).await;
+    assert_eq!(
+        (s, e["error"]["param"].as_str()),
+        (400, Some("messages[1].thinking_blocks[0].signature")),
+        "{e}"
+    );
+
+    // Streamed: the signed block arrives once, whole, after the reasoning deltas.
+    let events = gw
+        .stream(
+            &json!({"model": "claude-sonnet", "messages": user("weather?"), "tools": tools,
+            "reasoning_effort": "low", "stream": true}),
+        )
+        .await;
+    let chunks = chunks(&events);
+    let reasoning = joined(&chunks, "reasoning");
+    let signed: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| {
+            c["choices"]
+                .get(0)
+                .and_then(|ch| ch["delta"].get("thinking_blocks"))
+        })
+        .collect();
+    assert_eq!(signed.len(), 1, "one signed block");
+    assert_eq!(signed[0][0]["thinking"], json!(reasoning));
+    assert!(signed[0][0]["signature"].as_str().is_some_and(|s| !s.is_empty()));
+}

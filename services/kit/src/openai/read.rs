@@ -111,6 +111,37 @@ struct MessageIn {
     /// `reasoning_content` is what DeepSeek-style hosts call it.
     #[serde(default, alias = "reasoning_content")]
     reasoning: Option<String>,
+    #[serde(default)]
+    thinking_blocks: Option<Vec<ThinkingBlockIn>>,
+}
+
+#[derive(Deserialize)]
+struct ThinkingBlockIn {
+    #[serde(rename = "type", default = "thinking_type")]
+    kind: String,
+    #[serde(default)]
+    thinking: Option<String>,
+    #[serde(default)]
+    signature: Option<String>,
+    #[serde(default)]
+    data: Option<String>,
+}
+
+fn thinking_type() -> String {
+    "thinking".to_owned()
+}
+
+fn thinking_blocks(blocks: Option<Vec<ThinkingBlockIn>>) -> Vec<pb::ThinkingBlock> {
+    blocks
+        .unwrap_or_default()
+        .into_iter()
+        .map(|b| pb::ThinkingBlock {
+            r#type: b.kind,
+            thinking: b.thinking,
+            signature: b.signature,
+            data: b.data,
+        })
+        .collect()
 }
 
 /// A message's content: a string, an array of parts, or null/absent.
@@ -451,6 +482,7 @@ fn convert_message(m: MessageIn) -> pb::Message {
         tool_call_id: m.tool_call_id,
         refusal: m.refusal,
         reasoning: m.reasoning,
+        thinking_blocks: thinking_blocks(m.thinking_blocks),
         function_call: m.function_call.map(|f| pb::FunctionCall {
             name: f.name,
             arguments: f.arguments,
@@ -834,6 +866,8 @@ struct DeltaIn {
     refusal: Option<String>,
     #[serde(default, alias = "reasoning_content")]
     reasoning: Option<String>,
+    #[serde(default)]
+    thinking_blocks: Option<Vec<ThinkingBlockIn>>,
 }
 
 #[derive(Deserialize)]
@@ -891,6 +925,7 @@ pub fn parse_chunk(data: &[u8]) -> Result<pb::ChatChunk, String> {
                             .collect(),
                         refusal: d.refusal,
                         reasoning: d.reasoning,
+                        thinking_blocks: thinking_blocks(d.thinking_blocks),
                     }),
                     finish_reason: finish(c.finish_reason),
                     logprobs_json: c.logprobs.map(|l| l.get().to_owned()),

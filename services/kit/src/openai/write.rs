@@ -106,6 +106,32 @@ struct MessageOut<'a> {
     function_call: Option<FunctionCallOut<'a>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reasoning: Option<&'a str>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    thinking_blocks: Vec<ThinkingBlockOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct ThinkingBlockOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    signature: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a str>,
+}
+
+fn thinking_blocks_out(blocks: &[pb::ThinkingBlock]) -> Vec<ThinkingBlockOut<'_>> {
+    blocks
+        .iter()
+        .map(|b| ThinkingBlockOut {
+            kind: &b.r#type,
+            thinking: b.thinking.as_deref(),
+            signature: b.signature.as_deref(),
+            data: b.data.as_deref(),
+        })
+        .collect()
 }
 
 enum ContentOut<'a> {
@@ -312,6 +338,13 @@ fn message_out(m: &pb::Message, in_response: bool) -> MessageOut<'_> {
             arguments: &f.arguments,
         }),
         reasoning: m.reasoning.as_deref(),
+        // Signed provider reasoning goes back to clients; OpenAI-wire
+        // providers have no such field, so requests never carry it.
+        thinking_blocks: if in_response {
+            thinking_blocks_out(&m.thinking_blocks)
+        } else {
+            Vec::new()
+        },
     }
 }
 
@@ -611,6 +644,8 @@ struct DeltaOut<'a> {
     refusal: Option<&'a str>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     tool_calls: Vec<ToolCallDeltaOut<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    thinking_blocks: Vec<ThinkingBlockOut<'a>>,
 }
 
 #[derive(Serialize)]
@@ -653,6 +688,9 @@ pub fn chunk_json(chunk: &pb::ChatChunk, buf: &mut Vec<u8>) -> Result<(), GwErro
                             .map(|r| role_str(pb::Role::try_from(r).unwrap_or(pb::Role::Assistant))),
                         content: d.and_then(|d| d.content.as_deref()),
                         reasoning: d.and_then(|d| d.reasoning.as_deref()),
+                        thinking_blocks: d
+                            .map(|d| thinking_blocks_out(&d.thinking_blocks))
+                            .unwrap_or_default(),
                         refusal: d.and_then(|d| d.refusal.as_deref()),
                         tool_calls: d
                             .map(|d| {

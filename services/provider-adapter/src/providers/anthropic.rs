@@ -36,7 +36,7 @@ use llmgw_proto::response_format::Format;
 use llmgw_proto::tool_choice::Choice as ToolChoiceKind;
 use llmgw_proto::{
     ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Content, Delta, FinishReason, FunctionCall,
-    Message, Role, Target, ToolCall, ToolCallDelta, ToolChoiceMode, Usage,
+    Message, Role, Target, ThinkingBlock, ToolCall, ToolCallDelta, ToolChoiceMode, Usage,
 };
 use pin_project_lite::pin_project;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -256,6 +256,14 @@ enum Block<'a> {
         #[serde(skip_serializing_if = "Vec::is_empty")]
         content: Vec<Block<'a>>,
     },
+    /// A signed thinking block the client sends back (`thinking_blocks`).
+    Thinking {
+        thinking: &'a str,
+        signature: &'a str,
+    },
+    RedactedThinking {
+        data: &'a str,
+    },
 }
 
 #[derive(Serialize)]
@@ -388,7 +396,10 @@ pub(crate) fn request_body(
                         "the deprecated `function_call` (use `tool_calls`)",
                     ));
                 }
-                let mut blocks = content_blocks(m.content.as_ref(), i, provider)?;
+                // Signed thinking comes first, as Anthropic returned it: with
+                // thinking on, a turn that used tools must carry it back.
+                let mut blocks = thinking_blocks(m, i)?;
+                blocks.extend(content_blocks(m.content.as_ref(), i, provider)?);
                 if let Some(refusal) = m.refusal.as_deref().filter(|r| !r.is_empty()) {
                     blocks.push(Block::Text { text: refusal });
                 }
@@ -790,6 +801,10 @@ struct ResponseBlock<'a> {
     #[serde(default)]
     thinking: Option<String>,
     #[serde(default)]
+    signature: Option<String>,
+    #[serde(default)]
+    data: Option<String>,
+    #[serde(default)]
     id: Option<String>,
     #[serde(default)]
     name: Option<String>,
@@ -855,18 +870,67 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(0))
 }
 
+/// An assistant message's `thinking_blocks` as Anthropic blocks.
+fn thinking_blocks(m: &Message, i: usize) -> Result<Vec<Block<'_>>, GwError> {
+    m.thinking_blocks
+        .iter()
+        .enumerate()
+        .map(|(k, b)| match b.r#type.as_str() {
+            "thinking" => {
+                let signature = b.signature.as_deref().filter(|s| !s.is_empty()).ok_or_else(|| {
+                    GwError::invalid(
+                        format!("messages[{i}].thinking_blocks[{k}].signature"),
+                        "a thinking block needs the `signature` it came with",
+                    )
+                })?;
+                Ok(Block::Thinking {
+                    thinking: b.thinking.as_deref().unwrap_or(""),
+                    signature,
+                })
+            }
+            "redacted_thinking" => {
+                let data = b.data.as_deref().filter(|d| !d.is_empty()).ok_or_else(|| {
+                    GwError::invalid(
+                        format!("messages[{i}].thinking_blocks[{k}].data"),
+                        "a redacted thinking block needs its `data`",
+                    )
+                })?;
+                Ok(Block::RedactedThinking { data })
+            }
+            other => Err(GwError::invalid(
+                format!("messages[{i}].thinking_blocks[{k}].type"),
+                format!("unknown thinking block type `{other}` (use thinking or redacted_thinking)"),
+            )),
+        })
+        .collect()
+}
+
 /// A Messages response as a canonical response; `Err` says what was wrong.
 pub(crate) fn parse_response(body: &[u8], json_mode: bool) -> Result<ChatResponse, String> {
     let wire: WireResponse = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     let mut text = String::new();
     let mut reasoning: Option<String> = None;
+    let mut thinking_blocks = Vec::new();
     let mut tool_calls = Vec::new();
     for block in wire.content {
         match block.kind.as_str() {
             "text" => text.push_str(block.text.as_deref().unwrap_or("")),
-            "thinking" => reasoning
-                .get_or_insert_default()
-                .push_str(block.thinking.as_deref().unwrap_or("")),
+            "thinking" => {
+                reasoning
+                    .get_or_insert_default()
+                    .push_str(block.thinking.as_deref().unwrap_or(""));
+                thinking_blocks.push(ThinkingBlock {
+                    r#type: "thinking".to_owned(),
+                    thinking: block.thinking,
+                    signature: block.signature,
+                    data: None,
+                });
+            }
+            "redacted_thinking" => thinking_blocks.push(ThinkingBlock {
+                r#type: "redacted_thinking".to_owned(),
+                data: block.data,
+                ..ThinkingBlock::default()
+            }),
             "tool_use" => {
                 let input = block.input.map_or("{}", RawValue::get);
                 let name = block.name.unwrap_or_default();
@@ -905,6 +969,7 @@ pub(crate) fn parse_response(body: &[u8], json_mode: bool) -> Result<ChatRespons
                 content,
                 tool_calls,
                 reasoning,
+                thinking_blocks,
                 ..Message::default()
             }),
             finish_reason: finish_reason(wire.stop_reason.as_deref(), json_mode) as i32,
@@ -973,6 +1038,10 @@ enum StartBlock {
         #[serde(default)]
         thinking: String,
     },
+    RedactedThinking {
+        #[serde(default)]
+        data: String,
+    },
     #[serde(other)]
     Other,
 }
@@ -988,6 +1057,9 @@ enum BlockDelta {
     },
     ThinkingDelta {
         thinking: String,
+    },
+    SignatureDelta {
+        signature: String,
     },
     #[serde(other)]
     Other,
@@ -1030,6 +1102,9 @@ pub(crate) struct Translator {
     tools: u32,
     usage: WireUsage,
     started: bool,
+    /// The text of the thinking block being streamed, sent again whole
+    /// (with its signature) in `thinking_blocks` when the signature arrives.
+    thinking: String,
 }
 
 impl Translator {
@@ -1044,6 +1119,7 @@ impl Translator {
             tools: 0,
             usage: WireUsage::default(),
             started: false,
+            thinking: String::new(),
         }
     }
 
@@ -1128,10 +1204,24 @@ impl Translator {
                             }),
                         )
                     }
-                    StartBlock::Thinking { thinking } => (
-                        BlockKind::Thinking,
-                        (!thinking.is_empty()).then(|| Delta {
-                            reasoning: Some(thinking),
+                    StartBlock::Thinking { thinking } => {
+                        self.thinking.clone_from(&thinking);
+                        (
+                            BlockKind::Thinking,
+                            (!thinking.is_empty()).then(|| Delta {
+                                reasoning: Some(thinking),
+                                ..Delta::default()
+                            }),
+                        )
+                    }
+                    StartBlock::RedactedThinking { data } => (
+                        BlockKind::Other,
+                        Some(Delta {
+                            thinking_blocks: vec![ThinkingBlock {
+                                r#type: "redacted_thinking".to_owned(),
+                                data: Some(data),
+                                ..ThinkingBlock::default()
+                            }],
                             ..Delta::default()
                         }),
                     ),
@@ -1164,8 +1254,20 @@ impl Translator {
                             ..Delta::default()
                         })
                     }
-                    (BlockKind::Thinking, BlockDelta::ThinkingDelta { thinking }) => Some(Delta {
-                        reasoning: Some(thinking),
+                    (BlockKind::Thinking, BlockDelta::ThinkingDelta { thinking }) => {
+                        self.thinking.push_str(&thinking);
+                        Some(Delta {
+                            reasoning: Some(thinking),
+                            ..Delta::default()
+                        })
+                    }
+                    (BlockKind::Thinking, BlockDelta::SignatureDelta { signature }) => Some(Delta {
+                        thinking_blocks: vec![ThinkingBlock {
+                            r#type: "thinking".to_owned(),
+                            thinking: Some(std::mem::take(&mut self.thinking)),
+                            signature: Some(signature),
+                            data: None,
+                        }],
                         ..Delta::default()
                     }),
                     // Signatures, citations and blocks we do not translate.

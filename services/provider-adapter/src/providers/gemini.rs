@@ -1605,6 +1605,7 @@ impl StreamState {
                     tool_calls,
                     refusal: None,
                     reasoning: (!parts.reasoning.is_empty()).then_some(parts.reasoning),
+                    thinking_blocks: Vec::new(),
                 }),
                 finish_reason: finish as i32,
                 logprobs_json,

@@ -151,9 +151,27 @@ fn thinks_and_calls_tools_from_the_schema() {
     assert_eq!(stop["delta"]["stop_reason"], "tool_use");
 
     // The tool result round trip answers with text.
+    // With thinking on, the turn that used the tool must carry its signed
+    // thinking block back, as the real API requires.
     body["messages"] = json!([{"role": "user", "content": "hi"},
         {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}]}]);
+    let err = super::validate::request(&body)
+        .err()
+        .expect("refused without the thinking block");
+    assert!(
+        err.message.contains("must start with a thinking block"),
+        "{}",
+        err.message
+    );
+    body["messages"][1]["content"] = json!([
+        {"type": "thinking", "thinking": "let me check", "signature": "forged"},
+        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}]);
+    let err = super::validate::request(&body)
+        .err()
+        .expect("refused with a forged signature");
+    assert!(err.message.contains("Invalid `signature`"), "{}", err.message);
+    body["messages"][1]["content"][0]["signature"] = json!(super::wire::SIGNATURE);
     let (_, data) = answer(&body);
     let text: String = data
         .iter()

@@ -443,6 +443,47 @@ pub fn request(v: &Value) -> Result<Request<'_>, ApiError> {
             "messages: the final assistant message cannot end with a `tool_use` block",
         ));
     }
+    // With thinking on, the last assistant turn that used tools must start
+    // with the signed thinking block it was answered with.
+    if thinking_budget.is_some()
+        && let Some((i, m)) = messages
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, m)| m.get("role").and_then(Value::as_str) == Some("assistant"))
+        && let Some(blocks) = m.get("content").and_then(Value::as_array)
+        && blocks
+            .iter()
+            .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
+    {
+        let first = blocks
+            .first()
+            .and_then(|b| b.get("type"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if first != "thinking" && first != "redacted_thinking" {
+            return Err(invalid(format!(
+                "messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{first}`. When `thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks). We recommend you include thinking blocks from previous turns."
+            )));
+        }
+    }
+    for (i, m) in messages.iter().enumerate() {
+        for (k, b) in m
+            .get("content")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if b.get("type").and_then(Value::as_str) == Some("thinking")
+                && b.get("signature").and_then(Value::as_str) != Some(super::wire::SIGNATURE)
+            {
+                return Err(invalid(format!(
+                    "messages.{i}.content.{k}: Invalid `signature` in `thinking` block"
+                )));
+            }
+        }
+    }
     Ok(Request {
         model,
         max_tokens,

@@ -11,7 +11,7 @@ const JSON_FRAGMENT: usize = 6;
 /// How many events `[emu:abort_mid_stream]` lets through before dropping the connection.
 pub const EVENTS_BEFORE_ABORT: usize = 4;
 /// A stand-in for the signature Anthropic puts on thinking blocks.
-const SIGNATURE: &str = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds";
+pub(super) const SIGNATURE: &str = "EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds";
 
 pub fn error_json(e: &ApiError, request_id: &str) -> Vec<u8> {
     json!({
