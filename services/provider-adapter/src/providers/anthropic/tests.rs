@@ -324,28 +324,41 @@ fn translates_the_event_stream() {
     let delta = |i: usize| chunks[i].choices[0].delta.clone().unwrap();
     assert_eq!(delta(0).role, Some(Role::Assistant as i32));
     assert_eq!(delta(1).reasoning.as_deref(), Some("hmm"));
-    assert_eq!(delta(2).content.as_deref(), Some("Hel"));
-    assert_eq!(delta(3).content.as_deref(), Some("lo"));
-    let first = &delta(4).tool_calls[0];
+    // The signature completes the block: it is sent once, whole.
+    let signed = &delta(2).thinking_blocks[0];
+    assert_eq!(
+        (
+            signed.r#type.as_str(),
+            signed.thinking.as_deref(),
+            signed.signature.as_deref()
+        ),
+        ("thinking", Some("hmm"), Some("s"))
+    );
+    assert_eq!(delta(3).content.as_deref(), Some("Hel"));
+    assert_eq!(delta(4).content.as_deref(), Some("lo"));
+    let first = &delta(5).tool_calls[0];
     assert_eq!(
         (first.index, first.id.as_deref(), first.name.as_deref()),
         (0, Some("toolu_1"), Some("f"))
     );
-    assert_eq!(delta(5).tool_calls[0].arguments.as_deref(), Some("{\"a\":"));
-    assert_eq!(delta(6).tool_calls[0].arguments.as_deref(), Some("1}"));
-    assert_eq!(delta(6).tool_calls[0].index, 0);
-    assert_eq!(delta(7).tool_calls[0].index, 1);
-    assert_eq!(delta(7).tool_calls[0].id.as_deref(), Some("toolu_2"));
-    assert_eq!(delta(8).tool_calls[0].arguments.as_deref(), Some("{}"));
-    assert_eq!(chunks[9].choices[0].finish_reason, FinishReason::ToolCalls as i32);
-    let last = &chunks[10];
+    assert_eq!(delta(6).tool_calls[0].arguments.as_deref(), Some("{\"a\":"));
+    assert_eq!(delta(7).tool_calls[0].arguments.as_deref(), Some("1}"));
+    assert_eq!(delta(7).tool_calls[0].index, 0);
+    assert_eq!(delta(8).tool_calls[0].index, 1);
+    assert_eq!(delta(8).tool_calls[0].id.as_deref(), Some("toolu_2"));
+    assert_eq!(delta(9).tool_calls[0].arguments.as_deref(), Some("{}"));
+    assert_eq!(
+        chunks[10].choices[0].finish_reason,
+        FinishReason::ToolCalls as i32
+    );
+    let last = &chunks[11];
     assert!(last.choices.is_empty());
     let u = last.usage.unwrap();
     assert_eq!(
         (u.prompt_tokens, u.completion_tokens, u.cached_tokens),
         (15, 9, Some(3))
     );
-    assert_eq!(chunks.len(), 11);
+    assert_eq!(chunks.len(), 12);
 }
 
 #[test]
