@@ -157,16 +157,25 @@ async fn bedrock_chat_stream_and_images() {
         content[1],
         json!({"image": {"format": "png", "source": {"bytes": "iVBORw0KGgo="}}})
     );
+    // An http(s) image URL is fetched through the guard (Bedrock takes
+    // bytes): a loopback host (here, the emulator itself) is refused with a
+    // 400 naming the part, and nothing reaches the provider.
+    let before = gw.upstream_requests().await.len();
     let (status, _, body) = gw
         .post(
             "/v1/chat/completions",
             &json!({"model": "claude-bedrock", "messages": [{"role": "user", "content": [
-                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+                {"type": "image_url", "image_url": {"url": format!("http://{}/cat.png", gw.emu.addr)}}
             ]}]}),
         )
         .await;
     assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["param"], "messages[0].content[0].image_url.url");
+    assert_eq!(body["error"]["param"], "messages[0].content[0].image_url");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("loopback"),
+        "{body}"
+    );
+    assert_eq!(gw.upstream_requests().await.len(), before);
 
     // ---- stop sequences and max_tokens map to finish reasons
     let (status, _, body) = gw

@@ -49,11 +49,9 @@ pytestmark = pytest.mark.gateway
 
 #: Cells the gateway refuses on purpose: a 400 naming this `param` and the provider.
 BY_DESIGN: dict[tuple[str, str], str] = {
-    # Bedrock Converse: no seed, one answer per request, images only as bytes
-    # (no fetch guard for it yet).
+    # Bedrock Converse: no seed, one answer per request.
     ("bedrock", "seed"): "seed",
     ("bedrock", "n2"): "n",
-    ("bedrock", "vision_url"): "messages[0].content[1].image_url.url",
     # Anthropic's Messages API has no seed and one answer per request.
     ("anthropic", "seed"): "seed",
     ("anthropic", "n2"): "n",
@@ -63,7 +61,7 @@ BY_DESIGN: dict[tuple[str, str], str] = {
     ("ollama", "tool_required"): "tool_choice",
     ("ollama", "tool_named"): "tool_choice",
     ("ollama", "n2"): "n",
-    # Ollama and Gemini on AI Studio take images as bytes: the gateway fetches an
+    # Ollama, Gemini on AI Studio and Bedrock take images as bytes: the gateway fetches an
     # image URL through its guard (no loopback, private or link-local hosts; size
     # and time caps). The matrix's URL names no public host this sandbox can
     # reach, so these cells show the guard's clear refusal; a successful guarded
@@ -71,6 +69,7 @@ BY_DESIGN: dict[tuple[str, str], str] = {
     # allowance for loopback.
     ("ollama", "vision_url"): "messages[0].content[1].image_url",
     ("google", "vision_url"): "messages[0].content[1].image_url",
+    ("bedrock", "vision_url"): "messages[0].content[1].image_url",
     # Groq refuses n > 1.
     ("groq", "n2"): "n",
 }

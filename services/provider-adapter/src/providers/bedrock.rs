@@ -92,6 +92,9 @@ pub(crate) struct Bedrock {
     headers: HeaderMap,
     timeout: Duration,
     client: reqwest::Client,
+    /// Bedrock takes images as bytes: http(s) image URLs are fetched
+    /// through the guard and inlined.
+    fetcher: crate::fetch::Fetcher,
 }
 
 impl Bedrock {
@@ -131,7 +134,18 @@ impl Bedrock {
             headers,
             timeout: config.timeout,
             client,
+            fetcher: crate::fetch::Fetcher::new(),
         })
+    }
+
+    /// `req` with its http(s) image URLs fetched (through the guard) and
+    /// inlined, after the cheap checks so a request refused anyway fetches
+    /// nothing.
+    async fn inlined<'a>(&self, req: &'a ChatRequest) -> Result<std::borrow::Cow<'a, ChatRequest>, GwError> {
+        check_unsupported(req, self.peer.name())?;
+        self.fetcher
+            .inline_images(req, (self.peer.name(), "bedrock"), |_, _| true)
+            .await
     }
 
     fn timeout(&self, target: &Target) -> Duration {
@@ -299,7 +313,8 @@ impl Provider for Bedrock {
     }
 
     async fn complete(&self, target: &Target, req: &ChatRequest) -> Result<ChatResponse, GwError> {
-        let (request, json_mode) = self.request(target, req, false)?;
+        let req = self.inlined(req).await?;
+        let (request, json_mode) = self.request(target, &req, false)?;
         let timeout = self.timeout(target);
         let call = async {
             let mut response = self.send(request).await?;
@@ -322,7 +337,8 @@ impl Provider for Bedrock {
     }
 
     async fn stream(&self, target: &Target, req: &ChatRequest) -> Result<ChunkStream, GwError> {
-        let (request, json_mode) = self.request(target, req, true)?;
+        let req = self.inlined(req).await?;
+        let (request, json_mode) = self.request(target, &req, true)?;
         let timeout = self.timeout(target);
         let response = tokio::time::timeout(timeout, self.send(request))
             .await
