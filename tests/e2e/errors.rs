@@ -309,3 +309,50 @@ async fn graceful_shutdown_flushes_metering() {
     let usage = gw.usage_until("acme", |u| u["requests"] == 3).await;
     assert_eq!(usage["requests"], 3, "{usage}");
 }
+
+/// `max_retries`: a retryable failure is tried again (with backoff) before
+/// the error is answered; a non-retryable one is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_retries_tries_the_provider_again() {
+    let gw = Gateway::start_with(
+        Shape::All,
+        "  - name: flaky\n    type: openai\n    base_url: http://{emu}/v1\n    api_key: ${EMU_KEY}\n    max_retries: 2\n",
+        "  - name: flaky-model\n    target: flaky/gpt-4o-mini\n",
+    )
+    .await;
+    let ask = |text: &str| json!({"model": "flaky-model", "messages": [{"role": "user", "content": text}]});
+    let before = gw.upstream_requests().await.len();
+    let (s, _, b) = gw
+        .post("/v1/chat/completions", &ask("[emu:status=503] down"))
+        .await;
+    assert_error(s, &b, 502, None);
+    assert_eq!(
+        gw.upstream_requests().await.len() - before,
+        3,
+        "one try and two retries"
+    );
+
+    let before = gw.upstream_requests().await.len();
+    let (s, _, b) = gw
+        .post("/v1/chat/completions", &ask("[emu:status=400] bad"))
+        .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(
+        gw.upstream_requests().await.len() - before,
+        1,
+        "a rejection is not retried"
+    );
+
+    // Streams retry too, before the first byte.
+    let before = gw.upstream_requests().await.len();
+    let mut body = ask("[emu:status=500] down");
+    body["stream"] = json!(true);
+    let (s, _, b) = gw.post("/v1/chat/completions", &body).await;
+    assert_error(s, &b, 502, None);
+    assert_eq!(gw.upstream_requests().await.len() - before, 3);
+
+    // And a success on the way reports every attempt.
+    let (s, _, b) = gw.post("/v1/chat/completions", &ask("fine")).await;
+    assert_eq!(s, 200, "{b}");
+    assert_eq!(b["metadata"]["attempts"].as_array().unwrap().len(), 1);
+}

@@ -110,17 +110,11 @@ impl Pipeline {
             .await?;
         let mut guard = MeterGuard::new(self.meter.clone(), &principal, &request_id, &req, streaming);
 
-        let attempts = targets.len();
         let mut req = Some(req);
         let adapter = &self.deps.adapter;
         let (outcome, target) = self
-            .run_attempts(targets, deadline, &mut meta, &mut guard, |i, target| {
-                // Only the last attempt may take the request; earlier ones copy it.
-                let request = if i + 1 == attempts {
-                    req.take()
-                } else {
-                    req.clone()
-                };
+            .run_attempts(targets, deadline, &mut meta, &mut guard, |last, target| {
+                let request = if last { req.take() } else { req.clone() };
                 let adapter_req = pb::AdapterRequest {
                     request_id: request_id.clone(),
                     target: Some(target),
@@ -206,16 +200,11 @@ impl Pipeline {
             false,
             estimate_tokens(input_chars),
         );
-        let attempts = targets.len();
         let mut req = Some(req);
         let adapter = &self.deps.adapter;
         let (mut resp, target) = self
-            .run_attempts(targets, deadline, &mut meta, &mut guard, |i, target| {
-                let request = if i + 1 == attempts {
-                    req.take()
-                } else {
-                    req.clone()
-                };
+            .run_attempts(targets, deadline, &mut meta, &mut guard, |last, target| {
+                let request = if last { req.take() } else { req.clone() };
                 let adapter_req = pb::AdapterEmbeddingsRequest {
                     request_id: request_id.clone(),
                     target: Some(target),
@@ -290,7 +279,7 @@ impl Pipeline {
         mut call: F,
     ) -> Result<(T, pb::Target), GwError>
     where
-        F: FnMut(usize, pb::Target) -> Fut,
+        F: FnMut(bool, pb::Target) -> Fut,
         Fut: std::future::Future<Output = Result<T, GwError>>,
     {
         if targets.is_empty() {
@@ -302,56 +291,77 @@ impl Pipeline {
         }
         let attempts = targets.len();
         let mut last_error = None;
-        for (i, target) in targets.into_iter().enumerate() {
-            guard.set_target(&target);
-            let attempt_started = Instant::now();
-            let result = tokio::time::timeout_at(deadline, call(i, target.clone()))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(GwError::new(
-                        ErrorCode::UpstreamTimeout,
-                        format!(
-                            "provider `{}`: request timed out after {:?}",
-                            target.provider, self.request_timeout
-                        ),
-                    )
-                    .with_provider(target.provider.clone()))
-                });
-            let latency_ms = attempt_started.elapsed().as_secs_f64() * 1000.0;
-            match result {
-                Ok(value) => {
-                    meta.attempts.push(pb::Attempt {
-                        provider: target.provider.clone(),
-                        model: target.model.clone(),
-                        status: "ok".to_owned(),
-                        error_type: None,
-                        http_status: Some(200),
-                        latency_ms,
+        let mut tries = 0usize;
+        'targets: for (i, target) in targets.into_iter().enumerate() {
+            for retry in 0..=target.max_retries {
+                guard.set_target(&target);
+                let attempt_started = Instant::now();
+                // The last try that can happen may take the request; earlier
+                // ones copy it (only when retries or fallbacks are configured).
+                let last = i + 1 == attempts && retry == target.max_retries;
+                let result = tokio::time::timeout_at(deadline, call(last, target.clone()))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(GwError::new(
+                            ErrorCode::UpstreamTimeout,
+                            format!(
+                                "provider `{}`: request timed out after {:?}",
+                                target.provider, self.request_timeout
+                            ),
+                        )
+                        .with_provider(target.provider.clone()))
                     });
-                    meta.used_provider.clone_from(&target.provider);
-                    meta.used_model.clone_from(&target.model);
-                    return Ok((value, target));
-                }
-                Err(e) => {
-                    tracing::info!(
-                        provider = %target.provider,
-                        code = e.code().as_str_name(),
-                        retryable = e.retryable(),
-                        attempt = i + 1,
-                        "attempt failed"
-                    );
-                    meta.attempts.push(pb::Attempt {
-                        provider: target.provider,
-                        model: target.model,
-                        status: "error".to_owned(),
-                        error_type: Some(error_type(&e).to_owned()),
-                        http_status: Some(u32::from(e.upstream_status().unwrap_or_else(|| e.http_status()))),
-                        latency_ms,
-                    });
-                    let retry = e.retryable() && i + 1 < attempts && tokio::time::Instant::now() < deadline;
-                    last_error = Some(e);
-                    if !retry {
-                        break;
+                tries += 1;
+                let latency_ms = attempt_started.elapsed().as_secs_f64() * 1000.0;
+                match result {
+                    Ok(value) => {
+                        meta.attempts.push(pb::Attempt {
+                            provider: target.provider.clone(),
+                            model: target.model.clone(),
+                            status: "ok".to_owned(),
+                            error_type: None,
+                            http_status: Some(200),
+                            latency_ms,
+                        });
+                        meta.used_provider.clone_from(&target.provider);
+                        meta.used_model.clone_from(&target.model);
+                        return Ok((value, target));
+                    }
+                    Err(e) => {
+                        tracing::info!(
+                            provider = %target.provider,
+                            code = e.code().as_str_name(),
+                            retryable = e.retryable(),
+                            attempt = tries,
+                            "attempt failed"
+                        );
+                        meta.attempts.push(pb::Attempt {
+                            provider: target.provider.clone(),
+                            model: target.model.clone(),
+                            status: "error".to_owned(),
+                            error_type: Some(error_type(&e).to_owned()),
+                            http_status: Some(u32::from(
+                                e.upstream_status().unwrap_or_else(|| e.http_status()),
+                            )),
+                            latency_ms,
+                        });
+                        let retryable = e.retryable();
+                        let pause = backoff(retry, e.retry_after_secs());
+                        last_error = Some(e);
+                        if !retryable {
+                            break 'targets;
+                        }
+                        let more_here = retry < target.max_retries;
+                        // Wait before trying the same target again, only if
+                        // the deadline leaves room for the pause and a try.
+                        if more_here && tokio::time::Instant::now() + pause < deadline {
+                            tokio::time::sleep(pause).await;
+                            continue;
+                        }
+                        if i + 1 < attempts && tokio::time::Instant::now() < deadline {
+                            continue 'targets;
+                        }
+                        break 'targets;
                     }
                 }
             }
@@ -360,6 +370,23 @@ impl Pipeline {
         guard.record("error", err.http_status(), None);
         Err(err)
     }
+}
+
+/// The pause before trying a target again: the provider's `retry-after`
+/// when it gave one, else exponential backoff (100 ms doubling, at most 2 s)
+/// with full jitter.
+fn backoff(retry: u32, retry_after_secs: Option<u32>) -> Duration {
+    if let Some(secs) = retry_after_secs {
+        return Duration::from_secs(u64::from(secs));
+    }
+    let cap = Duration::from_millis(100)
+        .saturating_mul(1 << retry.min(5))
+        .min(Duration::from_secs(2));
+    // Jitter from the clock's nanoseconds: enough to spread retries apart.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    cap.mul_f64(f64::from(nanos % 1000 + 1) / 1000.0)
 }
 
 /// An admitted, routed request.

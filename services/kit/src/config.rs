@@ -455,7 +455,8 @@ pub struct Config {
 }
 
 const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(600);
-const DEFAULT_MAX_RETRIES: u32 = 2;
+/// Retries are opt-in per provider: a retry needs a copy of the request.
+const DEFAULT_MAX_RETRIES: u32 = 0;
 /// Anthropic requires `max_tokens`; this is sent when the client gave none.
 const DEFAULT_MAX_TOKENS: u32 = 4096;
 

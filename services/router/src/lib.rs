@@ -32,6 +32,7 @@ struct ProviderEntry {
     timeout_ms: u32,
     /// What `@slug` alone resolves to.
     default_model: Option<String>,
+    max_retries: u32,
 }
 
 struct ModelEntry {
@@ -64,6 +65,7 @@ fn provider_entry(p: &ProviderConfig) -> ProviderEntry {
         kind: p.kind.as_str(),
         timeout_ms: u32::try_from(p.timeout.as_millis()).unwrap_or(u32::MAX),
         default_model: p.default_model.clone(),
+        max_retries: p.max_retries,
     }
 }
 
@@ -125,6 +127,7 @@ impl Catalog {
             model: model.to_owned(),
             price: Some(price),
             timeout_ms: p.timeout_ms,
+            max_retries: p.max_retries,
         }
     }
 
