@@ -143,6 +143,7 @@ fn request(provider: &str, stream: bool, timeout_ms: u32) -> AdapterRequest {
             model: "upstream-model".into(),
             price: None,
             timeout_ms,
+            max_retries: 0,
         }),
         request: Some(parse_request(body.as_bytes()).unwrap()),
     }

@@ -391,6 +391,7 @@ fn target(model: &str) -> Target {
         model: model.into(),
         price: None,
         timeout_ms: 5_000,
+        max_retries: 0,
     }
 }
 

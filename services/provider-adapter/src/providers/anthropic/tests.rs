@@ -488,6 +488,7 @@ fn ask(body: Value) -> AdapterRequest {
             model: "claude-3-5-sonnet-20241022".into(),
             price: None,
             timeout_ms: 5_000,
+            max_retries: 0,
         }),
         request: Some(canonical(&body)),
     }

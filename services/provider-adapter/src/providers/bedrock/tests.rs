@@ -566,6 +566,7 @@ fn ask(body: Value) -> AdapterRequest {
             model: "anthropic.claude-3-5-sonnet-20240620-v1:0".into(),
             price: None,
             timeout_ms: 5_000,
+            max_retries: 0,
         }),
         request: Some(canonical(&body)),
     }
