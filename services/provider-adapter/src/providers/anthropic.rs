@@ -655,26 +655,9 @@ fn push<'a>(messages: &mut Vec<WireMessage<'a>>, role: &'static str, blocks: Vec
 }
 
 fn system_texts<'a>(m: &'a Message, i: usize, provider: &str, out: &mut Vec<&'a str>) -> Result<(), GwError> {
-    match m.content.as_ref().and_then(|c| c.value.as_ref()) {
-        None => {}
-        Some(ContentValue::Text(text)) if text.is_empty() => {}
-        Some(ContentValue::Text(text)) => out.push(text),
-        Some(ContentValue::Parts(parts)) => {
-            for (j, part) in parts.parts.iter().enumerate() {
-                match &part.part {
-                    Some(Part::Text(text)) if !text.is_empty() => out.push(text),
-                    Some(Part::Text(_)) | None => {}
-                    Some(_) => {
-                        return Err(unsupported(
-                            provider,
-                            &format!("messages[{i}].content[{j}]"),
-                            "non-text parts in system messages",
-                        ));
-                    }
-                }
-            }
-        }
-    }
+    let texts = super::system_texts(m, i)
+        .map_err(|param| unsupported(provider, &param, "non-text parts in system messages"))?;
+    out.extend(texts);
     Ok(())
 }
 

@@ -748,26 +748,9 @@ fn system_texts<'a>(
     provider: &str,
     out: &mut Vec<TextBlock<'a>>,
 ) -> Result<(), GwError> {
-    match m.content.as_ref().and_then(|c| c.value.as_ref()) {
-        None => {}
-        Some(ContentValue::Text(text)) if text.is_empty() => {}
-        Some(ContentValue::Text(text)) => out.push(TextBlock { text }),
-        Some(ContentValue::Parts(parts)) => {
-            for (j, part) in parts.parts.iter().enumerate() {
-                match &part.part {
-                    Some(Part::Text(text)) if !text.is_empty() => out.push(TextBlock { text }),
-                    Some(Part::Text(_)) | None => {}
-                    Some(_) => {
-                        return Err(unsupported(
-                            provider,
-                            &format!("messages[{i}].content[{j}]"),
-                            "non-text parts in system messages",
-                        ));
-                    }
-                }
-            }
-        }
-    }
+    let texts = super::system_texts(m, i)
+        .map_err(|param| unsupported(provider, &param, "non-text parts in system messages"))?;
+    out.extend(texts.into_iter().map(|text| TextBlock { text }));
     Ok(())
 }
 

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use llmgw_kit::GwError;
 use llmgw_kit::config::{ProviderConfig, ProviderKind};
 use llmgw_kit::services::ChunkStream;
-use llmgw_proto::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Target};
+use llmgw_proto::content::Value as ContentValue;
+use llmgw_proto::content_part::Part;
+use llmgw_proto::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Message, Target};
 
 pub(crate) mod anthropic;
 pub(crate) mod bedrock;
@@ -61,4 +63,29 @@ pub(crate) fn build(config: &ProviderConfig, client: &reqwest::Client) -> Result
             Arc::new(gemini::Gemini::new(config, client.clone())?)
         }
     })
+}
+
+/// The non-empty texts of system or developer message `i`, for providers
+/// that take system text apart from the turns; `Err` names the first part
+/// that is not text (`messages[i].content[j]`).
+pub(crate) fn system_texts(m: &Message, i: usize) -> Result<Vec<&str>, String> {
+    match m.content.as_ref().and_then(|c| c.value.as_ref()) {
+        None => Ok(Vec::new()),
+        Some(ContentValue::Text(text)) => Ok(if text.is_empty() {
+            Vec::new()
+        } else {
+            vec![text.as_str()]
+        }),
+        Some(ContentValue::Parts(parts)) => {
+            let mut out = Vec::new();
+            for (j, part) in parts.parts.iter().enumerate() {
+                match &part.part {
+                    Some(Part::Text(text)) if !text.is_empty() => out.push(text.as_str()),
+                    Some(Part::Text(_)) | None => {}
+                    Some(_) => return Err(format!("messages[{i}].content[{j}]")),
+                }
+            }
+            Ok(out)
+        }
+    }
 }
