@@ -4,15 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::harness::{EMU_KEY, Gateway, Shape};
-
-fn user(text: &str) -> Value {
-    json!([{"role": "user", "content": text}])
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() < 1e-12
-}
+use crate::harness::{EMU_KEY, Gateway, Shape, close, user};
 
 async fn scenario(shape: Shape) {
     let gw = Gateway::start(shape).await;

@@ -312,3 +312,30 @@ pub fn sse_data(text: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// A one-message conversation from the user.
+pub fn user(text: &str) -> Value {
+    serde_json::json!([{"role": "user", "content": text}])
+}
+
+/// Equal to within float noise (costs are sums of products).
+pub fn close(a: f64, b: f64) -> bool {
+    (a - b).abs() < 1e-12
+}
+
+/// A stream's chunks as JSON, after checking it ended with `[DONE]`.
+pub fn chunks(events: &[String]) -> Vec<Value> {
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
+/// The first choice's `delta.<field>` text across `chunks`, joined.
+pub fn joined(chunks: &[Value], field: &str) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"].get(0).and_then(|ch| ch["delta"][field].as_str()))
+        .collect()
+}

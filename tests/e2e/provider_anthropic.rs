@@ -4,33 +4,10 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{EMU_KEY, Gateway, Shape};
+use crate::harness::{EMU_KEY, Gateway, Shape, chunks, close, joined, user};
 
 const PROVIDERS: &str = "  - name: claude\n    type: anthropic\n    base_url: http://{emu}/v1\n    api_key: ${EMU_KEY}\n  - name: claude-slow\n    type: anthropic\n    base_url: http://{emu}/v1\n    api_key: ${EMU_KEY}\n    timeout: 300ms\n";
 const MODELS: &str = "  - name: claude-sonnet\n    target: claude/claude-3-5-sonnet-20241022\n    price: { input_per_mtok: 3.0, output_per_mtok: 15.0 }\n";
-
-fn user(text: &str) -> Value {
-    json!([{"role": "user", "content": text}])
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() < 1e-12
-}
-
-fn chunks(events: &[String]) -> Vec<Value> {
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect()
-}
-
-fn joined(chunks: &[Value], field: &str) -> String {
-    chunks
-        .iter()
-        .filter_map(|c| c["choices"].get(0).and_then(|ch| ch["delta"][field].as_str()))
-        .collect()
-}
 
 async fn start(shape: Shape) -> Gateway {
     Gateway::start_with(shape, PROVIDERS, MODELS).await

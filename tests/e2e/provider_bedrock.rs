@@ -4,34 +4,11 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{EMU_KEY, Gateway, Shape};
+use crate::harness::{EMU_KEY, Gateway, Shape, chunks, close, joined, user};
 
 const PROVIDERS: &str = "  - name: aws\n    type: bedrock\n    base_url: http://{emu}\n    region: us-east-1\n    access_key_id: AKIDEXAMPLE\n    secret_access_key: ${EMU_KEY}\n  - name: aws-wrong\n    type: bedrock\n    base_url: http://{emu}\n    region: us-east-1\n    access_key_id: AKIDEXAMPLE\n    secret_access_key: wrong-aws-secret-value\n    max_retries: 0\n";
 const MODELS: &str = "  - name: claude-bedrock\n    target: aws/anthropic.claude-3-5-sonnet-20240620-v1:0\n    price: { input_per_mtok: 3.0, output_per_mtok: 15.0 }\n";
 const CONVERSE_PATH: &str = "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/converse";
-
-fn user(text: &str) -> Value {
-    json!([{"role": "user", "content": text}])
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() < 1e-12
-}
-
-fn chunks(events: &[String]) -> Vec<Value> {
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect()
-}
-
-fn joined(chunks: &[Value], field: &str) -> String {
-    chunks
-        .iter()
-        .filter_map(|c| c["choices"].get(0).and_then(|ch| ch["delta"][field].as_str()))
-        .collect()
-}
 
 async fn start(shape: Shape) -> Gateway {
     Gateway::start_with(shape, PROVIDERS, MODELS).await

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{EMU_KEY, Gateway, Shape};
+use crate::harness::{EMU_KEY, Gateway, Shape, chunks, close, joined, user};
 
 const PROVIDERS: &str =
     "  - name: gem\n    type: google\n    base_url: http://{emu}/v1beta\n    api_key: ${EMU_KEY}\n";
@@ -13,30 +13,7 @@ async fn gateway() -> Gateway {
     Gateway::start_with(Shape::All, PROVIDERS, MODELS).await
 }
 
-fn user(text: &str) -> Value {
-    json!([{"role": "user", "content": text}])
-}
-
-fn close(a: f64, b: f64) -> bool {
-    (a - b).abs() < 1e-12
-}
-
 /// Every streamed chunk before `[DONE]`, parsed.
-fn chunks(events: &[String]) -> Vec<Value> {
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect()
-}
-
-fn streamed_text(chunks: &[Value]) -> String {
-    chunks
-        .iter()
-        .filter_map(|c| c["choices"].get(0).and_then(|ch| ch["delta"]["content"].as_str()))
-        .collect()
-}
-
 #[tokio::test]
 async fn gemini_chat_stream_usage_and_key_handling() {
     let gw = gateway().await;
@@ -92,7 +69,7 @@ async fn gemini_chat_stream_usage_and_key_handling() {
         )
         .await;
     let all = chunks(&events);
-    assert_eq!(streamed_text(&all), "You said: stream me please");
+    assert_eq!(joined(&all, "content"), "You said: stream me please");
     assert_eq!(all[0]["choices"][0]["delta"]["role"], "assistant");
     assert!(all.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"));
     let last = all.last().unwrap();
@@ -518,7 +495,7 @@ async fn vertex_ai_with_a_service_account() {
     let events = gw
         .stream(&json!({"model": "gemini-vertex", "messages": user("stream on vertex"), "stream": true}))
         .await;
-    assert_eq!(streamed_text(&chunks(&events)), "You said: stream on vertex");
+    assert_eq!(joined(&chunks(&events), "content"), "You said: stream on vertex");
 
     let (status, _, body) = gw
         .post(

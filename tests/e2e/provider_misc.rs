@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::harness::{EMU_KEY, Gateway, Shape};
+use crate::harness::{EMU_KEY, Gateway, Shape, chunks, user};
 
 const PROVIDERS: &str = r#"  - name: az
     type: azure-openai
@@ -45,21 +45,9 @@ const MODELS: &str = r#"  - name: az-model
     target: gq/llama-3.1-8b-instant
 "#;
 
-fn user(text: &str) -> Value {
-    json!([{"role": "user", "content": text}])
-}
-
 fn tools() -> Value {
     json!([{"type": "function", "function": {"name": "get_weather", "description": "weather",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}])
-}
-
-fn chunks(events: &[String]) -> Vec<Value> {
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect()
 }
 
 /// What every provider must do; `path` is where the emulator must have been called.
