@@ -9,6 +9,38 @@
 //! last user message (see [`directives`]), and requests can be recorded and read back through
 //! `GET /_emu/requests`.
 //!
+//! ## Fault profiles
+//!
+//! Every route is also served under `/_f/{profile}/...`, so several gateway providers can
+//! point at one emulator and misbehave differently: `base_url: http://EMU/_f/a/v1` reaches
+//! `/_f/a/v1/chat/completions`, and `/_f/a/mistral/v1/...`, `/_f/a/v1/messages`,
+//! `/_f/a/model/{id}/converse` and the rest work the same way. A middleware in front of the
+//! router ([`faults`]) strips the prefix, counts the request against the profile and applies
+//! its faults before the normal handler runs, so every wire format gets them and `[emu:...]`
+//! directives still work inside a profile. A profile never set answers normally but is still
+//! counted. Bedrock's SigV4 check uses the path the client sent (and signed), prefix
+//! included; recorded requests (`GET /_emu/requests`) show the stripped path, except
+//! Bedrock's, which show the signed one.
+//!
+//! | request | effect |
+//! |---|---|
+//! | `PUT /_emu/faults/{profile}` | replace the profile's settings (JSON below) and zero its counters; 204 |
+//! | `GET /_emu/faults/{profile}` | `{"requests": N, "failed": M, "in_flight": K}` |
+//! | `DELETE /_emu/faults` | forget every profile; 204 |
+//!
+//! | setting (all optional) | effect |
+//! |---|---|
+//! | `"delay_ms": N` | wait N ms before the response headers, on every request |
+//! | `"status": N` | failures answer N with the route's `[emu:status=N]` error body (Anthropic, Bedrock, Gemini; OpenAI's error object elsewhere); alone, every request fails |
+//! | `"fail_every": N` | requests N, 2N, 3N, … (counting from 1) fail, with `status` or 500 |
+//! | `"fail_first": N` | the first N requests fail, with `status` or 500, then all succeed |
+//! | `"retry_after": S` | failures carry `retry-after: S` |
+//! | `"reset": true` | failures drop the connection with no HTTP response; alone, every request does |
+//!
+//! `requests` counts every request that reached the profile, `failed` those answered with a
+//! fault (resets included), and `in_flight` the requests being handled now (also decremented
+//! when a client hangs up mid-request). Failures are deterministic: no randomness.
+//!
 //! It is also the upstream of `make bench`, so the hot path avoids needless work: the request
 //! body is deserialised borrowing from the received bytes, responses are serialised straight
 //! from borrowed structs, and a stream is encoded into one buffer that is then sent slice by
@@ -20,7 +52,8 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::middleware;
+use axum::routing::{delete, get, post, put};
 use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -30,6 +63,7 @@ mod bedrock;
 mod chat;
 pub mod directives;
 mod embeddings;
+mod faults;
 mod flavours;
 mod gemini;
 mod ollama;
@@ -93,7 +127,7 @@ pub async fn serve(listener: TcpListener, opts: Options) -> io::Result<()> {
 /// The emulator's routes, for callers that want to mount it themselves.
 pub fn router(opts: Options) -> Router {
     let state = Arc::new(routes::State::new(opts));
-    Router::new()
+    let routes = Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
         .route("/v1/models", get(routes::list_models))
@@ -126,8 +160,15 @@ pub fn router(opts: Options) -> Router {
             "/_emu/requests",
             get(routes::recorded).delete(routes::clear_recorded),
         )
+        .route("/_emu/faults", delete(faults::clear))
+        .route("/_emu/faults/{profile}", put(faults::put).get(faults::get))
         .fallback(routes::not_found)
         // Image parts may carry base64 data URLs; OpenAI accepts large bodies, so do we.
         .layer(DefaultBodyLimit::max(64 * 1024 * 1024))
-        .with_state(state)
+        .with_state(Arc::clone(&state));
+    // `Router::layer` runs after routing, so the routes go behind a fallback: the fault
+    // middleware sees every request first and can strip `/_f/{profile}` before routing.
+    Router::new()
+        .fallback_service(routes)
+        .layer(middleware::from_fn_with_state(state, faults::middleware))
 }

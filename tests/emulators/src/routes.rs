@@ -24,6 +24,8 @@ pub struct State {
     pub(crate) expected_auth: Option<String>,
     recorder: Option<Arc<Recorder>>,
     pub(crate) ids: IdGen,
+    /// Fault profiles for `/_f/{profile}/...`, set by tests through `/_emu/faults`.
+    pub(crate) faults: crate::faults::Faults,
 }
 
 impl State {
@@ -32,6 +34,7 @@ impl State {
             expected_auth: opts.api_key.map(|k| format!("Bearer {k}")),
             recorder: opts.record.then(|| Arc::new(Recorder::default())),
             ids: IdGen::new(),
+            faults: Default::default(),
         }
     }
 

@@ -84,6 +84,11 @@ impl ApiError {
 
 const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
 
+/// What `[emu:status=N]` answers, for a fault profile's failures (see [`crate::faults`]).
+pub(crate) fn status_response(status: u16) -> Response {
+    error_response(&ApiError::for_status(status), "req_emu_fault")
+}
+
 fn error_response(e: &ApiError, request_id: &str) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (

@@ -43,6 +43,7 @@ use serde_json::{Map, Value, json};
 
 use crate::chat::{IdGen, pieces, word_count};
 use crate::directives::{self, Directives};
+use crate::faults::ClientUri;
 use crate::record::{Outcome, Tracker};
 use crate::routes::{State, paced_body};
 use crate::schema;
@@ -129,6 +130,11 @@ impl ApiError {
     }
 }
 
+/// What `[emu:status=N]` answers, for a fault profile's failures (see [`crate::faults`]).
+pub(crate) fn status_response(status: u16) -> Response {
+    error_response(&ApiError::for_status(status), "emu-fault")
+}
+
 fn error_response(e: &ApiError, request_id: &str) -> Response {
     let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (
@@ -156,7 +162,7 @@ fn error_response(e: &ApiError, request_id: &str) -> Response {
 /// `POST /model/{modelId}/converse`.
 pub async fn converse(
     Extract(state): Extract<Arc<State>>,
-    uri: Uri,
+    ClientUri(uri): ClientUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -166,7 +172,7 @@ pub async fn converse(
 /// `POST /model/{modelId}/converse-stream`.
 pub async fn converse_stream(
     Extract(state): Extract<Arc<State>>,
-    uri: Uri,
+    ClientUri(uri): ClientUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -191,7 +197,7 @@ async fn handle(state: &State, uri: &Uri, headers: &HeaderMap, body: Bytes, stre
 pub async fn invoke(
     Extract(state): Extract<Arc<State>>,
     Path(model): Path<String>,
-    uri: Uri,
+    ClientUri(uri): ClientUri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {

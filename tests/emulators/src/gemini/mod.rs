@@ -130,6 +130,11 @@ enum Auth {
     OAuth,
 }
 
+/// What `[emu:status=N]` answers, for a fault profile's failures (see [`crate::faults`]).
+pub(crate) fn status_response(status: u16) -> Response {
+    GoogleError::for_status(status, "emulated").into_response()
+}
+
 /// `POST /v1beta/models/{model_action}` (AI Studio).
 pub async fn generate(
     Extract(state): Extract<Arc<State>>,
