@@ -11,6 +11,7 @@
 //! Pools, strategies, fallbacks across providers and routing configs build on
 //! the [`RoutePlan`](pb::RoutePlan) this returns (more than one target).
 
+pub mod builtin;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
