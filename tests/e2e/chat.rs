@@ -208,7 +208,8 @@ async fn scenario(shape: Shape) {
     let args: Value = serde_json::from_str(&args).expect("streamed arguments are JSON");
     assert!(args["city"].is_string());
 
-    // ---- /v1/models lists the enabled platform models only
+    // ---- /v1/models lists the enabled platform models first, then the
+    // built-in models a configured provider type offers
     let r = gw
         .client
         .get(gw.url("/v1/models"))
@@ -224,9 +225,17 @@ async fn scenario(shape: Shape) {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(
-        ids,
+        ids[..3],
         ["gpt-4o-mini", "slow-model", "dead-model"],
         "ghost-model's provider has no key set"
+    );
+    assert!(
+        ids.contains(&"gpt-4.1-nano"),
+        "offered by the openai-type providers: {ids:?}"
+    );
+    assert!(
+        !ids.iter().any(|id| id.starts_with("claude")),
+        "no anthropic provider is configured: {ids:?}"
     );
 
     // ---- metering: every request above, with tokens and cost

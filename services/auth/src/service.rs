@@ -37,7 +37,7 @@ impl AuthService for AuthServiceImpl {
         }
         let hash = self.store.hasher.hash(&key);
         let row = sqlx::query(
-            "SELECT k.id, k.key_hash, k.revoked_at, k.expires_at, o.id, o.name, p.id, p.name \
+            "SELECT k.id, k.key_hash, k.revoked_at, k.expires_at, o.id, o.name, p.id, p.name, k.routing_config \
              FROM api_keys k \
              JOIN orgs o ON o.id = k.org_id \
              LEFT JOIN projects p ON p.id = k.project_id \
@@ -63,6 +63,7 @@ impl AuthService for AuthServiceImpl {
                     project_id: row.try_get(6)?,
                     project_name: row.try_get(7)?,
                     key_id: String::new(),
+                    routing_config: row.try_get(8)?,
                 },
             ))
         };

@@ -8,20 +8,27 @@
 use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use llmgw_kit::GwError;
 use llmgw_kit::config::Config;
 use llmgw_kit::db::{self, MigrationSpec, db_error};
 use llmgw_kit::secret::Secret;
+use llmgw_kit::{ErrorCode, GwError};
 use sqlx::{Any, AnyPool, Row as _, Transaction};
 
 use crate::keys::{self, KeyHasher};
 
 /// The schema, in order; portable SQL.
-const MIGRATIONS: &[MigrationSpec] = &[(
-    1,
-    "orgs projects api keys",
-    include_str!("../migrations/0001_init.sql"),
-)];
+const MIGRATIONS: &[MigrationSpec] = &[
+    (
+        1,
+        "orgs projects api keys",
+        include_str!("../migrations/0001_init.sql"),
+    ),
+    (
+        2,
+        "key routing config",
+        include_str!("../migrations/0002_key_routing_config.sql"),
+    ),
+];
 
 /// Longest org or project name, in characters.
 const MAX_NAME_CHARS: usize = 64;
@@ -68,6 +75,29 @@ impl AuthStore {
     /// Creates a key for `org` (and `project` in it), creating either if
     /// missing. Names are 1 to 64 characters, without control characters or
     /// surrounding whitespace.
+    /// Sets (or, with `None`, clears) the routing config a key's requests
+    /// use when they name none.
+    pub async fn set_routing_config(&self, key_id: &str, config: Option<&str>) -> Result<(), GwError> {
+        if let Some(c) = config
+            && (c.is_empty() || c.len() > 128)
+        {
+            return Err(GwError::invalid(
+                "routing_config",
+                "a routing config name is 1 to 128 characters",
+            ));
+        }
+        let done = sqlx::query("UPDATE api_keys SET routing_config = $1 WHERE id = $2")
+            .bind(config)
+            .bind(key_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("setting a key's routing config"))?;
+        if done.rows_affected() == 0 {
+            return Err(GwError::new(ErrorCode::NotFound, format!("no key `{key_id}`")));
+        }
+        Ok(())
+    }
+
     pub async fn create_key(&self, org: &str, project: Option<&str>) -> Result<CreatedKey, GwError> {
         validate_name("org", org)?;
         if let Some(project) = project {

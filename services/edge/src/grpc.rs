@@ -13,7 +13,7 @@ use llmgw_proto as pb;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
-use crate::pipeline::{ChatOutput, Pipeline};
+use crate::pipeline::{CONFIG_HEADER, ChatOutput, Hints, Pipeline};
 
 pub fn routes(pipeline: Arc<Pipeline>) -> Routes {
     Routes::new(
@@ -34,13 +34,26 @@ fn bearer<T>(req: &Request<T>) -> Option<&str> {
     )
 }
 
+/// Routing hints from the call's metadata (ASCII entries only).
+fn hints<T>(principal: &pb::Principal, req: &Request<T>) -> Hints {
+    let metadata = req.metadata();
+    let config = metadata.get(CONFIG_HEADER).and_then(|v| v.to_str().ok());
+    Hints::new(principal, config, || {
+        metadata.iter().filter_map(|entry| match entry {
+            tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some((k.as_str(), v.to_str().ok())),
+            tonic::metadata::KeyAndValueRef::Binary(..) => None,
+        })
+    })
+}
+
 impl GatewayGrpc {
     async fn run(&self, req: Request<pb::ChatRequest>, stream: bool) -> Result<ChatOutput, GwError> {
         let principal = self.0.authenticate(bearer(&req)).await?;
+        let hints = hints(&principal, &req);
         let mut chat = req.into_inner();
         chat.stream = stream;
         llmgw_kit::openai::validate_request(&chat)?;
-        self.0.chat(principal, chat).await
+        self.0.chat(principal, chat, hints).await
     }
 }
 
@@ -76,6 +89,7 @@ impl pb::gateway_server::Gateway for GatewayGrpc {
         req: Request<pb::EmbeddingsRequest>,
     ) -> Result<Response<pb::EmbeddingsResponse>, Status> {
         let principal = self.0.authenticate(bearer(&req)).await?;
+        let hints = hints(&principal, &req);
         let embed = req.into_inner();
         if embed.model.trim().is_empty() {
             return Err(GwError::invalid("model", "Invalid value for 'model': it must not be empty.").into());
@@ -83,7 +97,7 @@ impl pb::gateway_server::Gateway for GatewayGrpc {
         if embed.inputs.is_empty() {
             return Err(GwError::invalid("input", "Invalid 'input': expected at least one input.").into());
         }
-        Ok(Response::new(self.0.embed(principal, embed).await?))
+        Ok(Response::new(self.0.embed(principal, embed, hints).await?))
     }
 
     async fn list_models(

@@ -24,7 +24,7 @@ use llmgw_proto as pb;
 use serde::Serialize;
 
 use crate::grpc;
-use crate::pipeline::{ChatOutput, Pipeline, error_type};
+use crate::pipeline::{CONFIG_HEADER, ChatOutput, Hints, Pipeline, error_type};
 
 pub fn router(pipeline: Arc<Pipeline>) -> Router {
     let api = Router::new()
@@ -218,18 +218,54 @@ async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<
     }
 }
 
+fn hints(principal: &pb::Principal, headers: &HeaderMap) -> Hints {
+    let config = headers.get(CONFIG_HEADER).and_then(|v| v.to_str().ok());
+    Hints::new(principal, config, || {
+        headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.to_str().ok()))
+    })
+}
+
+/// The routing metadata as response headers: what was used, how many tries
+/// it took (and each, compactly), the config and variant.
 fn routing_headers(resp: &mut Response, meta: &pb::RoutingMetadata) {
     let h = resp.headers_mut();
+    let version = meta.config_version.map(|v| v.to_string());
     for (name, value) in [
-        ("x-request-id", &meta.request_id),
-        ("x-llmgw-provider", &meta.used_provider),
-        ("x-llmgw-model", &meta.used_model),
+        ("x-request-id", Some(&meta.request_id)),
+        ("x-llmgw-provider", Some(&meta.used_provider)),
+        ("x-llmgw-model", Some(&meta.used_model)),
+        ("x-llmgw-requested-model", Some(&meta.requested_model)),
+        ("x-llmgw-config", meta.config.as_ref()),
+        ("x-llmgw-config-version", version.as_ref()),
+        ("x-llmgw-variant", meta.variant.as_ref()),
+        ("x-llmgw-strategy", meta.strategy.as_ref()),
     ] {
-        if let Ok(v) = HeaderValue::from_str(value) {
+        if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
             h.insert(name, v);
         }
     }
     h.insert("x-llmgw-attempts", HeaderValue::from(meta.attempts.len()));
+    if meta.attempts.len() > 1 {
+        // `provider/model=status;…`, e.g. `a/gpt-4o=upstream_error;b/gpt-4o=ok`.
+        let trail: Vec<String> = meta
+            .attempts
+            .iter()
+            .map(|a| {
+                format!(
+                    "{}/{}={}",
+                    a.provider,
+                    a.model,
+                    a.error_type.as_deref().unwrap_or(&a.status)
+                )
+            })
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&trail.join(";")) {
+            h.insert("x-llmgw-attempt-trail", v);
+        }
+        h.insert("x-llmgw-fallback", HeaderValue::from_static("true"));
+    }
 }
 
 // ---- handlers ---------------------------------------------------------------
@@ -246,7 +282,8 @@ async fn chat(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response,
     let principal = p.authenticate(api_key(headers)).await?;
     let bytes = read_body(headers, body, p.max_body_bytes).await?;
     let req = llmgw_kit::openai::parse_request(&bytes)?;
-    match p.chat(principal, req).await? {
+    let hints = hints(&principal, headers);
+    match p.chat(principal, req, hints).await? {
         ChatOutput::Complete(resp) => {
             let json = llmgw_kit::openai::response_json(&resp)?;
             let mut out = (
@@ -324,7 +361,8 @@ async fn embeddings(State(p): State<Arc<Pipeline>>, headers: HeaderMap, body: Bo
         let bytes = read_body(&headers, body, p.max_body_bytes).await?;
         let req = llmgw_kit::openai::parse_embeddings_request(&bytes)?;
         let format = req.encoding_format;
-        let resp = p.embed(principal, req).await?;
+        let hints = hints(&principal, &headers);
+        let resp = p.embed(principal, req, hints).await?;
         let json = llmgw_kit::openai::embeddings_response_json(&resp, format)?;
         let mut out = (
             [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],

@@ -12,6 +12,7 @@ mod grpc;
 mod http;
 mod meter;
 mod pipeline;
+mod report;
 mod stream;
 
 use std::sync::Arc;

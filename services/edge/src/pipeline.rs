@@ -2,10 +2,12 @@
 //! attempt each target in order (falling back only on retryable errors, only
 //! before the first byte, within one total deadline) → meter.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use llmgw_kit::config::Config;
+use llmgw_kit::config::{Backoff, Config, RetryBudget};
 use llmgw_kit::pricing::{Tokens, cost_usd};
 use llmgw_kit::services::ChunkStream;
 use llmgw_kit::{ErrorCode, GwError};
@@ -15,7 +17,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::Deps;
 use crate::auth_cache::AuthCache;
 use crate::meter::MeterSender;
-use crate::stream::metered;
+use crate::report::{Release, Try};
+use crate::stream::{Held, metered};
 
 pub struct Pipeline {
     deps: Deps,
@@ -28,6 +31,93 @@ pub struct Pipeline {
     in_flight: Arc<Semaphore>,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
+    budget: Budget,
+    backoff: Backoff,
+}
+
+/// What a request says about routing besides its model: the routing config
+/// it names (`x-llmgw-config`), and, only when a config applies, the
+/// headers its targeting rules may read.
+#[derive(Debug, Default)]
+pub struct Hints {
+    pub config: Option<String>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Headers never handed to routing rules: credentials.
+const PRIVATE_HEADERS: [&str; 6] = [
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "cookie",
+    "proxy-authorization",
+    "x-goog-api-key",
+];
+/// Headers handed to routing rules at most.
+const MAX_HINT_HEADERS: usize = 64;
+
+impl Hints {
+    /// The hints of a request whose `x-llmgw-config` is `config`; `pairs`
+    /// (its headers or gRPC metadata) are read only when a config applies.
+    pub fn new<'a, I>(principal: &pb::Principal, config: Option<&str>, pairs: impl FnOnce() -> I) -> Self
+    where
+        I: Iterator<Item = (&'a str, Option<&'a str>)>,
+    {
+        let config = config.map(str::trim).filter(|v| !v.is_empty()).map(str::to_owned);
+        if config.is_none() && principal.routing_config.is_none() {
+            return Self::default();
+        }
+        let headers = pairs()
+            .filter_map(|(name, value)| Some((name.to_ascii_lowercase(), value?.to_owned())))
+            .filter(|(name, _)| !PRIVATE_HEADERS.contains(&name.as_str()))
+            .take(MAX_HINT_HEADERS)
+            .collect();
+        Self { config, headers }
+    }
+}
+
+/// The header naming a routing config.
+pub const CONFIG_HEADER: &str = "x-llmgw-config";
+
+/// The retry budget: tries after the first, in flight across all requests,
+/// stay under `ratio` × requests in flight, or `min` — whichever is more —
+/// so that a failing provider cannot multiply the load.
+struct Budget {
+    requests: AtomicUsize,
+    retries: AtomicUsize,
+    ratio: f64,
+    min: usize,
+}
+
+impl Budget {
+    fn new(config: &RetryBudget) -> Self {
+        Self {
+            requests: AtomicUsize::new(0),
+            retries: AtomicUsize::new(0),
+            ratio: config.ratio,
+            min: config.min_concurrency as usize,
+        }
+    }
+
+    fn request(&self) -> BudgetGuard<'_> {
+        self.requests.fetch_add(1, Relaxed);
+        BudgetGuard(&self.requests)
+    }
+
+    fn retry(&self) -> Option<BudgetGuard<'_>> {
+        let allowed = ((self.requests.load(Relaxed) as f64 * self.ratio) as usize).max(self.min);
+        let now = self.retries.fetch_add(1, Relaxed);
+        let guard = BudgetGuard(&self.retries);
+        (now < allowed).then_some(guard)
+    }
+}
+
+struct BudgetGuard<'a>(&'a AtomicUsize);
+
+impl Drop for BudgetGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 /// What a chat request produced.
@@ -53,6 +143,8 @@ impl Pipeline {
             stream_idle_timeout: config.edge.stream_idle_timeout,
             in_flight: Arc::new(Semaphore::new(config.edge.max_in_flight)),
             max_body_bytes: config.edge.max_body_bytes,
+            budget: Budget::new(&config.routing.retry_budget),
+            backoff: config.routing.backoff.clone(),
         }
     }
 
@@ -91,7 +183,12 @@ impl Pipeline {
 
     /// Runs a chat request to its first byte: a complete response, or a
     /// started stream.
-    pub async fn chat(&self, principal: pb::Principal, req: pb::ChatRequest) -> Result<ChatOutput, GwError> {
+    pub async fn chat(
+        &self,
+        principal: pb::Principal,
+        mut req: pb::ChatRequest,
+        hints: Hints,
+    ) -> Result<ChatOutput, GwError> {
         let streaming = req.stream;
         let client_wants_usage = streaming
             && req
@@ -105,14 +202,23 @@ impl Pipeline {
             request_id,
             targets,
             mut meta,
+            params,
+            system,
         } = self
-            .begin(&principal, &req.model, needed_capabilities(&req))
+            .begin(
+                &principal,
+                &req.model,
+                req.user.clone(),
+                needed_capabilities(&req),
+                hints,
+            )
             .await?;
+        apply_variant(&mut req, params, system);
         let mut guard = MeterGuard::new(self.meter.clone(), &principal, &request_id, &req, streaming);
 
         let mut req = Some(req);
         let adapter = &self.deps.adapter;
-        let (outcome, target) = self
+        let (outcome, target, release) = self
             .run_attempts(targets, deadline, &mut meta, &mut guard, |last, target| {
                 let request = if last { req.take() } else { req.clone() };
                 let adapter_req = pb::AdapterRequest {
@@ -141,6 +247,7 @@ impl Pipeline {
                 let usage = resp.usage.get_or_insert_default();
                 usage.cost_usd = Some(cost(&price, usage));
                 guard.record("ok", 200, Some(usage));
+                drop(release);
                 resp.metadata = Some(meta);
                 ChatOutput::Complete(resp)
             }
@@ -148,7 +255,7 @@ impl Pipeline {
                 let metadata = Arc::new(meta);
                 let chunks = metered(
                     chunks,
-                    permit,
+                    Held { permit, release },
                     guard,
                     metadata.clone(),
                     price,
@@ -166,6 +273,7 @@ impl Pipeline {
         &self,
         principal: pb::Principal,
         req: pb::EmbeddingsRequest,
+        hints: Hints,
     ) -> Result<pb::EmbeddingsResponse, GwError> {
         let Begun {
             permit: _permit,
@@ -173,14 +281,17 @@ impl Pipeline {
             request_id,
             targets,
             mut meta,
+            ..
         } = self
             .begin(
                 &principal,
                 &req.model,
+                req.user.clone(),
                 pb::Capabilities {
                     embeddings: true,
                     ..Default::default()
                 },
+                hints,
             )
             .await?;
         let input_chars: usize = req
@@ -202,7 +313,7 @@ impl Pipeline {
         );
         let mut req = Some(req);
         let adapter = &self.deps.adapter;
-        let (mut resp, target) = self
+        let (mut resp, target, _release) = self
             .run_attempts(targets, deadline, &mut meta, &mut guard, |last, target| {
                 let request = if last { req.take() } else { req.clone() };
                 let adapter_req = pb::AdapterEmbeddingsRequest {
@@ -230,7 +341,9 @@ impl Pipeline {
         &self,
         principal: &pb::Principal,
         model: &str,
+        user: Option<String>,
         needed: pb::Capabilities,
+        hints: Hints,
     ) -> Result<Begun, GwError> {
         let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
             GwError::new(
@@ -241,6 +354,7 @@ impl Pipeline {
         })?;
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
+        let configured = hints.config.is_some() || principal.routing_config.is_some();
         let plan = self
             .deps
             .router
@@ -248,13 +362,20 @@ impl Pipeline {
                 model: model.to_owned(),
                 principal: Some(principal.clone()),
                 needed: Some(needed),
-                config: None,
+                config: hints.config,
+                // Targeting reads these only when a config applies.
+                user: if configured { user } else { None },
+                headers: hints.headers,
             })
             .await?;
         let meta = pb::RoutingMetadata {
             request_id: request_id.clone(),
             requested_model: model.to_owned(),
             requested_provider: plan.requested_provider,
+            config: plan.config,
+            variant: plan.variant,
+            config_version: plan.config_version,
+            strategy: plan.strategy,
             ..Default::default()
         };
         Ok(Begun {
@@ -263,13 +384,17 @@ impl Pipeline {
             request_id,
             targets: plan.targets,
             meta,
+            params: plan.params,
+            system: plan.system,
         })
     }
 
     /// Tries each target in order until one succeeds: the next only after a
-    /// retryable error, and only while the request's deadline allows. Every
-    /// attempt is written into `meta`; when all fail, the failure is metered
-    /// and the last error returned.
+    /// retryable error (or, after a context-length error, the next with a
+    /// larger window), only while the request's deadline and the retry
+    /// budget allow. Each try is reported to the router and written into
+    /// `meta`; when all fail, the failure is metered and the last error
+    /// returned.
     async fn run_attempts<T, F, Fut>(
         &self,
         targets: Vec<pb::Target>,
@@ -277,7 +402,7 @@ impl Pipeline {
         meta: &mut pb::RoutingMetadata,
         guard: &mut MeterGuard,
         mut call: F,
-    ) -> Result<(T, pb::Target), GwError>
+    ) -> Result<(T, pb::Target, Release), GwError>
     where
         F: FnMut(bool, pb::Target) -> Fut,
         Fut: std::future::Future<Output = Result<T, GwError>>,
@@ -289,28 +414,61 @@ impl Pipeline {
             )
             .with_param("model"));
         }
+        let _request = self.budget.request();
         let attempts = targets.len();
         let mut last_error = None;
         let mut tries = 0usize;
+        // After a context-length error: only a larger window can help.
+        let mut min_window: Option<u32> = None;
         'targets: for (i, target) in targets.into_iter().enumerate() {
+            if let Some(w) = min_window
+                && target.context_window <= w
+            {
+                continue;
+            }
             for retry in 0..=target.max_retries {
+                // Every try after the first needs room in the retry budget.
+                let _retry = if tries > 0 {
+                    match self.budget.retry() {
+                        Some(g) => Some(g),
+                        None => {
+                            tracing::info!(provider = %target.provider, "retry budget exhausted; no further try");
+                            break 'targets;
+                        }
+                    }
+                } else {
+                    None
+                };
                 guard.set_target(&target);
+                // The router counted the plan's first try itself.
+                let report = Try::begin(&self.deps.router, &target, tries > 0);
                 let attempt_started = Instant::now();
                 // The last try that can happen may take the request; earlier
                 // ones copy it (only when retries or fallbacks are configured).
                 let last = i + 1 == attempts && retry == target.max_retries;
-                let result = tokio::time::timeout_at(deadline, call(last, target.clone()))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(GwError::new(
-                            ErrorCode::UpstreamTimeout,
-                            format!(
-                                "provider `{}`: request timed out after {:?}",
-                                target.provider, self.request_timeout
-                            ),
-                        )
-                        .with_provider(target.provider.clone()))
-                    });
+                let span = tracing::info_span!(
+                    "attempt",
+                    gen_ai.system = %target.provider_type,
+                    gen_ai.request.model = %target.model,
+                    llmgw.provider = %target.provider,
+                    llmgw.attempt = tries + 1,
+                    error.type = tracing::field::Empty,
+                );
+                let result = tracing::Instrument::instrument(
+                    tokio::time::timeout_at(deadline, call(last, target.clone())),
+                    span.clone(),
+                )
+                .await
+                .unwrap_or_else(|_| {
+                    Err(GwError::new(
+                        ErrorCode::UpstreamTimeout,
+                        format!(
+                            "provider `{}`: request timed out after {:?}",
+                            target.provider, self.request_timeout
+                        ),
+                    )
+                    .with_provider(target.provider.clone()))
+                });
                 tries += 1;
                 let latency_ms = attempt_started.elapsed().as_secs_f64() * 1000.0;
                 match result {
@@ -325,9 +483,12 @@ impl Pipeline {
                         });
                         meta.used_provider.clone_from(&target.provider);
                         meta.used_model.clone_from(&target.model);
-                        return Ok((value, target));
+                        let release = report.succeeded(latency_ms);
+                        return Ok((value, target, release));
                     }
                     Err(e) => {
+                        let kind = error_type(&e);
+                        span.record("error.type", kind);
                         tracing::info!(
                             provider = %target.provider,
                             code = e.code().as_str_name(),
@@ -339,15 +500,25 @@ impl Pipeline {
                             provider: target.provider.clone(),
                             model: target.model.clone(),
                             status: "error".to_owned(),
-                            error_type: Some(error_type(&e).to_owned()),
+                            error_type: Some(kind.to_owned()),
                             http_status: Some(u32::from(
                                 e.upstream_status().unwrap_or_else(|| e.http_status()),
                             )),
                             latency_ms,
                         });
                         let retryable = e.retryable();
-                        let pause = backoff(retry, e.retry_after_secs());
+                        let too_long = e.code() == ErrorCode::ContextLengthExceeded;
+                        // Only a provider-side failure says the target is unwell.
+                        report.failed(latency_ms, retryable);
+                        let pause = backoff(&self.backoff, retry, e.retry_after_secs());
                         last_error = Some(e);
+                        if too_long {
+                            min_window = Some(target.context_window);
+                            if target.context_window > 0 && i + 1 < attempts {
+                                continue 'targets;
+                            }
+                            break 'targets;
+                        }
                         if !retryable {
                             break 'targets;
                         }
@@ -373,15 +544,13 @@ impl Pipeline {
 }
 
 /// The pause before trying a target again: the provider's `retry-after`
-/// when it gave one, else exponential backoff (100 ms doubling, at most 2 s)
-/// with full jitter.
-fn backoff(retry: u32, retry_after_secs: Option<u32>) -> Duration {
+/// when it gave one, else exponential backoff from `base` (doubling, at most
+/// `max`) with full jitter.
+fn backoff(policy: &Backoff, retry: u32, retry_after_secs: Option<u32>) -> Duration {
     if let Some(secs) = retry_after_secs {
         return Duration::from_secs(u64::from(secs));
     }
-    let cap = Duration::from_millis(100)
-        .saturating_mul(1 << retry.min(5))
-        .min(Duration::from_secs(2));
+    let cap = policy.base.saturating_mul(1 << retry.min(16)).min(policy.max);
     // Jitter from the clock's nanoseconds: enough to spread retries apart.
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -396,6 +565,41 @@ struct Begun {
     request_id: String,
     targets: Vec<pb::Target>,
     meta: pb::RoutingMetadata,
+    /// What a routing config's variant sets over the request.
+    params: Option<pb::ChatRequest>,
+    system: Option<String>,
+}
+
+/// Puts a variant's parameters over the request's, and its system prompt
+/// first among the messages.
+fn apply_variant(req: &mut pb::ChatRequest, params: Option<pb::ChatRequest>, system: Option<String>) {
+    if let Some(p) = params {
+        macro_rules! over {
+            ($($field:ident),*) => { $( if p.$field.is_some() { req.$field = p.$field; } )* };
+        }
+        over!(
+            temperature,
+            top_p,
+            max_tokens,
+            max_completion_tokens,
+            presence_penalty,
+            frequency_penalty,
+            seed,
+            reasoning_effort
+        );
+    }
+    if let Some(text) = system {
+        req.messages.insert(
+            0,
+            pb::Message {
+                role: pb::Role::System as i32,
+                content: Some(pb::Content {
+                    value: Some(pb::content::Value::Text(text)),
+                }),
+                ..Default::default()
+            },
+        );
+    }
 }
 
 enum Outcome {

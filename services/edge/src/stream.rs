@@ -15,11 +15,14 @@ use llmgw_proto as pb;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::pipeline::{MeterGuard, cost};
+use crate::report::Release;
 
 struct State {
     inner: ChunkStream,
     /// Held until the stream ends or is dropped.
     _permit: OwnedSemaphorePermit,
+    /// Tells the router when the stream is over (or broke).
+    release: Option<Release>,
     guard: MeterGuard,
     metadata: Arc<pb::RoutingMetadata>,
     price: pb::Price,
@@ -28,9 +31,16 @@ struct State {
     done: bool,
 }
 
+/// What a running stream holds until it ends: its in-flight permit, and
+/// the try the router counts as in flight.
+pub struct Held {
+    pub permit: OwnedSemaphorePermit,
+    pub release: Release,
+}
+
 pub fn metered(
     inner: ChunkStream,
-    permit: OwnedSemaphorePermit,
+    Held { permit, release }: Held,
     guard: MeterGuard,
     metadata: Arc<pb::RoutingMetadata>,
     price: pb::Price,
@@ -40,6 +50,7 @@ pub fn metered(
     let state = State {
         inner,
         _permit: permit,
+        release: Some(release),
         guard,
         metadata,
         price,
@@ -62,6 +73,9 @@ pub fn metered(
                     )
                     .with_provider(provider);
                     st.guard.record("error", err.http_status(), None);
+                    if let Some(release) = st.release.take() {
+                        release.failed();
+                    }
                     st.done = true;
                     return Some((Err(err), st));
                 }
@@ -69,10 +83,14 @@ pub fn metered(
             match item {
                 None => {
                     st.guard.record("ok", 200, None);
+                    st.release.take();
                     return None;
                 }
                 Some(Err(err)) => {
                     st.guard.record("error", err.http_status(), None);
+                    if let Some(release) = st.release.take() {
+                        release.failed();
+                    }
                     st.done = true;
                     return Some((Err(err), st));
                 }

@@ -19,6 +19,13 @@ use serde_yaml_ng::Value;
 
 use crate::secret::Secret;
 
+mod routing;
+use routing::RawModel;
+pub use routing::{
+    Backoff, Capabilities, Capability, Choice, Ejection, ModelConfig, Params, RetryBudget, RoutingConfig,
+    RoutingPolicy, Sticky, Strategy, TargetConfig, Variant, When,
+};
+
 /// A configuration error, naming the file.
 #[derive(Debug, thiserror::Error)]
 #[error("{file}: {message}")]
@@ -47,6 +54,8 @@ struct RawConfig {
     services: ServicesConfig,
     #[serde(default)]
     metering: MeteringConfig,
+    #[serde(default)]
+    routing: RoutingPolicy,
 }
 
 #[derive(Debug, Deserialize)]
@@ -104,15 +113,6 @@ struct RawProvider {
     secret_access_key: Option<String>,
     #[serde(default)]
     session_token: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawModel {
-    name: String,
-    target: String,
-    #[serde(default)]
-    price: Price,
 }
 
 /// Prices in USD per million tokens.
@@ -426,17 +426,6 @@ pub struct DisabledProvider {
     pub reason: String,
 }
 
-/// A platform model: a name clients use, and where it goes.
-#[derive(Debug, Clone)]
-pub struct ModelConfig {
-    pub name: String,
-    /// The provider's config name.
-    pub provider: String,
-    /// The model name the provider knows.
-    pub upstream_model: String,
-    pub price: Price,
-}
-
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file this came from, for messages.
@@ -449,6 +438,7 @@ pub struct Config {
     pub models: Vec<ModelConfig>,
     pub services: ServicesConfig,
     pub metering: MeteringConfig,
+    pub routing: RoutingPolicy,
     /// `LLMGW_MASTER_KEY`: the key for keyed hashes and encryption at rest.
     /// When unset, `auth` keeps one in `data_dir`.
     pub master_key: Option<Secret>,
@@ -623,54 +613,9 @@ impl Config {
             });
         }
 
-        let mut models: Vec<ModelConfig> = Vec::new();
-        let mut model_names = HashSet::new();
-        for (i, m) in raw.models.into_iter().enumerate() {
-            let at = format!("models[{i}]");
-            if m.name.is_empty() {
-                return Err(err(format!("`{at}.name` is empty")));
-            }
-            if !model_names.insert(m.name.clone()) {
-                return Err(err(format!("`{at}.name`: model `{}` is defined twice", m.name)));
-            }
-            let Some((provider, upstream)) = m
-                .target
-                .split_once('/')
-                .filter(|(p, m)| !p.is_empty() && !m.is_empty())
-            else {
-                return Err(err(format!(
-                    "`{at}.target` must be `provider/model`, got `{}`",
-                    m.target
-                )));
-            };
-            if disabled.iter().any(|d| d.name == provider) {
-                continue;
-            }
-            if !providers.iter().any(|p| p.name == provider) {
-                let known: Vec<&str> = providers.iter().map(|p| p.name.as_str()).collect();
-                return Err(err(format!(
-                    "`{at}.target`: no provider named `{provider}`{}",
-                    suggest(provider, &known)
-                )));
-            }
-            for (field, v) in [
-                ("input_per_mtok", Some(m.price.input_per_mtok)),
-                ("output_per_mtok", Some(m.price.output_per_mtok)),
-                ("cached_input_per_mtok", m.price.cached_input_per_mtok),
-            ] {
-                if let Some(v) = v
-                    && !(v.is_finite() && v >= 0.0)
-                {
-                    return Err(err(format!("`{at}.price.{field}` must be a non-negative number")));
-                }
-            }
-            models.push(ModelConfig {
-                name: m.name,
-                provider: provider.to_owned(),
-                upstream_model: upstream.to_owned(),
-                price: m.price,
-            });
-        }
+        let models = routing::parse_models(raw.models, &providers, &disabled).map_err(err)?;
+        let mut routing = raw.routing;
+        routing.validate().map_err(err)?;
 
         let edge = raw.edge;
         if edge.max_body_bytes == 0 || edge.max_in_flight == 0 {
@@ -694,6 +639,7 @@ impl Config {
             models,
             services: raw.services,
             metering: raw.metering,
+            routing,
             master_key: env
                 .get("LLMGW_MASTER_KEY")
                 .filter(|k| !k.is_empty())

@@ -37,6 +37,10 @@ pub trait AuthService: Send + Sync + 'static {
 pub trait RouterService: Send + Sync + 'static {
     async fn route(&self, req: pb::RouteRequest) -> Result<pb::RoutePlan, GwError>;
     async fn list_models(&self, req: pb::ModelsRequest) -> Result<pb::ModelList, GwError>;
+    /// How an attempt went (health, latency, in-flight counts). Never
+    /// blocks: a remote router gets reports in batches, in order, and a
+    /// report that finds the queue full is dropped.
+    fn report(&self, report: pb::AttemptReport);
 }
 
 /// "Say it to this provider, and say its answer back."
@@ -86,29 +90,60 @@ impl AuthService for GrpcAuth {
     }
 }
 
-/// [`RouterService`] over gRPC.
+/// [`RouterService`] over gRPC. Reports go through a queue to one task that
+/// sends them in batches, in the order they were made.
 #[derive(Clone)]
-pub struct GrpcRouter(RouterClient<Channel>);
+pub struct GrpcRouter {
+    client: RouterClient<Channel>,
+    reports: tokio::sync::mpsc::Sender<pb::AttemptReport>,
+}
+
+/// Reports waiting for the router at most; beyond it they are dropped.
+const REPORT_QUEUE: usize = 16_384;
+/// Reports per `Report` call at most.
+const REPORT_BATCH: usize = 512;
 
 impl GrpcRouter {
-    /// A client for the service at the other end of `channel`.
+    /// A client for the service at the other end of `channel`. Must be
+    /// called within a Tokio runtime (it starts the report sender).
     pub fn client(channel: Channel) -> Router {
-        Arc::new(Self(
-            RouterClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES),
-        ))
+        let client = RouterClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let (reports, rx) = tokio::sync::mpsc::channel(REPORT_QUEUE);
+        tokio::spawn(send_reports(client.clone(), rx));
+        Arc::new(Self { client, reports })
+    }
+}
+
+async fn send_reports(
+    mut client: RouterClient<Channel>,
+    mut rx: tokio::sync::mpsc::Receiver<pb::AttemptReport>,
+) {
+    let mut batch = Vec::with_capacity(REPORT_BATCH);
+    while rx.recv_many(&mut batch, REPORT_BATCH).await > 0 {
+        let reports = std::mem::replace(&mut batch, Vec::with_capacity(REPORT_BATCH));
+        if let Err(status) = client.report(pb::ReportBatch { reports }).await {
+            // Health is advisory: a lost batch only delays an ejection.
+            tracing::debug!(code = ?status.code(), "router report failed");
+        }
     }
 }
 
 #[async_trait]
 impl RouterService for GrpcRouter {
     async fn route(&self, req: pb::RouteRequest) -> Result<pb::RoutePlan, GwError> {
-        Ok(self.0.clone().route(req).await?.into_inner())
+        Ok(self.client.clone().route(req).await?.into_inner())
     }
 
     async fn list_models(&self, req: pb::ModelsRequest) -> Result<pb::ModelList, GwError> {
-        Ok(self.0.clone().list_models(req).await?.into_inner())
+        Ok(self.client.clone().list_models(req).await?.into_inner())
+    }
+
+    fn report(&self, report: pb::AttemptReport) {
+        if self.reports.try_send(report).is_err() {
+            tracing::debug!("router report queue full; report dropped");
+        }
     }
 }
 
@@ -203,6 +238,13 @@ impl pb::router_server::Router for RouterGrpcServer {
 
     async fn list_models(&self, req: Request<pb::ModelsRequest>) -> Result<Response<pb::ModelList>, Status> {
         Ok(Response::new(self.0.list_models(req.into_inner()).await?))
+    }
+
+    async fn report(&self, req: Request<pb::ReportBatch>) -> Result<Response<pb::ReportAck>, Status> {
+        for report in req.into_inner().reports {
+            self.0.report(report);
+        }
+        Ok(Response::new(pb::ReportAck {}))
     }
 }
 

@@ -88,6 +88,9 @@ enum KeysCommand {
         org: String,
         #[arg(long)]
         project: Option<String>,
+        /// The routing config this key's requests use when they name none.
+        #[arg(long)]
+        routing_config: Option<String>,
     },
 }
 
@@ -190,11 +193,26 @@ async fn run(command: Command) -> anyhow::Result<()> {
             .await
         }
         Command::Keys {
-            command: KeysCommand::Create { config, org, project },
+            command:
+                KeysCommand::Create {
+                    config,
+                    org,
+                    project,
+                    routing_config,
+                },
         } => {
             let config = load(&config.config, true)?;
+            if let Some(name) = &routing_config {
+                let base = name.rsplit_once('@').map_or(name.as_str(), |(n, _)| n);
+                if !config.routing.configs.iter().any(|c| c.name == base) {
+                    anyhow::bail!("no routing config `{name}` in {}", config.file);
+                }
+            }
             let store = llmgw_auth::open(&config).await?;
             let created = store.create_key(&org, project.as_deref()).await?;
+            if let Some(name) = &routing_config {
+                store.set_routing_config(&created.key_id, Some(name)).await?;
+            }
             let scope = match &created.project_id {
                 Some(p) => format!("org `{}` ({}), project {p}", created.org_name, created.org_id),
                 None => format!("org `{}` ({})", created.org_name, created.org_id),

@@ -144,6 +144,7 @@ fn request(provider: &str, stream: bool, timeout_ms: u32) -> AdapterRequest {
             price: None,
             timeout_ms,
             max_retries: 0,
+            ..Default::default()
         }),
         request: Some(parse_request(body.as_bytes()).unwrap()),
     }

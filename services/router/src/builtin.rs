@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::LazyLock;
 
-use llmgw_kit::config::Price;
+use llmgw_kit::config::{Capabilities as Caps, Capability, Price};
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
@@ -34,16 +34,6 @@ pub struct BuiltinModel {
 pub enum ModelKind {
     Chat,
     Embedding,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Caps {
-    pub tools: bool,
-    pub vision: bool,
-    pub json_schema: bool,
-    pub streaming: bool,
-    /// `kind == Embedding`.
-    pub embeddings: bool,
 }
 
 /// The parsed catalog with its indexes.
@@ -163,29 +153,10 @@ struct RawModel {
     offered_by: Vec<(String, String)>,
 }
 
-#[derive(Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum Capability {
-    Tools,
-    Vision,
-    JsonSchema,
-    Streaming,
-}
-
 impl RawModel {
     fn into_model(self) -> BuiltinModel {
-        let mut caps = Caps {
-            embeddings: self.kind == ModelKind::Embedding,
-            ..Caps::default()
-        };
-        for cap in self.capabilities {
-            match cap {
-                Capability::Tools => caps.tools = true,
-                Capability::Vision => caps.vision = true,
-                Capability::JsonSchema => caps.json_schema = true,
-                Capability::Streaming => caps.streaming = true,
-            }
-        }
+        let mut caps = Caps::from_list(&self.capabilities);
+        caps.embeddings = self.kind == ModelKind::Embedding;
         BuiltinModel {
             id: self.id,
             aliases: self.aliases,

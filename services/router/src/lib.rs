@@ -1,31 +1,57 @@
 //! The router: "which targets, in what order?"
 //!
-//! It owns the model catalog (platform models from the config, with their
-//! prices) and resolves every addressing form a client may write:
+//! It owns the model catalog — the built-in one ([`builtin`]) under the
+//! config's platform models and pools — and resolves every addressing form a
+//! client may write:
 //!
-//! - `name`: a platform model, used by name;
+//! - `name` (or an alias): a platform model or pool from the config;
 //! - `@slug/model`: one named provider config, the model as written;
 //! - `provider/model`: the provider config of that name, or else the first
-//!   configured provider of that type.
+//!   configured provider of that type;
+//! - a built-in model's name with no provider: every configured provider
+//!   that offers it, cheapest first.
 //!
-//! Pools, strategies, fallbacks across providers and routing configs build on
-//! the [`RoutePlan`](pb::RoutePlan) this returns (more than one target).
+//! A pool's targets are ordered by its strategy (`weighted`, `latency`,
+//! `cheapest`, `least-busy`, `priority`); targets lacking a capability the
+//! request needs are left out, ejected ones go last. Routing configs
+//! (`x-llmgw-config`, or the key's default) choose a variant first, which may
+//! set the model, parameters and a system prompt. The edge reports how each
+//! attempt went ([`RouterService::report`]), which feeds latency, in-flight
+//! counts and outlier ejection ([`health`]).
 
-pub mod builtin;
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use llmgw_kit::config::{Config, ModelConfig, Price, ProviderConfig};
+use llmgw_kit::config::{Capabilities, Config, Ejection, ProviderConfig, Strategy};
 use llmgw_kit::services::{Router, RouterService};
 use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto as pb;
+use pb::attempt_report::Event;
+
+pub mod builtin;
+mod configs;
+mod health;
+mod strategy;
+
+use builtin::Builtin;
+use configs::Configs;
+use health::{Clock, Stats};
+use strategy::{Candidate, Rng};
+
+pub use configs::HEADER as CONFIG_HEADER;
 
 /// Builds the router over the config's enabled providers and models.
 pub fn service(config: &Config) -> Router {
     Arc::new(Catalog::new(config))
 }
+
+/// Targets met through `provider/model` addressing are tracked up to this
+/// many; beyond it they are routed without health.
+const MAX_TRACKED_TARGETS: usize = 4096;
+/// The key of a target the router does not track.
+const UNTRACKED: u32 = u32::MAX;
 
 struct ProviderEntry {
     name: String,
@@ -36,23 +62,59 @@ struct ProviderEntry {
     max_retries: u32,
 }
 
-struct ModelEntry {
+/// One upstream (provider, model): what health is kept for, shared by every
+/// pool that names it.
+struct Upstream {
+    key: u32,
     provider: usize,
-    upstream_model: String,
-    price: pb::Price,
+    model: String,
+    stats: Stats,
 }
 
-/// The catalog, fixed at startup.
+/// A target as a model or pool offers it.
+#[derive(Clone)]
+struct PoolTarget {
+    upstream: Arc<Upstream>,
+    weight: u32,
+    price: pb::Price,
+    context_window: u32,
+    caps: Capabilities,
+}
+
+struct Pool {
+    name: String,
+    targets: Vec<PoolTarget>,
+    strategy: Strategy,
+    fallback: bool,
+}
+
+#[derive(Default)]
+struct Upstreams {
+    list: Vec<Arc<Upstream>>,
+    index: HashMap<(usize, String), u32>,
+}
+
+/// The catalog and the health of its targets.
 struct Catalog {
     providers: Vec<ProviderEntry>,
     by_provider_name: HashMap<String, usize>,
-    models: HashMap<String, ModelEntry>,
-    /// Platform model names in config order, for `/v1/models`.
-    model_order: Vec<String>,
+    pools: Vec<Pool>,
+    /// Names and aliases → index into `pools`.
+    by_model_name: HashMap<String, usize>,
+    /// The first platform entry of each (provider, model): the price and
+    /// capabilities a directly addressed target inherits.
+    platform: HashMap<(usize, String), PoolTarget>,
+    upstreams: RwLock<Upstreams>,
+    builtin: &'static Builtin,
+    configs: Configs,
+    ejection: Ejection,
+    explore: f64,
+    rng: Rng,
+    clock: Clock,
     created: i64,
 }
 
-fn price(p: &Price) -> pb::Price {
+fn price(p: &llmgw_kit::config::Price) -> pb::Price {
     pb::Price {
         input_per_mtok: p.input_per_mtok,
         output_per_mtok: p.output_per_mtok,
@@ -78,69 +140,129 @@ impl Catalog {
             .enumerate()
             .map(|(i, p)| (p.name.clone(), i))
             .collect();
-        let mut models = HashMap::new();
-        let mut model_order = Vec::new();
-        for ModelConfig {
-            name,
-            provider,
-            upstream_model,
-            price: p,
-        } in &config.models
-        {
-            let Some(idx) = providers.iter().position(|e| &e.name == provider) else {
-                continue;
-            };
-            models.insert(
-                name.clone(),
-                ModelEntry {
-                    provider: idx,
-                    upstream_model: upstream_model.clone(),
-                    price: price(p),
-                },
-            );
-            model_order.push(name.clone());
-        }
-        let created = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() as i64);
-        Self {
+        let seed = config.routing.seed.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        });
+        let mut catalog = Self {
             providers,
             by_provider_name,
-            models,
-            model_order,
-            created,
+            pools: Vec::new(),
+            by_model_name: HashMap::new(),
+            platform: HashMap::new(),
+            upstreams: RwLock::new(Upstreams::default()),
+            builtin: Builtin::load(),
+            configs: Configs::new(&config.routing.configs),
+            ejection: config.routing.ejection.clone(),
+            explore: config.routing.latency_explore,
+            rng: Rng::new(seed),
+            clock: Clock::new(),
+            created: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64),
+        };
+        for m in &config.models {
+            let targets: Vec<PoolTarget> = m
+                .targets
+                .iter()
+                .filter_map(|t| {
+                    let provider = *catalog.by_provider_name.get(&t.provider)?;
+                    let known = catalog
+                        .builtin
+                        .for_upstream(catalog.providers[provider].kind, &t.upstream_model);
+                    let target = PoolTarget {
+                        upstream: catalog.upstream(provider, &t.upstream_model),
+                        weight: t.weight,
+                        price: t
+                            .price
+                            .as_ref()
+                            .or(known.map(|k| &k.price))
+                            .map(price)
+                            .unwrap_or_default(),
+                        context_window: t.context_window.or(known.map(|k| k.context_window)).unwrap_or(0),
+                        caps: t
+                            .capabilities
+                            .or(known.map(|k| k.capabilities))
+                            .unwrap_or(Capabilities::ANY),
+                    };
+                    catalog
+                        .platform
+                        .entry((provider, t.upstream_model.clone()))
+                        .or_insert_with(|| target.clone());
+                    Some(target)
+                })
+                .collect();
+            let index = catalog.pools.len();
+            for name in std::iter::once(&m.name).chain(&m.aliases) {
+                catalog.by_model_name.insert(name.clone(), index);
+            }
+            catalog.pools.push(Pool {
+                name: m.name.clone(),
+                targets,
+                strategy: m.strategy,
+                fallback: m.fallback,
+            });
         }
+        catalog
     }
 
-    fn target(&self, provider: usize, model: &str) -> pb::Target {
-        let p = &self.providers[provider];
-        // A model addressed directly is billed at the platform price of the
-        // same provider and model, when one is configured.
-        let price = self
-            .models
-            .values()
-            .find(|m| m.provider == provider && m.upstream_model == model)
-            .map(|m| m.price)
-            .unwrap_or_default();
-        pb::Target {
-            provider: p.name.clone(),
-            provider_type: p.kind.to_owned(),
+    /// The tracked upstream for (provider, model), made on first use.
+    fn upstream(&self, provider: usize, model: &str) -> Arc<Upstream> {
+        let key = (provider, model.to_owned());
+        {
+            let table = self.upstreams.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(&i) = table.index.get(&key) {
+                return table.list[i as usize].clone();
+            }
+        }
+        let mut table = self.upstreams.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(&i) = table.index.get(&key) {
+            return table.list[i as usize].clone();
+        }
+        let tracked = table.list.len() < MAX_TRACKED_TARGETS;
+        let upstream = Arc::new(Upstream {
+            key: if tracked {
+                table.list.len() as u32
+            } else {
+                UNTRACKED
+            },
+            provider,
             model: model.to_owned(),
-            price: Some(price),
-            timeout_ms: p.timeout_ms,
-            max_retries: p.max_retries,
+            stats: Stats::new(),
+        });
+        if tracked {
+            table.index.insert(key, upstream.key);
+            table.list.push(upstream.clone());
+        }
+        upstream
+    }
+
+    /// A target addressed directly: priced as the platform entry of the same
+    /// provider and model when there is one, else as the built-in catalog
+    /// knows it.
+    fn direct(&self, provider: usize, model: &str) -> PoolTarget {
+        if let Some(t) = self.platform.get(&(provider, model.to_owned())) {
+            return t.clone();
+        }
+        let known = self.builtin.for_upstream(self.providers[provider].kind, model);
+        PoolTarget {
+            upstream: self.upstream(provider, model),
+            weight: 1,
+            price: known.map(|k| price(&k.price)).unwrap_or_default(),
+            context_window: known.map_or(0, |k| k.context_window),
+            caps: known.map_or(Capabilities::ANY, |k| k.capabilities),
         }
     }
 
-    fn resolve(&self, model: &str) -> Result<pb::RoutePlan, GwError> {
-        if let Some(entry) = self.models.get(model) {
-            return Ok(pb::RoutePlan {
-                requested_model: model.to_owned(),
+    fn resolve(&self, model: &str) -> Result<Resolved, GwError> {
+        if let Some(&i) = self.by_model_name.get(model) {
+            let pool = &self.pools[i];
+            return Ok(Resolved {
                 requested_provider: None,
-                targets: vec![pb::Target {
-                    price: Some(entry.price),
-                    ..self.target(entry.provider, &entry.upstream_model)
-                }],
+                targets: pool.targets.clone(),
+                strategy: (pool.targets.len() > 1).then_some(pool.strategy),
+                fallback: pool.fallback,
             });
         }
         if let Some(rest) = model.strip_prefix('@') {
@@ -151,7 +273,7 @@ impl Catalog {
                     .by_provider_name
                     .get(slug)
                     .ok_or_else(|| unknown_provider(model, slug))?;
-                let Some(default) = self.providers[idx].default_model.clone() else {
+                let Some(default) = self.providers[idx].default_model.as_deref() else {
                     return Err(GwError::new(
                         ErrorCode::ModelNotFound,
                         format!(
@@ -160,14 +282,14 @@ impl Catalog {
                     )
                     .with_param("model"));
                 };
-                return Ok(self.plan(model, idx, &default));
+                return Ok(self.single(idx, default));
             }
             let (slug, upstream) = split(rest).ok_or_else(|| not_found(model))?;
             let idx = *self
                 .by_provider_name
                 .get(slug)
                 .ok_or_else(|| unknown_provider(model, slug))?;
-            return Ok(self.plan(model, idx, upstream));
+            return Ok(self.single(idx, upstream));
         }
         if let Some((provider, upstream)) = split(model) {
             let idx = self
@@ -176,19 +298,160 @@ impl Catalog {
                 .copied()
                 .or_else(|| self.providers.iter().position(|p| p.kind == provider));
             if let Some(idx) = idx {
-                return Ok(self.plan(model, idx, upstream));
+                return Ok(self.single(idx, upstream));
+            }
+        }
+        // A built-in model with no provider named: every configured provider
+        // offering it, cheapest first.
+        if let Some(known) = self.builtin.get(model) {
+            let targets: Vec<PoolTarget> = known
+                .offered_by
+                .iter()
+                .flat_map(|(kind, upstream)| {
+                    self.providers
+                        .iter()
+                        .enumerate()
+                        .filter(move |(_, p)| p.kind == kind)
+                        .map(move |(i, _)| self.direct(i, upstream))
+                })
+                .collect();
+            if !targets.is_empty() {
+                return Ok(Resolved {
+                    requested_provider: None,
+                    targets,
+                    strategy: Some(Strategy::Cheapest),
+                    fallback: true,
+                });
             }
         }
         Err(not_found(model))
     }
 
-    fn plan(&self, model: &str, provider: usize, upstream: &str) -> pb::RoutePlan {
-        pb::RoutePlan {
-            requested_model: model.to_owned(),
+    fn single(&self, provider: usize, model: &str) -> Resolved {
+        Resolved {
             requested_provider: Some(self.providers[provider].name.clone()),
-            targets: vec![self.target(provider, upstream)],
+            targets: vec![self.direct(provider, model)],
+            strategy: None,
+            fallback: false,
         }
     }
+
+    fn target(&self, t: &PoolTarget) -> pb::Target {
+        let p = &self.providers[t.upstream.provider];
+        pb::Target {
+            provider: p.name.clone(),
+            provider_type: p.kind.to_owned(),
+            model: t.upstream.model.clone(),
+            price: Some(t.price),
+            timeout_ms: p.timeout_ms,
+            max_retries: p.max_retries,
+            context_window: t.context_window,
+            key: t.upstream.key,
+        }
+    }
+
+    /// Orders the resolved targets: capability filter, strategy, health.
+    fn plan(
+        &self,
+        model: &str,
+        resolved: Resolved,
+        needed: &pb::Capabilities,
+    ) -> Result<Vec<pb::Target>, GwError> {
+        let Resolved {
+            targets,
+            strategy,
+            fallback,
+            ..
+        } = resolved;
+        let capable: Vec<&PoolTarget> = targets.iter().filter(|t| has(&t.caps, needed)).collect();
+        if capable.is_empty() {
+            return Err(unsupported(model, needed, &targets));
+        }
+        let now = self.clock.now_ms();
+        let mut candidates: Vec<Candidate> = capable
+            .iter()
+            .enumerate()
+            .map(|(index, t)| Candidate {
+                index,
+                weight: t.weight,
+                price: t.price.input_per_mtok + t.price.output_per_mtok,
+                latency_ms: t.upstream.stats.latency_ms(),
+                in_flight: t.upstream.stats.in_flight(),
+                ejected: t.upstream.stats.ejected(now),
+            })
+            .collect();
+        if candidates.len() > 1 {
+            strategy::order(
+                &mut candidates,
+                strategy.unwrap_or_default(),
+                &self.rng,
+                self.explore,
+            );
+        }
+        if !fallback {
+            candidates.truncate(1);
+        }
+        if let Some(first) = candidates.first() {
+            capable[first.index].upstream.stats.started();
+        }
+        Ok(candidates.iter().map(|c| self.target(capable[c.index])).collect())
+    }
+
+    fn stats(&self, report: &pb::AttemptReport) -> Option<Arc<Upstream>> {
+        let table = self.upstreams.read().unwrap_or_else(|e| e.into_inner());
+        let upstream = table.list.get(report.key as usize)?;
+        // A key from another router's numbering (after a restart) is
+        // ignored rather than charged to the wrong target.
+        (upstream.model == report.model && self.providers[upstream.provider].name == report.provider)
+            .then(|| upstream.clone())
+    }
+}
+
+/// A model resolved to its targets, before ordering.
+struct Resolved {
+    requested_provider: Option<String>,
+    targets: Vec<PoolTarget>,
+    /// `None`: one target, nothing to order.
+    strategy: Option<Strategy>,
+    fallback: bool,
+}
+
+fn has(caps: &Capabilities, needed: &pb::Capabilities) -> bool {
+    if needed.embeddings {
+        return caps.embeddings;
+    }
+    chats(caps)
+        && (!needed.tools || caps.tools)
+        && (!needed.vision || caps.vision)
+        && (!needed.json_schema || caps.json_schema)
+        && (!needed.streaming || caps.streaming)
+}
+
+/// Whether a target answers chat at all (an embedding model does not).
+fn chats(caps: &Capabilities) -> bool {
+    !caps.embeddings || caps.streaming
+}
+
+/// The 400 for a request asking what none of the model's targets can do,
+/// naming the parameter that asked for it.
+fn unsupported(model: &str, needed: &pb::Capabilities, targets: &[PoolTarget]) -> GwError {
+    let lacking = |f: fn(&Capabilities) -> bool| targets.iter().all(|t| !f(&t.caps));
+    let (what, param) = if needed.embeddings && lacking(|c| c.embeddings) {
+        ("embeddings", "model")
+    } else if !needed.embeddings && targets.iter().all(|t| !chats(&t.caps)) {
+        ("chat completions (it is an embedding model)", "model")
+    } else if needed.tools && lacking(|c| c.tools) {
+        ("tools", "tools")
+    } else if needed.vision && lacking(|c| c.vision) {
+        ("image inputs", "messages")
+    } else if needed.json_schema && lacking(|c| c.json_schema) {
+        ("response_format json_schema", "response_format")
+    } else if needed.streaming && lacking(|c| c.streaming) {
+        ("streaming", "stream")
+    } else {
+        ("this combination of features", "model")
+    };
+    GwError::invalid(param, format!("The model `{model}` does not support {what}."))
 }
 
 fn split(s: &str) -> Option<(&str, &str)> {
@@ -214,27 +477,109 @@ fn unknown_provider(model: &str, slug: &str) -> GwError {
 #[async_trait]
 impl RouterService for Catalog {
     async fn route(&self, req: pb::RouteRequest) -> Result<pb::RoutePlan, GwError> {
-        if req.model.is_empty() {
+        let config_name = req
+            .config
+            .as_deref()
+            .or_else(|| req.principal.as_ref().and_then(|p| p.routing_config.as_deref()))
+            .filter(|c| !c.is_empty());
+        let chosen = match config_name {
+            Some(name) => Some(self.configs.choose(self.configs.get(name)?, &req, &self.rng)),
+            None => None,
+        };
+        let variant = chosen.as_ref().and_then(|c| c.variant);
+        let model = variant.and_then(|v| v.model.as_deref()).unwrap_or(&req.model);
+        if model.is_empty() {
             return Err(GwError::invalid("model", "you must provide a model parameter"));
         }
-        self.resolve(&req.model)
+        let resolved = self
+            .resolve(model)
+            .map_err(|e| match (chosen.as_ref(), variant) {
+                (Some(c), Some(v)) if v.model.is_some() => GwError::new(
+                    e.code(),
+                    format!(
+                        "{} (chosen by variant `{}` of routing config `{}`)",
+                        e.message(),
+                        v.name,
+                        c.config.name
+                    ),
+                )
+                .with_param("model"),
+                _ => e,
+            })?;
+        let requested_provider = resolved.requested_provider.clone();
+        let strategy = resolved.strategy;
+        let needed = req.needed.unwrap_or_default();
+        let targets = self.plan(model, resolved, &needed)?;
+        Ok(pb::RoutePlan {
+            requested_model: req.model,
+            requested_provider,
+            targets,
+            config: chosen.as_ref().map(|c| c.config.name.clone()),
+            config_version: chosen.as_ref().map(|c| c.config.version),
+            variant: variant.map(|v| v.name.clone()),
+            params: variant.and_then(configs::params),
+            system: variant.and_then(|v| v.system.clone()),
+            strategy: strategy.map(|s| s.as_str().to_owned()),
+        })
     }
 
     async fn list_models(&self, _req: pb::ModelsRequest) -> Result<pb::ModelList, GwError> {
-        Ok(pb::ModelList {
-            data: self
-                .model_order
+        let mut data: Vec<pb::Model> = self
+            .pools
+            .iter()
+            .filter(|p| !p.targets.is_empty())
+            .map(|p| pb::Model {
+                id: p.name.clone(),
+                created: self.created,
+                owned_by: match p.targets.as_slice() {
+                    [one] => self.providers[one.upstream.provider].name.clone(),
+                    _ => "llmgw".to_owned(),
+                },
+            })
+            .collect();
+        // Built-in models a configured provider offers, by their own names.
+        for m in self.builtin.models() {
+            if self.by_model_name.contains_key(&m.id) {
+                continue;
+            }
+            let offering = m
+                .offered_by
                 .iter()
-                .filter_map(|name| {
-                    let entry = self.models.get(name)?;
-                    Some(pb::Model {
-                        id: name.clone(),
-                        created: self.created,
-                        owned_by: self.providers[entry.provider].name.clone(),
-                    })
-                })
-                .collect(),
-        })
+                .find_map(|(kind, _)| self.providers.iter().find(|p| p.kind == kind.as_str()));
+            if let Some(p) = offering {
+                data.push(pb::Model {
+                    id: m.id.clone(),
+                    created: self.created,
+                    owned_by: p.name.clone(),
+                });
+            }
+        }
+        Ok(pb::ModelList { data })
+    }
+
+    fn report(&self, report: pb::AttemptReport) {
+        let Some(upstream) = self.stats(&report) else {
+            return;
+        };
+        let stats = &upstream.stats;
+        let now = self.clock.now_ms();
+        match report.event() {
+            Event::Started => stats.started(),
+            Event::Succeeded => stats.succeeded(report.latency_ms, &self.ejection, now),
+            Event::Finished | Event::Abandoned => stats.ended(),
+            Event::Failed => {
+                stats.ended();
+                if stats.failed(&self.ejection, now) {
+                    tracing::warn!(
+                        provider = %report.provider,
+                        model = %report.model,
+                        times = stats.times_ejected(),
+                        "target ejected after consecutive failures"
+                    );
+                }
+            }
+            Event::Unspecified => {}
+        }
     }
 }
 

@@ -31,9 +31,10 @@ fn smallest_config_works_as_written() {
         c.providers[0].api_key.as_ref().map(Secret::expose),
         Some("sk-test")
     );
-    assert_eq!(c.models[0].provider, "openai");
-    assert_eq!(c.models[0].upstream_model, "gpt-4o-mini");
-    assert!((c.models[0].price.output_per_mtok - 0.60).abs() < 1e-12);
+    let t = &c.models[0].targets[0];
+    assert_eq!(t.provider, "openai");
+    assert_eq!(t.upstream_model, "gpt-4o-mini");
+    assert!((t.price.unwrap().output_per_mtok - 0.60).abs() < 1e-12);
     assert_eq!(c.edge.grpc_addr.port(), 8081);
 }
 
@@ -132,7 +133,8 @@ fn shipped_example_config_is_valid() {
     assert!(
         some.models
             .iter()
-            .all(|m| m.provider == "openai" || m.provider == "groq")
+            .flat_map(|m| &m.targets)
+            .all(|t| t.provider == "openai" || t.provider == "groq")
     );
 }
 

@@ -392,6 +392,7 @@ fn target(model: &str) -> Target {
         price: None,
         timeout_ms: 5_000,
         max_retries: 0,
+        ..Default::default()
     }
 }
 

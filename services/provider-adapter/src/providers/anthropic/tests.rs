@@ -489,6 +489,7 @@ fn ask(body: Value) -> AdapterRequest {
             price: None,
             timeout_ms: 5_000,
             max_retries: 0,
+            ..Default::default()
         }),
         request: Some(canonical(&body)),
     }
