@@ -61,6 +61,17 @@ impl Gateway {
     /// list items, indented two spaces); `{emu}` stands for the emulator's
     /// `host:port`, which serves every emulated wire format.
     pub async fn start_with(shape: Shape, extra_providers: &str, extra_models: &str) -> Gateway {
+        Self::start_full(shape, extra_providers, extra_models, "").await
+    }
+
+    /// As [`Gateway::start_with`], plus top-level YAML (e.g. a `routing:`
+    /// section) appended to the config.
+    pub async fn start_full(
+        shape: Shape,
+        extra_providers: &str,
+        extra_models: &str,
+        extra_top: &str,
+    ) -> Gateway {
         let mut emu = llmgw_emulators::spawn(Options {
             api_key: Some(EMU_KEY.into()),
             record: true,
@@ -116,7 +127,7 @@ providers:
     target: dead/gpt-4o-mini
   - name: ghost-model
     target: unset/gpt-4o-mini
-{extra_models}metering:
+{extra_models}{extra_top}metering:
   flush_interval: 50ms
 services:
   auth: {{ addr: {auth} }}
@@ -128,6 +139,7 @@ services:
                 base = emu.base_url(),
                 extra_providers = extra_providers.replace("{emu}", &emu.addr.to_string()),
                 extra_models = extra_models,
+                extra_top = extra_top,
             );
             std::fs::write(&config, text).expect("write config");
             if key.is_none() {
@@ -199,6 +211,11 @@ services:
         format!("http://{}{}", self.http, path)
     }
 
+    /// GETs `path` with the client key; status and body text.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        self.get(path).await.expect("request")
+    }
+
     async fn get(&self, path: &str) -> reqwest::Result<(u16, String)> {
         let r = self
             .client
@@ -240,6 +257,28 @@ services:
         assert_eq!(r.headers()["content-type"], "text/event-stream");
         let text = r.text().await.expect("body");
         sse_data(&text)
+    }
+
+    /// Sets a fault profile of the emulator (`/_f/{profile}/…` base URLs).
+    pub async fn fault(&self, profile: &str, settings: Value) {
+        let url = format!("http://{}/_emu/faults/{profile}", self.emu.addr);
+        let r = self.client.put(url).json(&settings).send().await.expect("emu");
+        assert_eq!(r.status().as_u16(), 204, "fault settings refused");
+    }
+
+    /// How many requests reached a fault profile.
+    pub async fn fault_requests(&self, profile: &str) -> u64 {
+        let url = format!("http://{}/_emu/faults/{profile}", self.emu.addr);
+        let v: Value = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .expect("emu")
+            .json()
+            .await
+            .expect("json");
+        v["requests"].as_u64().expect("requests")
     }
 
     /// What the emulator received, oldest first.

@@ -19,3 +19,4 @@ mod provider_anthropic;
 mod provider_bedrock;
 mod provider_gemini;
 mod provider_misc;
+mod routing;

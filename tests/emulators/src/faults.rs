@@ -44,6 +44,9 @@ pub(crate) struct Settings {
     /// Failures drop the connection without an HTTP response instead of answering `status`;
     /// alone (no `fail_*`), every request is dropped.
     reset: bool,
+    /// A small context window: a request body over this many bytes answers OpenAI's 400
+    /// `context_length_exceeded` (param `messages`).
+    context_bytes: Option<usize>,
 }
 
 impl Settings {
@@ -169,6 +172,24 @@ pub(crate) async fn middleware(
             resp.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         return resp;
+    }
+    if let Some(limit) = settings.context_bytes {
+        let (parts, body) = req.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, 64 << 20).await else {
+            return routes::error_response(&ApiError::invalid("unreadable body", None, None));
+        };
+        if bytes.len() > limit {
+            return routes::error_response(&ApiError::invalid(
+                format!(
+                    "This model's maximum context length is {limit} tokens. However, your messages \
+                     resulted in {} tokens. Please reduce the length of the messages.",
+                    bytes.len()
+                ),
+                Some("messages"),
+                Some("context_length_exceeded"),
+            ));
+        }
+        req = Request::from_parts(parts, Body::from(bytes));
     }
     let sent = std::mem::replace(req.uri_mut(), inner);
     req.extensions_mut().insert(SentUri(sent));

@@ -36,6 +36,7 @@
 //! | `"fail_first": N` | the first N requests fail, with `status` or 500, then all succeed |
 //! | `"retry_after": S` | failures carry `retry-after: S` |
 //! | `"reset": true` | failures drop the connection with no HTTP response; alone, every request does |
+//! | `"context_bytes": N` | a request body over N bytes answers OpenAI's 400 `context_length_exceeded` (a small window) |
 //!
 //! `requests` counts every request that reached the profile, `failed` those answered with a
 //! fault (resets included), and `in_flight` the requests being handled now (also decremented

@@ -193,3 +193,97 @@ fn every_provider_type_and_its_requirements() {
         .to_string();
     assert!(e.contains("`anthropic`"), "{e}");
 }
+
+#[test]
+fn pools_and_routing_configs_are_read_and_checked() {
+    let base = r#"
+providers:
+  - { name: a, type: openai, base_url: "http://127.0.0.1:1/v1" }
+  - { name: off, type: openai, api_key: "${UNSET_KEY}" }
+models:
+  - name: pool
+    aliases: [p]
+    strategy: least-busy
+    fallback: false
+    price: { input_per_mtok: 1, output_per_mtok: 2 }
+    targets:
+      - { target: a/x, weight: 2, context_window: 8000, capabilities: [tools, streaming] }
+      - { target: off/y }
+      - { target: a/z, price: { input_per_mtok: 3, output_per_mtok: 4 } }
+routing:
+  ejection: { consecutive_failures: 2, base_time: 5s }
+  configs:
+    - name: c
+      version: 3
+      sticky: user
+      variants:
+        - { name: t, when: { users: [u], headers: { x-h: v } } }
+        - { name: r, rollout: 12.5, model: p }
+        - { name: w, weight: 4, params: { temperature: 0.5, seed: 9 }, system: hi }
+"#;
+    let c = Config::parse(base, "g.yaml", &env(&[])).unwrap();
+    let m = &c.models[0];
+    assert_eq!(
+        (m.strategy, m.fallback, m.aliases.as_slice()),
+        (Strategy::LeastBusy, false, &["p".to_owned()][..])
+    );
+    assert_eq!(m.targets.len(), 2, "the disabled provider's target drops out");
+    assert_eq!(
+        (m.targets[0].weight, m.targets[0].context_window),
+        (2, Some(8000))
+    );
+    assert!(m.targets[0].capabilities.is_some_and(|c| c.tools && !c.vision));
+    assert_eq!(
+        m.targets[0].price.unwrap().output_per_mtok,
+        2.0,
+        "the model's price by default"
+    );
+    assert_eq!(
+        m.targets[1].price.unwrap().output_per_mtok,
+        4.0,
+        "the target's own"
+    );
+    assert_eq!(c.routing.ejection.consecutive_failures, 2);
+    assert_eq!(
+        c.routing.ejection.max_time,
+        std::time::Duration::from_secs(300),
+        "default kept"
+    );
+    let rc = &c.routing.configs[0];
+    assert_eq!((rc.name.as_str(), rc.version, rc.sticky), ("c", 3, Sticky::User));
+    assert!(matches!(&rc.variants[0].choice, Choice::When(w) if w.users == ["u"]));
+    assert!(matches!(rc.variants[1].choice, Choice::Rollout(r) if r == 12.5));
+    assert!(matches!(rc.variants[2].choice, Choice::Weight(4)));
+    assert_eq!(rc.variants[2].params.seed, Some(9));
+
+    for (from, to, want) in [
+        ("strategy: least-busy", "strategy: fastest", "unknown value"),
+        ("weight: 2,", "weight: 0,", "weight` must be above 0"),
+        ("rollout: 12.5", "rollout: 120", "percentage"),
+        (
+            "rollout: 12.5",
+            "rollout: 5, weight: 1",
+            "one of `when`, `rollout` or `weight`",
+        ),
+        (
+            "temperature: 0.5",
+            "temprature: 0.5",
+            "did you mean `temperature`",
+        ),
+        ("aliases: [p]", "aliases: [pool]", "defined twice"),
+        (
+            "consecutive_failures: 2",
+            "consecutive_failures: 0",
+            "routing.ejection",
+        ),
+        ("name: c\n", "name: c@1\n", "without `@`"),
+    ] {
+        let text = base.replace(from, to);
+        assert_ne!(text, base, "{from}");
+        let e = Config::parse(&text, "g.yaml", &env(&[])).unwrap_err().to_string();
+        assert!(e.contains(want), "{from} -> {to}: {e}");
+    }
+    let both = base.replace("    targets:\n", "    target: a/x\n    targets:\n");
+    let e = Config::parse(&both, "g.yaml", &env(&[])).unwrap_err().to_string();
+    assert!(e.contains("both `target` and `targets`"), "{e}");
+}

@@ -537,7 +537,11 @@ pub(super) struct MetadataOut<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     config: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    config_version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     variant: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    strategy: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -572,7 +576,9 @@ pub(super) fn metadata_out(m: &pb::RoutingMetadata) -> MetadataOut<'_> {
             })
             .collect(),
         config: m.config.as_deref(),
+        config_version: m.config_version,
         variant: m.variant.as_deref(),
+        strategy: m.strategy.as_deref(),
     }
 }
 
