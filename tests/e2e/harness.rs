@@ -268,32 +268,21 @@ services:
 
     /// How many requests reached a fault profile.
     pub async fn fault_requests(&self, profile: &str) -> u64 {
-        let url = format!("http://{}/_emu/faults/{profile}", self.emu.addr);
-        let v: Value = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .expect("emu")
-            .json()
-            .await
-            .expect("json");
+        let v = self.emu_get(&format!("/_emu/faults/{profile}")).await;
         v["requests"].as_u64().expect("requests")
     }
 
     /// What the emulator received, oldest first.
     pub async fn upstream_requests(&self) -> Vec<Value> {
-        let url = format!("http://{}/_emu/requests", self.emu.addr);
-        let v: Value = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .expect("emu")
-            .json()
-            .await
-            .expect("json");
+        let v = self.emu_get("/_emu/requests").await;
         v.as_array().cloned().unwrap_or_default()
+    }
+
+    /// GETs one of the emulator's own JSON endpoints.
+    async fn emu_get(&self, path: &str) -> Value {
+        let url = format!("http://{}{path}", self.emu.addr);
+        let r = self.client.get(url).send().await.expect("emu");
+        r.json().await.expect("json")
     }
 
     pub async fn last_upstream(&self) -> Value {
