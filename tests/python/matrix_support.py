@@ -131,7 +131,10 @@ def write_config(path: Path, data_dir: Path, emu: Emulator, rows: list[Row], mod
         f"  - name: {r.name}\n    type: {r.type}\n    {r.provider_yaml.replace('{emu}', host)}\n" for r in rows
     )
     models = "".join(
+        # The matrix measures each provider type's translation, not a model's limits: the
+        # chat models claim every capability, so the router's catalog never refuses first.
         f"  - name: {r.chat}\n    target: {r.name}/{r.chat_model}\n    price: {PRICE}\n"
+        f"    capabilities: [tools, vision, json_schema, streaming]\n"
         f"  - name: {r.embed}\n    target: {r.name}/{r.embed_model}\n    price: {PRICE}\n"
         for r in rows
     )

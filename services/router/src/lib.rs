@@ -67,6 +67,7 @@ struct ProviderEntry {
 struct Upstream {
     key: u32,
     provider: usize,
+    provider_name: String,
     model: String,
     stats: Stats,
 }
@@ -228,6 +229,7 @@ impl Catalog {
                 UNTRACKED
             },
             provider,
+            provider_name: self.providers[provider].name.clone(),
             model: model.to_owned(),
             stats: Stats::new(),
         });
@@ -402,7 +404,7 @@ impl Catalog {
         let upstream = table.list.get(report.key as usize)?;
         // A key from another router's numbering (after a restart) is
         // ignored rather than charged to the wrong target.
-        (upstream.model == report.model && self.providers[upstream.provider].name == report.provider)
+        (upstream.model == report.model && upstream.provider_name == report.provider)
             .then(|| upstream.clone())
     }
 }
@@ -451,7 +453,23 @@ fn unsupported(model: &str, needed: &pb::Capabilities, targets: &[PoolTarget]) -
     } else {
         ("this combination of features", "model")
     };
-    GwError::invalid(param, format!("The model `{model}` does not support {what}."))
+    let behind: Vec<String> = targets
+        .iter()
+        .take(3)
+        .map(|t| {
+            format!(
+                "provider `{}` with `{}`",
+                t.upstream.provider_name, t.upstream.model
+            )
+        })
+        .collect();
+    GwError::invalid(
+        param,
+        format!(
+            "The model `{model}` does not support {what} (served by {}).",
+            behind.join(", ")
+        ),
+    )
 }
 
 fn split(s: &str) -> Option<(&str, &str)> {
