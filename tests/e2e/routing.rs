@@ -411,12 +411,50 @@ async fn configs(gw: &Gateway) {
         "{r}"
     );
 
+    // ---- the same over public gRPC: config and targeting headers in metadata
+    let mut client = llmgw_proto::gateway_client::GatewayClient::connect(format!("http://{}", gw.grpc))
+        .await
+        .unwrap();
+    let mut req = tonic::Request::new(llmgw_proto::ChatRequest {
+        model: "gpt-4o-mini".into(),
+        messages: vec![llmgw_proto::Message {
+            role: llmgw_proto::Role::User as i32,
+            content: Some(llmgw_proto::Content {
+                value: Some(llmgw_proto::content::Value::Text("hi".into())),
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let md = req.metadata_mut();
+    md.insert("authorization", format!("Bearer {}", gw.key).parse().unwrap());
+    md.insert("x-llmgw-config", "beta".parse().unwrap());
+    md.insert("x-tier", "gold".parse().unwrap());
+    let meta = client.chat(req).await.unwrap().into_inner().metadata.unwrap();
+    assert_eq!(
+        (meta.config.as_deref(), meta.variant.as_deref()),
+        (Some("beta"), Some("gold"))
+    );
+    assert_eq!(meta.used_provider, "vb");
+
     // ---- /v1/models lists the pools
     let (status, text) = gw.get_text("/v1/models").await;
     assert_eq!(status, 200);
     for pool in ["chain", "wpool", "lpool", "cpool", "bpool", "ctx"] {
         assert!(text.contains(&format!("\"{pool}\"")), "{pool} missing");
     }
+}
+
+/// With no retry budget, a failure is returned as it is: no fallback.
+#[tokio::test]
+async fn an_exhausted_retry_budget_stops_fallbacks() {
+    let routing = "routing:\n  retry_budget: { ratio: 0, min_concurrency: 0 }\n";
+    let gw = Gateway::start_full(Shape::All, &providers(), MODELS, routing).await;
+    gw.fault("p500", json!({"status": 500})).await;
+    let (status, _, body) = post(&gw, &chat("chain", "hello"), &[]).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(gw.fault_requests("p500").await, 1);
+    assert_eq!(gw.fault_requests("p429").await, 0, "no budget, no second try");
 }
 
 #[tokio::test]

@@ -851,3 +851,57 @@ impl Drop for MeterGuard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_budget_is_a_share_of_requests_in_flight_with_a_floor() {
+        let budget = Budget::new(&RetryBudget {
+            ratio: 0.2,
+            min_concurrency: 2,
+        });
+        let requests: Vec<_> = (0..20).map(|_| budget.request()).collect();
+        // 20 in flight: 20% is 4 retries at once.
+        let retries: Vec<_> = (0..4).map(|_| budget.retry().expect("within budget")).collect();
+        assert!(budget.retry().is_none(), "a fifth is refused");
+        drop(retries);
+        assert!(budget.retry().is_some(), "room again once they end");
+        drop(requests);
+        // None in flight: the floor.
+        let floor: Vec<_> = (0..2).map(|_| budget.retry().expect("floor")).collect();
+        assert!(budget.retry().is_none());
+        drop(floor);
+        assert_eq!(
+            budget.retries.load(Relaxed),
+            0,
+            "refused tries leave no count behind"
+        );
+    }
+
+    #[test]
+    fn a_variant_sets_params_and_puts_its_system_prompt_first() {
+        let mut req = pb::ChatRequest {
+            temperature: Some(1.0),
+            top_p: Some(0.5),
+            messages: vec![pb::Message {
+                role: pb::Role::User as i32,
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let params = pb::ChatRequest {
+            temperature: Some(0.2),
+            seed: Some(3),
+            ..Default::default()
+        };
+        apply_variant(&mut req, Some(params), Some("be brief".into()));
+        assert_eq!(
+            (req.temperature, req.top_p, req.seed),
+            (Some(0.2), Some(0.5), Some(3))
+        );
+        assert_eq!(req.messages.len(), 2);
+        assert_eq!(req.messages[0].role, pb::Role::System as i32);
+    }
+}
