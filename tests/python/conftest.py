@@ -38,6 +38,10 @@ PRICE_IN = 0.15  # USD per million input tokens, as in the config below
 PRICE_OUT = 0.60
 READY_TIMEOUT_S = 30.0
 SPLIT_SERVICES = ("auth", "router", "adapter", "metering")
+POOL = "sdk-pool"  # test_routing.py: primary, then backup
+CONFIG = "sdk-config"
+PRIMARY = "sdk-primary"  # fault profiles of the emulator behind the pool
+BACKUP = "sdk-backup"
 
 NEEDS_GATEWAY = "LLMGW_BIN is not set: gateway tests need the built llmgw binary (make test sets it)"
 
@@ -105,6 +109,15 @@ class Emulator:
 
     def clear(self) -> None:
         httpx.delete(f"{self.url}/_emu/requests", timeout=10).raise_for_status()
+
+    def fault(self, profile: str, **settings: Any) -> None:
+        """Sets a fault profile (``/_f/{profile}/...`` base URLs); no settings: healthy."""
+        httpx.put(f"{self.url}/_emu/faults/{profile}", json=settings, timeout=10).raise_for_status()
+
+    def fault_requests(self, profile: str) -> int:
+        r = httpx.get(f"{self.url}/_emu/faults/{profile}", timeout=10)
+        r.raise_for_status()
+        return int(r.json()["requests"])
 
     def last_request(self) -> dict[str, Any]:
         reqs = self.requests()
@@ -191,6 +204,14 @@ providers:
     type: openai
     base_url: {emu.base_url}
     api_key: ${{EMU_KEY}}
+  - name: primary
+    type: openai
+    base_url: {emu.url}/_f/{PRIMARY}/v1
+    api_key: ${{EMU_KEY}}
+  - name: backup
+    type: openai
+    base_url: {emu.url}/_f/{BACKUP}/v1
+    api_key: ${{EMU_KEY}}
 models:
   - name: {MODEL}
     target: emu/{MODEL}
@@ -198,6 +219,15 @@ models:
   - name: {EMBED_MODEL}
     target: emu/{EMBED_MODEL}
     price: {{ input_per_mtok: {EMBED_PRICE_IN}, output_per_mtok: 0 }}
+  # test_routing.py: a pool over two fault profiles of the emulator.
+  - name: {POOL}
+    strategy: priority
+    targets: [{{ target: primary/{MODEL} }}, {{ target: backup/{MODEL} }}]
+routing:
+  configs:
+    - name: {CONFIG}
+      variants:
+        - {{ name: terse, weight: 1, model: {MODEL}, params: {{ temperature: 0.1 }}, system: "Be terse." }}
 """
     if mode == "split":
         text += "services:\n" + "".join(
