@@ -3,11 +3,14 @@
 # starts the emulator (OpenAI, Anthropic and Bedrock routes) and the gateway (one
 # process, then split), runs the scenarios direct vs gateway in alternating rounds
 # (S4a / S4b: streams through the Anthropic and Bedrock adapters against the
-# emulator called in that provider's own format), prints the table and writes
+# emulator called in that provider's own format; R: the router, a one-target
+# model vs a pool of three, then the pool with one target failing every fifth
+# request so the gateway falls back), prints the table and writes
 # bench/results/latest.json. Everything it starts it also stops.
 #
 #   BENCH_QUICK=1 scripts/bench.sh     # ~30 s smoke run (CI)
 #   scripts/bench.sh --rounds 3        # extra arguments go to llmgw-bench (--help)
+#   scripts/bench.sh --only R          # just the router scenario (or e.g. --only s1,r)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

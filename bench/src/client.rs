@@ -62,6 +62,7 @@ pub struct Target {
 
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const X_LLMGW_ATTEMPTS: HeaderName = HeaderName::from_static("x-llmgw-attempts");
 
 impl Target {
     /// An OpenAI-compatible endpoint with a bearer key.
@@ -87,6 +88,13 @@ impl Target {
             host: HeaderValue::try_from(addr.to_string())?,
             auth: Some((X_API_KEY, HeaderValue::try_from(api_key)?)),
         })
+    }
+
+    /// The same endpoint under another path (R: the emulator's chat route
+    /// under a fault profile, `/_f/{profile}/v1/chat/completions`).
+    pub fn with_path(mut self, path: String) -> Self {
+        self.path = path;
+        self
     }
 
     /// The emulator's Bedrock ConverseStream route for `model_id`, unsigned:
@@ -152,7 +160,36 @@ impl Conn {
 
     /// POSTs `body` and reads the whole answer.
     pub async fn post(&mut self, target: &Target, body: Bytes) -> anyhow::Result<(StatusCode, Bytes)> {
+        let (status, _, bytes) = self.post_attempts(target, body).await?;
+        Ok((status, bytes))
+    }
+
+    /// [`Conn::post`], also returning the gateway's `x-llmgw-attempts`
+    /// header (tries it made, fallbacks included); `None` when absent.
+    pub async fn post_attempts(
+        &mut self,
+        target: &Target,
+        body: Bytes,
+    ) -> anyhow::Result<(StatusCode, Option<u32>, Bytes)> {
         let resp = self.send(target, Method::POST, &target.path, body).await?;
+        let status = resp.status();
+        let attempts = resp
+            .headers()
+            .get(X_LLMGW_ATTEMPTS)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let bytes = resp.into_body().collect().await?.to_bytes();
+        Ok((status, attempts, bytes))
+    }
+
+    /// PUTs `body` to `path` (the emulator's `/_emu/faults/{profile}`).
+    pub async fn put(
+        &mut self,
+        target: &Target,
+        path: &str,
+        body: Bytes,
+    ) -> anyhow::Result<(StatusCode, Bytes)> {
+        let resp = self.send(target, Method::PUT, path, body).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
         Ok((status, bytes))

@@ -9,6 +9,9 @@
 //! `--api-key`, which then checks no SigV4 signature: the gateway still signs
 //! every request (its cost counts as gateway overhead), the direct client
 //! sends unsigned ones, and neither pays for a verification.
+//! R measures the router: a one-target model vs a pool of three (R1), and
+//! the pool with one target failing every fifth request (R2), which the
+//! gateway answers by falling back; `--only R` runs just that.
 //! Results go to `bench/results/latest.json`; `scripts/bench.sh` builds and
 //! runs it (`make bench`). `BENCH_QUICK=1` is a ~30 s smoke run.
 #![expect(clippy::print_stdout, reason = "the bench prints its report")]
@@ -27,13 +30,27 @@ use anyhow::{Context as _, anyhow, bail};
 use clap::Parser;
 use serde_json::json;
 
-use crate::client::Target;
-use crate::procs::{BEDROCK_UPSTREAM, MODEL, Pinning, Procs};
+use crate::client::{CHAT_PATH, Target};
+use crate::procs::{BEDROCK_UPSTREAM, MODEL, Pinning, Procs, ROUTER_POOL, ROUTER_SINGLE};
 use crate::report::{Compare, Row, TARGETS};
 use crate::scenarios::{
-    Bodies, Errors, PACED_CHUNKS, PACED_GAP_MS, PACED_STREAMS, Paced, Params, Reference, S1Round, S2Round,
-    S4Round,
+    Bodies, Errors, Faults, PACED_CHUNKS, PACED_GAP_MS, PACED_STREAMS, Paced, Params, R2_FAIL_EVERY,
+    R2_STATUS, ROUTER_PROFILES, Reference, RouterRound, S1Round, S2Round, S4Round,
 };
+
+/// The scenarios `--only` can pick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Scenario {
+    S1,
+    S2,
+    S4,
+    /// S4a and its paced check.
+    S4a,
+    /// S4b and its paced check.
+    S4b,
+    /// R1 and R2, the router.
+    R,
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -72,6 +89,16 @@ struct Args {
     /// Keep the temp dir (configs, data, process logs) and print its path.
     #[arg(long)]
     keep: bool,
+    /// Run only these scenarios (comma-separated, e.g. `--only R` or
+    /// `--only s1,r`); default: all.
+    #[arg(long, value_enum, value_delimiter = ',', ignore_case = true)]
+    only: Vec<Scenario>,
+}
+
+impl Args {
+    fn runs(&self, scenario: Scenario) -> bool {
+        self.only.is_empty() || self.only.contains(&scenario)
+    }
 }
 
 fn main() -> ExitCode {
@@ -154,6 +181,12 @@ struct Rounds {
     /// The paced (buffering) checks, by target.
     s4a_paced: Vec<Paced>,
     s4b_paced: Vec<Paced>,
+    /// R1: model `single`, and `pool3` all healthy; R2: `pool3` with p2
+    /// failing. The direct slot holds one run (the emulator's p1 profile),
+    /// the baseline of all three.
+    r1_single: [Vec<RouterRound>; 3],
+    r1_pool: [Vec<RouterRound>; 3],
+    r2_pool: [Vec<RouterRound>; 3],
 }
 
 /// Runs the bench; `Ok(false)` when it ran but saw errors.
@@ -261,8 +294,11 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
 
     let mut r = Rounds::default();
     for round in 0..p.rounds {
+        if !args.runs(Scenario::S1) {
+            break;
+        }
         for i in order(round) {
-            let x = scenarios::s1(&targets[i], &bodies, &reference, &p).await?;
+            let x = scenarios::s1(&targets[i], &bodies.chat, &reference.content, &p, None).await?;
             procs.check_alive()?;
             progress(
                 "S1",
@@ -279,6 +315,9 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         }
     }
     for round in 0..p.rounds {
+        if !args.runs(Scenario::S2) {
+            break;
+        }
         for i in order(round) {
             let x = scenarios::s2(&targets[i], &bodies, &p).await?;
             procs.check_alive()?;
@@ -295,49 +334,79 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
     }
     let s4_targets = targets.clone();
     let s4_bodies = [&bodies.stream, &bodies.stream, &bodies.stream];
-    r.s4 = stream_rounds("S4", &s4_targets, s4_bodies, &reference.deltas, &p, &mut procs).await?;
+    if args.runs(Scenario::S4) {
+        r.s4 = stream_rounds("S4", &s4_targets, s4_bodies, &reference.deltas, &p, &mut procs).await?;
+    }
     let s4a_targets = [anthropic_direct, targets[1].clone(), targets[2].clone()];
     let s4a_bodies = [
         &bodies.native.anthropic_direct,
         &bodies.native.anthropic_gateway,
         &bodies.native.anthropic_gateway,
     ];
-    r.s4a = stream_rounds(
-        "S4a",
-        &s4a_targets,
-        s4a_bodies,
-        &reference.anthropic_deltas,
-        &p,
-        &mut procs,
-    )
-    .await?;
+    if args.runs(Scenario::S4a) {
+        r.s4a = stream_rounds(
+            "S4a",
+            &s4a_targets,
+            s4a_bodies,
+            &reference.anthropic_deltas,
+            &p,
+            &mut procs,
+        )
+        .await?;
+    }
     let s4b_targets = [bedrock_direct, targets[1].clone(), targets[2].clone()];
     let s4b_bodies = [
         &bodies.native.bedrock_direct,
         &bodies.native.bedrock_gateway,
         &bodies.native.bedrock_gateway,
     ];
-    r.s4b = stream_rounds(
-        "S4b",
-        &s4b_targets,
-        s4b_bodies,
-        &reference.bedrock_deltas,
-        &p,
-        &mut procs,
-    )
-    .await?;
+    if args.runs(Scenario::S4b) {
+        r.s4b = stream_rounds(
+            "S4b",
+            &s4b_targets,
+            s4b_bodies,
+            &reference.bedrock_deltas,
+            &p,
+            &mut procs,
+        )
+        .await?;
+    }
     let paced_a = [
         &bodies.paced.anthropic_direct,
         &bodies.paced.anthropic_gateway,
         &bodies.paced.anthropic_gateway,
     ];
-    r.s4a_paced = paced_checks("S4a", &s4a_targets, paced_a, &p, &mut procs).await?;
+    if args.runs(Scenario::S4a) {
+        r.s4a_paced = paced_checks("S4a", &s4a_targets, paced_a, &p, &mut procs).await?;
+    }
     let paced_b = [
         &bodies.paced.bedrock_direct,
         &bodies.paced.bedrock_gateway,
         &bodies.paced.bedrock_gateway,
     ];
-    r.s4b_paced = paced_checks("S4b", &s4b_targets, paced_b, &p, &mut procs).await?;
+    if args.runs(Scenario::S4b) {
+        r.s4b_paced = paced_checks("S4b", &s4b_targets, paced_b, &p, &mut procs).await?;
+    }
+    // Direct for R is the emulator's chat route under p1's profile, so it
+    // pays the fault middleware's (small) cost too.
+    let r_direct = Arc::new(
+        Target::new(TARGETS[0], emu_addr, &emu_key)?
+            .with_path(format!("/_f/{}{CHAT_PATH}", ROUTER_PROFILES[0])),
+    );
+    let r_targets = [r_direct, targets[1].clone(), targets[2].clone()];
+    if args.runs(Scenario::R) {
+        let faults = Faults::new(targets[0].clone());
+        router_rounds(
+            &r_targets,
+            &bodies,
+            &reference.content,
+            &p,
+            &faults,
+            &mut procs,
+            &mut r,
+        )
+        .await?;
+    }
 
     let rows = rows(&r, &p);
     let errors = error_samples(&r);
@@ -357,33 +426,49 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         p.rounds
     );
     println!("{}", pinning.note);
-    println!(
-        "S1: up to {} sequential requests a round ({} B request, {} B answer content); S2: {} clients for {:.1} s a round; \
-         S4: up to {} sequential streams of {} chunks a round (rounds of S1 and S4 stop after {:.0} s and {:.0} s)",
-        p.s1_requests,
-        bodies.chat.len(),
-        reference.content.len(),
-        p.s2_clients,
-        p.s2_duration.as_secs_f64(),
-        p.s4_streams,
-        reference.deltas.len(),
-        p.s1_max.as_secs_f64(),
-        p.s4_max.as_secs_f64(),
-    );
-    println!(
-        "chunk gaps: the emulator sends a stream's chunks back to back, so direct gaps are ~0 \
-         (one read); gateway gaps show how it paces chunks it forwards"
-    );
-    println!(
-        "S4a / S4b: direct is the emulator in the provider's own format (Anthropic /v1/messages SSE; \
-         Bedrock ConverseStream frames, unsigned: that emulator checks no signature, the gateway still signs); \
-         the gateways stream OpenAI chunks translated by the anthropic / bedrock adapter; \
-         \"to end\" is message_stop / the metadata frame direct, [DONE] through the gateway"
-    );
+    // The S lines only when an S scenario ran (`--only`).
+    if args.only.iter().any(|s| *s != Scenario::R) || args.only.is_empty() {
+        println!(
+            "S1: up to {} sequential requests a round ({} B request, {} B answer content); S2: {} clients for {:.1} s a round; \
+             S4: up to {} sequential streams of {} chunks a round (rounds of S1 and S4 stop after {:.0} s and {:.0} s)",
+            p.s1_requests,
+            bodies.chat.len(),
+            reference.content.len(),
+            p.s2_clients,
+            p.s2_duration.as_secs_f64(),
+            p.s4_streams,
+            reference.deltas.len(),
+            p.s1_max.as_secs_f64(),
+            p.s4_max.as_secs_f64(),
+        );
+        println!(
+            "chunk gaps: the emulator sends a stream's chunks back to back, so direct gaps are ~0 \
+             (one read); gateway gaps show how it paces chunks it forwards"
+        );
+        println!(
+            "S4a / S4b: direct is the emulator in the provider's own format (Anthropic /v1/messages SSE; \
+             Bedrock ConverseStream frames, unsigned: that emulator checks no signature, the gateway still signs); \
+             the gateways stream OpenAI chunks translated by the anthropic / bedrock adapter; \
+             \"to end\" is message_stop / the metadata frame direct, [DONE] through the gateway"
+        );
+    }
+    if args.runs(Scenario::R) {
+        println!(
+            "R: like S1 (up to {} requests a round); models `{ROUTER_SINGLE}` (p1) and `{ROUTER_POOL}` \
+             (weighted over p1, p2, p3; fallback on), each provider the emulator under its own fault profile; \
+             direct is the emulator's p1 profile, the baseline of every R row; R1 all healthy, R2 p2 failing \
+             every {R2_FAIL_EVERY}th request with {R2_STATUS}; fault counters cover the measured requests",
+            p.s1_requests
+        );
+    }
     println!();
     print!("{}", report::table(&rows));
-    println!("{}", paced_line("S4a", &r.s4a_paced));
-    println!("{}", paced_line("S4b", &r.s4b_paced));
+    if !r.s4a_paced.is_empty() {
+        println!("{}", paced_line("S4a", &r.s4a_paced));
+    }
+    if !r.s4b_paced.is_empty() {
+        println!("{}", paced_line("S4b", &r.s4b_paced));
+    }
     for (target, scenario, e) in &errors {
         if e.count > 0 {
             println!(
@@ -421,6 +506,13 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
                 "chunks": reference.bedrock_deltas.len(),
             },
 
+            "r": {
+                "requests": p.s1_requests,
+                "direct": format!("/_f/{}{CHAT_PATH}", ROUTER_PROFILES[0]),
+                "models": {ROUTER_SINGLE: "p1", ROUTER_POOL: "weighted over p1, p2, p3, fallback on"},
+                "r2_fault": {"profile": "p2", "fail_every": R2_FAIL_EVERY, "status": R2_STATUS},
+            },
+            "only": args.only.iter().map(|s| format!("{s:?}")).collect::<Vec<_>>(),
             "request_bytes": bodies.chat.len(),
             "answer_content_bytes": reference.content.len(),
         },
@@ -470,6 +562,68 @@ async fn stream_rounds(
         }
     }
     Ok(rounds)
+}
+
+/// R's rounds: direct once (the baseline of R1 and R2), and each gateway
+/// with `single` and the healthy pool (which goes first alternates by
+/// round), then the pool with p2 failing.
+async fn router_rounds(
+    targets: &[Arc<Target>; 3],
+    bodies: &Bodies,
+    want: &str,
+    p: &Params,
+    faults: &Faults,
+    procs: &mut Procs,
+    r: &mut Rounds,
+) -> anyhow::Result<()> {
+    let single = Bodies::chat(ROUTER_SINGLE);
+    let pool = Bodies::chat(ROUTER_POOL);
+    let show = |x: &RouterRound| {
+        let u = &x.upstream;
+        format!(
+            "{} requests, p50 {:.4} ms p99 {:.4} ms; upstream p1/p2/p3 {}/{}/{} requests, {} failed; {} answers with >1 attempt",
+            x.run.measured,
+            x.run.p50_ms,
+            x.run.p99_ms,
+            u[0].requests,
+            u[1].requests,
+            u[2].requests,
+            u.iter().map(|c| c.failed).sum::<u64>(),
+            x.run.multi_attempt,
+        )
+    };
+    for round in 0..p.rounds {
+        for i in order(round) {
+            if i == 0 {
+                let x = scenarios::router(&targets[0], &bodies.chat, want, p, faults, false).await?;
+                progress("R", round, p, i, &show(&x), &x.run.errors);
+                r.r1_single[0].push(x.clone());
+                r.r1_pool[0].push(x.clone());
+                r.r2_pool[0].push(x);
+                continue;
+            }
+            let mut healthy = [("R1 single", &single), ("R1 pool3", &pool)];
+            if round % 2 == 1 {
+                healthy.reverse();
+            }
+            for (name, body) in healthy {
+                let x = scenarios::router(&targets[i], body, want, p, faults, false).await?;
+                procs.check_alive()?;
+                progress(name, round, p, i, &show(&x), &x.run.errors);
+                if name == "R1 single" {
+                    r.r1_single[i].push(x);
+                } else {
+                    r.r1_pool[i].push(x);
+                }
+            }
+            let x = scenarios::router(&targets[i], &pool, want, p, faults, true).await?;
+            procs.check_alive()?;
+            progress("R2 pool3", round, p, i, &show(&x), &x.run.errors);
+            r.r2_pool[i].push(x);
+        }
+    }
+    // Leave p2 healthy.
+    faults.set(ROUTER_PROFILES[1], &json!({})).await
 }
 
 /// The paced check of S4a or S4b: direct first (its chunks are the
@@ -557,6 +711,16 @@ fn per_target<T>(rounds: &[Vec<T>; 3], f: impl Fn(&T) -> f64) -> [Vec<f64>; 3] {
     [0, 1, 2].map(|i| rounds[i].iter().map(&f).collect())
 }
 
+/// `f(a) − f(b)` per round, for the gateways; direct has no value (n/a).
+fn per_target_diff<T>(a: &[Vec<T>; 3], b: &[Vec<T>; 3], f: impl Fn(&T) -> f64) -> [Vec<f64>; 3] {
+    [0, 1, 2].map(|i| {
+        if i == 0 {
+            return vec![f64::NAN; a[0].len()];
+        }
+        a[i].iter().zip(&b[i]).map(|(x, y)| f(x) - f(y)).collect()
+    })
+}
+
 /// A table row: metric, unit, how it compares, and its value in a round.
 type Metric<T> = (&'static str, &'static str, Compare, fn(&T) -> f64);
 
@@ -634,7 +798,105 @@ fn rows(r: &Rounds, p: &Params) -> Vec<Row> {
             });
         }
     }
+    router_rows(r, &mut rows);
+    // Scenarios left out by `--only` have no rounds.
+    rows.retain(|row| row.values.iter().any(|v| !v.is_empty()));
     rows
+}
+
+/// R1 and R2. "vs direct" is against the emulator's p1 profile called
+/// directly; "vs single" and "vs healthy pool3" are taken per round within
+/// each gateway.
+fn router_rows(r: &Rounds, rows: &mut Vec<Row>) {
+    use Compare::{AddedAndRatio, Plain, Total};
+    let latency: [Metric<RouterRound>; 2] = [
+        ("latency p50", "ms", AddedAndRatio, |x| x.run.p50_ms),
+        ("latency p99", "ms", AddedAndRatio, |x| x.run.p99_ms),
+    ];
+    let counts: [Metric<RouterRound>; 2] = [
+        ("requests", "count", Total, |x| x.run.measured as f64),
+        ("errors", "count", Total, |x| x.run.errors.count as f64),
+    ];
+    let r2: [Metric<RouterRound>; 5] = [
+        ("success", "%", Plain { signed: false }, |x| {
+            100.0 * x.run.ok as f64 / x.run.measured.max(1) as f64
+        }),
+        ("upstream failures", "count", Total, |x| {
+            x.upstream.iter().map(|c| c.failed).sum::<u64>() as f64
+        }),
+        ("answers with >1 attempt", "count", Total, |x| {
+            x.run.multi_attempt as f64
+        }),
+        ("p50 of those answers", "ms", Plain { signed: false }, |x| {
+            x.run.multi_p50_ms
+        }),
+        ("p2 requests", "count", Total, |x| x.upstream[1].requests as f64),
+    ];
+    let r2_name = "R2 pool3, p2 failing";
+    let groups = [
+        ("R1 single", &r.r1_single, [latency, counts].concat()),
+        ("R1 pool3", &r.r1_pool, [latency, counts].concat()),
+        (r2_name, &r.r2_pool, latency.to_vec()),
+        (r2_name, &r.r2_pool, [&r2[..], &counts].concat()),
+    ];
+    // Differences taken per round within each gateway: (scenario, metric,
+    // rounds, baseline rounds, figure); each goes after its scenario's rows.
+    let diffs = [
+        (
+            "R1 pool3 vs single",
+            "added p50",
+            &r.r1_pool,
+            &r.r1_single,
+            latency[0].3,
+        ),
+        (
+            "R1 pool3 vs single",
+            "added p99",
+            &r.r1_pool,
+            &r.r1_single,
+            latency[1].3,
+        ),
+        (
+            r2_name,
+            "p50 vs healthy pool3",
+            &r.r2_pool,
+            &r.r1_pool,
+            latency[0].3,
+        ),
+        (
+            r2_name,
+            "p99 vs healthy pool3",
+            &r.r2_pool,
+            &r.r1_pool,
+            latency[1].3,
+        ),
+    ];
+    for (i, (scenario, rounds, metrics)) in groups.into_iter().enumerate() {
+        for (metric, unit, compare, f) in metrics {
+            rows.push(Row {
+                scenario,
+                metric,
+                unit,
+                values: per_target(rounds, f),
+                compare,
+            });
+        }
+        // R1's differences follow R1 pool3's rows; R2's, its latency.
+        let here = match i {
+            1 => &diffs[..2],
+            2 => &diffs[2..],
+            _ => &[],
+        };
+        for &(scenario, metric, a, b, f) in here {
+            rows.push(Row {
+                scenario,
+                metric,
+                unit: "ms",
+                values: per_target_diff(a, b, f),
+                compare: Plain { signed: true },
+            });
+        }
+    }
 }
 
 /// Errors by target and scenario, merged over the rounds.
@@ -668,6 +930,17 @@ fn error_samples(r: &Rounds) -> Vec<(&'static str, &'static str, Errors)> {
             "S4b paced",
             merged(r.s4b_paced.get(i).map(|x| &x.errors).into_iter()),
         ));
+        // Direct's one R run sits in every R slot; count it once.
+        let r_runs = [
+            ("R1 single", &r.r1_single),
+            ("R1 pool3", &r.r1_pool),
+            ("R2 pool3", &r.r2_pool),
+        ];
+        let r_runs = if i == 0 { &r_runs[..1] } else { &r_runs[..] };
+        for &(scenario, rounds) in r_runs {
+            let scenario = if i == 0 { "R" } else { scenario };
+            out.push((*target, scenario, merged(rounds[i].iter().map(|x| &x.run.errors))));
+        }
     }
     out
 }

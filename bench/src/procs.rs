@@ -25,6 +25,11 @@ pub const ANTHROPIC_UPSTREAM: &str = "claude-3-5-sonnet-20241022";
 /// Bedrock model id (in the ConverseStream path, direct and via the gateway).
 pub const BEDROCK_MODEL: &str = "bedrock-bench";
 pub const BEDROCK_UPSTREAM: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
+/// R: a model with one target (provider p1), and a pool of p1, p2 and p3
+/// (weighted, equal weights, fallback on by default). Each provider is the
+/// emulator under its own fault profile, `/_f/pN/v1`, all asking for [`MODEL`].
+pub const ROUTER_SINGLE: &str = "single";
+pub const ROUTER_POOL: &str = "pool3";
 
 /// How long a process may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -293,9 +298,10 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
 }
 
 /// A gateway config for the emulator at `emulator` (OpenAI and Anthropic
-/// providers) and the unsigned one at `unsigned` (the Bedrock provider: the
-/// gateway signs, that emulator does not check); `services` holds the auth,
-/// router, adapter and metering addresses of a split deployment.
+/// providers, and R's p1–p3 under its fault profiles) and the unsigned one
+/// at `unsigned` (the Bedrock provider: the gateway signs, that emulator does
+/// not check); `services` holds the auth, router, adapter and metering
+/// addresses of a split deployment.
 pub fn gateway_config(
     data_dir: &Path,
     http: SocketAddr,
@@ -325,6 +331,9 @@ providers:
     region: us-east-1
     access_key_id: AKIDEXAMPLE
     secret_access_key: bench-secret-not-checked
+  - {{ name: p1, type: openai, base_url: "http://{emulator}/_f/p1/v1", api_key: "${{EMU_KEY}}" }}
+  - {{ name: p2, type: openai, base_url: "http://{emulator}/_f/p2/v1", api_key: "${{EMU_KEY}}" }}
+  - {{ name: p3, type: openai, base_url: "http://{emulator}/_f/p3/v1", api_key: "${{EMU_KEY}}" }}
 models:
   - name: {MODEL}
     target: emu/{MODEL}
@@ -335,6 +344,13 @@ models:
   - name: {BEDROCK_MODEL}
     target: aws/{BEDROCK_UPSTREAM}
     price: {{ input_per_mtok: 3.0, output_per_mtok: 15.0 }}
+  - name: {ROUTER_SINGLE}
+    target: p1/{MODEL}
+    price: {{ input_per_mtok: 0.15, output_per_mtok: 0.60 }}
+  - name: {ROUTER_POOL}
+    strategy: weighted
+    price: {{ input_per_mtok: 0.15, output_per_mtok: 0.60 }}
+    targets: [{{ target: p1/{MODEL} }}, {{ target: p2/{MODEL} }}, {{ target: p3/{MODEL} }}]
 "#
     );
     if let Some([auth, router, adapter, metering]) = services {

@@ -21,6 +21,9 @@ pub enum Compare {
     Ratio,
     /// A count: the total over the rounds, no comparison.
     Total,
+    /// A figure with no comparison with direct (a success rate, or a
+    /// difference already taken within each target, shown signed).
+    Plain { signed: bool },
 }
 
 pub struct Row {
@@ -122,13 +125,14 @@ fn cell(values: &[f64], sign: bool, prefix: &str) -> String {
 fn value_cell(row: &Row, i: usize) -> String {
     match row.compare {
         Compare::Total => format!("{}", row.values[i].iter().sum::<f64>()),
+        Compare::Plain { signed } => cell(&row.values[i], signed, ""),
         _ => cell(&row.values[i], false, ""),
     }
 }
 
 fn vs_cell(row: &Row, i: usize) -> String {
     match row.compare {
-        Compare::Total => String::new(),
+        Compare::Total | Compare::Plain { .. } => String::new(),
         Compare::Added => cell(&added(row, i), true, ""),
         Compare::Ratio => cell(&ratio(row, i), false, "×"),
         Compare::AddedAndRatio => {
@@ -211,7 +215,7 @@ pub fn rows_json(rows: &[Row]) -> Value {
                 };
                 if i > 0 {
                     let vs = match row.compare {
-                        Compare::Total => Value::Null,
+                        Compare::Total | Compare::Plain { .. } => Value::Null,
                         Compare::Added => json!({"added": spread_json(&added(row, i))}),
                         Compare::Ratio => json!({"ratio": spread_json(&ratio(row, i))}),
                         Compare::AddedAndRatio => json!({

@@ -8,6 +8,10 @@
 //!   (an OpenAI stream from the gateway), against the emulator called
 //!   directly in its native format (Anthropic Messages SSE, Bedrock
 //!   ConverseStream event-stream frames).
+//! - R: the router, sequential like S1 through the emulator's fault profiles
+//!   p1, p2, p3: a one-target model vs a pool of the three (R1), and the pool
+//!   with p2 failing every [`R2_FAIL_EVERY`]th request, which the gateway
+//!   answers by falling back to another target (R2).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -143,7 +147,8 @@ impl NativeBodies {
 }
 
 impl Bodies {
-    pub fn new(model: &str) -> Self {
+    /// S1's request (~200 B) for `model`; R sends it for its models too.
+    pub fn chat(model: &str) -> Bytes {
         let chat = serde_json::json!({
             "model": model,
             "messages": [
@@ -152,6 +157,10 @@ impl Bodies {
             ],
             "temperature": 0.2,
         });
+        Bytes::from(chat.to_string())
+    }
+
+    pub fn new(model: &str) -> Self {
         let stream = serde_json::json!({
             "model": model,
             "messages": [
@@ -164,7 +173,7 @@ impl Bodies {
             "Stream a paragraph about latency. [emu:words={PACED_CHUNKS}] [emu:chunk_delay_ms={PACED_GAP_MS}]"
         );
         Self {
-            chat: Bytes::from(chat.to_string()),
+            chat: Self::chat(model),
             stream: Bytes::from(stream.to_string()),
             native: NativeBodies::new(&prompt),
             paced: NativeBodies::new(&paced),
@@ -302,16 +311,17 @@ impl Client {
         self.conn.as_mut().context("no connection")
     }
 
-    /// POSTs the chat body; 200 with a body, or an error. The connection is
-    /// dropped on any error, since its state is then unknown.
-    async fn post(&mut self, body: &Bytes, timeout: Duration) -> anyhow::Result<Bytes> {
+    /// POSTs the chat body; 200 with a body and the gateway's
+    /// `x-llmgw-attempts`, or an error. The connection is dropped on any
+    /// error, since its state is then unknown.
+    async fn post(&mut self, body: &Bytes, timeout: Duration) -> anyhow::Result<(Bytes, Option<u32>)> {
         let target = self.target.clone();
         let result = timed(timeout, async {
-            let (status, bytes) = self.conn().await?.post(&target, body.clone()).await?;
+            let (status, attempts, bytes) = self.conn().await?.post_attempts(&target, body.clone()).await?;
             if status != StatusCode::OK {
                 bail!("status {status}: {}", snippet(&bytes));
             }
-            Ok(bytes)
+            Ok((bytes, attempts))
         })
         .await;
         if result.is_err() {
@@ -337,17 +347,27 @@ impl Client {
 pub struct S1Round {
     /// Requests measured (fewer than asked when `s1_max` cut the round short).
     pub measured: u64,
+    /// Measured requests answered 200 with the direct answer's content.
+    pub ok: u64,
+    /// Measured answers whose `x-llmgw-attempts` was above 1 (a fallback).
+    pub multi_attempt: u64,
+    /// The median latency of those answers alone (NaN when none).
+    pub multi_p50_ms: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: Errors,
 }
 
-/// S1: sequential non-streaming requests over one connection.
+/// S1: sequential non-streaming requests of `body` over one connection,
+/// each answer checked against `want`, the direct answer's content. With
+/// `faults` (R), the emulator's fault profiles are set between the warm-up
+/// and the measured requests, which also zeroes their counters.
 pub async fn s1(
     target: &Arc<Target>,
-    bodies: &Bodies,
-    reference: &Reference,
+    body: &Bytes,
+    want: &str,
     p: &Params,
+    faults: Option<(&Faults, &[(&str, serde_json::Value)])>,
 ) -> anyhow::Result<S1Round> {
     let mut client = Client::new(target.clone(), None);
     let mut errors = Errors::default();
@@ -356,12 +376,20 @@ pub async fn s1(
         if Instant::now() > warm_until {
             break;
         }
-        if let Err(e) = client.post(&bodies.chat, p.request_timeout).await {
+        if let Err(e) = client.post(body, p.request_timeout).await {
             errors.add(format!("{e:#}"));
         }
     }
+    if let Some((faults, settings)) = faults {
+        for (profile, setting) in settings {
+            faults.set(profile, setting).await?;
+        }
+    }
     let mut h = histogram()?;
+    let mut multi = histogram()?;
     let mut measured = 0;
+    let mut ok = 0;
+    let mut multi_attempt = 0;
     let stop = Instant::now() + p.s1_max;
     for _ in 0..p.s1_requests {
         let started = Instant::now();
@@ -369,15 +397,25 @@ pub async fn s1(
             break;
         }
         measured += 1;
-        match client.post(&bodies.chat, p.request_timeout).await {
-            Ok(body) => {
+        match client.post(body, p.request_timeout).await {
+            Ok((answer, attempts)) => {
                 let took = started.elapsed();
-                match message_content(&body) {
-                    Ok(c) if c == reference.content => record(&mut h, took),
+                let fell_back = attempts.is_some_and(|n| n > 1);
+                if fell_back {
+                    multi_attempt += 1;
+                }
+                match message_content(&answer) {
+                    Ok(c) if c == want => {
+                        ok += 1;
+                        record(&mut h, took);
+                        if fell_back {
+                            record(&mut multi, took);
+                        }
+                    }
                     Ok(c) => errors.add(format!(
                         "answer differs from direct ({} vs {} bytes)",
                         c.len(),
-                        reference.content.len()
+                        want.len()
                     )),
                     Err(e) => errors.add(format!("{e:#}")),
                 }
@@ -387,10 +425,120 @@ pub async fn s1(
     }
     Ok(S1Round {
         measured,
+        ok,
+        multi_attempt,
+        multi_p50_ms: ms(&multi, 0.5),
         p50_ms: ms(&h, 0.5),
         p99_ms: ms(&h, 0.99),
         errors,
     })
+}
+
+/// R's fault profiles on the emulator: the pool's three providers.
+pub const ROUTER_PROFILES: [&str; 3] = ["p1", "p2", "p3"];
+/// R2: p2 fails requests N, 2N, … of its own with [`R2_STATUS`]. One in
+/// five never makes the 5 consecutive failures that eject a target (the
+/// default), so the gateway keeps choosing p2 and falling back.
+pub const R2_FAIL_EVERY: u32 = 5;
+pub const R2_STATUS: u16 = 500;
+
+/// The emulator's fault control (`/_emu/faults/{profile}`).
+pub struct Faults {
+    /// The emulator, for its host and key.
+    emu: Arc<Target>,
+}
+
+/// What a fault profile counted since it was last set.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    pub requests: u64,
+    pub failed: u64,
+}
+
+impl Faults {
+    pub fn new(emu: Arc<Target>) -> Self {
+        Self { emu }
+    }
+
+    /// Replaces `profile`'s settings and zeroes its counters.
+    pub async fn set(&self, profile: &str, settings: &serde_json::Value) -> anyhow::Result<()> {
+        let mut conn = Conn::open(self.emu.addr).await?;
+        let path = format!("/_emu/faults/{profile}");
+        let (status, body) = conn
+            .put(&self.emu, &path, Bytes::from(settings.to_string()))
+            .await?;
+        if status != StatusCode::NO_CONTENT {
+            bail!("PUT {path} answered {status}: {}", snippet(&body));
+        }
+        Ok(())
+    }
+
+    pub async fn counts(&self, profile: &str) -> anyhow::Result<Counts> {
+        let mut conn = Conn::open(self.emu.addr).await?;
+        let path = format!("/_emu/faults/{profile}");
+        let (status, body) = conn.get(&self.emu, &path).await?;
+        if status != StatusCode::OK {
+            bail!("GET {path} answered {status}: {}", snippet(&body));
+        }
+        let v: serde_json::Value = serde_json::from_slice(&body)?;
+        let field = |name: &str| {
+            v.get(name)
+                .and_then(serde_json::Value::as_u64)
+                .with_context(|| format!("GET {path}: no {name} in {}", snippet(&body)))
+        };
+        Ok(Counts {
+            requests: field("requests")?,
+            failed: field("failed")?,
+        })
+    }
+}
+
+/// One R run and what the emulator's profiles saw during its measured part.
+#[derive(Clone, Debug)]
+pub struct RouterRound {
+    pub run: S1Round,
+    /// By profile, in [`ROUTER_PROFILES`] order.
+    pub upstream: [Counts; 3],
+}
+
+/// R: S1 against `target` with `body` (its model a single target or the
+/// pool), the profiles healthy or, when `faulty`, p2 failing (R2). Every
+/// failure p2 counts must come back as one answer with two attempts; when
+/// it does not, or p2 never failed though faulty, that is an error.
+pub async fn router(
+    target: &Arc<Target>,
+    body: &Bytes,
+    want: &str,
+    p: &Params,
+    faults: &Faults,
+    faulty: bool,
+) -> anyhow::Result<RouterRound> {
+    let healthy = serde_json::json!({});
+    let failing = serde_json::json!({"fail_every": R2_FAIL_EVERY, "status": R2_STATUS});
+    let settings = ROUTER_PROFILES.map(|name| {
+        let s = if faulty && name == "p2" {
+            &failing
+        } else {
+            &healthy
+        };
+        (name, s.clone())
+    });
+    let mut run = s1(target, body, want, p, Some((faults, &settings))).await?;
+    let mut upstream = [Counts::default(); 3];
+    for (counts, name) in upstream.iter_mut().zip(ROUTER_PROFILES) {
+        *counts = faults.counts(name).await?;
+    }
+    let failed: u64 = upstream.iter().map(|c| c.failed).sum();
+    if run.multi_attempt != failed {
+        run.errors.add(format!(
+            "{} answers with more than one attempt, but the upstream failed {failed} times",
+            run.multi_attempt
+        ));
+    }
+    if faulty && failed == 0 && upstream[1].requests >= u64::from(R2_FAIL_EVERY) {
+        run.errors.add("p2 was set to fail but never did".to_owned());
+    }
+    Ok(RouterRound { run, upstream })
 }
 
 #[derive(Clone, Debug)]
