@@ -11,6 +11,7 @@
 
 mod harness;
 
+mod admin;
 mod chat;
 mod embeddings;
 mod errors;

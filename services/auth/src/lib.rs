@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 mod keys;
 mod service;
 mod store;

@@ -10,6 +10,7 @@ use llmgw_proto as pb;
 use sqlx::Row as _;
 use subtle::ConstantTimeEq as _;
 
+use crate::admin::role_from_str;
 use crate::keys::MAX_KEY_LEN;
 use crate::store::{AuthStore, now_ms};
 
@@ -37,7 +38,7 @@ impl AuthService for AuthServiceImpl {
         }
         let hash = self.store.hasher.hash(&key);
         let row = sqlx::query(
-            "SELECT k.id, k.key_hash, k.revoked_at, k.expires_at, o.id, o.name, p.id, p.name, k.routing_config \
+            "SELECT k.id, k.key_hash, k.revoked_at, k.expires_at, o.id, o.name, p.id, p.name, k.routing_config, k.role \
              FROM api_keys k \
              JOIN orgs o ON o.id = k.org_id \
              LEFT JOIN projects p ON p.id = k.project_id \
@@ -64,6 +65,8 @@ impl AuthService for AuthServiceImpl {
                     project_name: row.try_get(7)?,
                     key_id: String::new(),
                     routing_config: row.try_get(8)?,
+                    role: role_from_str(&row.try_get::<String, _>(9)?) as i32,
+                    policies: Vec::new(),
                 },
             ))
         };
@@ -82,7 +85,12 @@ impl AuthService for AuthServiceImpl {
             tracing::debug!(key_id, reason = "expired", "api key rejected");
             return Err(invalid_key());
         }
+        principal.policies = self.store.policies_of(&principal, &key_id).await?;
         principal.key_id = key_id;
         Ok(principal)
+    }
+
+    async fn admin(&self, call: pb::AdminCall) -> Result<pb::AdminReply, GwError> {
+        self.store.admin(call).await
     }
 }

@@ -28,6 +28,11 @@ const MIGRATIONS: &[MigrationSpec] = &[
         "key routing config",
         include_str!("../migrations/0002_key_routing_config.sql"),
     ),
+    (
+        3,
+        "key roles names metadata and policies",
+        include_str!("../migrations/0003_admin.sql"),
+    ),
 ];
 
 /// Longest org or project name, in characters.
@@ -149,6 +154,71 @@ impl AuthStore {
         Ok(created)
     }
 
+    /// Creates a key in the existing org `org_id` with its role, name,
+    /// metadata (JSON text), expiry (Unix ms) and default routing config.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "one column each; the admin API validated them"
+    )]
+    pub(crate) async fn create_key_in(
+        &self,
+        org_id: &str,
+        project_id: Option<&str>,
+        role: &str,
+        name: Option<&str>,
+        metadata: Option<&str>,
+        expires_at: Option<i64>,
+        routing_config: Option<&str>,
+    ) -> Result<CreatedKey, GwError> {
+        let mut tx = self.pool.begin().await.map_err(db_error("creating a key"))?;
+        let org_name: String = sqlx::query("SELECT name FROM orgs WHERE id = $1")
+            .bind(org_id)
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(db_error("reading an org"))?;
+        let created = self
+            .insert_key(
+                &mut tx,
+                org_id.to_owned(),
+                &org_name,
+                project_id.map(str::to_owned),
+                now_ms(),
+            )
+            .await?;
+        sqlx::query(
+            "UPDATE api_keys SET role = $1, name = $2, metadata = $3, expires_at = $4, routing_config = $5              WHERE id = $6",
+        )
+        .bind(role)
+        .bind(name)
+        .bind(metadata)
+        .bind(expires_at)
+        .bind(routing_config)
+        .bind(&created.key_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error("creating a key"))?;
+        tx.commit().await.map_err(db_error("creating a key"))?;
+        Ok(created)
+    }
+
+    /// Sets a key's role: `member`, `admin` (its org) or `platform_admin`.
+    pub async fn set_role(&self, key_id: &str, role: &str) -> Result<(), GwError> {
+        if !["member", "admin", "platform_admin"].contains(&role) {
+            return Err(GwError::invalid(
+                "role",
+                "role is member, admin or platform_admin",
+            ));
+        }
+        sqlx::query("UPDATE api_keys SET role = $1 WHERE id = $2")
+            .bind(role)
+            .bind(key_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("setting a key's role"))?;
+        Ok(())
+    }
+
     /// In a store without any org, creates org `default` and one key for it
     /// and returns that key; otherwise `None`. Safe when several processes
     /// start at once: exactly one of them gets the key.
@@ -239,7 +309,7 @@ impl AuthStore {
 }
 
 /// Checks an org or project name; `what` is the param named in the error.
-fn validate_name(what: &'static str, name: &str) -> Result<(), GwError> {
+pub(crate) fn validate_name(what: &'static str, name: &str) -> Result<(), GwError> {
     let problem = if name.is_empty() {
         "must not be empty"
     } else if name.chars().count() > MAX_NAME_CHARS {

@@ -14,7 +14,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt as _;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -32,6 +32,8 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
+        .route("/admin/v1", any(admin))
+        .route("/admin/v1/{*rest}", any(admin))
         .route("/health", get(health))
         .route("/", get(health))
         .with_state(pipeline.clone());
@@ -269,6 +271,40 @@ fn routing_headers(resp: &mut Response, meta: &pb::RoutingMetadata) {
 }
 
 // ---- handlers ---------------------------------------------------------------
+
+/// The admin API (`/admin/v1/...`, admin keys only): the path names the
+/// operation ([`llmgw_kit::admin::route`]), `auth` carries it out.
+async fn admin(
+    State(p): State<Arc<Pipeline>>,
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = async {
+        let principal = p.authenticate(api_key(&headers)).await?;
+        let route = llmgw_kit::admin::route(method.as_str(), uri.path())?;
+        let body = read_body(&headers, body, p.max_body_bytes).await?;
+        if !body.is_empty() {
+            require_json(&headers)?;
+        }
+        let body_json = String::from_utf8(body.to_vec())
+            .map_err(|_| GwError::invalid("body", "the body must be UTF-8 JSON"))?;
+        let reply = p.admin(principal, route, body_json).await?;
+        let status =
+            StatusCode::from_u16(u16::try_from(reply.status).unwrap_or(200)).unwrap_or(StatusCode::OK);
+        Ok::<_, GwError>(
+            (
+                status,
+                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+                reply.body_json,
+            )
+                .into_response(),
+        )
+    }
+    .await;
+    result.unwrap_or_else(|e| error_response(&e))
+}
 
 async fn chat_completions(State(p): State<Arc<Pipeline>>, headers: HeaderMap, body: Body) -> Response {
     match chat(&p, &headers, body).await {

@@ -172,7 +172,28 @@ impl Pipeline {
         Ok(principal)
     }
 
+    /// One admin API operation for `principal` (the auth service checks the
+    /// key may administer what it names).
+    pub async fn admin(
+        &self,
+        principal: pb::Principal,
+        route: llmgw_kit::admin::Route,
+        body_json: String,
+    ) -> Result<pb::AdminReply, GwError> {
+        self.deps
+            .auth
+            .admin(pb::AdminCall {
+                caller: Some(principal),
+                op: route.op as i32,
+                scope: route.scope.to_owned(),
+                id: route.id,
+                body_json,
+            })
+            .await
+    }
+
     pub async fn list_models(&self, principal: pb::Principal) -> Result<pb::ModelList, GwError> {
+        allow_endpoint(&principal, "models")?;
         self.deps
             .router
             .list_models(pb::ModelsRequest {
@@ -189,6 +210,8 @@ impl Pipeline {
         mut req: pb::ChatRequest,
         hints: Hints,
     ) -> Result<ChatOutput, GwError> {
+        allow_endpoint(&principal, "chat")?;
+        cap_max_tokens(&principal, &mut req)?;
         let streaming = req.stream;
         let client_wants_usage = streaming
             && req
@@ -275,6 +298,7 @@ impl Pipeline {
         req: pb::EmbeddingsRequest,
         hints: Hints,
     ) -> Result<pb::EmbeddingsResponse, GwError> {
+        allow_endpoint(&principal, "embeddings")?;
         let Begun {
             permit: _permit,
             deadline,
@@ -568,6 +592,54 @@ struct Begun {
     /// What a routing config's variant sets over the request.
     params: Option<pb::ChatRequest>,
     system: Option<String>,
+}
+
+/// 403 unless every policy of the key that names endpoints names this one.
+fn allow_endpoint(principal: &pb::Principal, endpoint: &str) -> Result<(), GwError> {
+    match principal
+        .policies
+        .iter()
+        .find(|p| !p.allowed_endpoints.is_empty() && !p.allowed_endpoints.iter().any(|e| e == endpoint))
+    {
+        Some(p) => Err(GwError::new(
+            ErrorCode::PermissionDenied,
+            format!(
+                "the `{endpoint}` endpoint is not allowed by the {} policy",
+                p.scope
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Applies the policies' max tokens per request: a request asking for more
+/// is refused (403 naming `max_tokens`); one asking for none gets the limit.
+fn cap_max_tokens(principal: &pb::Principal, req: &mut pb::ChatRequest) -> Result<(), GwError> {
+    let Some((limit, scope)) = principal
+        .policies
+        .iter()
+        .filter_map(|p| p.max_tokens.map(|m| (m, p.scope.as_str())))
+        .min_by_key(|(m, _)| *m)
+    else {
+        return Ok(());
+    };
+    let (asked, param) = match (req.max_completion_tokens, req.max_tokens) {
+        (Some(n), _) => (Some(n), "max_completion_tokens"),
+        (None, Some(n)) => (Some(n), "max_tokens"),
+        (None, None) => (None, "max_tokens"),
+    };
+    match asked {
+        Some(n) if n > limit => Err(GwError::new(
+            ErrorCode::PermissionDenied,
+            format!("{param} {n} is above the {scope} policy's limit of {limit} tokens per request"),
+        )
+        .with_param(param)),
+        Some(_) => Ok(()),
+        None => {
+            req.max_tokens = Some(limit);
+            Ok(())
+        }
+    }
 }
 
 /// Puts a variant's parameters over the request's, and its system prompt

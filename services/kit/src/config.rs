@@ -159,7 +159,7 @@ impl Default for EdgeConfig {
             max_body_bytes: 32 << 20,
             request_timeout: Duration::from_secs(600),
             stream_idle_timeout: Duration::from_secs(120),
-            auth_cache_ttl: Duration::from_secs(5),
+            auth_cache_ttl: Duration::from_secs(1),
             max_in_flight: 10_000,
         }
     }

@@ -4,6 +4,7 @@
 //!
 //! Small and boring on purpose: service crates hold the logic.
 
+pub mod admin;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -30,6 +30,8 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChatChunk, GwError>>
 #[async_trait]
 pub trait AuthService: Send + Sync + 'static {
     async fn authenticate(&self, req: pb::AuthenticateRequest) -> Result<pb::Principal, GwError>;
+    /// One admin API operation on behalf of `call.caller`.
+    async fn admin(&self, call: pb::AdminCall) -> Result<pb::AdminReply, GwError>;
 }
 
 /// "Which targets, in what order?"
@@ -87,6 +89,10 @@ impl GrpcAuth {
 impl AuthService for GrpcAuth {
     async fn authenticate(&self, req: pb::AuthenticateRequest) -> Result<pb::Principal, GwError> {
         Ok(self.0.clone().authenticate(req).await?.into_inner())
+    }
+
+    async fn admin(&self, call: pb::AdminCall) -> Result<pb::AdminReply, GwError> {
+        Ok(self.0.clone().admin(call).await?.into_inner())
     }
 }
 
@@ -224,6 +230,10 @@ impl pb::auth_server::Auth for AuthGrpcServer {
         req: Request<pb::AuthenticateRequest>,
     ) -> Result<Response<pb::Principal>, Status> {
         Ok(Response::new(self.0.authenticate(req.into_inner()).await?))
+    }
+
+    async fn admin(&self, req: Request<pb::AdminCall>) -> Result<Response<pb::AdminReply>, Status> {
+        Ok(Response::new(self.0.admin(req.into_inner()).await?))
     }
 }
 

@@ -64,6 +64,21 @@ enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// The admin API against the store directly, as a platform admin:
+    /// `llmgw admin --config FILE GET /admin/v1/orgs`,
+    /// `llmgw admin --config FILE PUT /admin/v1/keys/key_…/policy --body '{"allowed_models": ["gpt-4o*"]}'`.
+    /// Prints the JSON answer.
+    Admin {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// GET, POST, PUT or PATCH.
+        method: String,
+        /// The REST path, `/admin/v1/...`.
+        path: String,
+        /// The JSON body.
+        #[arg(long)]
+        body: Option<String>,
+    },
     /// An org's spend.
     Usage {
         #[command(flatten)]
@@ -91,6 +106,10 @@ enum KeysCommand {
         /// The routing config this key's requests use when they name none.
         #[arg(long)]
         routing_config: Option<String>,
+        /// `member` (calls the model APIs), `admin` (also administers its
+        /// org through `/admin/v1`) or `platform_admin` (every org).
+        #[arg(long, default_value = "member")]
+        role: String,
     },
 }
 
@@ -199,9 +218,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     org,
                     project,
                     routing_config,
+                    role,
                 },
         } => {
             let config = load(&config.config, true)?;
+            if !["member", "admin", "platform_admin"].contains(&role.as_str()) {
+                anyhow::bail!("--role is member, admin or platform_admin");
+            }
             if let Some(name) = &routing_config {
                 let base = name.rsplit_once('@').map_or(name.as_str(), |(n, _)| n);
                 if !config.routing.configs.iter().any(|c| c.name == base) {
@@ -213,6 +236,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if let Some(name) = &routing_config {
                 store.set_routing_config(&created.key_id, Some(name)).await?;
             }
+            if role != "member" {
+                store.set_role(&created.key_id, &role).await?;
+            }
             let scope = match &created.project_id {
                 Some(p) => format!("org `{}` ({}), project {p}", created.org_name, created.org_id),
                 None => format!("org `{}` ({})", created.org_name, created.org_id),
@@ -222,6 +248,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 created.key_id
             ))?;
             say(created.key.expose())
+        }
+        Command::Admin {
+            config,
+            method,
+            path,
+            body,
+        } => {
+            let config = load(&config.config, true)?;
+            let store = llmgw_auth::open(&config).await?;
+            let route = llmgw_kit::admin::route(&method.to_ascii_uppercase(), &path)?;
+            let reply = store
+                .admin(pb::AdminCall {
+                    // The store's own operator: every org.
+                    caller: Some(pb::Principal {
+                        role: pb::KeyRole::PlatformAdmin as i32,
+                        ..Default::default()
+                    }),
+                    op: route.op as i32,
+                    scope: route.scope.to_owned(),
+                    id: route.id,
+                    body_json: body.unwrap_or_default(),
+                })
+                .await?;
+            say(&reply.body_json)
         }
         Command::Usage { config, org, json } => {
             let config = load(&config.config, true)?;

@@ -33,6 +33,7 @@ use pb::attempt_report::Event;
 pub mod builtin;
 mod configs;
 mod health;
+mod policy;
 mod strategy;
 
 use builtin::Builtin;
@@ -399,6 +400,52 @@ impl Catalog {
         Ok(candidates.iter().map(|c| self.target(capable[c.index])).collect())
     }
 
+    /// Leaves out the targets the principal's policies refuse; 403 when none
+    /// is left, naming what was refused.
+    fn allowed(
+        &self,
+        model: &str,
+        mut resolved: Resolved,
+        policies: &[pb::Policy],
+    ) -> Result<Resolved, GwError> {
+        if policies.is_empty() {
+            return Ok(resolved);
+        }
+        let mut refusal = None;
+        resolved.targets.retain(|t| {
+            let p = &self.providers[t.upstream.provider];
+            match policy::check(policies, model, &p.name, p.kind, &t.upstream.model) {
+                Ok(()) => true,
+                Err(r) => {
+                    refusal.get_or_insert(r);
+                    false
+                }
+            }
+        });
+        match (resolved.targets.is_empty(), refusal) {
+            (true, Some((policy::Refusal::Model, scope))) => Err(GwError::new(
+                ErrorCode::PermissionDenied,
+                format!("the model `{model}` is not allowed by the {scope} policy"),
+            )
+            .with_param("model")),
+            (true, Some((policy::Refusal::Provider, scope))) => Err(GwError::new(
+                ErrorCode::PermissionDenied,
+                format!("the {scope} policy allows none of the providers that serve `{model}`"),
+            )
+            .with_param("model")),
+            _ => Ok(resolved),
+        }
+    }
+
+    /// Whether the principal may reach `model` through any of `targets`.
+    fn listable(&self, model: &str, targets: &[(usize, &str)], policies: &[pb::Policy]) -> bool {
+        policies.is_empty()
+            || targets.iter().any(|(provider, upstream)| {
+                let p = &self.providers[*provider];
+                policy::check(policies, model, &p.name, p.kind, upstream).is_ok()
+            })
+    }
+
     fn stats(&self, report: &pb::AttemptReport) -> Option<Arc<Upstream>> {
         let table = self.upstreams.read().unwrap_or_else(|e| e.into_inner());
         let upstream = table.list.get(report.key as usize)?;
@@ -524,6 +571,8 @@ impl RouterService for Catalog {
                 .with_param("model"),
                 _ => e,
             })?;
+        let policies = req.principal.as_ref().map_or(&[][..], |p| p.policies.as_slice());
+        let resolved = self.allowed(model, resolved, policies)?;
         let requested_provider = resolved.requested_provider.clone();
         let strategy = resolved.strategy;
         let needed = req.needed.unwrap_or_default();
@@ -541,11 +590,20 @@ impl RouterService for Catalog {
         })
     }
 
-    async fn list_models(&self, _req: pb::ModelsRequest) -> Result<pb::ModelList, GwError> {
+    async fn list_models(&self, req: pb::ModelsRequest) -> Result<pb::ModelList, GwError> {
+        let policies = req.principal.as_ref().map_or(&[][..], |p| p.policies.as_slice());
         let mut data: Vec<pb::Model> = self
             .pools
             .iter()
             .filter(|p| !p.targets.is_empty())
+            .filter(|p| {
+                let targets: Vec<(usize, &str)> = p
+                    .targets
+                    .iter()
+                    .map(|t| (t.upstream.provider, t.upstream.model.as_str()))
+                    .collect();
+                self.listable(&p.name, &targets, policies)
+            })
             .map(|p| pb::Model {
                 id: p.name.clone(),
                 created: self.created,
@@ -560,11 +618,21 @@ impl RouterService for Catalog {
             if self.by_model_name.contains_key(&m.id) {
                 continue;
             }
-            let offering = m
+            let offering: Vec<(usize, &str)> = m
                 .offered_by
                 .iter()
-                .find_map(|(kind, _)| self.providers.iter().find(|p| p.kind == kind.as_str()));
-            if let Some(p) = offering {
+                .flat_map(|(kind, upstream)| {
+                    self.providers
+                        .iter()
+                        .enumerate()
+                        .filter(move |(_, p)| p.kind == kind.as_str())
+                        .map(move |(i, _)| (i, upstream.as_str()))
+                })
+                .collect();
+            if let Some(&(i, _)) = offering.first()
+                && self.listable(&m.id, &offering, policies)
+            {
+                let p = &self.providers[i];
                 data.push(pb::Model {
                     id: m.id.clone(),
                     created: self.created,
