@@ -26,7 +26,7 @@ test: test-rust test-python
 
 test-rust:
 	cargo build -p llmgw -p llmgw-emulators
-	cargo test --workspace
+	LLMGW_REDIS_BIN="$$(scripts/setup-redis.sh)" cargo test --workspace
 
 test-python:
 	cargo build -p llmgw -p llmgw-emulators

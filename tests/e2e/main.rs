@@ -16,6 +16,7 @@ mod chat;
 mod embeddings;
 mod errors;
 mod grpc;
+mod limits;
 mod provider_anthropic;
 mod provider_bedrock;
 mod provider_gemini;

@@ -49,6 +49,10 @@ pub struct PolicyBody {
     pub denied_providers: Vec<String>,
     pub allowed_endpoints: Vec<String>,
     pub max_tokens: Option<u32>,
+    /// Requests per minute for the whole scope.
+    pub rpm: Option<u32>,
+    /// Tokens (prompt and completion) per minute for the whole scope.
+    pub tpm: Option<u32>,
 }
 
 impl PolicyBody {
@@ -88,8 +92,17 @@ impl PolicyBody {
                 format!("unknown endpoint `{shown}`; one of: {}", ENDPOINTS.join(", ")),
             ));
         }
-        if self.max_tokens == Some(0) {
-            return Err(GwError::invalid("max_tokens", "max_tokens must be at least 1"));
+        for (param, v) in [
+            ("max_tokens", self.max_tokens),
+            ("rpm", self.rpm),
+            ("tpm", self.tpm),
+        ] {
+            if v == Some(0) {
+                return Err(GwError::invalid(
+                    param,
+                    format!("{param} must be at least 1 (leave it out for no limit)"),
+                ));
+            }
         }
         Ok(())
     }
@@ -107,6 +120,8 @@ impl PolicyBody {
             denied_providers: self.denied_providers,
             allowed_endpoints: self.allowed_endpoints,
             max_tokens: self.max_tokens,
+            rpm: self.rpm,
+            tpm: self.tpm,
         }
     }
 }

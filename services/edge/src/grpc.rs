@@ -63,7 +63,7 @@ type ChunkStatusStream = Pin<Box<dyn Stream<Item = Result<pb::ChatChunk, Status>
 impl pb::gateway_server::Gateway for GatewayGrpc {
     async fn chat(&self, req: Request<pb::ChatRequest>) -> Result<Response<pb::ChatResponse>, Status> {
         match self.run(req, false).await? {
-            ChatOutput::Complete(resp) => Ok(Response::new(*resp)),
+            ChatOutput::Complete(resp, _) => Ok(Response::new(*resp)),
             ChatOutput::Stream(_) => Err(GwError::internal("expected a complete response").to_status()),
         }
     }
@@ -78,7 +78,7 @@ impl pb::gateway_server::Gateway for GatewayGrpc {
             ChatOutput::Stream(s) => Ok(Response::new(Box::pin(
                 s.chunks.map(|c| c.map_err(|e| e.to_status())),
             ))),
-            ChatOutput::Complete(_) => {
+            ChatOutput::Complete(..) => {
                 Err(GwError::new(ErrorCode::Internal, "expected a stream").to_status())
             }
         }

@@ -220,6 +220,30 @@ async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<
     }
 }
 
+/// OpenAI's `x-ratelimit-*` headers, for the tightest limit that applies.
+fn ratelimit_headers(resp: &mut Response, quota: Option<crate::limits::Quota>) {
+    let Some(q) = quota else { return };
+    let h = resp.headers_mut();
+    let reset =
+        HeaderValue::from_str(&format!("{}s", q.reset_secs)).unwrap_or(HeaderValue::from_static("60s"));
+    if let Some(limit) = q.limit_requests {
+        h.insert("x-ratelimit-limit-requests", HeaderValue::from(limit));
+        h.insert(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from(q.remaining_requests),
+        );
+        h.insert("x-ratelimit-reset-requests", reset.clone());
+    }
+    if let Some(limit) = q.limit_tokens {
+        h.insert("x-ratelimit-limit-tokens", HeaderValue::from(limit));
+        h.insert(
+            "x-ratelimit-remaining-tokens",
+            HeaderValue::from(q.remaining_tokens),
+        );
+        h.insert("x-ratelimit-reset-tokens", reset);
+    }
+}
+
 fn hints(principal: &pb::Principal, headers: &HeaderMap) -> Hints {
     let config = headers.get(CONFIG_HEADER).and_then(|v| v.to_str().ok());
     Hints::new(principal, config, || {
@@ -320,7 +344,7 @@ async fn chat(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response,
     let req = llmgw_kit::openai::parse_request(&bytes)?;
     let hints = hints(&principal, headers);
     match p.chat(principal, req, hints).await? {
-        ChatOutput::Complete(resp) => {
+        ChatOutput::Complete(resp, quota) => {
             let json = llmgw_kit::openai::response_json(&resp)?;
             let mut out = (
                 [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
@@ -330,6 +354,7 @@ async fn chat(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response,
             if let Some(meta) = &resp.metadata {
                 routing_headers(&mut out, meta);
             }
+            ratelimit_headers(&mut out, quota);
             Ok(out)
         }
         ChatOutput::Stream(stream) => {
@@ -342,6 +367,7 @@ async fn chat(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response,
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             routing_headers(&mut out, &stream.metadata);
+            ratelimit_headers(&mut out, stream.quota);
             Ok(out)
         }
     }

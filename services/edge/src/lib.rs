@@ -10,6 +10,7 @@
 mod auth_cache;
 mod grpc;
 mod http;
+mod limits;
 mod meter;
 mod pipeline;
 mod report;
@@ -45,10 +46,11 @@ pub struct Edge {
 impl Edge {
     /// Builds the edge and starts its metering shipper (which flushes what it
     /// holds and exits once the edge is dropped or has run).
-    pub fn build(config: &Config, deps: Deps) -> Self {
+    pub fn build(config: &Config, deps: Deps) -> Result<Self, GwError> {
+        let limiter = limits::Limiter::new(config.redis_url.as_ref())?;
         let (meter, meter_task) = meter::spawn(deps.metering.clone(), config.metering.clone());
-        let inner = Arc::new(pipeline::Pipeline::new(config, deps, meter));
-        Self { inner, meter_task }
+        let inner = Arc::new(pipeline::Pipeline::new(config, deps, meter, limiter));
+        Ok(Self { inner, meter_task })
     }
 
     /// Serves REST + gRPC-Web on `http` and public gRPC on `grpc` until

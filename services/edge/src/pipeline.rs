@@ -16,6 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::Deps;
 use crate::auth_cache::AuthCache;
+use crate::limits::{self, Limiter, Quota};
 use crate::meter::MeterSender;
 use crate::report::{Release, Try};
 use crate::stream::{Held, metered};
@@ -33,6 +34,7 @@ pub struct Pipeline {
     pub max_body_bytes: usize,
     budget: Budget,
     backoff: Backoff,
+    limiter: Arc<Limiter>,
 }
 
 /// What a request says about routing besides its model: the routing config
@@ -122,7 +124,7 @@ impl Drop for BudgetGuard<'_> {
 
 /// What a chat request produced.
 pub enum ChatOutput {
-    Complete(Box<pb::ChatResponse>),
+    Complete(Box<pb::ChatResponse>, Option<Quota>),
     Stream(ChatStream),
 }
 
@@ -131,10 +133,12 @@ pub struct ChatStream {
     /// Routing so far (for response headers); the last chunk repeats it.
     pub metadata: Arc<pb::RoutingMetadata>,
     pub chunks: ChunkStream,
+    /// Rate-limit headroom, when a limit applies.
+    pub quota: Option<Quota>,
 }
 
 impl Pipeline {
-    pub fn new(config: &Config, deps: Deps, meter: MeterSender) -> Self {
+    pub fn new(config: &Config, deps: Deps, meter: MeterSender, limiter: Arc<Limiter>) -> Self {
         Self {
             deps,
             meter,
@@ -145,6 +149,7 @@ impl Pipeline {
             max_body_bytes: config.edge.max_body_bytes,
             budget: Budget::new(&config.routing.retry_budget),
             backoff: config.routing.backoff.clone(),
+            limiter,
         }
     }
 
@@ -212,6 +217,9 @@ impl Pipeline {
     ) -> Result<ChatOutput, GwError> {
         allow_endpoint(&principal, "chat")?;
         cap_max_tokens(&principal, &mut req)?;
+        let (quota, debt) = self
+            .rate_limit(&principal, estimate_tokens(prompt_chars(&req)))
+            .await?;
         let streaming = req.stream;
         let client_wants_usage = streaming
             && req
@@ -238,6 +246,7 @@ impl Pipeline {
             .await?;
         apply_variant(&mut req, params, system);
         let mut guard = MeterGuard::new(self.meter.clone(), &principal, &request_id, &req, streaming);
+        guard.debt = debt;
 
         let mut req = Some(req);
         let adapter = &self.deps.adapter;
@@ -272,7 +281,7 @@ impl Pipeline {
                 guard.record("ok", 200, Some(usage));
                 drop(release);
                 resp.metadata = Some(meta);
-                ChatOutput::Complete(resp)
+                ChatOutput::Complete(resp, quota)
             }
             Outcome::Stream(chunks) => {
                 let metadata = Arc::new(meta);
@@ -285,7 +294,11 @@ impl Pipeline {
                     client_wants_usage,
                     self.stream_idle_timeout,
                 );
-                ChatOutput::Stream(ChatStream { metadata, chunks })
+                ChatOutput::Stream(ChatStream {
+                    metadata,
+                    chunks,
+                    quota,
+                })
             }
         })
     }
@@ -299,6 +312,16 @@ impl Pipeline {
         hints: Hints,
     ) -> Result<pb::EmbeddingsResponse, GwError> {
         allow_endpoint(&principal, "embeddings")?;
+        let input_chars: usize = req
+            .inputs
+            .iter()
+            .map(|i| match &i.value {
+                Some(pb::embedding_input::Value::Text(t)) => t.len(),
+                Some(pb::embedding_input::Value::Tokens(t)) => t.ids.len() * 4,
+                None => 0,
+            })
+            .sum();
+        let (_quota, debt) = self.rate_limit(&principal, estimate_tokens(input_chars)).await?;
         let Begun {
             permit: _permit,
             deadline,
@@ -318,15 +341,6 @@ impl Pipeline {
                 hints,
             )
             .await?;
-        let input_chars: usize = req
-            .inputs
-            .iter()
-            .map(|i| match &i.value {
-                Some(pb::embedding_input::Value::Text(t)) => t.len(),
-                Some(pb::embedding_input::Value::Tokens(t)) => t.ids.len() * 4,
-                None => 0,
-            })
-            .sum();
         let mut guard = MeterGuard::start(
             self.meter.clone(),
             &principal,
@@ -335,6 +349,7 @@ impl Pipeline {
             false,
             estimate_tokens(input_chars),
         );
+        guard.debt = debt;
         let mut req = Some(req);
         let adapter = &self.deps.adapter;
         let (mut resp, target, _release) = self
@@ -358,6 +373,28 @@ impl Pipeline {
         guard.record("ok", 200, Some(usage));
         resp.metadata = Some(meta);
         Ok(resp)
+    }
+
+    /// Counts the request against the rate limits of its scopes (429 when
+    /// one is spent); the returned debt corrects the token estimate later.
+    async fn rate_limit(
+        &self,
+        principal: &pb::Principal,
+        estimate: u32,
+    ) -> Result<(Option<Quota>, Option<TokenDebt>), GwError> {
+        let scopes = limits::scopes(principal);
+        if scopes.is_empty() {
+            return Ok((None, None));
+        }
+        let quota = self.limiter.admit(&scopes, estimate).await?;
+        Ok((
+            Some(quota),
+            Some(TokenDebt {
+                limiter: self.limiter.clone(),
+                scopes,
+                estimate,
+            }),
+        ))
     }
 
     /// Admits a request (or answers 503 at once), names it and routes it.
@@ -787,6 +824,15 @@ pub struct MeterGuard {
     streamed_chars: usize,
     /// Usage the provider reported, once it has.
     pub usage: Option<pb::Usage>,
+    /// The rate-limit token estimate to correct with the real count.
+    debt: Option<TokenDebt>,
+}
+
+/// Tokens counted against rate limits at admission, from an estimate.
+struct TokenDebt {
+    limiter: Arc<Limiter>,
+    scopes: Vec<limits::Scope>,
+    estimate: u32,
 }
 
 impl MeterGuard {
@@ -834,6 +880,7 @@ impl MeterGuard {
             prompt_estimate,
             streamed_chars: 0,
             usage: None,
+            debt: None,
         }
     }
 
@@ -907,6 +954,10 @@ impl MeterGuard {
                 ev.output_tokens = estimate_tokens(self.streamed_chars);
                 ev.estimated = true;
             }
+        }
+        if let Some(debt) = self.debt.take() {
+            let real = i64::from(ev.input_tokens) + i64::from(ev.output_tokens);
+            debt.limiter.settle(debt.scopes, real - i64::from(debt.estimate));
         }
         ev.status = status.to_owned();
         ev.http_status = u32::from(http_status);

@@ -56,6 +56,16 @@ struct RawConfig {
     metering: MeteringConfig,
     #[serde(default)]
     routing: RoutingPolicy,
+    /// Shared state across edge replicas (rate-limit windows).
+    #[serde(default)]
+    redis: Option<RawRedis>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRedis {
+    /// `redis://[:password@]host:port[/db]`
+    url: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -439,6 +449,8 @@ pub struct Config {
     pub services: ServicesConfig,
     pub metering: MeteringConfig,
     pub routing: RoutingPolicy,
+    /// Redis for what edge replicas share (rate limits); `None`: in-process.
+    pub redis_url: Option<Secret>,
     /// `LLMGW_MASTER_KEY`: the key for keyed hashes and encryption at rest.
     /// When unset, `auth` keeps one in `data_dir`.
     pub master_key: Option<Secret>,
@@ -640,6 +652,13 @@ impl Config {
             services: raw.services,
             metering: raw.metering,
             routing,
+            redis_url: match raw.redis {
+                Some(r) if r.url.starts_with("redis://") || r.url.starts_with("rediss://") => {
+                    Some(Secret::new(r.url))
+                }
+                Some(_) => return Err(err("`redis.url` must be a redis:// or rediss:// URL".to_owned())),
+                None => None,
+            },
             master_key: env
                 .get("LLMGW_MASTER_KEY")
                 .filter(|k| !k.is_empty())

@@ -380,7 +380,7 @@ async fn run_edge(config: &Config, deps: Deps, shutdown: CancellationToken) -> a
         models = config.models.len(),
         "llmgw edge listening"
     );
-    Edge::build(config, deps)
+    Edge::build(config, deps)?
         .run(http, grpc_listener, shutdown)
         .await?;
     tracing::info!("llmgw stopped");
