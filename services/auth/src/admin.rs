@@ -53,6 +53,16 @@ pub struct PolicyBody {
     pub rpm: Option<u32>,
     /// Tokens (prompt and completion) per minute for the whole scope.
     pub tpm: Option<u32>,
+    /// Spend limits per period.
+    pub budgets: Vec<BudgetBody>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetBody {
+    /// `daily`, `monthly` or `total`.
+    pub period: String,
+    pub limit_usd: f64,
 }
 
 impl PolicyBody {
@@ -92,6 +102,22 @@ impl PolicyBody {
                 format!("unknown endpoint `{shown}`; one of: {}", ENDPOINTS.join(", ")),
             ));
         }
+        let mut periods = Vec::new();
+        for b in &self.budgets {
+            if !crate::budgets::PERIODS.contains(&b.period.as_str()) || periods.contains(&&b.period) {
+                return Err(GwError::invalid(
+                    "budgets",
+                    "each budget has a distinct period: daily, monthly or total",
+                ));
+            }
+            if !(b.limit_usd.is_finite() && b.limit_usd >= 0.0) {
+                return Err(GwError::invalid(
+                    "budgets",
+                    "limit_usd must be a non-negative number",
+                ));
+            }
+            periods.push(&b.period);
+        }
         for (param, v) in [
             ("max_tokens", self.max_tokens),
             ("rpm", self.rpm),
@@ -122,6 +148,14 @@ impl PolicyBody {
             max_tokens: self.max_tokens,
             rpm: self.rpm,
             tpm: self.tpm,
+            budgets: self
+                .budgets
+                .into_iter()
+                .map(|b| pb::Budget {
+                    period: b.period,
+                    limit_usd: b.limit_usd,
+                })
+                .collect(),
         }
     }
 }
@@ -494,6 +528,14 @@ impl AuthStore {
                 .map_err(db_error("storing a policy"))?;
                 tracing::info!(scope = %call.scope, id, "policy set");
                 Ok(reply(200, &policy_json(&call.scope, id, &org, &policy)))
+            }
+            AdminOp::BudgetStatus => {
+                self.scope_org(&caller, platform, &call.scope, id).await?;
+                let policy = self.policy(&call.scope, id).await?.unwrap_or_default();
+                Ok(reply(
+                    200,
+                    &self.budget_status(&call.scope, id, &policy.budgets).await?,
+                ))
             }
             AdminOp::Unspecified => Err(GwError::invalid("op", "no admin operation named")),
         }

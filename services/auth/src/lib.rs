@@ -15,6 +15,7 @@
 //! ```
 
 mod admin;
+mod budgets;
 mod keys;
 mod service;
 mod store;

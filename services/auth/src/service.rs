@@ -1,6 +1,7 @@
 //! `AuthService::authenticate`: an API key in, its principal out.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use llmgw_kit::db::db_error;
@@ -16,7 +17,22 @@ use crate::store::{AuthStore, now_ms};
 
 /// The auth service over `store`, as the one client type the edge uses.
 pub fn service(store: AuthStore) -> Auth {
+    tokio::spawn(settle_stale(store.clone()));
     Arc::new(AuthServiceImpl { store })
+}
+
+/// A reservation older than this was never settled (its edge died).
+const STALE_RESERVATION: Duration = Duration::from_secs(20 * 60);
+
+/// Every minute, settles the reservations whose settlement never came.
+async fn settle_stale(store: AuthStore) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        if let Err(e) = store.settle_stale(STALE_RESERVATION).await {
+            tracing::warn!(error = %e, "settling stale reservations failed");
+        }
+    }
 }
 
 struct AuthServiceImpl {
@@ -92,5 +108,13 @@ impl AuthService for AuthServiceImpl {
 
     async fn admin(&self, call: pb::AdminCall) -> Result<pb::AdminReply, GwError> {
         self.store.admin(call).await
+    }
+
+    async fn admit(&self, req: pb::AdmitRequest) -> Result<pb::Admission, GwError> {
+        self.store.admit(req).await
+    }
+
+    async fn settle(&self, req: pb::SettleRequest) -> Result<pb::SettleAck, GwError> {
+        self.store.settle(req).await
     }
 }

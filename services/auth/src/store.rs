@@ -33,6 +33,7 @@ const MIGRATIONS: &[MigrationSpec] = &[
         "key roles names metadata and policies",
         include_str!("../migrations/0003_admin.sql"),
     ),
+    (4, "budget ledger", include_str!("../migrations/0004_budgets.sql")),
 ];
 
 /// Longest org or project name, in characters.

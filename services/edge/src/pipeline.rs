@@ -247,6 +247,20 @@ impl Pipeline {
         apply_variant(&mut req, params, system);
         let mut guard = MeterGuard::new(self.meter.clone(), &principal, &request_id, &req, streaming);
         guard.debt = debt;
+        let max_output = req
+            .max_completion_tokens
+            .or(req.max_tokens)
+            .unwrap_or(DEFAULT_MAX_OUTPUT);
+        guard.settle = self
+            .reserve(
+                &principal,
+                &request_id,
+                &targets,
+                guard.prompt_estimate,
+                max_output,
+            )
+            .await
+            .inspect_err(|_| guard.forget())?;
 
         let mut req = Some(req);
         let adapter = &self.deps.adapter;
@@ -350,6 +364,10 @@ impl Pipeline {
             estimate_tokens(input_chars),
         );
         guard.debt = debt;
+        guard.settle = self
+            .reserve(&principal, &request_id, &targets, guard.prompt_estimate, 0)
+            .await
+            .inspect_err(|_| guard.forget())?;
         let mut req = Some(req);
         let adapter = &self.deps.adapter;
         let (mut resp, target, _release) = self
@@ -395,6 +413,60 @@ impl Pipeline {
                 estimate,
             }),
         ))
+    }
+
+    /// Reserves the request's worst case (the prompt estimate and
+    /// `max_output` tokens at the dearest target's prices) against the
+    /// principal's budgets; 402 when one would be overrun. The returned
+    /// client settles it when the request is metered.
+    async fn reserve(
+        &self,
+        principal: &pb::Principal,
+        request_id: &str,
+        targets: &[pb::Target],
+        prompt: u32,
+        max_output: u32,
+    ) -> Result<Option<Settle>, GwError> {
+        if principal.policies.iter().all(|p| p.budgets.is_empty()) {
+            return Ok(None);
+        }
+        let worst = targets
+            .iter()
+            .map(|t| {
+                let price = t.price.unwrap_or_default();
+                cost_usd(
+                    &price,
+                    Tokens {
+                        input: prompt,
+                        output: max_output,
+                        cached: 0,
+                    },
+                )
+            })
+            .fold(0.0, f64::max);
+        let admitted = self
+            .deps
+            .auth
+            .admit(pb::AdmitRequest {
+                principal: Some(principal.clone()),
+                request_id: request_id.to_owned(),
+                reserve_usd: worst,
+            })
+            .await;
+        match admitted {
+            Ok(a) if a.reserved => Ok(Some(Settle {
+                auth: self.deps.auth.clone(),
+                request_id: request_id.to_owned(),
+            })),
+            Ok(_) => Ok(None),
+            Err(e) => {
+                // The router counted the plan's first try as started.
+                if let Some(first) = targets.first() {
+                    drop(crate::report::Try::begin(&self.deps.router, first, false));
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Admits a request (or answers 503 at once), names it and routes it.
@@ -826,6 +898,40 @@ pub struct MeterGuard {
     pub usage: Option<pb::Usage>,
     /// The rate-limit token estimate to correct with the real count.
     debt: Option<TokenDebt>,
+    /// The budget reservation to settle with the real cost.
+    settle: Option<Settle>,
+}
+
+/// Output tokens a budget reservation assumes when the request sets no limit.
+const DEFAULT_MAX_OUTPUT: u32 = 4096;
+/// Tries at settling a reservation before the auth service's sweep takes over.
+const SETTLE_TRIES: u32 = 5;
+
+/// A budget reservation to settle with the real cost.
+struct Settle {
+    auth: llmgw_kit::services::Auth,
+    request_id: String,
+}
+
+impl Settle {
+    /// Settles off the request's path, retrying while auth is unreachable.
+    fn spend(self, spent_usd: f64) {
+        tokio::spawn(async move {
+            for attempt in 1..=SETTLE_TRIES {
+                let req = pb::SettleRequest {
+                    request_id: self.request_id.clone(),
+                    spent_usd,
+                };
+                match self.auth.settle(req).await {
+                    Ok(_) => return,
+                    Err(e) => {
+                        tracing::warn!(request_id = %self.request_id, attempt, error = %e, "settling a budget reservation failed");
+                        tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Tokens counted against rate limits at admission, from an estimate.
@@ -881,6 +987,7 @@ impl MeterGuard {
             streamed_chars: 0,
             usage: None,
             debt: None,
+            settle: None,
         }
     }
 
@@ -890,6 +997,11 @@ impl MeterGuard {
             ev.provider_model.clone_from(&target.model);
             ev.price = target.price;
         }
+    }
+
+    /// A request refused before any attempt: nothing to meter.
+    fn forget(&mut self) {
+        self.event = None;
     }
 
     /// Counts streamed output, for the estimate a cancelled stream needs.
@@ -958,6 +1070,17 @@ impl MeterGuard {
         if let Some(debt) = self.debt.take() {
             let real = i64::from(ev.input_tokens) + i64::from(ev.output_tokens);
             debt.limiter.settle(debt.scopes, real - i64::from(debt.estimate));
+        }
+        if let Some(settle) = self.settle.take() {
+            let spent = cost_usd(
+                &ev.price.unwrap_or_default(),
+                Tokens {
+                    input: ev.input_tokens,
+                    output: ev.output_tokens,
+                    cached: ev.cached_tokens,
+                },
+            );
+            settle.spend(spent);
         }
         ev.status = status.to_owned();
         ev.http_status = u32::from(http_status);

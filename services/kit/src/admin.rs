@@ -11,7 +11,8 @@
 //! | `POST`, `GET /admin/v1/orgs/{org}/keys` | create (the key is shown once), list (never secrets) |
 //! | `GET`, `PATCH /admin/v1/keys/{key}` | one key; change its name, metadata, expiry, routing config |
 //! | `POST /admin/v1/keys/{key}/revoke`, `/rotate` | revoke; a new secret for the same key |
-//! | `GET`, `PUT /admin/v1/{orgs,projects,keys}/{id}/policy` | a scope's policy |
+//! | `GET`, `PUT /admin/v1/{orgs,projects,keys}/{id}/policy` | a scope's policy (models, providers, endpoints, max tokens, rpm/tpm, budgets) |
+//! | `GET /admin/v1/{orgs,projects,keys}/{id}/budgets` | its budgets with this period's spend and reservations |
 
 use llmgw_proto as pb;
 use pb::AdminOp;
@@ -87,6 +88,10 @@ pub fn route(method: &str, path: &str) -> Result<Route, GwError> {
                 (op, "", id(key))
             }),
         ),
+        [kind @ ("orgs" | "projects" | "keys"), scope_id, "budgets"] if valid(scope_id) => (
+            &["GET"],
+            (method == "GET").then(|| (AdminOp::BudgetStatus, scope_of(kind), id(scope_id))),
+        ),
         [kind @ ("orgs" | "projects" | "keys"), scope_id, "policy"] if valid(scope_id) => {
             let scope = match *kind {
                 "orgs" => "org",
@@ -113,6 +118,14 @@ pub fn route(method: &str, path: &str) -> Result<Route, GwError> {
                 methods.join(", ")
             ),
         )),
+    }
+}
+
+fn scope_of(kind: &str) -> &'static str {
+    match kind {
+        "orgs" => "org",
+        "projects" => "project",
+        _ => "key",
     }
 }
 

@@ -32,6 +32,10 @@ pub trait AuthService: Send + Sync + 'static {
     async fn authenticate(&self, req: pb::AuthenticateRequest) -> Result<pb::Principal, GwError>;
     /// One admin API operation on behalf of `call.caller`.
     async fn admin(&self, call: pb::AdminCall) -> Result<pb::AdminReply, GwError>;
+    /// Reserves a worst-case cost against the principal's budgets (402).
+    async fn admit(&self, req: pb::AdmitRequest) -> Result<pb::Admission, GwError>;
+    /// Settles a reservation with the real cost; idempotent.
+    async fn settle(&self, req: pb::SettleRequest) -> Result<pb::SettleAck, GwError>;
 }
 
 /// "Which targets, in what order?"
@@ -93,6 +97,14 @@ impl AuthService for GrpcAuth {
 
     async fn admin(&self, call: pb::AdminCall) -> Result<pb::AdminReply, GwError> {
         Ok(self.0.clone().admin(call).await?.into_inner())
+    }
+
+    async fn admit(&self, req: pb::AdmitRequest) -> Result<pb::Admission, GwError> {
+        Ok(self.0.clone().admit(req).await?.into_inner())
+    }
+
+    async fn settle(&self, req: pb::SettleRequest) -> Result<pb::SettleAck, GwError> {
+        Ok(self.0.clone().settle(req).await?.into_inner())
     }
 }
 
@@ -234,6 +246,14 @@ impl pb::auth_server::Auth for AuthGrpcServer {
 
     async fn admin(&self, req: Request<pb::AdminCall>) -> Result<Response<pb::AdminReply>, Status> {
         Ok(Response::new(self.0.admin(req.into_inner()).await?))
+    }
+
+    async fn admit(&self, req: Request<pb::AdmitRequest>) -> Result<Response<pb::Admission>, Status> {
+        Ok(Response::new(self.0.admit(req.into_inner()).await?))
+    }
+
+    async fn settle(&self, req: Request<pb::SettleRequest>) -> Result<Response<pb::SettleAck>, Status> {
+        Ok(Response::new(self.0.settle(req.into_inner()).await?))
     }
 }
 
