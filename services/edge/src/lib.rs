@@ -25,7 +25,7 @@ use llmgw_kit::shutdown::CancellationToken;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use meter::MeterSender;
+pub use meter::{MeterSender, MeterStats};
 
 /// The services the edge calls, local or remote.
 #[derive(Clone)]
@@ -46,7 +46,12 @@ impl Edge {
     /// Builds the edge and starts its metering shipper (which flushes what it
     /// holds and exits once the edge is dropped or has run).
     pub fn build(config: &Config, deps: Deps) -> Self {
-        let (meter, meter_task) = meter::spawn(deps.metering.clone(), config.metering.clone());
+        let spool_dir = config
+            .metering
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("meter-spool").join("edge"));
+        let (meter, meter_task) = meter::spawn(deps.metering.clone(), config.metering.clone(), spool_dir);
         let inner = Arc::new(pipeline::Pipeline::new(config, deps, meter));
         Self { inner, meter_task }
     }
