@@ -15,6 +15,7 @@ mod chat;
 mod embeddings;
 mod errors;
 mod grpc;
+mod metering;
 mod provider_anthropic;
 mod provider_bedrock;
 mod provider_gemini;
