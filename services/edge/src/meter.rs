@@ -102,6 +102,7 @@ pub fn spawn(
         draining: None,
         retry_at: None,
         backoff: Duration::ZERO,
+        spilling: false,
         stats: stats.clone(),
     };
     let task = tokio::spawn(shipper.run(rx));
@@ -127,6 +128,8 @@ struct Shipper {
     /// Set while metering is failing: no send before this instant.
     retry_at: Option<Instant>,
     backoff: Duration,
+    /// Whether this outage has spilled yet (to log its start once).
+    spilling: bool,
     stats: Arc<MeterStats>,
 }
 
@@ -154,13 +157,16 @@ impl Shipper {
             }
             let now = Instant::now();
             if self.retry_at.is_none_or(|t| now >= t) {
-                let due = now >= flush_at;
+                // While the spool drains, memory goes first without waiting
+                // for its batch to fill, then one batch of the spool.
+                let spooled = self.spool.as_ref().is_some_and(|s| !s.is_empty());
+                let due = now >= flush_at || spooled;
                 if self.pending.len() >= self.config.batch_size || (due && !self.pending.is_empty()) {
                     self.send_memory().await;
                     flush_at = Instant::now() + interval;
                     continue;
                 }
-                if self.pending.is_empty() && self.spool.as_ref().is_some_and(|s| !s.is_empty()) {
+                if spooled {
                     self.send_spooled().await;
                     continue;
                 }
@@ -234,7 +240,9 @@ impl Shipper {
         };
         match result {
             Ok(closed) => {
-                if self.stats.spilled.fetch_add(1, Ordering::Relaxed) == 0 {
+                self.stats.spilled.fetch_add(1, Ordering::Relaxed);
+                if !self.spilling {
+                    self.spilling = true;
                     tracing::warn!(dir = %self.spool_dir.display(), "metering unreachable; spilling usage events to disk");
                 }
                 if let Some(file) = closed {
@@ -269,6 +277,7 @@ impl Shipper {
         }
         self.retry_at = None;
         self.backoff = Duration::ZERO;
+        self.spilling = false;
     }
 
     fn failed(&mut self, error: &llmgw_kit::GwError, events: usize) {
@@ -347,6 +356,8 @@ impl Shipper {
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "spool read panicked");
+                    // Try again later rather than spin.
+                    self.retry_at = Some(Instant::now() + MAX_BACKOFF);
                     return;
                 }
             }
@@ -406,6 +417,13 @@ impl Shipper {
             tracing::warn!(
                 events = left,
                 "metering unreachable at shutdown; usage events spooled for the next start"
+            );
+        }
+        if let Some(spool) = self.spool.as_ref().filter(|s| !s.is_empty()) {
+            tracing::warn!(
+                dir = %self.spool_dir.display(),
+                bytes = spool.bytes(),
+                "usage events left in the spool; the next start replays them"
             );
         }
     }
