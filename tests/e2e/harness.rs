@@ -72,6 +72,22 @@ impl Gateway {
         extra_models: &str,
         extra_top: &str,
     ) -> Gateway {
+        Self::start_inner(shape, extra_providers, extra_models, extra_top, "").await
+    }
+
+    /// A gateway with more `metering:` settings (YAML lines indented two
+    /// spaces, e.g. `"  buffer: 8\n"`).
+    pub async fn start_metering(shape: Shape, extra_metering: &str) -> Gateway {
+        Self::start_inner(shape, "", "", "", extra_metering).await
+    }
+
+    async fn start_inner(
+        shape: Shape,
+        extra_providers: &str,
+        extra_models: &str,
+        extra_top: &str,
+        extra_metering: &str,
+    ) -> Gateway {
         let mut emu = llmgw_emulators::spawn(Options {
             api_key: Some(EMU_KEY.into()),
             record: true,
@@ -129,7 +145,7 @@ providers:
     target: unset/gpt-4o-mini
 {extra_models}{extra_top}metering:
   flush_interval: 50ms
-services:
+{extra_metering}services:
   auth: {{ addr: {auth} }}
   router: {{ addr: {router} }}
   adapter: {{ addr: {adapter} }}
@@ -140,26 +156,13 @@ services:
                 extra_providers = extra_providers.replace("{emu}", &emu.addr.to_string()),
                 extra_models = extra_models,
                 extra_top = extra_top,
+                extra_metering = extra_metering,
             );
             std::fs::write(&config, text).expect("write config");
             if key.is_none() {
                 key = Some(create_key(&config, "acme", None).await);
             }
-            let mut children = Vec::new();
-            for role in roles {
-                let child = Command::new(bin())
-                    .arg(role)
-                    .arg("--config")
-                    .arg(&config)
-                    .env("EMU_KEY", EMU_KEY)
-                    .env("LLMGW_LOG", "warn")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::inherit())
-                    .kill_on_drop(true)
-                    .spawn()
-                    .expect("spawn llmgw");
-                children.push(child);
-            }
+            let children = roles.iter().map(|role| spawn_role(&config, role)).collect();
             let mut gw = Gateway {
                 http,
                 grpc,
@@ -203,6 +206,26 @@ services:
             if ready {
                 return true;
             }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Starts one more `llmgw <role>` process on this gateway's config, as
+    /// the gateway started its own (to restart one that was killed).
+    pub fn spawn(&self, role: &str) -> Child {
+        spawn_role(&self.config, role)
+    }
+
+    /// The gateway's `data_dir`.
+    pub fn data_dir(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
+    /// Polls `/health` until the edge answers 200, for up to 30 s.
+    pub async fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.get("/health").await.is_ok_and(|(s, _)| s == 200) {
+            assert!(Instant::now() < deadline, "the edge did not become healthy");
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -316,6 +339,21 @@ services:
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// `llmgw <role> --config <config>` with the environment tests give it.
+fn spawn_role(config: &Path, role: &str) -> Child {
+    Command::new(bin())
+        .arg(role)
+        .arg("--config")
+        .arg(config)
+        .env("EMU_KEY", EMU_KEY)
+        .env("LLMGW_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn llmgw")
 }
 
 pub async fn create_key(config: &Path, org: &str, project: Option<&str>) -> String {

@@ -17,6 +17,7 @@ mod embeddings;
 mod errors;
 mod grpc;
 mod limits;
+mod metering;
 mod provider_anthropic;
 mod provider_bedrock;
 mod provider_gemini;

@@ -26,7 +26,7 @@ use llmgw_kit::shutdown::CancellationToken;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use meter::MeterSender;
+pub use meter::{MeterSender, MeterStats};
 
 /// The services the edge calls, local or remote.
 #[derive(Clone)]
@@ -48,7 +48,12 @@ impl Edge {
     /// holds and exits once the edge is dropped or has run).
     pub fn build(config: &Config, deps: Deps) -> Result<Self, GwError> {
         let limiter = limits::Limiter::new(config.redis_url.as_ref())?;
-        let (meter, meter_task) = meter::spawn(deps.metering.clone(), config.metering.clone());
+        let spool_dir = config
+            .metering
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("meter-spool").join("edge"));
+        let (meter, meter_task) = meter::spawn(deps.metering.clone(), config.metering.clone(), spool_dir);
         let inner = Arc::new(pipeline::Pipeline::new(config, deps, meter, limiter));
         Ok(Self { inner, meter_task })
     }

@@ -229,9 +229,19 @@ pub struct MeteringConfig {
     pub flush_interval: Duration,
     /// Events per batch at most.
     pub batch_size: usize,
-    /// Events held in memory while metering is unreachable; beyond it the
-    /// oldest batch is logged and dropped (the on-disk spill is issue 6).
+    /// Events held in memory while metering is unreachable (or cannot keep
+    /// up); beyond it events spill to the on-disk spool. 0 spills every
+    /// event as soon as a send has failed.
     pub buffer: usize,
+    /// Where the spool lives; the default is `<data_dir>/meter-spool/edge`.
+    /// Each edge needs its own (it is locked while an edge runs).
+    pub spool_dir: Option<PathBuf>,
+    /// Bytes the spool may hold on disk; beyond it new events are refused
+    /// (logged and counted), never waited for. 0 turns the spool off.
+    pub spool_max_bytes: u64,
+    /// A spool segment is closed (fsync'd) and a new one begun past this
+    /// size; a segment is deleted once metering took every event in it.
+    pub spool_segment_bytes: u64,
 }
 
 impl Default for MeteringConfig {
@@ -240,6 +250,9 @@ impl Default for MeteringConfig {
             flush_interval: Duration::from_millis(200),
             batch_size: 256,
             buffer: 100_000,
+            spool_dir: None,
+            spool_max_bytes: 1 << 30,
+            spool_segment_bytes: 8 << 20,
         }
     }
 }
@@ -635,9 +648,9 @@ impl Config {
                 "`edge.max_body_bytes` and `edge.max_in_flight` must be above 0".to_owned(),
             ));
         }
-        if raw.metering.batch_size == 0 || raw.metering.buffer == 0 {
+        if raw.metering.batch_size == 0 || raw.metering.spool_segment_bytes == 0 {
             return Err(err(
-                "`metering.batch_size` and `metering.buffer` must be above 0".to_owned()
+                "`metering.batch_size` and `metering.spool_segment_bytes` must be above 0".to_owned(),
             ));
         }
 
