@@ -22,6 +22,21 @@ pub enum Shape {
     Split,
 }
 
+/// What a test adds to the harness's config.
+#[derive(Default)]
+pub struct Extra<'a> {
+    /// `providers:` list items, indented two spaces; `{emu}` is the emulator.
+    pub providers: &'a str,
+    /// `models:` list items.
+    pub models: &'a str,
+    /// Top-level YAML (e.g. `routing:`, `redis:`).
+    pub top: &'a str,
+    /// `metering:` settings, indented two spaces.
+    pub metering: &'a str,
+    /// `edge.max_in_flight` (default 4).
+    pub max_in_flight: Option<usize>,
+}
+
 pub struct Gateway {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
@@ -72,22 +87,41 @@ impl Gateway {
         extra_models: &str,
         extra_top: &str,
     ) -> Gateway {
-        Self::start_inner(shape, extra_providers, extra_models, extra_top, "").await
+        Self::start_extra(
+            shape,
+            Extra {
+                providers: extra_providers,
+                models: extra_models,
+                top: extra_top,
+                ..Extra::default()
+            },
+        )
+        .await
     }
 
     /// A gateway with more `metering:` settings (YAML lines indented two
     /// spaces, e.g. `"  buffer: 8\n"`).
     pub async fn start_metering(shape: Shape, extra_metering: &str) -> Gateway {
-        Self::start_inner(shape, "", "", "", extra_metering).await
+        Self::start_extra(
+            shape,
+            Extra {
+                metering: extra_metering,
+                ..Extra::default()
+            },
+        )
+        .await
     }
 
-    async fn start_inner(
-        shape: Shape,
-        extra_providers: &str,
-        extra_models: &str,
-        extra_top: &str,
-        extra_metering: &str,
-    ) -> Gateway {
+    /// A gateway with any of the [`Extra`] settings.
+    pub async fn start_extra(shape: Shape, extra: Extra<'_>) -> Gateway {
+        let Extra {
+            providers: extra_providers,
+            models: extra_models,
+            top: extra_top,
+            metering: extra_metering,
+            max_in_flight,
+        } = extra;
+        let max_in_flight = max_in_flight.unwrap_or(4);
         let mut emu = llmgw_emulators::spawn(Options {
             api_key: Some(EMU_KEY.into()),
             record: true,
@@ -114,7 +148,7 @@ edge:
   http_addr: {http}
   grpc_addr: {grpc}
   max_body_bytes: 1048576
-  max_in_flight: 4
+  max_in_flight: {max_in_flight}
   stream_idle_timeout: 1s
 providers:
   - name: emu
@@ -348,7 +382,7 @@ fn spawn_role(config: &Path, role: &str) -> Child {
         .arg("--config")
         .arg(config)
         .env("EMU_KEY", EMU_KEY)
-        .env("LLMGW_LOG", "warn")
+        .env("LLMGW_LOG", std::env::var("LLMGW_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

@@ -12,6 +12,7 @@
 mod harness;
 
 mod admin;
+mod budgets;
 mod chat;
 mod embeddings;
 mod errors;

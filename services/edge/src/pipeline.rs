@@ -256,7 +256,7 @@ impl Pipeline {
                 &principal,
                 &request_id,
                 &targets,
-                guard.prompt_estimate,
+                prompt_upper_bound(&req),
                 max_output,
             )
             .await
@@ -365,7 +365,13 @@ impl Pipeline {
         );
         guard.debt = debt;
         guard.settle = self
-            .reserve(&principal, &request_id, &targets, guard.prompt_estimate, 0)
+            .reserve(
+                &principal,
+                &request_id,
+                &targets,
+                u32::try_from(input_chars).unwrap_or(u32::MAX),
+                0,
+            )
             .await
             .inspect_err(|_| guard.forget())?;
         let mut req = Some(req);
@@ -846,6 +852,50 @@ fn needed_capabilities(req: &pb::ChatRequest) -> pb::Capabilities {
 /// characters a token, at least one for non-empty text.
 pub fn estimate_tokens(chars: usize) -> u32 {
     u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX)
+}
+
+/// The most tokens a prompt can be, for budget reservations: a token is at
+/// least one byte of text, plus each message's framing, each image at the
+/// most a high-detail image costs, and the tools' schemas.
+fn prompt_upper_bound(req: &pb::ChatRequest) -> u32 {
+    const FRAMING: usize = 8;
+    const IMAGE: usize = 1600;
+    let messages: usize = req
+        .messages
+        .iter()
+        .map(|m| {
+            let content = match &m.content {
+                Some(pb::Content {
+                    value: Some(pb::content::Value::Text(t)),
+                }) => t.len(),
+                Some(pb::Content {
+                    value: Some(pb::content::Value::Parts(p)),
+                }) => p
+                    .parts
+                    .iter()
+                    .map(|p| match &p.part {
+                        Some(pb::content_part::Part::Text(t)) => t.len(),
+                        Some(pb::content_part::Part::ImageUrl(_)) => IMAGE,
+                        Some(other) => other.encoded_len(),
+                        None => 0,
+                    })
+                    .sum(),
+                _ => 0,
+            };
+            let calls: usize = m
+                .tool_calls
+                .iter()
+                .map(|t| {
+                    t.function
+                        .as_ref()
+                        .map_or(0, |f| f.name.len() + f.arguments.len())
+                })
+                .sum();
+            content + calls + m.name.as_ref().map_or(0, String::len) + FRAMING
+        })
+        .sum();
+    let tools: usize = req.tools.iter().map(prost::Message::encoded_len).sum();
+    u32::try_from(messages + tools + FRAMING).unwrap_or(u32::MAX)
 }
 
 fn prompt_chars(req: &pb::ChatRequest) -> usize {

@@ -133,7 +133,19 @@ impl GwError {
             tonic::Code::ResourceExhausted => ErrorCode::RateLimited,
             tonic::Code::DeadlineExceeded => ErrorCode::UpstreamTimeout,
             tonic::Code::Unavailable | tonic::Code::Cancelled => ErrorCode::Unavailable,
-            _ => ErrorCode::Internal,
+            _ => {
+                // A failure of the call itself (transport, protocol): worth
+                // its whole cause in the log.
+                let mut cause = String::new();
+                let mut source = std::error::Error::source(status);
+                while let Some(e) = source {
+                    cause.push_str(": ");
+                    cause.push_str(&e.to_string());
+                    source = e.source();
+                }
+                tracing::warn!(code = ?status.code(), message = status.message(), cause, "internal call failed");
+                ErrorCode::Internal
+            }
         };
         Self::new(code, status.message())
     }

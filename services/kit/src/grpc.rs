@@ -92,6 +92,7 @@ pub async fn serve(
 ) -> Result<(), GwError> {
     // `Server::tcp_nodelay` is ignored for an incoming stream: set it here, or
     // every small response waits ~40 ms for Nagle and delayed ACKs.
+    const MAX_CONCURRENT_STREAMS: u32 = 16_384;
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     let signal = async move {
         shutdown.cancelled().await;
@@ -102,6 +103,9 @@ pub async fn serve(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .http2_adaptive_window(Some(true))
+        // Edges multiplex every request over one connection per service:
+        // hyper's default (200 streams) would refuse streams under load.
+        .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal)
         .await
