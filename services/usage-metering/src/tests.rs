@@ -35,6 +35,13 @@ async fn metering(db: &TestDb) -> Metering {
     service(store(db).await)
 }
 
+async fn usage_of(m: &Metering, org_id: &str) -> Result<pb::UsageSummary, llmgw_kit::GwError> {
+    m.get_usage(pb::UsageQuery {
+        org_id: org_id.to_owned(),
+    })
+    .await
+}
+
 fn mini() -> pb::Price {
     pb::Price {
         input_per_mtok: 0.15,
@@ -82,12 +89,7 @@ async fn batch_is_recorded_and_summed(db: TestDb) {
         .unwrap();
     assert_eq!((ack.accepted, ack.duplicates), (3, 0));
 
-    let usage = m
-        .get_usage(pb::UsageQuery {
-            org_id: "org_a".to_owned(),
-        })
-        .await
-        .unwrap();
+    let usage = usage_of(&m, "org_a").await.unwrap();
     assert_eq!(usage.requests, 3);
     assert_eq!(usage.input_tokens, 3010);
     assert_eq!(usage.output_tokens, 510);
@@ -115,12 +117,7 @@ async fn cost_is_computed_from_the_price(db: TestDb) {
         .await
         .unwrap();
 
-    let usage = m
-        .get_usage(pb::UsageQuery {
-            org_id: "org_a".to_owned(),
-        })
-        .await
-        .unwrap();
+    let usage = usage_of(&m, "org_a").await.unwrap();
     let cost = |model: &str| usage.by_model.iter().find(|u| u.model == model).unwrap().cost_usd;
     // 1000 × 0.15 + 500 × 0.60 per million tokens.
     assert!(close(cost("gpt-4o-mini"), 0.00045), "{}", cost("gpt-4o-mini"));
@@ -161,12 +158,7 @@ async fn duplicates_on(m: Metering) {
         .unwrap();
     assert_eq!((ack.accepted, ack.duplicates), (1, 2));
 
-    let usage = m
-        .get_usage(pb::UsageQuery {
-            org_id: "org_a".to_owned(),
-        })
-        .await
-        .unwrap();
+    let usage = usage_of(&m, "org_a").await.unwrap();
     assert_eq!(usage.requests, 3);
     assert_eq!((usage.input_tokens, usage.output_tokens), (3000, 1500));
     assert!(close(usage.cost_usd, 3.0 * 0.00045));
@@ -182,35 +174,15 @@ async fn usage_is_scoped_to_the_org_asked_for(db: TestDb) {
     .await
     .unwrap();
 
-    let a = m
-        .get_usage(pb::UsageQuery {
-            org_id: "org_a".to_owned(),
-        })
-        .await
-        .unwrap();
+    let a = usage_of(&m, "org_a").await.unwrap();
     assert_eq!((a.requests, a.input_tokens, a.output_tokens), (1, 1000, 500));
     assert_eq!(a.by_model.len(), 1);
-    let b = m
-        .get_usage(pb::UsageQuery {
-            org_id: "org_b".to_owned(),
-        })
-        .await
-        .unwrap();
+    let b = usage_of(&m, "org_b").await.unwrap();
     assert_eq!((b.requests, b.input_tokens), (2, 7001));
-    let none = m
-        .get_usage(pb::UsageQuery {
-            org_id: "org_c".to_owned(),
-        })
-        .await
-        .unwrap();
+    let none = usage_of(&m, "org_c").await.unwrap();
     assert_eq!(none, pb::UsageSummary::default());
 
-    let err = m
-        .get_usage(pb::UsageQuery {
-            org_id: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = usage_of(&m, "").await.unwrap_err();
     assert_eq!(
         (err.code(), err.param()),
         (ErrorCode::InvalidRequest, Some("org_id"))
@@ -240,12 +212,7 @@ async fn invalid_events_reject_the_whole_batch(db: TestDb) {
         assert_eq!(err.param(), Some(param));
         assert!(err.message().contains("event 1"), "{}", err.message());
     }
-    let usage = m
-        .get_usage(pb::UsageQuery {
-            org_id: "org_a".to_owned(),
-        })
-        .await
-        .unwrap();
+    let usage = usage_of(&m, "org_a").await.unwrap();
     assert_eq!(usage.requests, 0, "nothing of a rejected batch is kept");
 }
 
@@ -258,15 +225,7 @@ async fn events_survive_a_reopen(db: TestDb) {
     let m = metering(&db).await;
     let ack = m.record(vec![event("r1", "org_a", "m", 5, 5)]).await.unwrap();
     assert_eq!((ack.accepted, ack.duplicates), (0, 1));
-    assert_eq!(
-        m.get_usage(pb::UsageQuery {
-            org_id: "org_a".to_owned()
-        })
-        .await
-        .unwrap()
-        .requests,
-        1
-    );
+    assert_eq!(usage_of(&m, "org_a").await.unwrap().requests, 1);
 }
 
 async fn large_batches_span_several_statements_exactly(db: TestDb) {
@@ -296,12 +255,7 @@ async fn large_batches_on(m: Metering) {
         .await
         .unwrap();
     assert_eq!((again.accepted, again.duplicates), (100, 50));
-    let summary = m
-        .get_usage(pb::UsageQuery {
-            org_id: "org_a".into(),
-        })
-        .await
-        .unwrap();
+    let summary = usage_of(&m, "org_a").await.unwrap();
     assert_eq!(summary.requests, 400);
     assert_eq!(summary.input_tokens, 4000);
     assert_eq!(summary.output_tokens, 2000);
@@ -330,12 +284,7 @@ async fn hostile_input_is_stored_verbatim_or_refused(db: TestDb) {
     let ack = row_by_row.record(vec![second, first.clone()]).await.unwrap();
     assert_eq!((ack.accepted, ack.duplicates), (1, 1), "{}", db.backend());
 
-    let usage = batch
-        .get_usage(pb::UsageQuery {
-            org_id: injection.to_owned(),
-        })
-        .await
-        .unwrap();
+    let usage = usage_of(&batch, injection).await.unwrap();
     assert_eq!((usage.requests, usage.input_tokens), (2, 3));
     let mut models: Vec<(&str, &str)> = usage
         .by_model
@@ -381,19 +330,9 @@ async fn hostile_input_is_stored_verbatim_or_refused(db: TestDb) {
             assert_eq!(err.param(), Some(field));
         }
     }
-    let nothing = batch
-        .get_usage(pb::UsageQuery {
-            org_id: "org_nul".to_owned(),
-        })
-        .await
-        .unwrap();
+    let nothing = usage_of(&batch, "org_nul").await.unwrap();
     assert_eq!(nothing.requests, 0);
-    let err = batch
-        .get_usage(pb::UsageQuery {
-            org_id: "org\0".to_owned(),
-        })
-        .await
-        .unwrap_err();
+    let err = usage_of(&batch, "org\0").await.unwrap_err();
     assert_eq!(
         (err.code(), err.param()),
         (ErrorCode::InvalidRequest, Some("org_id"))
@@ -431,12 +370,7 @@ async fn stores_sharing_a_database_keep_their_migrations_and_tables_apart(db: Te
         .await
         .unwrap();
     let m = metering(&db).await;
-    let usage = m
-        .get_usage(pb::UsageQuery {
-            org_id: "org_a".to_owned(),
-        })
-        .await
-        .unwrap();
+    let usage = usage_of(&m, "org_a").await.unwrap();
     assert_eq!(usage.requests, 1, "{}", db.backend());
     let other_id: i64 = sqlx::query("SELECT other_id FROM usage_events")
         .fetch_one(&other)
