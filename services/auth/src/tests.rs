@@ -29,6 +29,7 @@ on_both_backends!(
     two_processes_starting_at_once_share_one_master_key_and_one_default_org,
     routing_config_is_set_and_cleared,
     hostile_input_is_stored_verbatim_or_refused,
+    a_missing_data_dir_is_created_for_the_master_key,
 );
 
 /// `db`'s config, with `LLMGW_MASTER_KEY` set to `master_key` if given.
@@ -428,4 +429,14 @@ async fn hostile_input_is_stored_verbatim_or_refused(db: TestDb) {
         .get(0);
     assert_eq!(keys, 1);
     assert!(authenticate(&auth, created.key.expose()).await.is_ok());
+}
+
+/// On PostgreSQL the store creates no file, yet the master key still needs
+/// `data_dir`.
+async fn a_missing_data_dir_is_created_for_the_master_key(db: TestDb) {
+    let data_dir = db.dir().join("not").join("yet");
+    let store = open(&config_in(&db, &data_dir, None)).await.unwrap();
+    assert!(data_dir.join(MASTER_KEY_FILE).is_file(), "{}", db.backend());
+    let created = store.create_key("acme", None).await.unwrap();
+    assert!(authenticate(&service(store), created.key.expose()).await.is_ok());
 }

@@ -3,9 +3,10 @@
 //! test body runs on SQLite and on a real, throwaway PostgreSQL server.
 //!
 //! [`TestDb`] is one test's storage: a temp `data_dir`, plus for PostgreSQL
-//! its own server (`initdb` + `postgres` in a temp dir, on a free port, with
-//! its unix socket in that dir, stopped and removed on drop) and a fresh
-//! database in it. [`on_both_backends!`] turns `async fn name(db: TestDb)`
+//! a fresh database of its own on a [`PgServer`] (`initdb` + `postgres` in a
+//! temp dir, on a free port, with its unix socket in that dir). The tests of
+//! one binary that run at once share the server; it stops, and its dir is
+//! removed, when the last of them drops it. [`on_both_backends!`] turns `async fn name(db: TestDb)`
 //! bodies into `sqlite::name` and `postgres::name` tests.
 //!
 //! PostgreSQL refuses to run as root, so as root the binaries run as the
@@ -19,6 +20,7 @@ use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use sqlx::{AnyConnection, AssertSqlSafe, Connection as _, Executor as _};
@@ -34,8 +36,12 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// PostgreSQL server with one database for this test.
 pub struct TestDb {
     dir: TempDir,
-    postgres: Option<(PgServer, DatabaseConfig)>,
+    postgres: Option<(Arc<PgServer>, DatabaseConfig)>,
 }
+
+/// The server the tests running now share; started again when a test finds
+/// none (every holder gone).
+static SHARED_SERVER: tokio::sync::Mutex<Weak<PgServer>> = tokio::sync::Mutex::const_new(Weak::new());
 
 impl TestDb {
     /// SQLite files under a fresh temp dir.
@@ -46,10 +52,20 @@ impl TestDb {
         })
     }
 
-    /// A fresh PostgreSQL server and database (and a temp `data_dir` for
-    /// what stays on disk, such as the master key file).
+    /// A fresh PostgreSQL database (and a temp `data_dir` for what stays on
+    /// disk, such as the master key file).
     pub async fn postgres() -> Result<Self, String> {
-        let server = PgServer::start().await?;
+        let server = {
+            let mut shared = SHARED_SERVER.lock().await;
+            match shared.upgrade() {
+                Some(server) => server,
+                None => {
+                    let server = Arc::new(PgServer::start().await?);
+                    *shared = Arc::downgrade(&server);
+                    server
+                }
+            }
+        };
         let url = server.create_database().await?;
         Ok(Self {
             dir: temp_dir()?,
