@@ -6,8 +6,9 @@
 //! a fresh database of its own on a [`PgServer`] (`initdb` + `postgres` in a
 //! temp dir, on a free port, with its unix socket in that dir). The tests of
 //! one binary that run at once share the server; it stops, and its dir is
-//! removed, when the last of them drops it. [`on_both_backends!`] turns `async fn name(db: TestDb)`
-//! bodies into `sqlite::name` and `postgres::name` tests.
+//! removed, when the last of them drops it. [`on_both_backends!`] turns
+//! `async fn name(db: TestDb)` bodies into `sqlite::name` and
+//! `postgres::name` tests.
 //!
 //! PostgreSQL refuses to run as root, so as root the binaries run as the
 //! `postgres` OS user (`runuser -u postgres --`) over a data dir it owns.
@@ -32,8 +33,8 @@ use crate::secret::Secret;
 /// Longest wait for a new server to accept connections.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// One test's storage: SQLite files in a temp dir, or a throwaway
-/// PostgreSQL server with one database for this test.
+/// One test's storage: SQLite files in a temp dir, or a database of its own
+/// on a throwaway PostgreSQL server.
 pub struct TestDb {
     dir: TempDir,
     postgres: Option<(Arc<PgServer>, DatabaseConfig)>,
