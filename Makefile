@@ -24,9 +24,13 @@ down:
 ## test: every test — Rust unit and end-to-end tests, then the Python SDK suite
 test: test-rust test-python
 
+# The storage tests run on SQLite and on throwaway PostgreSQL servers, whose
+# binaries setup-postgres.sh provides (installing them if needed).
 test-rust:
 	cargo build -p llmgw -p llmgw-emulators
-	LLMGW_REDIS_BIN="$$(scripts/setup-redis.sh)" cargo test --workspace
+	LLMGW_PG_BIN="$$(scripts/setup-postgres.sh)" && export LLMGW_PG_BIN && \
+	LLMGW_REDIS_BIN="$$(scripts/setup-redis.sh)" && export LLMGW_REDIS_BIN && \
+		cargo test --workspace
 
 test-python:
 	cargo build -p llmgw -p llmgw-emulators

@@ -74,6 +74,9 @@ pub(crate) fn master_key(configured: Option<&Secret>, data_dir: &Path) -> Result
         return Ok(key);
     }
     let key = hex::encode(random_bytes::<32>()?);
+    // On PostgreSQL nothing else may have created data_dir yet.
+    std::fs::create_dir_all(data_dir)
+        .map_err(|e| GwError::internal(format!("cannot create data_dir {}: {e}", data_dir.display())))?;
     // Write a private temp file, then link it into place: the link fails if
     // another process got there first, and nobody ever reads a half-written key.
     let tmp = data_dir.join(format!(

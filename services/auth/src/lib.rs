@@ -1,7 +1,8 @@
 //! llmgw's `auth` service: "who are you, and may you?"
 //!
-//! Orgs, projects and API keys in one store (a SQLite file under `data_dir`
-//! today; the same portable SQL runs on PostgreSQL). A key is 256 random bits,
+//! Orgs, projects and API keys in one store (a SQLite file under `data_dir`,
+//! or the `auth` schema of the configured PostgreSQL database; the same
+//! portable SQL on both). A key is 256 random bits,
 //! shown once, and stored only as a keyed hash; [`service`] answers
 //! `Authenticate` by hashing what the caller presents and looking the hash up
 //! with one indexed query. The edge caches answers; this crate does not.

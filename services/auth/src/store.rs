@@ -65,11 +65,12 @@ pub struct CreatedKey {
     pub project_id: Option<String>,
 }
 
-/// Opens (creating and migrating if needed) `<data_dir>/auth.db` and loads
+/// Opens (creating and migrating if needed) `<data_dir>/auth.db`, or the
+/// `auth` schema of the configured PostgreSQL database, and loads
 /// the master key: `LLMGW_MASTER_KEY` when set, else `<data_dir>/master.key`,
 /// created on first use.
 pub async fn open(config: &Config) -> Result<AuthStore, GwError> {
-    let pool = db::open_sqlite(&config.data_dir, "auth.db", MIGRATIONS).await?;
+    let pool = db::open(config, "auth.db", MIGRATIONS).await?;
     let master_key = keys::master_key(config.master_key.as_ref(), &config.data_dir)?;
     Ok(AuthStore {
         pool,
@@ -78,19 +79,19 @@ pub async fn open(config: &Config) -> Result<AuthStore, GwError> {
 }
 
 impl AuthStore {
-    /// Creates a key for `org` (and `project` in it), creating either if
-    /// missing. Names are 1 to 64 characters, without control characters or
-    /// surrounding whitespace.
     /// Sets (or, with `None`, clears) the routing config a key's requests
     /// use when they name none.
     pub async fn set_routing_config(&self, key_id: &str, config: Option<&str>) -> Result<(), GwError> {
         if let Some(c) = config
-            && (c.is_empty() || c.len() > 128)
+            && (c.is_empty() || c.len() > 128 || c.chars().any(char::is_control))
         {
             return Err(GwError::invalid(
                 "routing_config",
-                "a routing config name is 1 to 128 characters",
+                "a routing config name is 1 to 128 characters, without control characters",
             ));
+        }
+        if !storable(key_id) {
+            return Err(GwError::new(ErrorCode::NotFound, "no such key"));
         }
         let done = sqlx::query("UPDATE api_keys SET routing_config = $1 WHERE id = $2")
             .bind(config)
@@ -104,6 +105,9 @@ impl AuthStore {
         Ok(())
     }
 
+    /// Creates a key for `org` (and `project` in it), creating either if
+    /// missing. Names are 1 to 64 characters, without control characters or
+    /// surrounding whitespace.
     pub async fn create_key(&self, org: &str, project: Option<&str>) -> Result<CreatedKey, GwError> {
         validate_name("org", org)?;
         if let Some(project) = project {
@@ -255,6 +259,9 @@ impl AuthStore {
 
     /// The id of the org named `name`, if there is one.
     pub async fn org_id(&self, name: &str) -> Result<Option<String>, GwError> {
+        if validate_name("org", name).is_err() {
+            return Ok(None);
+        }
         let row = sqlx::query("SELECT id FROM orgs WHERE name = $1")
             .bind(name)
             .fetch_optional(&self.pool)
@@ -268,6 +275,9 @@ impl AuthStore {
     /// Revokes key `key_id`; false when there is no such key or it was
     /// already revoked. Edges that cached it trust it until their cache expires.
     pub async fn revoke_key(&self, key_id: &str) -> Result<bool, GwError> {
+        if !storable(key_id) {
+            return Ok(false);
+        }
         let done = sqlx::query("UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL")
             .bind(now_ms())
             .bind(key_id)
@@ -307,6 +317,12 @@ impl AuthStore {
             project_id,
         })
     }
+}
+
+/// Whether `text` can be stored (or looked up) on every backend: PostgreSQL's
+/// TEXT cannot hold NUL, so such text names nothing stored.
+fn storable(text: &str) -> bool {
+    !text.contains('\0')
 }
 
 /// Checks an org or project name; `what` is the param named in the error.

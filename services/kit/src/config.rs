@@ -59,6 +59,10 @@ struct RawConfig {
     /// Shared state across edge replicas (rate-limit windows).
     #[serde(default)]
     redis: Option<RawRedis>,
+    /// PostgreSQL for `auth` and `usage-metering`; absent: SQLite files
+    /// under `data_dir`.
+    #[serde(default)]
+    database: Option<RawDatabase>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,6 +70,18 @@ struct RawConfig {
 struct RawRedis {
     /// `redis://[:password@]host:port[/db]`
     url: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    url: String,
+    #[serde(default = "default_max_connections")]
+    max_connections: u32,
+}
+
+fn default_max_connections() -> u32 {
+    16
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,6 +270,59 @@ impl Default for MeteringConfig {
             spool_max_bytes: 1 << 30,
             spool_segment_bytes: 8 << 20,
         }
+    }
+}
+
+/// The PostgreSQL database `auth` and `usage-metering` share (each store in
+/// its own schema, see `kit::db`).
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// `postgres://user:pass@host:port/dbname`: a secret, as it may hold the
+    /// password; messages show [`DatabaseConfig::redacted_url`] instead.
+    pub url: Secret,
+    /// Connections per store's pool.
+    pub max_connections: u32,
+}
+
+impl DatabaseConfig {
+    /// The URL without its password or query string, for messages.
+    pub fn redacted_url(&self) -> String {
+        redact_url(self.url.expose())
+    }
+
+    /// `text` (a driver's error, say) with the URL's password masked
+    /// wherever it appears.
+    pub fn mask_password(&self, text: &str) -> String {
+        match url_userinfo(self.url.expose()) {
+            Some((_, Some(password))) if !password.is_empty() => text.replace(password, "***"),
+            _ => text.to_owned(),
+        }
+    }
+}
+
+/// The user and password of `scheme://user:password@host/…`.
+fn url_userinfo(url: &str) -> Option<(&str, Option<&str>)> {
+    let rest = url.split_once("://")?.1;
+    let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+    let userinfo = &authority[..authority.rfind('@')?];
+    Some(match userinfo.split_once(':') {
+        Some((user, password)) => (user, Some(password)),
+        None => (userinfo, None),
+    })
+}
+
+/// `scheme://user:pass@host/db?options` as `scheme://user:***@host/db`.
+fn redact_url(url: &str) -> String {
+    let url = url.split('?').next().unwrap_or_default();
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "[redacted]".to_owned();
+    };
+    match (url_userinfo(url), rest.rsplit_once('@')) {
+        (Some((user, password)), Some((_, host))) => {
+            let mask = if password.is_some() { ":***" } else { "" };
+            format!("{scheme}://{user}{mask}@{host}")
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -464,6 +533,8 @@ pub struct Config {
     pub routing: RoutingPolicy,
     /// Redis for what edge replicas share (rate limits); `None`: in-process.
     pub redis_url: Option<Secret>,
+    /// PostgreSQL for the stores; `None`: SQLite files under `data_dir`.
+    pub database: Option<DatabaseConfig>,
     /// `LLMGW_MASTER_KEY`: the key for keyed hashes and encryption at rest.
     /// When unset, `auth` keeps one in `data_dir`.
     pub master_key: Option<Secret>,
@@ -654,6 +725,25 @@ impl Config {
             ));
         }
 
+        let database = raw.database.map(|db| {
+            let db = DatabaseConfig {
+                url: Secret::new(db.url),
+                max_connections: db.max_connections,
+            };
+            let url = db.url.expose();
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(err(format!(
+                    "`database.url` must be a postgres:// URL, got `{}`",
+                    db.redacted_url()
+                )));
+            }
+            if db.max_connections == 0 {
+                return Err(err("`database.max_connections` must be above 0".to_owned()));
+            }
+            Ok(db)
+        });
+        let database = database.transpose()?;
+
         Ok(Self {
             file: file.to_owned(),
             data_dir: raw.data_dir,
@@ -672,6 +762,7 @@ impl Config {
                 Some(_) => return Err(err("`redis.url` must be a redis:// or rediss:// URL".to_owned())),
                 None => None,
             },
+            database,
             master_key: env
                 .get("LLMGW_MASTER_KEY")
                 .filter(|k| !k.is_empty())

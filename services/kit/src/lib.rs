@@ -15,5 +15,7 @@ pub mod secret;
 pub mod services;
 pub mod shutdown;
 pub mod telemetry;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use error::{ErrorCode, GwError};

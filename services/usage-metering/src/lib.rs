@@ -1,10 +1,10 @@
 //! llmgw's `usage-metering` service: "what did it cost, and who spent it?"
 //!
-//! Usage events land in one table (a SQLite file under `data_dir` today; the
-//! same portable SQL runs on PostgreSQL), idempotent by request id so the
-//! edge can resend a batch it is unsure about. The cost of each event is
-//! computed here from the price the router chose, and `GetUsage` sums one
-//! org's events.
+//! Usage events land in one table (a SQLite file under `data_dir`, or the
+//! `metering` schema of the configured PostgreSQL database; the same portable
+//! SQL on both), idempotent by request id so the edge can resend a batch it
+//! is unsure about. The cost of each event is computed here from the price
+//! the router chose, and `GetUsage` sums one org's events.
 
 mod store;
 

@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use llmgw_kit::GwError;
 use llmgw_kit::config::Config;
-use llmgw_kit::db::{self, MigrationSpec, db_error};
+use llmgw_kit::db::{self, Backend, MigrationSpec, db_error};
 use llmgw_kit::pricing::{Tokens, cost_usd};
 use llmgw_kit::services::{Metering, MeteringService};
 use llmgw_proto as pb;
@@ -16,12 +16,21 @@ use sqlx::{AnyPool, Row as _};
 /// The schema, in order; portable SQL.
 const MIGRATIONS: &[MigrationSpec] = &[(1, "usage events", include_str!("../migrations/0001_init.sql"))];
 
-const INSERT_EVENT: &str = "INSERT INTO usage_events (\
-     request_id, org_id, project_id, key_id, model, provider, provider_model, \
-     input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd, \
-     estimated, streamed, status, http_status, started_at, latency_ms, recorded_at\
-     ) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
-     ON CONFLICT (request_id) DO NOTHING";
+/// The `usage_events` column list every insert names, in the order of
+/// [`EventRow`] (plus `recorded_at`).
+macro_rules! insert_events {
+    () => {
+        "INSERT INTO usage_events (request_id, org_id, project_id, key_id, model, provider, \
+         provider_model, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd, \
+         estimated, streamed, status, http_status, started_at, latency_ms, recorded_at) "
+    };
+}
+
+const INSERT_EVENT: &str = concat!(
+    insert_events!(),
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+     ON CONFLICT (request_id) DO NOTHING"
+);
 
 /// Sums are cast so both backends return BIGINT and DOUBLE PRECISION
 /// (PostgreSQL's `SUM(BIGINT)` is NUMERIC, which the Any driver cannot read).
@@ -35,29 +44,43 @@ const USAGE_BY_MODEL: &str = "SELECT model, provider, COUNT(*), \
 /// Usage events. Cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct UsageStore {
-    pool: AnyPool,
-    /// SQLite takes a whole batch as one JSON parameter (one statement, one
-    /// round trip to its worker thread); other backends insert row by row.
-    sqlite: bool,
+    pub(crate) pool: AnyPool,
+    /// The one statement that inserts a whole batch, as JSON, on this
+    /// backend (one round trip); `None`: row by row in a transaction, the
+    /// portable fallback.
+    insert_batch: Option<&'static str>,
 }
 
-/// One batch as a single statement: the events travel as one JSON array of
-/// arrays (every value bound, none spliced into SQL) and SQLite's `json_each`
-/// turns them into rows.
-const INSERT_EVENTS_JSON: &str = "INSERT INTO usage_events (\
-     request_id, org_id, project_id, key_id, model, provider, provider_model, \
-     input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd, \
-     estimated, streamed, status, http_status, started_at, latency_ms, recorded_at\
-     ) SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
+/// One batch as a single statement on SQLite: the events travel as one JSON
+/// array of arrays (every value bound, none spliced into SQL) and
+/// `json_each` turns them into rows, in order. (`WHERE true` keeps SQLite
+/// from reading `ON CONFLICT` as a join constraint.)
+const INSERT_EVENTS_SQLITE: &str = concat!(
+    insert_events!(),
+    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
      json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
      json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'), \
      json_extract(value, '$[9]'), json_extract(value, '$[10]'), json_extract(value, '$[11]'), \
      json_extract(value, '$[12]'), json_extract(value, '$[13]'), json_extract(value, '$[14]'), \
      json_extract(value, '$[15]'), json_extract(value, '$[16]'), json_extract(value, '$[17]'), $2 \
      FROM json_each($1) WHERE true \
-     ON CONFLICT (request_id) DO NOTHING";
+     ON CONFLICT (request_id) DO NOTHING"
+);
 
-/// An event as the JSON row `INSERT_EVENTS_JSON` reads: a tuple struct,
+/// The same batch, the same JSON, on PostgreSQL: `jsonb_array_elements`
+/// (in order, by ordinality, so the first of two equal request ids wins as
+/// on SQLite) and explicit casts to the column types.
+const INSERT_EVENTS_POSTGRES: &str = concat!(
+    insert_events!(),
+    "SELECT e->>0, e->>1, e->>2, e->>3, e->>4, e->>5, e->>6, \
+     (e->>7)::BIGINT, (e->>8)::BIGINT, (e->>9)::BIGINT, (e->>10)::BIGINT, (e->>11)::DOUBLE PRECISION, \
+     (e->>12)::BOOLEAN, (e->>13)::BOOLEAN, e->>14, (e->>15)::INTEGER, (e->>16)::BIGINT, \
+     (e->>17)::DOUBLE PRECISION, $2 \
+     FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS batch (e, i) ORDER BY i \
+     ON CONFLICT (request_id) DO NOTHING"
+);
+
+/// An event as the JSON row the batch statements read: a tuple struct,
 /// so it is written as an array, in column order.
 #[derive(serde::Serialize)]
 struct EventRow<'a>(
@@ -82,15 +105,16 @@ struct EventRow<'a>(
 );
 
 impl UsageStore {
-    /// The portable row-by-row insert, as other backends use it.
+    /// The portable row-by-row insert, the fallback on any backend.
     #[cfg(test)]
     pub(crate) fn row_by_row(mut self) -> Self {
-        self.sqlite = false;
+        self.insert_batch = None;
         self
     }
 
-    async fn record_sqlite(
+    async fn record_batch(
         &self,
+        statement: &'static str,
         events: &[pb::UsageEvent],
         recorded_at: i64,
     ) -> Result<pb::RecordAck, GwError> {
@@ -129,7 +153,7 @@ impl UsageStore {
             .collect();
         let json = serde_json::to_string(&rows)
             .map_err(|e| GwError::internal(format!("cannot encode usage: {e}")))?;
-        let inserted = sqlx::query(INSERT_EVENTS_JSON)
+        let inserted = sqlx::query(statement)
             .bind(json)
             .bind(recorded_at)
             .execute(&self.pool)
@@ -157,10 +181,18 @@ impl fmt::Debug for UsageStore {
     }
 }
 
-/// Opens (creating and migrating if needed) `<data_dir>/metering.db`.
+/// Opens (creating and migrating if needed) `<data_dir>/metering.db`, or the
+/// `metering` schema of the configured PostgreSQL database.
 pub async fn open(config: &Config) -> Result<UsageStore, GwError> {
-    let pool = db::open_sqlite(&config.data_dir, "metering.db", MIGRATIONS).await?;
-    Ok(UsageStore { pool, sqlite: true })
+    let pool = db::open(config, "metering.db", MIGRATIONS).await?;
+    let insert_batch = match Backend::of(config) {
+        Backend::Sqlite => INSERT_EVENTS_SQLITE,
+        Backend::Postgres => INSERT_EVENTS_POSTGRES,
+    };
+    Ok(UsageStore {
+        pool,
+        insert_batch: Some(insert_batch),
+    })
 }
 
 /// The metering service over `store`, as the one client type callers use.
@@ -182,8 +214,8 @@ impl MeteringService for UsageStore {
             return Ok(ack);
         }
         let recorded_at = now_ms();
-        if self.sqlite {
-            return self.record_sqlite(&events, recorded_at).await;
+        if let Some(statement) = self.insert_batch {
+            return self.record_batch(statement, &events, recorded_at).await;
         }
         // The first statement is a write, so SQLite takes its write lock at once.
         let mut tx = self.pool.begin().await.map_err(db_error("recording usage"))?;
@@ -243,6 +275,12 @@ impl MeteringService for UsageStore {
         if query.org_id.is_empty() {
             return Err(GwError::invalid("org_id", "org_id must not be empty"));
         }
+        if query.org_id.contains('\0') {
+            return Err(GwError::invalid(
+                "org_id",
+                "org_id must not contain NUL characters",
+            ));
+        }
         let rows = sqlx::query(USAGE_BY_MODEL)
             .bind(&query.org_id)
             .fetch_all(&self.pool)
@@ -281,6 +319,23 @@ fn validate(i: usize, event: &pb::UsageEvent) -> Result<(), GwError> {
                 format!("event {i}: {field} must not be empty"),
             ));
         }
+    }
+    // PostgreSQL's TEXT cannot hold NUL, SQLite's can: refuse it on both.
+    let texts = [
+        ("request_id", event.request_id.as_str()),
+        ("org_id", &event.org_id),
+        ("project_id", event.project_id.as_deref().unwrap_or_default()),
+        ("key_id", &event.key_id),
+        ("model", &event.model),
+        ("provider", &event.provider),
+        ("provider_model", &event.provider_model),
+        ("status", &event.status),
+    ];
+    if let Some((field, _)) = texts.iter().find(|(_, value)| value.contains('\0')) {
+        return Err(GwError::invalid(
+            *field,
+            format!("event {i}: {field} must not contain NUL characters"),
+        ));
     }
     if !(event.latency_ms.is_finite() && event.latency_ms >= 0.0) {
         return Err(GwError::invalid(

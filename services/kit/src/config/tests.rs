@@ -100,6 +100,46 @@ fn defaults_and_expansion() {
 }
 
 #[test]
+fn database_section_is_postgres_and_its_url_a_secret() {
+    let c = Config::parse("{}", "g.yaml", &env(&[])).unwrap();
+    assert!(c.database.is_none(), "absent: SQLite under data_dir");
+
+    let text = "database:\n  url: postgres://gw:${PG_PASS}@db.internal:5433/llmgw\n";
+    let c = Config::parse(text, "g.yaml", &env(&[("PG_PASS", "s3cr3t")])).unwrap();
+    let db = c.database.as_ref().unwrap();
+    assert_eq!(db.url.expose(), "postgres://gw:s3cr3t@db.internal:5433/llmgw");
+    assert_eq!(db.max_connections, 16);
+    assert_eq!(db.redacted_url(), "postgres://gw:***@db.internal:5433/llmgw");
+    assert!(!format!("{c:?}").contains("s3cr3t"));
+
+    let text = "database: { url: 'postgresql://gw@h/db?password=s3cr3t', max_connections: 4 }\n";
+    let c = Config::parse(text, "g.yaml", &env(&[])).unwrap();
+    let db = c.database.unwrap();
+    assert_eq!(db.max_connections, 4);
+    assert_eq!(db.redacted_url(), "postgresql://gw@h/db");
+
+    for (text, want) in [
+        (
+            "database: { url: 'mysql://gw:s3cr3t@h/db' }",
+            "must be a postgres:// URL",
+        ),
+        (
+            "database: { url: 'postgres://gw:s3cr3t@h/db', max_connections: 0 }",
+            "above 0",
+        ),
+        (
+            "database: { url: 'postgres://gw:s3cr3t@h/db', max_conections: 4 }",
+            "did you mean `max_connections`",
+        ),
+        ("database: { url: '${PG_URL}' }", "`database.url` uses ${PG_URL}"),
+    ] {
+        let e = Config::parse(text, "g.yaml", &env(&[])).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+        assert!(!e.contains("s3cr3t"), "{e}");
+    }
+}
+
+#[test]
 fn provider_timeout_and_type_errors() {
     let text = SMALLEST.replace("    type: openai", "    type: openai\n    timeout: 250ms");
     let c = Config::parse(&text, "g.yaml", &env(&[("OPENAI_API_KEY", "k")])).unwrap();
