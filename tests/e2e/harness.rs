@@ -382,7 +382,10 @@ fn spawn_role(config: &Path, role: &str) -> Child {
         .arg("--config")
         .arg(config)
         .env("EMU_KEY", EMU_KEY)
-        .env("LLMGW_LOG", std::env::var("LLMGW_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()))
+        .env(
+            "LLMGW_LOG",
+            std::env::var("LLMGW_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)

@@ -197,7 +197,7 @@ impl AuthStore {
     pub async fn settle_stale(&self, max_age: Duration) -> Result<usize, GwError> {
         let before = now_ms() - i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX);
         let rows = sqlx::query(
-            "SELECT request_id, amount_usd FROM budget_reservations WHERE created_at < $1 LIMIT 500",
+            "SELECT request_id, amount_usd FROM budget_reservations WHERE created_at <= $1 LIMIT 500",
         )
         .bind(before)
         .fetch_all(&self.pool)

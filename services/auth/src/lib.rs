@@ -25,4 +25,6 @@ pub use service::service;
 pub use store::{AuthStore, CreatedKey, DEFAULT_ORG, open};
 
 #[cfg(test)]
+mod governance_tests;
+#[cfg(test)]
 mod tests;
