@@ -35,6 +35,9 @@ pub struct Extra<'a> {
     pub metering: &'a str,
     /// `edge.max_in_flight` (default 4).
     pub max_in_flight: Option<usize>,
+    /// Log at this level into files (see [`Gateway::logs`]) instead of
+    /// stderr.
+    pub log_level: Option<&'a str>,
 }
 
 pub struct Gateway {
@@ -47,6 +50,7 @@ pub struct Gateway {
     pub client: reqwest::Client,
     _dir: tempfile::TempDir,
     pub children: Vec<Child>,
+    log_level: Option<String>,
 }
 
 pub fn bin() -> &'static str {
@@ -120,6 +124,7 @@ impl Gateway {
             top: extra_top,
             metering: extra_metering,
             max_in_flight,
+            log_level,
         } = extra;
         let max_in_flight = max_in_flight.unwrap_or(4);
         let mut emu = llmgw_emulators::spawn(Options {
@@ -196,7 +201,10 @@ providers:
             if key.is_none() {
                 key = Some(create_key(&config, "acme", None).await);
             }
-            let children = roles.iter().map(|role| spawn_role(&config, role)).collect();
+            let children = roles
+                .iter()
+                .map(|role| spawn_role(&config, role, log_level))
+                .collect();
             let mut gw = Gateway {
                 http,
                 grpc,
@@ -206,6 +214,7 @@ providers:
                 client: http_client(),
                 _dir: dir,
                 children,
+                log_level: log_level.map(str::to_owned),
             };
             if gw.wait_ready(shape, &[auth, router, adapter, metering]).await {
                 return gw;
@@ -247,7 +256,17 @@ providers:
     /// Starts one more `llmgw <role>` process on this gateway's config, as
     /// the gateway started its own (to restart one that was killed).
     pub fn spawn(&self, role: &str) -> Child {
-        spawn_role(&self.config, role)
+        spawn_role(&self.config, role, self.log_level.as_deref())
+    }
+
+    /// Everything the gateway's processes logged (with `Extra::log_level`).
+    pub fn logs(&self) -> String {
+        let dir = self.config.with_file_name("logs");
+        let mut out = String::new();
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            out.push_str(&std::fs::read_to_string(entry.path()).unwrap_or_default());
+        }
+        out
     }
 
     /// The gateway's `data_dir`.
@@ -376,21 +395,38 @@ providers:
 }
 
 /// `llmgw <role> --config <config>` with the environment tests give it.
-fn spawn_role(config: &Path, role: &str) -> Child {
-    Command::new(bin())
-        .arg(role)
+/// With `log_level`, the process logs at that level into a file of the
+/// gateway's `logs/` dir (read back by [`Gateway::logs`]).
+fn spawn_role(config: &Path, role: &str, log_level: Option<&str>) -> Child {
+    let mut cmd = Command::new(bin());
+    cmd.arg(role)
         .arg("--config")
         .arg(config)
         .env("EMU_KEY", EMU_KEY)
-        .env(
-            "LLMGW_LOG",
-            std::env::var("LLMGW_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()),
-        )
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn llmgw")
+        .kill_on_drop(true);
+    match log_level {
+        Some(level) => {
+            let dir = config.with_file_name("logs");
+            std::fs::create_dir_all(&dir).expect("logs dir");
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(dir.join(format!("{role}.log")))
+                .expect("log file");
+            cmd.env("LLMGW_LOG", level)
+                .env("NO_COLOR", "1")
+                .stderr(Stdio::from(file));
+        }
+        None => {
+            cmd.env(
+                "LLMGW_LOG",
+                std::env::var("LLMGW_TEST_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
+            .stderr(Stdio::inherit());
+        }
+    }
+    cmd.spawn().expect("spawn llmgw")
 }
 
 pub async fn create_key(config: &Path, org: &str, project: Option<&str>) -> String {
