@@ -5,18 +5,22 @@
 # (S4a / S4b: streams through the Anthropic and Bedrock adapters against the
 # emulator called in that provider's own format; R: the router, a one-target
 # model vs a pool of three, then the pool with one target failing every fifth
-# request so the gateway falls back), prints the table and writes
+# request so the gateway falls back; G: governance — a key with rate limits and
+# a budget, in process and with Redis, against a plain key), prints the table and writes
 # bench/results/latest.json. Everything it starts it also stops.
 #
 #   BENCH_QUICK=1 scripts/bench.sh     # ~30 s smoke run (CI)
 #   scripts/bench.sh --rounds 3        # extra arguments go to llmgw-bench (--help)
 #   scripts/bench.sh --only R          # just the router scenario (or e.g. --only s1,r)
+#   scripts/bench.sh --only G          # just governance
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/llmgw/target}"
 
 cd "$root"
+LLMGW_REDIS_BIN="${LLMGW_REDIS_BIN:-$(scripts/setup-redis.sh)}"
+export LLMGW_REDIS_BIN
 cargo build --release -p llmgw -p llmgw-emulators -p llmgw-bench
 bin="$CARGO_TARGET_DIR/release"
 exec "$bin/llmgw-bench" --llmgw "$bin/llmgw" --emulator "$bin/openai-emulator" "$@"

@@ -17,6 +17,7 @@
 #![expect(clippy::print_stdout, reason = "the bench prints its report")]
 
 mod client;
+mod governance;
 mod procs;
 mod report;
 mod scenarios;
@@ -50,6 +51,8 @@ enum Scenario {
     S4b,
     /// R1 and R2, the router.
     R,
+    /// Governance: rate limits and budgets on the hot path, in process and Redis.
+    G,
 }
 
 #[derive(Parser, Debug)]
@@ -408,9 +411,32 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         .await?;
     }
 
+    let mut gov = None;
+    if args.runs(Scenario::G) {
+        let t = governance::targets(
+            &llmgw,
+            &mut procs,
+            &dir,
+            &env,
+            core,
+            &targets[1],
+            &one_cfg,
+            (emu_addr, unsigned_addr),
+            &bodies.chat,
+        )
+        .await?;
+        gov = Some(governance::rounds(&t, &bodies.chat, &reference.content, &p, &mut procs).await?);
+    }
+
     let rows = rows(&r, &p);
     let errors = error_samples(&r);
-    let clean = errors.iter().all(|(_, _, e)| e.count == 0);
+    let gov_errors: u64 = gov
+        .iter()
+        .flat_map(|g| g.iter().flatten())
+        .map(|x| x.errors.count)
+        .sum();
+    let clean = errors.iter().all(|(_, _, e)| e.count == 0) && gov_errors == 0;
+    let (gov_lines, gov_json) = gov.as_ref().map(governance::report).unzip();
     let logs: Vec<(String, usize, Vec<String>)> = procs
         .logs()
         .map(|(name, path)| {
@@ -486,6 +512,9 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
             );
         }
     }
+    for line in gov_lines.iter().flatten() {
+        println!("{line}");
+    }
     println!("total {elapsed:.0} s; results in {}", args.out.display());
 
     let json = json!({
@@ -518,6 +547,7 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         },
         "results": report::rows_json(&rows),
         "paced_checks": {"S4a": paced_json(&r.s4a_paced), "S4b": paced_json(&r.s4b_paced)},
+        "governance": gov_json,
         "errors": errors.iter().map(|(t, s, e)| json!({"target": t, "scenario": s, "count": e.count, "samples": e.samples})).collect::<Vec<_>>(),
         "gateway_logs": logs.iter().map(|(name, n, samples)| json!({"process": name, "warn_error_lines": n, "first": samples})).collect::<Vec<_>>(),
     });

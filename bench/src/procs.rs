@@ -210,6 +210,19 @@ impl Procs {
         Ok(addr.parse()?)
     }
 
+    /// Starts another process (`label` names it; its stderr goes to a log).
+    pub fn start_command(&mut self, label: &str, mut cmd: std::process::Command) -> anyhow::Result<()> {
+        let log = self.dir.join(format!("{label}.log"));
+        let child = cmd.stderr(File::create(&log)?).spawn()?;
+        self.procs.push(Proc {
+            name: label.to_owned(),
+            child,
+            log: None,
+            _stdout: None,
+        });
+        Ok(())
+    }
+
     /// Starts `llmgw <subcommand> --config FILE` with its output in `dir`.
     pub fn start_llmgw(
         &mut self,
