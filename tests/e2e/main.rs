@@ -24,3 +24,4 @@ mod provider_bedrock;
 mod provider_gemini;
 mod provider_misc;
 mod routing;
+mod usage;
