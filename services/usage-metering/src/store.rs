@@ -232,10 +232,14 @@ impl MeteringService for UsageStore {
     /// Writes the batch and its daily roll-ups in one transaction: all of it
     /// or none. An event whose request id is already stored (or earlier in
     /// the batch) is a duplicate and changes nothing, roll-ups included.
-    async fn record(&self, events: Vec<pb::UsageEvent>) -> Result<pb::RecordAck, GwError> {
+    async fn record(&self, mut events: Vec<pb::UsageEvent>) -> Result<pb::RecordAck, GwError> {
         for (i, event) in events.iter().enumerate() {
             validate(i, event)?;
         }
+        // Every batch takes its rows' locks in request id order, so two
+        // batches sharing ids (a resend racing the original) cannot deadlock
+        // on PostgreSQL. Stable: the first of two equal ids still wins.
+        events.sort_by(|a, b| a.request_id.cmp(&b.request_id));
         let mut ack = pb::RecordAck::default();
         if events.is_empty() {
             return Ok(ack);
