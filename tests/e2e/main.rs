@@ -25,3 +25,4 @@ mod provider_gemini;
 mod provider_misc;
 mod routing;
 mod secrets;
+mod usage;

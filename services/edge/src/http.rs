@@ -32,6 +32,8 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
+        .route("/v1/usage", get(usage_own))
+        .route("/admin/v1/usage", get(usage_admin))
         .route("/admin/v1", any(admin))
         .route("/admin/v1/{*rest}", any(admin))
         .route("/health", get(health))
@@ -506,6 +508,22 @@ async fn get_model(State(p): State<Arc<Pipeline>>, Path(id): Path<String>, heade
                 .with_param("model"),
             ),
         },
+        Err(e) => error_response(&e),
+    }
+}
+
+/// `GET /v1/usage` and `GET /admin/v1/usage` (the latter before the generic
+/// admin handler, which `auth` executes): see [`crate::usage`].
+async fn usage_own(State(p): State<Arc<Pipeline>>, uri: http::Uri, headers: HeaderMap) -> Response {
+    match crate::usage::usage(&p, api_key(&headers), &uri, crate::usage::Door::Own).await {
+        Ok(v) => json_response(&v),
+        Err(e) => error_response(&e),
+    }
+}
+
+async fn usage_admin(State(p): State<Arc<Pipeline>>, uri: http::Uri, headers: HeaderMap) -> Response {
+    match crate::usage::usage(&p, api_key(&headers), &uri, crate::usage::Door::Admin).await {
+        Ok(v) => json_response(&v),
         Err(e) => error_response(&e),
     }
 }

@@ -15,6 +15,7 @@ mod meter;
 mod pipeline;
 mod report;
 mod stream;
+mod usage;
 
 use std::sync::Arc;
 

@@ -197,6 +197,12 @@ impl Pipeline {
             .await
     }
 
+    /// One org's usage report from metering (the caller chose and checked
+    /// the org: see [`crate::usage`]).
+    pub async fn query_usage(&self, req: pb::UsageQueryRequest) -> Result<pb::UsageReport, GwError> {
+        self.deps.metering.query_usage(req).await
+    }
+
     pub async fn list_models(&self, principal: pb::Principal) -> Result<pb::ModelList, GwError> {
         allow_endpoint(&principal, "models")?;
         self.deps
@@ -710,7 +716,7 @@ struct Begun {
 }
 
 /// 403 unless every policy of the key that names endpoints names this one.
-fn allow_endpoint(principal: &pb::Principal, endpoint: &str) -> Result<(), GwError> {
+pub(crate) fn allow_endpoint(principal: &pb::Principal, endpoint: &str) -> Result<(), GwError> {
     match principal
         .policies
         .iter()

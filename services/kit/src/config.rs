@@ -236,10 +236,16 @@ impl ServiceAddr {
     }
 }
 
-/// How the edge ships usage events to `usage-metering`.
+/// How the edge ships usage events to `usage-metering`, and how long
+/// `usage-metering` keeps them.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MeteringConfig {
+    /// How long the request log (`usage_events`) keeps an event, by its
+    /// start time; older events are deleted in bulk by a background task of
+    /// `usage-metering`. The daily roll-ups are kept. 0 keeps events forever.
+    #[serde(deserialize_with = "duration_or_zero")]
+    pub retention: Duration,
     /// Longest an event waits before its batch is sent.
     #[serde(with = "humantime_serde")]
     pub flush_interval: Duration,
@@ -260,9 +266,28 @@ pub struct MeteringConfig {
     pub spool_segment_bytes: u64,
 }
 
+/// A humantime duration (`90d`), or the number 0 (YAML reads a bare `0` as
+/// an integer, not a string).
+fn duration_or_zero<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Number(0) => Ok(Duration::ZERO),
+        Raw::Number(n) => Err(serde::de::Error::custom(format!(
+            "a duration needs a unit: `{n}s`, `{n}h` or `{n}d`; 0 alone means never"
+        ))),
+        Raw::Text(t) => humantime_serde::re::humantime::parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
 impl Default for MeteringConfig {
     fn default() -> Self {
         Self {
+            retention: Duration::from_secs(90 * 86_400),
             flush_interval: Duration::from_millis(200),
             batch_size: 256,
             buffer: 100_000,

@@ -65,6 +65,12 @@ pub trait MeteringService: Send + Sync + 'static {
     /// Records a batch; idempotent by `request_id`.
     async fn record(&self, events: Vec<pb::UsageEvent>) -> Result<pb::RecordAck, GwError>;
     async fn get_usage(&self, query: pb::UsageQuery) -> Result<pb::UsageSummary, GwError>;
+    /// One org's usage from the daily roll-ups, filtered and grouped. (The
+    /// default is for test doubles that only record.)
+    async fn query_usage(&self, req: pb::UsageQueryRequest) -> Result<pb::UsageReport, GwError> {
+        let _ = req;
+        Err(GwError::internal("this metering service cannot query usage"))
+    }
 }
 
 pub type Auth = Arc<dyn AuthService>;
@@ -228,6 +234,10 @@ impl MeteringService for GrpcMetering {
     async fn get_usage(&self, query: pb::UsageQuery) -> Result<pb::UsageSummary, GwError> {
         Ok(self.0.clone().get_usage(query).await?.into_inner())
     }
+
+    async fn query_usage(&self, req: pb::UsageQueryRequest) -> Result<pb::UsageReport, GwError> {
+        Ok(self.0.clone().query_usage(req).await?.into_inner())
+    }
 }
 
 // ---- gRPC servers over local implementations -----------------------------
@@ -340,5 +350,12 @@ impl pb::metering_server::Metering for MeteringGrpcServer {
 
     async fn get_usage(&self, req: Request<pb::UsageQuery>) -> Result<Response<pb::UsageSummary>, Status> {
         Ok(Response::new(self.0.get_usage(req.into_inner()).await?))
+    }
+
+    async fn query_usage(
+        &self,
+        req: Request<pb::UsageQueryRequest>,
+    ) -> Result<Response<pb::UsageReport>, Status> {
+        Ok(Response::new(self.0.query_usage(req.into_inner()).await?))
     }
 }

@@ -197,19 +197,27 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Metering(c) => {
             let config = load(&c.config, false)?;
             let store = llmgw_usage_metering::open(&config).await?;
+            let stop = CancellationToken::new();
+            let retention =
+                llmgw_usage_metering::spawn_retention(store.clone(), config.metering.retention, stop.clone());
             let routes = Routes::new(
                 pb::metering_server::MeteringServer::new(MeteringGrpcServer(llmgw_usage_metering::service(
                     store,
                 )))
                 .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
             );
-            serve_one(
+            let served = serve_one(
                 "metering",
                 config.services.metering.addr,
                 routes,
                 "llmgw.v1.Metering",
             )
-            .await
+            .await;
+            stop.cancel();
+            if let Some(task) = retention {
+                let _ = task.await;
+            }
+            served
         }
         Command::Keys {
             command:
@@ -349,6 +357,8 @@ async fn all(config: &Config) -> anyhow::Result<()> {
     let shutdown = shutdown_token();
     let auth = open_auth(config).await?;
     let metering = llmgw_usage_metering::open(config).await?;
+    let _retention =
+        llmgw_usage_metering::spawn_retention(metering.clone(), config.metering.retention, shutdown.clone());
     let deps = Deps {
         auth: llmgw_auth::service(auth),
         router: llmgw_router::service(config),

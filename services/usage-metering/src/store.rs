@@ -1,5 +1,6 @@
 //! The usage store and the `MeteringService` over it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -13,8 +14,17 @@ use llmgw_kit::services::{Metering, MeteringService};
 use llmgw_proto as pb;
 use sqlx::{AnyPool, Row as _};
 
+use crate::rollup::Rollups;
+
 /// The schema, in order; portable SQL.
-const MIGRATIONS: &[MigrationSpec] = &[(1, "usage events", include_str!("../migrations/0001_init.sql"))];
+pub(crate) const MIGRATIONS: &[MigrationSpec] = &[
+    (1, "usage events", include_str!("../migrations/0001_init.sql")),
+    (
+        3,
+        "usage daily roll-ups",
+        include_str!("../migrations/0003_usage_daily.sql"),
+    ),
+];
 
 /// The `usage_events` column list every insert names, in the order of
 /// [`EventRow`] (plus `recorded_at`).
@@ -64,12 +74,13 @@ const INSERT_EVENTS_SQLITE: &str = concat!(
      json_extract(value, '$[12]'), json_extract(value, '$[13]'), json_extract(value, '$[14]'), \
      json_extract(value, '$[15]'), json_extract(value, '$[16]'), json_extract(value, '$[17]'), $2 \
      FROM json_each($1) WHERE true \
-     ON CONFLICT (request_id) DO NOTHING"
+     ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
 );
 
 /// The same batch, the same JSON, on PostgreSQL: `jsonb_array_elements`
 /// (in order, by ordinality, so the first of two equal request ids wins as
-/// on SQLite) and explicit casts to the column types.
+/// on SQLite) and explicit casts to the column types. Both return the ids
+/// they inserted, for the roll-ups.
 const INSERT_EVENTS_POSTGRES: &str = concat!(
     insert_events!(),
     "SELECT e->>0, e->>1, e->>2, e->>3, e->>4, e->>5, e->>6, \
@@ -77,7 +88,7 @@ const INSERT_EVENTS_POSTGRES: &str = concat!(
      (e->>12)::BOOLEAN, (e->>13)::BOOLEAN, e->>14, (e->>15)::INTEGER, (e->>16)::BIGINT, \
      (e->>17)::DOUBLE PRECISION, $2 \
      FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS batch (e, i) ORDER BY i \
-     ON CONFLICT (request_id) DO NOTHING"
+     ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
 );
 
 /// An event as the JSON row the batch statements read: a tuple struct,
@@ -153,13 +164,29 @@ impl UsageStore {
             .collect();
         let json = serde_json::to_string(&rows)
             .map_err(|e| GwError::internal(format!("cannot encode usage: {e}")))?;
-        let inserted = sqlx::query(statement)
+        let mut tx = self.pool.begin().await.map_err(db_error("recording usage"))?;
+        let ids = sqlx::query(statement)
             .bind(json)
             .bind(recorded_at)
-            .execute(&self.pool)
+            .fetch_all(&mut *tx)
             .await
-            .map_err(db_error("recording usage"))?
-            .rows_affected();
+            .map_err(db_error("recording usage"))?;
+        // An id inserted is its first event in the batch (the statements
+        // insert in batch order, and later equal ids conflict).
+        let mut first: HashMap<&str, usize> = HashMap::with_capacity(events.len());
+        for (i, e) in events.iter().enumerate() {
+            first.entry(e.request_id.as_str()).or_insert(i);
+        }
+        let mut rollups = Rollups::default();
+        for row in &ids {
+            let id: String = row.try_get(0).map_err(db_error("recording usage"))?;
+            if let Some(&i) = first.get(id.as_str()) {
+                rollups.add(&events[i], rows[i].11); // .11: its cost
+            }
+        }
+        rollups.write(&mut tx).await?;
+        tx.commit().await.map_err(db_error("recording usage"))?;
+        let inserted = ids.len() as u64;
         let ack = pb::RecordAck {
             accepted: inserted,
             duplicates: events.len() as u64 - inserted,
@@ -202,13 +229,17 @@ pub fn service(store: UsageStore) -> Metering {
 
 #[async_trait]
 impl MeteringService for UsageStore {
-    /// Writes the batch in one transaction: all of it or none. An event whose
-    /// request id is already stored (or earlier in the batch) is a duplicate
-    /// and changes nothing.
-    async fn record(&self, events: Vec<pb::UsageEvent>) -> Result<pb::RecordAck, GwError> {
+    /// Writes the batch and its daily roll-ups in one transaction: all of it
+    /// or none. An event whose request id is already stored (or earlier in
+    /// the batch) is a duplicate and changes nothing, roll-ups included.
+    async fn record(&self, mut events: Vec<pb::UsageEvent>) -> Result<pb::RecordAck, GwError> {
         for (i, event) in events.iter().enumerate() {
             validate(i, event)?;
         }
+        // Every batch takes its rows' locks in request id order, so two
+        // batches sharing ids (a resend racing the original) cannot deadlock
+        // on PostgreSQL. Stable: the first of two equal ids still wins.
+        events.sort_by(|a, b| a.request_id.cmp(&b.request_id));
         let mut ack = pb::RecordAck::default();
         if events.is_empty() {
             return Ok(ack);
@@ -219,6 +250,7 @@ impl MeteringService for UsageStore {
         }
         // The first statement is a write, so SQLite takes its write lock at once.
         let mut tx = self.pool.begin().await.map_err(db_error("recording usage"))?;
+        let mut rollups = Rollups::default();
         for event in &events {
             let price = event.price.unwrap_or_default();
             let cost = cost_usd(
@@ -257,8 +289,10 @@ impl MeteringService for UsageStore {
                 ack.duplicates += 1;
             } else {
                 ack.accepted += 1;
+                rollups.add(event, cost);
             }
         }
+        rollups.write(&mut tx).await?;
         tx.commit().await.map_err(db_error("recording usage"))?;
         if ack.duplicates > 0 {
             tracing::debug!(
@@ -306,6 +340,10 @@ impl MeteringService for UsageStore {
             summary.by_model.push(usage);
         }
         Ok(summary)
+    }
+
+    async fn query_usage(&self, req: pb::UsageQueryRequest) -> Result<pb::UsageReport, GwError> {
+        self.query(req).await
     }
 }
 
@@ -363,7 +401,7 @@ fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -95,6 +95,7 @@ fn config(buffer: usize, batch_size: usize) -> MeteringConfig {
         spool_max_bytes: 1 << 20,
         // A few events per segment.
         spool_segment_bytes: 64,
+        ..MeteringConfig::default()
     }
 }
 

@@ -327,3 +327,16 @@ routing:
     let e = Config::parse(&both, "g.yaml", &env(&[])).unwrap_err().to_string();
     assert!(e.contains("both `target` and `targets`"), "{e}");
 }
+
+#[test]
+fn metering_retention_defaults_to_90_days_and_0_keeps_forever() {
+    let c = Config::parse(SMALLEST, "gateway.yaml", &env(&[])).unwrap();
+    assert_eq!(c.metering.retention, Duration::from_secs(90 * 86_400));
+    for (text, want) in [("30d", 30 * 86_400), ("0", 0), ("12h", 12 * 3600)] {
+        let yaml = format!("{SMALLEST}metering:\n  retention: {text}\n");
+        let c = Config::parse(&yaml, "gateway.yaml", &env(&[])).unwrap();
+        assert_eq!(c.metering.retention, Duration::from_secs(want), "{text}");
+    }
+    let yaml = format!("{SMALLEST}metering:\n  retention: forever\n");
+    assert!(Config::parse(&yaml, "gateway.yaml", &env(&[])).is_err());
+}
