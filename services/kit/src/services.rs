@@ -80,6 +80,30 @@ pub type Metering = Arc<dyn MeteringService>;
 
 // ---- remote clients -------------------------------------------------------
 
+/// Runs an idempotent call, and once more if it failed in transport (the
+/// connection dropped or was refused before the service answered: a status
+/// with none of our error detail) — a hiccup on an internal hop should not
+/// fail the client's request.
+async fn once_more<T, F, Fut>(mut call: F) -> Result<T, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    match call().await {
+        Err(status)
+            if status.details().is_empty()
+                && matches!(
+                    status.code(),
+                    tonic::Code::Unknown | tonic::Code::Unavailable | tonic::Code::Internal
+                ) =>
+        {
+            tracing::debug!(code = ?status.code(), message = status.message(), "internal call failed in transport; once more");
+            call().await
+        }
+        other => other,
+    }
+}
+
 /// [`AuthService`] over gRPC.
 #[derive(Clone)]
 pub struct GrpcAuth(AuthClient<Channel>);
@@ -98,7 +122,12 @@ impl GrpcAuth {
 #[async_trait]
 impl AuthService for GrpcAuth {
     async fn authenticate(&self, req: pb::AuthenticateRequest) -> Result<pb::Principal, GwError> {
-        Ok(self.0.clone().authenticate(req).await?.into_inner())
+        Ok(once_more(|| {
+            let (mut client, req) = (self.0.clone(), req.clone());
+            async move { client.authenticate(req).await }
+        })
+        .await?
+        .into_inner())
     }
 
     async fn admin(&self, call: pb::AdminCall) -> Result<pb::AdminReply, GwError> {
@@ -106,11 +135,22 @@ impl AuthService for GrpcAuth {
     }
 
     async fn admit(&self, req: pb::AdmitRequest) -> Result<pb::Admission, GwError> {
-        Ok(self.0.clone().admit(req).await?.into_inner())
+        // Idempotent by request id: safe to send again.
+        Ok(once_more(|| {
+            let (mut client, req) = (self.0.clone(), req.clone());
+            async move { client.admit(req).await }
+        })
+        .await?
+        .into_inner())
     }
 
     async fn settle(&self, req: pb::SettleRequest) -> Result<pb::SettleAck, GwError> {
-        Ok(self.0.clone().settle(req).await?.into_inner())
+        Ok(once_more(|| {
+            let (mut client, req) = (self.0.clone(), req.clone());
+            async move { client.settle(req).await }
+        })
+        .await?
+        .into_inner())
     }
 }
 
@@ -157,11 +197,21 @@ async fn send_reports(
 #[async_trait]
 impl RouterService for GrpcRouter {
     async fn route(&self, req: pb::RouteRequest) -> Result<pb::RoutePlan, GwError> {
-        Ok(self.client.clone().route(req).await?.into_inner())
+        Ok(once_more(|| {
+            let (mut client, req) = (self.client.clone(), req.clone());
+            async move { client.route(req).await }
+        })
+        .await?
+        .into_inner())
     }
 
     async fn list_models(&self, req: pb::ModelsRequest) -> Result<pb::ModelList, GwError> {
-        Ok(self.client.clone().list_models(req).await?.into_inner())
+        Ok(once_more(|| {
+            let (mut client, req) = (self.client.clone(), req.clone());
+            async move { client.list_models(req).await }
+        })
+        .await?
+        .into_inner())
     }
 
     fn report(&self, report: pb::AttemptReport) {
