@@ -369,9 +369,9 @@ providers:
     }
 
     /// `llmgw usage --json` for `org`, polled until `pred` holds (metering is
-    /// asynchronous) or 10 s pass.
+    /// asynchronous) or 30 s pass (a loaded CI machine is slow).
     pub async fn usage_until(&self, org: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = Command::new(bin())
                 .args(["usage", "--json", "--org", org, "--config"])
