@@ -11,4 +11,6 @@ mod store;
 pub use store::{UsageStore, open, service};
 
 #[cfg(test)]
+mod byok_tests;
+#[cfg(test)]
 mod tests;
