@@ -449,3 +449,15 @@ async fn credentials_stay_inside_their_org(db: TestDb) {
     let e = store.get_credential(&acme.org_id, id).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotFound);
 }
+
+#[test]
+fn a_credential_message_never_debugs_its_secrets() {
+    let cred = pb::ProviderCredential {
+        name: "c".into(),
+        secrets_json: format!(r#"{{"api_key":"{SECRET}"}}"#),
+        settings_json: r#"{"region":"us-east-1"}"#.into(),
+        ..Default::default()
+    };
+    let shown = format!("{cred:?}");
+    assert!(!shown.contains(SECRET) && !shown.contains("us-east-1"), "{shown}");
+}
