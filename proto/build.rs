@@ -17,6 +17,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let mut config = prost_build::Config::new();
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+    // It carries a BYOK credential's secrets: its Debug (in `lib.rs`) hides them.
+    config.skip_debug(["llmgw.v1.ProviderCredential"]);
     for file in PROTOS {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -29,7 +29,7 @@ async fn call(gw: &Gateway, key: &str, method: &str, path: &str, body: Option<Va
 }
 
 /// `llmgw` CLI with the gateway's config; stdout.
-async fn cli(gw: &Gateway, args: &[&str]) -> String {
+pub(crate) async fn cli(gw: &Gateway, args: &[&str]) -> String {
     let out = Command::new(bin())
         .args(args)
         .arg("--config")

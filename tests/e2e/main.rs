@@ -13,6 +13,7 @@ mod harness;
 
 mod admin;
 mod budgets;
+mod byok;
 mod chat;
 mod embeddings;
 mod errors;

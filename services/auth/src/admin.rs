@@ -196,7 +196,7 @@ fn patch<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<
     Option::<T>::deserialize(d).map(Some)
 }
 
-fn body<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, GwError> {
+pub(crate) fn body<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, GwError> {
     let text = if text.trim().is_empty() { "{}" } else { text };
     serde_json::from_str(text).map_err(|e| {
         // serde names the field in its message; no input is echoed beyond it.
@@ -217,7 +217,7 @@ fn body<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, GwError> {
     })
 }
 
-fn not_found(what: &str) -> GwError {
+pub(crate) fn not_found(what: &str) -> GwError {
     GwError::new(ErrorCode::NotFound, format!("no such {what}"))
 }
 
@@ -264,7 +264,7 @@ fn check_optional_name(param: &'static str, name: Option<&str>) -> Result<(), Gw
     }
 }
 
-fn reply(status: u32, value: &Value) -> pb::AdminReply {
+pub(crate) fn reply(status: u32, value: &Value) -> pb::AdminReply {
     pb::AdminReply {
         body_json: value.to_string(),
         status,
@@ -537,6 +537,18 @@ impl AuthStore {
                     &self.budget_status(&call.scope, id, &policy.budgets).await?,
                 ))
             }
+            AdminOp::CredentialCreate => {
+                self.own_org(&caller, platform, id).await?;
+                self.credential_create(id, &call.body_json).await
+            }
+            AdminOp::CredentialList => {
+                self.own_org(&caller, platform, id).await?;
+                self.credential_list(id).await
+            }
+            AdminOp::CredentialDelete => match self.credential_org(id).await? {
+                Some(org) if platform || org == caller.org_id => self.credential_delete(id, &org).await,
+                _ => Err(not_found("credential")),
+            },
             AdminOp::Unspecified => Err(GwError::invalid("op", "no admin operation named")),
         }
     }

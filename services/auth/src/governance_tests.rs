@@ -24,7 +24,7 @@ async fn store(db: &TestDb) -> AuthStore {
     open(&db.config_in(db.dir(), &HashMap::new())).await.unwrap()
 }
 
-fn caller(org_id: &str, role: KeyRole) -> pb::Principal {
+pub(crate) fn caller(org_id: &str, role: KeyRole) -> pb::Principal {
     pb::Principal {
         org_id: org_id.to_owned(),
         role: role as i32,

@@ -17,13 +17,17 @@
 
 mod admin;
 mod budgets;
+mod credentials;
 mod keys;
 mod service;
 mod store;
 
+pub use credentials::Rotated;
 pub use service::service;
 pub use store::{AuthStore, CreatedKey, DEFAULT_ORG, open};
 
+#[cfg(test)]
+mod credentials_tests;
 #[cfg(test)]
 mod governance_tests;
 #[cfg(test)]

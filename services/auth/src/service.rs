@@ -39,6 +39,23 @@ struct AuthServiceImpl {
     store: AuthStore,
 }
 
+impl AuthServiceImpl {
+    /// The key row (and its org and project) stored under `hash`.
+    async fn key_row(&self, hash: &str) -> Result<Option<sqlx::any::AnyRow>, GwError> {
+        sqlx::query(
+            "SELECT k.id, k.key_hash, k.revoked_at, k.expires_at, o.id, o.name, p.id, p.name, k.routing_config, k.role \
+             FROM api_keys k \
+             JOIN orgs o ON o.id = k.org_id \
+             LEFT JOIN projects p ON p.id = k.project_id \
+             WHERE k.key_hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.store.pool)
+        .await
+        .map_err(db_error("authenticating"))
+    }
+}
+
 /// The one answer for every rejected key: it says nothing about why, and
 /// never contains the key or its hash.
 fn invalid_key() -> GwError {
@@ -52,18 +69,26 @@ impl AuthService for AuthServiceImpl {
         if key.is_empty() || key.len() > MAX_KEY_LEN {
             return Err(invalid_key());
         }
-        let hash = self.store.hasher.hash(&key);
-        let row = sqlx::query(
-            "SELECT k.id, k.key_hash, k.revoked_at, k.expires_at, o.id, o.name, p.id, p.name, k.routing_config, k.role \
-             FROM api_keys k \
-             JOIN orgs o ON o.id = k.org_id \
-             LEFT JOIN projects p ON p.id = k.project_id \
-             WHERE k.key_hash = $1",
-        )
-        .bind(&hash)
-        .fetch_optional(&self.store.pool)
-        .await
-        .map_err(db_error("authenticating"))?;
+        let mut hash = self.store.hasher.hash(&key);
+        let mut row = self.key_row(&hash).await?;
+        // During a master key rotation a key may still be hashed under the
+        // previous master key: found that way, it is re-hashed under the
+        // current one.
+        if row.is_none()
+            && let Some(previous) = &self.store.previous_hasher
+        {
+            let old = previous.hash(&key);
+            if let Some(found) = self.key_row(&old).await? {
+                sqlx::query("UPDATE api_keys SET key_hash = $1 WHERE key_hash = $2")
+                    .bind(&hash)
+                    .bind(&old)
+                    .execute(&self.store.pool)
+                    .await
+                    .map_err(db_error("re-hashing a key"))?;
+                hash = old;
+                row = Some(found);
+            }
+        }
         let Some(row) = row else {
             tracing::debug!(reason = "unknown", "api key rejected");
             return Err(invalid_key());
@@ -83,6 +108,7 @@ impl AuthService for AuthServiceImpl {
                     routing_config: row.try_get(8)?,
                     role: role_from_str(&row.try_get::<String, _>(9)?) as i32,
                     policies: Vec::new(),
+                    providers: Vec::new(),
                 },
             ))
         };
@@ -102,6 +128,7 @@ impl AuthService for AuthServiceImpl {
             return Err(invalid_key());
         }
         principal.policies = self.store.policies_of(&principal, &key_id).await?;
+        principal.providers = self.store.org_providers(&principal.org_id).await?;
         principal.key_id = key_id;
         Ok(principal)
     }
@@ -116,5 +143,9 @@ impl AuthService for AuthServiceImpl {
 
     async fn settle(&self, req: pb::SettleRequest) -> Result<pb::SettleAck, GwError> {
         self.store.settle(req).await
+    }
+
+    async fn get_credential(&self, req: pb::GetCredentialRequest) -> Result<pb::ProviderCredential, GwError> {
+        self.store.get_credential(&req.org_id, &req.credential_id).await
     }
 }

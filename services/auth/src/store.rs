@@ -6,6 +6,7 @@
 //! as safe.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use llmgw_kit::config::Config;
@@ -14,6 +15,7 @@ use llmgw_kit::secret::Secret;
 use llmgw_kit::{ErrorCode, GwError};
 use sqlx::{Any, AnyPool, Row as _, Transaction};
 
+use crate::credentials::Sealer;
 use crate::keys::{self, KeyHasher};
 
 /// The schema, in order; portable SQL.
@@ -34,6 +36,11 @@ const MIGRATIONS: &[MigrationSpec] = &[
         include_str!("../migrations/0003_admin.sql"),
     ),
     (4, "budget ledger", include_str!("../migrations/0004_budgets.sql")),
+    (
+        5,
+        "byok provider credentials",
+        include_str!("../migrations/0005_credentials.sql"),
+    ),
 ];
 
 /// Longest org or project name, in characters.
@@ -47,6 +54,12 @@ pub const DEFAULT_ORG: &str = "default";
 pub struct AuthStore {
     pub(crate) pool: AnyPool,
     pub(crate) hasher: KeyHasher,
+    /// The API-key hash under `LLMGW_MASTER_KEY_PREVIOUS`, during a rotation.
+    pub(crate) previous_hasher: Option<KeyHasher>,
+    /// Seals and opens BYOK provider credentials.
+    pub(crate) sealer: Sealer,
+    /// `byok.allowed_base_urls`: the only base URLs a credential may name.
+    pub(crate) allowed_base_urls: Arc<[String]>,
 }
 
 impl fmt::Debug for AuthStore {
@@ -75,6 +88,13 @@ pub async fn open(config: &Config) -> Result<AuthStore, GwError> {
     Ok(AuthStore {
         pool,
         hasher: KeyHasher::new(&master_key)?,
+        previous_hasher: config
+            .master_key_previous
+            .as_ref()
+            .map(KeyHasher::new)
+            .transpose()?,
+        sealer: Sealer::new(&master_key, config.master_key_previous.as_ref())?,
+        allowed_base_urls: config.byok.allowed_base_urls.clone().into(),
     })
 }
 

@@ -277,6 +277,7 @@ impl Pipeline {
                     request_id: request_id.clone(),
                     target: Some(target),
                     request,
+                    org_id: principal.org_id.clone(),
                 };
                 async move {
                     if streaming {
@@ -389,6 +390,7 @@ impl Pipeline {
                     request_id: request_id.clone(),
                     target: Some(target),
                     request,
+                    org_id: principal.org_id.clone(),
                 };
                 adapter.embed(adapter_req)
             })
@@ -1052,6 +1054,7 @@ impl MeterGuard {
             ev.provider.clone_from(&target.provider);
             ev.provider_model.clone_from(&target.model);
             ev.price = target.price;
+            ev.byok = target.byok;
         }
     }
 

@@ -13,6 +13,8 @@
 //! | `POST /admin/v1/keys/{key}/revoke`, `/rotate` | revoke; a new secret for the same key |
 //! | `GET`, `PUT /admin/v1/{orgs,projects,keys}/{id}/policy` | a scope's policy (models, providers, endpoints, max tokens, rpm/tpm, budgets) |
 //! | `GET /admin/v1/{orgs,projects,keys}/{id}/budgets` | its budgets with this period's spend and reservations |
+//! | `POST`, `GET /admin/v1/orgs/{org}/credentials` | store (encrypted), list the org's own provider credentials (BYOK; never secrets) |
+//! | `DELETE /admin/v1/credentials/{id}` | delete one |
 
 use llmgw_proto as pb;
 use pb::AdminOp;
@@ -68,6 +70,18 @@ pub fn route(method: &str, path: &str) -> Result<Route, GwError> {
                 "GET" => Some((AdminOp::KeyList, "", id(org))),
                 _ => None,
             },
+        ),
+        ["orgs", org, "credentials"] if valid(org) => (
+            &["GET", "POST"],
+            match method {
+                "POST" => Some((AdminOp::CredentialCreate, "", id(org))),
+                "GET" => Some((AdminOp::CredentialList, "", id(org))),
+                _ => None,
+            },
+        ),
+        ["credentials", cred] if valid(cred) => (
+            &["DELETE"],
+            (method == "DELETE").then(|| (AdminOp::CredentialDelete, "", id(cred))),
         ),
         ["keys", key] if valid(key) => (
             &["GET", "PATCH"],
@@ -157,6 +171,20 @@ mod tests {
         assert_eq!(
             route("POST", "/admin/v1/keys/key_1/rotate").unwrap().op,
             AdminOp::KeyRotate
+        );
+        assert_eq!(
+            route("DELETE", "/admin/v1/credentials/cred_1").unwrap().op,
+            AdminOp::CredentialDelete
+        );
+        assert_eq!(
+            route("POST", "/admin/v1/orgs/org_1/credentials").unwrap().op,
+            AdminOp::CredentialCreate
+        );
+        assert_eq!(
+            route("GET", "/admin/v1/credentials/cred_1")
+                .unwrap_err()
+                .http_status(),
+            405
         );
         let e = route("DELETE", "/admin/v1/orgs").unwrap_err();
         assert_eq!(e.http_status(), 405);

@@ -47,7 +47,7 @@ struct RawConfig {
     #[serde(default)]
     edge: EdgeConfig,
     #[serde(default)]
-    providers: Vec<RawProvider>,
+    providers: Vec<ProviderSpec>,
     #[serde(default)]
     models: Vec<RawModel>,
     #[serde(default)]
@@ -63,6 +63,18 @@ struct RawConfig {
     /// under `data_dir`.
     #[serde(default)]
     database: Option<RawDatabase>,
+    #[serde(default)]
+    byok: ByokConfig,
+}
+
+/// Orgs' own provider credentials (BYOK).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ByokConfig {
+    /// URL prefixes a BYOK credential may name as its `base_url` (empty: none;
+    /// every type then uses its default, Azure OpenAI its Azure host).
+    /// Operator-controlled, never caller-controlled.
+    pub allowed_base_urls: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -84,61 +96,74 @@ fn default_max_connections() -> u32 {
     16
 }
 
-#[derive(Debug, Deserialize)]
+/// A provider's settings as written: a `providers:` entry of the config, or
+/// (built by `auth`) an org's BYOK credential. [`provider_config`] validates
+/// it into a [`ProviderConfig`].
+#[derive(Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawProvider {
-    name: String,
+pub struct ProviderSpec {
+    pub name: String,
     #[serde(rename = "type")]
-    kind: String,
+    pub kind: String,
     #[serde(default)]
-    base_url: Option<String>,
+    pub base_url: Option<String>,
     #[serde(default)]
-    api_key: Option<String>,
+    pub api_key: Option<String>,
     /// Per-try timeout until the provider's first byte.
     #[serde(default, with = "humantime_serde")]
-    timeout: Option<Duration>,
+    pub timeout: Option<Duration>,
     /// Attempts after the first on a retryable error (router issue).
     #[serde(default)]
-    max_retries: Option<u32>,
+    pub max_retries: Option<u32>,
     /// The model used for `@slug` with no model, and by `provider/` routes.
     #[serde(default)]
-    default_model: Option<String>,
+    pub default_model: Option<String>,
     /// Extra headers sent on every request to this provider.
     #[serde(default)]
-    headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, String>,
     /// OpenAI `OpenAI-Organization` header.
     #[serde(default)]
-    organization: Option<String>,
+    pub organization: Option<String>,
     /// OpenAI `OpenAI-Project` header.
     #[serde(default)]
-    project: Option<String>,
+    pub project: Option<String>,
     /// Azure OpenAI `api-version` query parameter.
     #[serde(default)]
-    api_version: Option<String>,
+    pub api_version: Option<String>,
     /// Azure OpenAI: a Microsoft Entra ID bearer token instead of `api_key`.
     #[serde(default)]
-    azure_ad_token: Option<String>,
+    pub azure_ad_token: Option<String>,
     /// Anthropic: `max_tokens` sent when the client sent none.
     #[serde(default)]
-    default_max_tokens: Option<u32>,
+    pub default_max_tokens: Option<u32>,
     /// Google Vertex AI project.
     #[serde(default)]
-    project_id: Option<String>,
+    pub project_id: Option<String>,
     /// Google Vertex AI location (region), e.g. `us-central1`.
     #[serde(default)]
-    location: Option<String>,
+    pub location: Option<String>,
     /// Google Vertex AI service-account JSON (the text, usually `${VAR}`).
     #[serde(default)]
-    credentials: Option<String>,
+    pub credentials: Option<String>,
     /// AWS region for Bedrock.
     #[serde(default)]
-    region: Option<String>,
+    pub region: Option<String>,
     #[serde(default)]
-    access_key_id: Option<String>,
+    pub access_key_id: Option<String>,
     #[serde(default)]
-    secret_access_key: Option<String>,
+    pub secret_access_key: Option<String>,
     #[serde(default)]
-    session_token: Option<String>,
+    pub session_token: Option<String>,
+}
+
+/// Names only: a spec holds secrets as plain text.
+impl fmt::Debug for ProviderSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProviderSpec")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Prices in USD per million tokens.
@@ -563,6 +588,10 @@ pub struct Config {
     /// `LLMGW_MASTER_KEY`: the key for keyed hashes and encryption at rest.
     /// When unset, `auth` keeps one in `data_dir`.
     pub master_key: Option<Secret>,
+    /// `LLMGW_MASTER_KEY_PREVIOUS`: the master key before a rotation, so
+    /// `auth` still decrypts what it encrypted until every row is re-encrypted.
+    pub master_key_previous: Option<Secret>,
+    pub byok: ByokConfig,
 }
 
 const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(600);
@@ -618,12 +647,7 @@ impl Config {
         let mut names = HashSet::new();
         for (i, p) in raw.providers.into_iter().enumerate() {
             let at = format!("providers[{i}]");
-            if p.name.is_empty()
-                || !p
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            {
+            if !valid_provider_name(&p.name) {
                 return Err(err(format!(
                     "`{at}.name` must be letters, digits, `-`, `_` or `.`, got `{}`",
                     p.name
@@ -635,7 +659,7 @@ impl Config {
                     p.name
                 )));
             }
-            let Some(mut kind) = ProviderKind::parse(&p.kind) else {
+            let Some(kind) = ProviderKind::parse(&p.kind) else {
                 let valid = ProviderKind::names();
                 return Err(err(format!(
                     "`{at}.type`: unknown provider type `{}`{}",
@@ -650,88 +674,7 @@ impl Config {
                 });
                 continue;
             }
-            // `google` with a project and location is Gemini on Vertex AI.
-            if kind == ProviderKind::Google && p.project_id.is_some() && p.location.is_some() {
-                kind = ProviderKind::VertexAi;
-            }
-            let what = format!("`{at}` ({} `{}`)", kind, p.name);
-            let need = |field: &str, value: &Option<String>| -> Result<(), ConfigError> {
-                match value {
-                    Some(v) if !v.trim().is_empty() => Ok(()),
-                    _ => Err(err(format!("{what}: `{field}` is required for type `{kind}`"))),
-                }
-            };
-            let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
-            let base_url = match (p.base_url.clone(), kind) {
-                (Some(url), _) => url,
-                (None, ProviderKind::VertexAi) => {
-                    need("location", &p.location)?;
-                    let location = p.location.as_deref().unwrap_or_default();
-                    if location == "global" {
-                        "https://aiplatform.googleapis.com/v1".to_owned()
-                    } else {
-                        format!("https://{location}-aiplatform.googleapis.com/v1")
-                    }
-                }
-                (None, ProviderKind::Bedrock) => {
-                    need("region", &p.region)?;
-                    format!(
-                        "https://bedrock-runtime.{}.amazonaws.com",
-                        p.region.as_deref().unwrap_or_default()
-                    )
-                }
-                (None, k) => match k.default_base_url() {
-                    Some(url) => url.to_owned(),
-                    None => return Err(err(format!("{what}: `base_url` is required for type `{kind}`"))),
-                },
-            };
-            let base_url = base_url.trim_end_matches('/').to_owned();
-            if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
-                return Err(err(format!(
-                    "`{at}.base_url` must be an http:// or https:// URL, got `{base_url}`"
-                )));
-            }
-            match kind {
-                ProviderKind::AzureOpenAi
-                    if nonempty(p.api_key.clone()).is_none()
-                        && nonempty(p.azure_ad_token.clone()).is_none() =>
-                {
-                    return Err(err(format!("{what}: `api_key` or `azure_ad_token` is required")));
-                }
-                ProviderKind::VertexAi => {
-                    need("project_id", &p.project_id)?;
-                    need("location", &p.location)?;
-                    need("credentials", &p.credentials)?;
-                }
-                ProviderKind::Bedrock => {
-                    need("region", &p.region)?;
-                    need("access_key_id", &p.access_key_id)?;
-                    need("secret_access_key", &p.secret_access_key)?;
-                }
-                _ => {}
-            }
-            providers.push(ProviderConfig {
-                name: p.name,
-                kind,
-                base_url,
-                api_key: nonempty(p.api_key).map(Secret::new),
-                timeout: p.timeout.unwrap_or(DEFAULT_PROVIDER_TIMEOUT),
-                max_retries: p.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
-                default_model: nonempty(p.default_model),
-                headers: p.headers.into_iter().collect(),
-                organization: p.organization,
-                project: p.project,
-                api_version: nonempty(p.api_version),
-                azure_ad_token: nonempty(p.azure_ad_token).map(Secret::new),
-                default_max_tokens: p.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-                project_id: nonempty(p.project_id),
-                location: nonempty(p.location),
-                credentials: nonempty(p.credentials).map(Secret::new),
-                region: nonempty(p.region),
-                access_key_id: nonempty(p.access_key_id).map(Secret::new),
-                secret_access_key: nonempty(p.secret_access_key).map(Secret::new),
-                session_token: nonempty(p.session_token).map(Secret::new),
-            });
+            providers.push(provider_config(p, kind, &at).map_err(|e| err(e.message))?);
         }
 
         let models = routing::parse_models(raw.models, &providers, &disabled).map_err(err)?;
@@ -792,12 +735,149 @@ impl Config {
                 .get("LLMGW_MASTER_KEY")
                 .filter(|k| !k.is_empty())
                 .map(Secret::new),
+            master_key_previous: env
+                .get("LLMGW_MASTER_KEY_PREVIOUS")
+                .filter(|k| !k.is_empty())
+                .map(Secret::new),
+            byok: raw.byok,
         })
     }
 
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
         self.providers.iter().find(|p| p.name == name)
     }
+}
+
+/// Why a [`ProviderSpec`] is not a valid provider.
+#[derive(Debug, Clone)]
+pub struct SpecError {
+    pub message: String,
+}
+
+impl SpecError {
+    fn new(message: String) -> Self {
+        Self { message }
+    }
+}
+
+/// Whether `name` can be a provider's name (its slug): letters, digits,
+/// `-`, `_` or `.`.
+pub fn valid_provider_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Validates `p` (of type `kind`) into a runtime [`ProviderConfig`]: each
+/// type's required settings, the base URL (its default, or derived from
+/// Vertex AI's location or Bedrock's region). `at` names it in messages
+/// (`providers[0]`). Used by the config loader and by `auth` for BYOK
+/// credentials, so both accept the same settings.
+pub fn provider_config(
+    p: ProviderSpec,
+    mut kind: ProviderKind,
+    at: &str,
+) -> Result<ProviderConfig, SpecError> {
+    // `google` with a project and location is Gemini on Vertex AI.
+    if kind == ProviderKind::Google && p.project_id.is_some() && p.location.is_some() {
+        kind = ProviderKind::VertexAi;
+    }
+    let what = format!("`{at}` ({} `{}`)", kind, p.name);
+    let need = |field: &str, value: &Option<String>| -> Result<(), SpecError> {
+        match value {
+            Some(v) if !v.trim().is_empty() => Ok(()),
+            _ => Err(SpecError::new(format!(
+                "{what}: `{field}` is required for type `{kind}`"
+            ))),
+        }
+    };
+    let nonempty = |v: Option<String>| v.filter(|v| !v.is_empty());
+    // Both become part of a host name: a DNS label's characters only.
+    for (field, value) in [("region", &p.region), ("location", &p.location)] {
+        if let Some(v) = value
+            && !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(SpecError::new(format!(
+                "{what}: `{field}` must be letters, digits and `-`"
+            )));
+        }
+    }
+    let base_url = match (p.base_url.clone(), kind) {
+        (Some(url), _) => url,
+        (None, ProviderKind::VertexAi) => {
+            need("location", &p.location)?;
+            let location = p.location.as_deref().unwrap_or_default();
+            if location == "global" {
+                "https://aiplatform.googleapis.com/v1".to_owned()
+            } else {
+                format!("https://{location}-aiplatform.googleapis.com/v1")
+            }
+        }
+        (None, ProviderKind::Bedrock) => {
+            need("region", &p.region)?;
+            format!(
+                "https://bedrock-runtime.{}.amazonaws.com",
+                p.region.as_deref().unwrap_or_default()
+            )
+        }
+        (None, k) => match k.default_base_url() {
+            Some(url) => url.to_owned(),
+            None => {
+                return Err(SpecError::new(format!(
+                    "{what}: `base_url` is required for type `{kind}`"
+                )));
+            }
+        },
+    };
+    let base_url = base_url.trim_end_matches('/').to_owned();
+    if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
+        return Err(SpecError::new(format!(
+            "`{at}.base_url` must be an http:// or https:// URL, got `{base_url}`"
+        )));
+    }
+    match kind {
+        ProviderKind::AzureOpenAi
+            if nonempty(p.api_key.clone()).is_none() && nonempty(p.azure_ad_token.clone()).is_none() =>
+        {
+            return Err(SpecError::new(format!(
+                "{what}: `api_key` or `azure_ad_token` is required"
+            )));
+        }
+        ProviderKind::VertexAi => {
+            need("project_id", &p.project_id)?;
+            need("location", &p.location)?;
+            need("credentials", &p.credentials)?;
+        }
+        ProviderKind::Bedrock => {
+            need("region", &p.region)?;
+            need("access_key_id", &p.access_key_id)?;
+            need("secret_access_key", &p.secret_access_key)?;
+        }
+        _ => {}
+    }
+    Ok(ProviderConfig {
+        name: p.name,
+        kind,
+        base_url,
+        api_key: nonempty(p.api_key).map(Secret::new),
+        timeout: p.timeout.unwrap_or(DEFAULT_PROVIDER_TIMEOUT),
+        max_retries: p.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
+        default_model: nonempty(p.default_model),
+        headers: p.headers.into_iter().collect(),
+        organization: p.organization,
+        project: p.project,
+        api_version: nonempty(p.api_version),
+        azure_ad_token: nonempty(p.azure_ad_token).map(Secret::new),
+        default_max_tokens: p.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+        project_id: nonempty(p.project_id),
+        location: nonempty(p.location),
+        credentials: nonempty(p.credentials).map(Secret::new),
+        region: nonempty(p.region),
+        access_key_id: nonempty(p.access_key_id).map(Secret::new),
+        secret_access_key: nonempty(p.secret_access_key).map(Secret::new),
+        session_token: nonempty(p.session_token).map(Secret::new),
+    })
 }
 
 /// Replaces `${VAR}` / `${VAR:-default}` in every string, recording the path

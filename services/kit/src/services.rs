@@ -36,6 +36,9 @@ pub trait AuthService: Send + Sync + 'static {
     async fn admit(&self, req: pb::AdmitRequest) -> Result<pb::Admission, GwError>;
     /// Settles a reservation with the real cost; idempotent.
     async fn settle(&self, req: pb::SettleRequest) -> Result<pb::SettleAck, GwError>;
+    /// An org's BYOK credential, decrypted, for the provider-adapter only;
+    /// NOT_FOUND unless it belongs to `req.org_id`.
+    async fn get_credential(&self, req: pb::GetCredentialRequest) -> Result<pb::ProviderCredential, GwError>;
 }
 
 /// "Which targets, in what order?"
@@ -151,6 +154,10 @@ impl AuthService for GrpcAuth {
         })
         .await?
         .into_inner())
+    }
+
+    async fn get_credential(&self, req: pb::GetCredentialRequest) -> Result<pb::ProviderCredential, GwError> {
+        Ok(self.0.clone().get_credential(req).await?.into_inner())
     }
 }
 
@@ -314,6 +321,13 @@ impl pb::auth_server::Auth for AuthGrpcServer {
 
     async fn settle(&self, req: Request<pb::SettleRequest>) -> Result<Response<pb::SettleAck>, Status> {
         Ok(Response::new(self.0.settle(req.into_inner()).await?))
+    }
+
+    async fn get_credential(
+        &self,
+        req: Request<pb::GetCredentialRequest>,
+    ) -> Result<Response<pb::ProviderCredential>, Status> {
+        Ok(Response::new(self.0.get_credential(req.into_inner()).await?))
     }
 }
 

@@ -71,13 +71,18 @@ enum Command {
     Admin {
         #[command(flatten)]
         config: ConfigArg,
-        /// GET, POST, PUT or PATCH.
+        /// GET, POST, PUT, PATCH or DELETE.
         method: String,
         /// The REST path, `/admin/v1/...`.
         path: String,
         /// The JSON body.
         #[arg(long)]
         body: Option<String>,
+    },
+    /// Orgs' own provider credentials (BYOK).
+    Credentials {
+        #[command(subcommand)]
+        command: CredentialsCommand,
     },
     /// An org's spend.
     Usage {
@@ -89,6 +94,17 @@ enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum CredentialsCommand {
+    /// Re-encrypts every stored provider credential with the current master
+    /// key (`LLMGW_MASTER_KEY`); those of the previous one need
+    /// `LLMGW_MASTER_KEY_PREVIOUS` set. Prints how many were re-encrypted.
+    Rotate {
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
@@ -180,7 +196,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Adapter(c) => {
             let config = load(&c.config, false)?;
-            let adapter = llmgw_provider_adapter::service(&config)?;
+            // BYOK credentials come from auth over gRPC.
+            let auth = GrpcAuth::client(grpc::channel(&config.services.auth.addr.to_string())?);
+            let adapter = llmgw_provider_adapter::service_with_credentials(&config, auth)?;
             let routes = Routes::new(
                 pb::adapter_server::AdapterServer::new(AdapterGrpcServer(adapter))
                     .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
@@ -281,6 +299,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .await?;
             say(&reply.body_json)
         }
+        Command::Credentials {
+            command: CredentialsCommand::Rotate { config },
+        } => {
+            let config = load(&config.config, true)?;
+            let store = llmgw_auth::open(&config).await?;
+            let done = store.rotate_credentials().await?;
+            say(&format!(
+                "re-encrypted {} provider credentials; {} were already under the current key",
+                done.rotated, done.current
+            ))
+        }
         Command::Usage { config, org, json } => {
             let config = load(&config.config, true)?;
             let auth = llmgw_auth::open(&config).await?;
@@ -359,10 +388,11 @@ async fn all(config: &Config) -> anyhow::Result<()> {
     let metering = llmgw_usage_metering::open(config).await?;
     let _retention =
         llmgw_usage_metering::spawn_retention(metering.clone(), config.metering.retention, shutdown.clone());
+    let auth = llmgw_auth::service(auth);
     let deps = Deps {
-        auth: llmgw_auth::service(auth),
+        auth: auth.clone(),
         router: llmgw_router::service(config),
-        adapter: llmgw_provider_adapter::service(config)?,
+        adapter: llmgw_provider_adapter::service_with_credentials(config, auth)?,
         metering: llmgw_usage_metering::service(metering),
     };
     run_edge(config, deps, shutdown).await

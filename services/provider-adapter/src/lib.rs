@@ -7,14 +7,20 @@
 //! stream of chunks) back. It neither retries nor falls back: it classifies
 //! each failure (connect, timeout, rate limit, 5xx, rejection) so the edge
 //! can decide.
+//!
+//! A BYOK target (`target.credential_id`, an org's own credential) is built
+//! from the credential auth opens for the caller's org
+//! ([`AuthService::get_credential`], checked against `org_id` there), and
+//! kept for [`BYOK_TTL`] so the hot path rarely asks auth.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use llmgw_kit::config::{Config, ProviderKind};
-use llmgw_kit::services::{Adapter, AdapterService, ChunkStream};
-use llmgw_kit::{ErrorCode, GwError};
+use llmgw_kit::GwError;
+use llmgw_kit::config::{Config, ProviderKind, ProviderSpec, provider_config};
+use llmgw_kit::services::{Adapter, AdapterService, Auth, ChunkStream};
 use llmgw_proto::{
     AdapterEmbeddingsRequest, AdapterRequest, ChatRequest, ChatResponse, EmbeddingsResponse, Target,
 };
@@ -27,26 +33,53 @@ mod providers;
 use providers::Provider;
 
 /// Builds the adapter service over every enabled provider in the config.
+/// BYOK targets are refused: use [`service_with_credentials`].
 pub fn service(config: &Config) -> Result<Adapter, GwError> {
-    let client = http::client()?;
-    let mut map = HashMap::with_capacity(config.providers.len());
-    for p in &config.providers {
-        map.insert(p.name.clone(), (p.kind, providers::build(p, &client)?));
-    }
-    Ok(Arc::new(ProviderAdapter { providers: map }))
+    Ok(Arc::new(ProviderAdapter::new(config, None)?))
 }
+
+/// [`service`], plus orgs' own provider credentials (BYOK) opened by `auth`.
+pub fn service_with_credentials(config: &Config, auth: Auth) -> Result<Adapter, GwError> {
+    Ok(Arc::new(ProviderAdapter::new(config, Some(auth))?))
+}
+
+/// How long a provider built from a BYOK credential is reused before auth
+/// is asked again (a deleted credential stops working within it).
+pub const BYOK_TTL: Duration = Duration::from_secs(60);
+/// BYOK providers kept at most; beyond it the oldest goes.
+const BYOK_CACHE: usize = 1024;
 
 /// The providers by config name, built once at startup.
 struct ProviderAdapter {
     providers: HashMap<String, (ProviderKind, Arc<dyn Provider>)>,
+    client: reqwest::Client,
+    auth: Option<Auth>,
+    byok: Mutex<HashMap<(String, String), Built>>,
 }
 
+/// (org id, credential id) → when it was built, its type, the provider.
+type Built = (Instant, ProviderKind, Arc<dyn Provider>);
+
 impl ProviderAdapter {
-    fn resolve<'a>(
-        &'a self,
+    fn new(config: &Config, auth: Option<Auth>) -> Result<Self, GwError> {
+        let client = http::client()?;
+        let mut map = HashMap::with_capacity(config.providers.len());
+        for p in &config.providers {
+            map.insert(p.name.clone(), (p.kind, providers::build(p, &client)?));
+        }
+        Ok(Self {
+            providers: map,
+            client,
+            auth,
+            byok: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn resolve<'a>(
+        &self,
         req: &'a AdapterRequest,
-    ) -> Result<(&'a dyn Provider, &'a Target, &'a ChatRequest), GwError> {
-        let (provider, target) = self.provider(req.target.as_ref())?;
+    ) -> Result<(Arc<dyn Provider>, &'a Target, &'a ChatRequest), GwError> {
+        let (provider, target) = self.provider(&req.org_id, req.target.as_ref()).await?;
         let chat = req
             .request
             .as_ref()
@@ -54,13 +87,19 @@ impl ProviderAdapter {
         Ok((provider, target, chat))
     }
 
-    fn provider<'a>(&'a self, target: Option<&'a Target>) -> Result<(&'a dyn Provider, &'a Target), GwError> {
+    async fn provider<'a>(
+        &self,
+        org_id: &str,
+        target: Option<&'a Target>,
+    ) -> Result<(Arc<dyn Provider>, &'a Target), GwError> {
         let target = target.ok_or_else(|| GwError::internal("adapter request has no target"))?;
-        let Some((kind, provider)) = self.providers.get(&target.provider) else {
-            return Err(GwError::new(
-                ErrorCode::Internal,
-                format!("unknown provider `{}`", target.provider),
-            ));
+        let (kind, provider) = match target.credential_id.as_deref() {
+            Some(id) => self.byok_provider(org_id, id).await?,
+            None => self
+                .providers
+                .get(&target.provider)
+                .cloned()
+                .ok_or_else(|| GwError::internal(format!("unknown provider `{}`", target.provider)))?,
         };
         // The router and the adapter read the same config; a mismatch means
         // split services run with different files.
@@ -71,8 +110,74 @@ impl ProviderAdapter {
             ))
             .with_provider(&target.provider));
         }
-        Ok((provider.as_ref(), target))
+        Ok((provider, target))
     }
+
+    /// The provider for an org's credential: cached, else built from what
+    /// auth opens (auth checks that the credential is the org's).
+    async fn byok_provider(
+        &self,
+        org_id: &str,
+        id: &str,
+    ) -> Result<(ProviderKind, Arc<dyn Provider>), GwError> {
+        let key = (org_id.to_owned(), id.to_owned());
+        {
+            let cache = self.byok.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some((at, kind, provider)) = cache.get(&key)
+                && at.elapsed() < BYOK_TTL
+            {
+                return Ok((*kind, provider.clone()));
+            }
+        }
+        let auth = self
+            .auth
+            .as_ref()
+            .ok_or_else(|| GwError::internal("this adapter has no auth service for BYOK credentials"))?;
+        let cred = auth
+            .get_credential(llmgw_proto::GetCredentialRequest {
+                org_id: org_id.to_owned(),
+                credential_id: id.to_owned(),
+            })
+            .await?;
+        let (kind, provider) = build_byok(&cred, &self.client)?;
+        let mut cache = self.byok.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= BYOK_CACHE {
+            cache.retain(|_, (at, _, _)| at.elapsed() < BYOK_TTL);
+            if cache.len() >= BYOK_CACHE
+                && let Some(oldest) = cache
+                    .iter()
+                    .min_by_key(|(_, (at, _, _))| *at)
+                    .map(|(k, _)| k.clone())
+            {
+                cache.remove(&oldest);
+            }
+        }
+        cache.insert(key, (Instant::now(), kind, provider.clone()));
+        Ok((kind, provider))
+    }
+}
+
+/// A provider from a BYOK credential, validated as a config provider is.
+/// Messages name fields, never values.
+fn build_byok(
+    cred: &llmgw_proto::ProviderCredential,
+    client: &reqwest::Client,
+) -> Result<(ProviderKind, Arc<dyn Provider>), GwError> {
+    let unreadable = || GwError::internal(format!("provider credential `{}` is unreadable", cred.name));
+    let mut fields = serde_json::Map::new();
+    for text in [&cred.settings_json, &cred.secrets_json] {
+        match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(serde_json::Value::Object(map)) => fields.extend(map),
+            _ => return Err(unreadable()),
+        }
+    }
+    fields.insert("name".into(), cred.name.clone().into());
+    fields.insert("type".into(), cred.r#type.clone().into());
+    let spec: ProviderSpec =
+        serde_json::from_value(serde_json::Value::Object(fields)).map_err(|_| unreadable())?;
+    let kind = ProviderKind::parse(&cred.r#type).ok_or_else(unreadable)?;
+    let config = provider_config(spec, kind, "credential").map_err(|e| GwError::internal(e.message))?;
+    Ok((config.kind, providers::build(&config, client)?))
 }
 
 fn span(request_id: &str, target: &Target) -> tracing::Span {
@@ -88,7 +193,7 @@ fn span(request_id: &str, target: &Target) -> tracing::Span {
 #[async_trait]
 impl AdapterService for ProviderAdapter {
     async fn complete(&self, req: AdapterRequest) -> Result<ChatResponse, GwError> {
-        let (provider, target, chat) = self.resolve(&req)?;
+        let (provider, target, chat) = self.resolve(&req).await?;
         let span = span(&req.request_id, target);
         async {
             let result = provider.complete(target, chat).await;
@@ -102,7 +207,7 @@ impl AdapterService for ProviderAdapter {
     }
 
     async fn stream(&self, req: AdapterRequest) -> Result<ChunkStream, GwError> {
-        let (provider, target, chat) = self.resolve(&req)?;
+        let (provider, target, chat) = self.resolve(&req).await?;
         let span = span(&req.request_id, target);
         async {
             let result = provider.stream(target, chat).await;
@@ -116,7 +221,7 @@ impl AdapterService for ProviderAdapter {
     }
 
     async fn embed(&self, req: AdapterEmbeddingsRequest) -> Result<EmbeddingsResponse, GwError> {
-        let (provider, target) = self.provider(req.target.as_ref())?;
+        let (provider, target) = self.provider(&req.org_id, req.target.as_ref()).await?;
         let request = req
             .request
             .as_ref()

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, header};
 use axum::response::Response;
 use axum::routing::post;
 use futures_util::StreamExt as _;
+use llmgw_kit::ErrorCode;
 use llmgw_kit::config::Config;
 use llmgw_kit::openai::{parse_request, request_json};
 use llmgw_kit::services::Adapter;
@@ -136,6 +137,7 @@ fn request(provider: &str, stream: bool, timeout_ms: u32) -> AdapterRequest {
         "messages":[{{"role":"user","content":"hi"}}]}}"#
     );
     AdapterRequest {
+        org_id: String::new(),
         request_id: "req-1".into(),
         target: Some(Target {
             provider: provider.into(),
@@ -806,4 +808,93 @@ mod emulator {
         let err = adapter.stream(slow).await.err().unwrap();
         assert_eq!(err.code(), ErrorCode::UpstreamTimeout);
     }
+}
+
+// ---- BYOK ------------------------------------------------------------------
+
+/// An auth double holding one credential of org `org_a`, counting lookups.
+struct OneCredential {
+    base_url: String,
+    lookups: std::sync::atomic::AtomicU32,
+}
+
+#[async_trait::async_trait]
+impl llmgw_kit::services::AuthService for OneCredential {
+    async fn authenticate(
+        &self,
+        _: llmgw_proto::AuthenticateRequest,
+    ) -> Result<llmgw_proto::Principal, GwError> {
+        Err(GwError::internal("unused"))
+    }
+    async fn admin(&self, _: llmgw_proto::AdminCall) -> Result<llmgw_proto::AdminReply, GwError> {
+        Err(GwError::internal("unused"))
+    }
+    async fn admit(&self, _: llmgw_proto::AdmitRequest) -> Result<llmgw_proto::Admission, GwError> {
+        Err(GwError::internal("unused"))
+    }
+    async fn settle(&self, _: llmgw_proto::SettleRequest) -> Result<llmgw_proto::SettleAck, GwError> {
+        Err(GwError::internal("unused"))
+    }
+    async fn get_credential(
+        &self,
+        req: llmgw_proto::GetCredentialRequest,
+    ) -> Result<llmgw_proto::ProviderCredential, GwError> {
+        self.lookups.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if req.org_id != "org_a" || req.credential_id != "cred_1" {
+            return Err(GwError::new(ErrorCode::NotFound, "no such provider credential"));
+        }
+        Ok(llmgw_proto::ProviderCredential {
+            id: "cred_1".into(),
+            org_id: "org_a".into(),
+            name: "mycred".into(),
+            r#type: "openai".into(),
+            settings_json: format!(r#"{{"base_url":"{}"}}"#, self.base_url),
+            secrets_json: r#"{"api_key":"sk-org-own-key"}"#.into(),
+        })
+    }
+}
+
+fn byok_request(org_id: &str) -> AdapterRequest {
+    let mut req = request("mycred", false, 0);
+    req.org_id = org_id.into();
+    if let Some(t) = req.target.as_mut() {
+        t.credential_id = Some("cred_1".into());
+        t.byok = true;
+    }
+    req
+}
+
+#[tokio::test]
+async fn byok_targets_use_the_orgs_own_credential_fetched_once() {
+    let (addr, seen) = upstream(json(200, COMPLETION)).await;
+    let auth = Arc::new(OneCredential {
+        base_url: format!("http://{addr}/v1"),
+        lookups: Default::default(),
+    });
+    let adapter = service_with_credentials(&config(addr), auth.clone()).unwrap();
+    for _ in 0..2 {
+        adapter.complete(byok_request("org_a")).await.unwrap();
+    }
+    let seen = seen.take();
+    assert_eq!(seen.len(), 2);
+    for (headers, _) in &seen {
+        assert_eq!(header(headers, "authorization"), Some("Bearer sk-org-own-key"));
+        assert_eq!(header(headers, "openai-organization"), None);
+    }
+    // Built once, then kept.
+    assert_eq!(auth.lookups.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // Another org's request for the same credential: auth refuses it, and
+    // the cache (keyed by org too) does not answer for it.
+    let err = adapter.complete(byok_request("org_b")).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotFound);
+    assert!(!err.message().contains("sk-org-own-key"));
+
+    // Without an auth service, a BYOK target is an error, not a fallback.
+    let err = service(&config(addr))
+        .unwrap()
+        .complete(byok_request("org_a"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Internal);
 }

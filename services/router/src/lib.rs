@@ -11,6 +11,12 @@
 //! - a built-in model's name with no provider: every configured provider
 //!   that offers it, cheapest first.
 //!
+//! An org's own provider credentials (BYOK, `Principal.providers`) come
+//! first for that org alone: `@name/model` names one, and `type/model`
+//! prefers the org's credential of that type over the configured providers.
+//! Their targets carry `credential_id` (the adapter fetches the credential
+//! from auth) and `byok`; they are not tracked for health.
+//!
 //! A pool's targets are ordered by its strategy (`weighted`, `latency`,
 //! `cheapest`, `least-busy`, `priority`); targets lacking a capability the
 //! request needs are left out, ejected ones go last. Routing configs
@@ -350,6 +356,8 @@ impl Catalog {
             max_retries: p.max_retries,
             context_window: t.context_window,
             key: t.upstream.key,
+            credential_id: None,
+            byok: false,
         }
     }
 
@@ -456,6 +464,126 @@ impl Catalog {
     }
 }
 
+/// A BYOK credential's default per-try timeout (config providers' default).
+const BYOK_TIMEOUT_MS: u32 = 600_000;
+
+impl Catalog {
+    /// The principal's own credential `model` names, if any: `@name[/model]`
+    /// or `type/model` (the org's first credential of that type). Platform
+    /// models keep their names.
+    fn byok(&self, model: &str, principal: Option<&pb::Principal>) -> Result<Option<pb::Target>, GwError> {
+        let Some(principal) = principal.filter(|p| !p.providers.is_empty()) else {
+            return Ok(None);
+        };
+        if self.by_model_name.contains_key(model) {
+            return Ok(None);
+        }
+        let (cred, upstream) = if let Some(rest) = model.strip_prefix('@') {
+            let (slug, upstream) = match rest.split_once('/') {
+                Some((slug, upstream)) => (slug, Some(upstream).filter(|u| !u.is_empty())),
+                None => (rest, None),
+            };
+            let Some(cred) = principal.providers.iter().find(|p| p.name == slug) else {
+                return Ok(None);
+            };
+            let upstream = match upstream.or(cred.default_model.as_deref()) {
+                Some(u) => u,
+                None => {
+                    return Err(GwError::new(
+                        ErrorCode::ModelNotFound,
+                        format!(
+                            "`{model}` names provider `{slug}` but no model, and it has no `default_model`"
+                        ),
+                    )
+                    .with_param("model"));
+                }
+            };
+            (cred, upstream)
+        } else if let Some((kind, upstream)) = split(model) {
+            match principal.providers.iter().find(|p| p.r#type == kind) {
+                Some(cred) => (cred, upstream),
+                None => return Ok(None),
+            }
+        } else {
+            return Ok(None);
+        };
+        let known = self.builtin.for_upstream(&cred.r#type, upstream);
+        Ok(Some(pb::Target {
+            provider: cred.name.clone(),
+            provider_type: cred.r#type.clone(),
+            model: upstream.to_owned(),
+            price: Some(known.map(|k| price(&k.price)).unwrap_or_default()),
+            timeout_ms: BYOK_TIMEOUT_MS,
+            max_retries: 0,
+            context_window: known.map_or(0, |k| k.context_window),
+            key: UNTRACKED,
+            credential_id: Some(cred.id.clone()),
+            byok: true,
+        }))
+    }
+
+    /// The plan for one BYOK target: policies and capabilities apply as to
+    /// any target.
+    fn byok_plan(
+        &self,
+        req: &pb::RouteRequest,
+        model: &str,
+        target: pb::Target,
+        chosen: Option<&configs::Chosen<'_>>,
+        variant: Option<&llmgw_kit::config::Variant>,
+    ) -> Result<pb::RoutePlan, GwError> {
+        let policies = req.principal.as_ref().map_or(&[][..], |p| p.policies.as_slice());
+        match policy::check(
+            policies,
+            model,
+            &target.provider,
+            &target.provider_type,
+            &target.model,
+        ) {
+            Ok(()) => {}
+            Err((policy::Refusal::Model, scope)) => {
+                return Err(GwError::new(
+                    ErrorCode::PermissionDenied,
+                    format!("the model `{model}` is not allowed by the {scope} policy"),
+                )
+                .with_param("model"));
+            }
+            Err((policy::Refusal::Provider, scope)) => {
+                return Err(GwError::new(
+                    ErrorCode::PermissionDenied,
+                    format!("the {scope} policy allows none of the providers that serve `{model}`"),
+                )
+                .with_param("model"));
+            }
+        }
+        let caps = self
+            .builtin
+            .for_upstream(&target.provider_type, &target.model)
+            .map_or(Capabilities::ANY, |k| k.capabilities);
+        let needed = req.needed.unwrap_or_default();
+        if !has(&caps, &needed) {
+            return Err(GwError::invalid(
+                "model",
+                format!(
+                    "The model `{model}` does not support this request's features (served by provider `{}` with `{}`).",
+                    target.provider, target.model
+                ),
+            ));
+        }
+        Ok(pb::RoutePlan {
+            requested_model: req.model.clone(),
+            requested_provider: Some(target.provider.clone()),
+            targets: vec![target],
+            config: chosen.map(|c| c.config.name.clone()),
+            config_version: chosen.map(|c| c.config.version),
+            variant: variant.map(|v| v.name.clone()),
+            params: variant.and_then(configs::params),
+            system: variant.and_then(|v| v.system.clone()),
+            strategy: None,
+        })
+    }
+}
+
 /// A model resolved to its targets, before ordering.
 struct Resolved {
     requested_provider: Option<String>,
@@ -555,6 +683,9 @@ impl RouterService for Catalog {
         let model = variant.and_then(|v| v.model.as_deref()).unwrap_or(&req.model);
         if model.is_empty() {
             return Err(GwError::invalid("model", "you must provide a model parameter"));
+        }
+        if let Some(target) = self.byok(model, req.principal.as_ref())? {
+            return self.byok_plan(&req, model, target, chosen.as_ref(), variant);
         }
         let resolved = self
             .resolve(model)

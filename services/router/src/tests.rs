@@ -438,3 +438,81 @@ fn futures_executor<F: std::future::Future>(f: F) -> F::Output {
         }
     }
 }
+
+#[tokio::test]
+async fn byok_credentials_are_the_orgs_alone() {
+    let r = service(&config());
+    let acme = pb::Principal {
+        org_id: "org_acme".into(),
+        providers: vec![pb::OrgProvider {
+            id: "cred_1".into(),
+            name: "mycred".into(),
+            r#type: "openai".into(),
+            default_model: Some("gpt-4o".into()),
+        }],
+        ..Default::default()
+    };
+    let ask = |model: &str, principal: &pb::Principal| pb::RouteRequest {
+        model: model.into(),
+        principal: Some(principal.clone()),
+        ..Default::default()
+    };
+    for (model, upstream) in [
+        ("@mycred/gpt-4o-mini", "gpt-4o-mini"),
+        ("@mycred", "gpt-4o"),
+        ("openai/gpt-4o-mini", "gpt-4o-mini"),
+    ] {
+        let plan = r.route(ask(model, &acme)).await.unwrap();
+        let t = &plan.targets[0];
+        assert_eq!(plan.targets.len(), 1, "{model}");
+        assert_eq!(
+            (
+                t.provider.as_str(),
+                t.model.as_str(),
+                t.credential_id.as_deref(),
+                t.byok
+            ),
+            ("mycred", upstream, Some("cred_1"), true),
+            "{model}"
+        );
+        assert_eq!(t.key, UNTRACKED);
+        assert!(t.price.unwrap().input_per_mtok > 0.0, "priced from the catalog");
+    }
+    // Platform models and configured slugs stay the platform's.
+    for model in ["gpt-4o-mini", "@emu/gpt-4o-mini", "backup/x"] {
+        let t = r.route(ask(model, &acme)).await.unwrap().targets.remove(0);
+        assert!(!t.byok && t.credential_id.is_none(), "{model}");
+    }
+    // Another org never reaches it: `@mycred` names nothing, `openai/` is
+    // the configured provider.
+    let beta = pb::Principal {
+        org_id: "org_beta".into(),
+        ..Default::default()
+    };
+    let e = r.route(ask("@mycred/gpt-4o-mini", &beta)).await.unwrap_err();
+    assert_eq!(e.http_status(), 404);
+    let t = r
+        .route(ask("openai/gpt-4o-mini", &beta))
+        .await
+        .unwrap()
+        .targets
+        .remove(0);
+    assert_eq!((t.provider.as_str(), t.byok), ("emu", false));
+    // Policies apply to BYOK targets by name and type.
+    let denied = pb::Principal {
+        policies: vec![pb::Policy {
+            scope: "org".into(),
+            denied_providers: vec!["mycred".into()],
+            ..Default::default()
+        }],
+        ..acme.clone()
+    };
+    let e = r.route(ask("@mycred/gpt-4o-mini", &denied)).await.unwrap_err();
+    assert_eq!(e.http_status(), 403);
+    // Capabilities too: an embedding model does not chat.
+    let e = r
+        .route(ask("@mycred/text-embedding-3-small", &acme))
+        .await
+        .unwrap_err();
+    assert_eq!(e.http_status(), 400);
+}

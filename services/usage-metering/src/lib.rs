@@ -19,4 +19,6 @@ pub use retention::spawn_retention;
 pub use store::{UsageStore, open, service};
 
 #[cfg(test)]
+mod byok_tests;
+#[cfg(test)]
 mod tests;

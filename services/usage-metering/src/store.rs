@@ -19,6 +19,7 @@ use crate::rollup::Rollups;
 /// The schema, in order; portable SQL.
 pub(crate) const MIGRATIONS: &[MigrationSpec] = &[
     (1, "usage events", include_str!("../migrations/0001_init.sql")),
+    (2, "byok", include_str!("../migrations/0002_byok.sql")),
     (
         3,
         "usage daily roll-ups",
@@ -32,13 +33,13 @@ macro_rules! insert_events {
     () => {
         "INSERT INTO usage_events (request_id, org_id, project_id, key_id, model, provider, \
          provider_model, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd, \
-         estimated, streamed, status, http_status, started_at, latency_ms, recorded_at) "
+         estimated, streamed, status, http_status, started_at, latency_ms, recorded_at, byok) "
     };
 }
 
 const INSERT_EVENT: &str = concat!(
     insert_events!(),
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) \
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
      ON CONFLICT (request_id) DO NOTHING"
 );
 
@@ -72,7 +73,8 @@ const INSERT_EVENTS_SQLITE: &str = concat!(
      json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'), \
      json_extract(value, '$[9]'), json_extract(value, '$[10]'), json_extract(value, '$[11]'), \
      json_extract(value, '$[12]'), json_extract(value, '$[13]'), json_extract(value, '$[14]'), \
-     json_extract(value, '$[15]'), json_extract(value, '$[16]'), json_extract(value, '$[17]'), $2 \
+     json_extract(value, '$[15]'), json_extract(value, '$[16]'), json_extract(value, '$[17]'), $2, \
+     json_extract(value, '$[18]') \
      FROM json_each($1) WHERE true \
      ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
 );
@@ -86,7 +88,7 @@ const INSERT_EVENTS_POSTGRES: &str = concat!(
     "SELECT e->>0, e->>1, e->>2, e->>3, e->>4, e->>5, e->>6, \
      (e->>7)::BIGINT, (e->>8)::BIGINT, (e->>9)::BIGINT, (e->>10)::BIGINT, (e->>11)::DOUBLE PRECISION, \
      (e->>12)::BOOLEAN, (e->>13)::BOOLEAN, e->>14, (e->>15)::INTEGER, (e->>16)::BIGINT, \
-     (e->>17)::DOUBLE PRECISION, $2 \
+     (e->>17)::DOUBLE PRECISION, $2, (e->>18)::BOOLEAN \
      FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS batch (e, i) ORDER BY i \
      ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
 );
@@ -113,6 +115,7 @@ struct EventRow<'a>(
     u32,
     i64,
     f64,
+    bool,
 );
 
 impl UsageStore {
@@ -159,6 +162,7 @@ impl UsageStore {
                     e.http_status.min(i32::MAX as u32),
                     e.started_at_ms,
                     e.latency_ms,
+                    e.byok,
                 )
             })
             .collect();
@@ -281,6 +285,7 @@ impl MeteringService for UsageStore {
                 .bind(event.started_at_ms)
                 .bind(event.latency_ms)
                 .bind(recorded_at)
+                .bind(event.byok)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error("recording usage"))?

@@ -77,6 +77,7 @@ fn event(request_id: &str, org_id: &str, model: &str, input: u32, output: u32) -
         http_status: 200,
         started_at_ms: 1_700_000_000_000,
         latency_ms: 12.5,
+        byok: false,
     }
 }
 

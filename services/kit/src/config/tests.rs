@@ -340,3 +340,46 @@ fn metering_retention_defaults_to_90_days_and_0_keeps_forever() {
     let yaml = format!("{SMALLEST}metering:\n  retention: forever\n");
     assert!(Config::parse(&yaml, "gateway.yaml", &env(&[])).is_err());
 }
+
+#[test]
+fn byok_settings_and_the_previous_master_key() {
+    let c = Config::parse(
+        "byok:\n  allowed_base_urls: [http://proxy.internal/v1]\n",
+        "g.yaml",
+        &env(&[("LLMGW_MASTER_KEY", "a"), ("LLMGW_MASTER_KEY_PREVIOUS", "b")]),
+    )
+    .unwrap();
+    assert_eq!(c.byok.allowed_base_urls, ["http://proxy.internal/v1"]);
+    assert_eq!(c.master_key_previous.as_ref().map(Secret::expose), Some("b"));
+    let e = Config::parse("byok:\n  allowed_urls: []\n", "g.yaml", &env(&[])).unwrap_err();
+    assert!(e.message.contains("allowed_urls"), "{e}");
+    assert!(
+        Config::parse("{}", "g.yaml", &env(&[]))
+            .unwrap()
+            .byok
+            .allowed_base_urls
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_region_or_location_is_a_host_label() {
+    let text = "providers:\n  - name: b\n    type: bedrock\n    region: evil.example/#\n    access_key_id: a\n    secret_access_key: s\n";
+    let e = Config::parse(text, "g.yaml", &env(&[])).unwrap_err();
+    assert!(
+        e.message.contains("`region` must be letters, digits and `-`"),
+        "{e}"
+    );
+    // The shared validation, as BYOK uses it: a spec in, a provider out.
+    let spec = ProviderSpec {
+        name: "v".into(),
+        kind: "google".into(),
+        project_id: Some("p".into()),
+        location: Some("europe-west4".into()),
+        credentials: Some("{}".into()),
+        ..ProviderSpec::default()
+    };
+    let p = provider_config(spec, ProviderKind::Google, "credential").unwrap();
+    assert_eq!(p.kind, ProviderKind::VertexAi);
+    assert_eq!(p.base_url, "https://europe-west4-aiplatform.googleapis.com/v1");
+}

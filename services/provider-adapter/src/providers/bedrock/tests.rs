@@ -559,6 +559,7 @@ async fn emulator(secret: &str) -> (llmgw_emulators::Emulator, crate::Adapter) {
 
 fn ask(body: Value) -> AdapterRequest {
     AdapterRequest {
+        org_id: String::new(),
         request_id: "req-1".into(),
         target: Some(Target {
             provider: "aws".into(),
