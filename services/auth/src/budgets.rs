@@ -97,6 +97,7 @@ impl AuthStore {
             .iter()
             .map(|e| json!([e.scope, e.scope_id, e.period, e.start]))
             .collect();
+        let _one_writer = self.ledger.lock().await;
         let mut tx = self.pool.begin().await.map_err(db_error("admitting a request"))?;
         // The first statement writes, so SQLite takes its lock before any read.
         let fresh = sqlx::query(
@@ -158,6 +159,7 @@ impl AuthStore {
         } else {
             0.0
         };
+        let _one_writer = self.ledger.lock().await;
         let mut tx = self.pool.begin().await.map_err(db_error("settling a request"))?;
         let row = sqlx::query(
             "DELETE FROM budget_reservations WHERE request_id = $1 RETURNING entries, amount_usd",

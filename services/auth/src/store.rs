@@ -60,6 +60,12 @@ pub struct AuthStore {
     pub(crate) sealer: Sealer,
     /// `byok.allowed_base_urls`: the only base URLs a credential may name.
     pub(crate) allowed_base_urls: Arc<[String]>,
+    /// Budget ledger writes of this process, one at a time: on SQLite two
+    /// concurrent write transactions meet SQLite's busy handler, which
+    /// sleeps in milliseconds; queued here they take microseconds. Other
+    /// processes (and PostgreSQL's row locks) keep the ledger correct; this
+    /// only keeps it fast.
+    pub(crate) ledger: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl fmt::Debug for AuthStore {
@@ -95,6 +101,7 @@ pub async fn open(config: &Config) -> Result<AuthStore, GwError> {
             .transpose()?,
         sealer: Sealer::new(&master_key, config.master_key_previous.as_ref())?,
         allowed_base_urls: config.byok.allowed_base_urls.clone().into(),
+        ledger: Arc::default(),
     })
 }
 
