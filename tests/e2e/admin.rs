@@ -6,9 +6,8 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tokio::process::Command;
 
-use crate::harness::{EMU_KEY, Gateway, Shape, bin, user};
+use crate::harness::{Gateway, Shape, user};
 
 /// A REST call with `key`; status and JSON.
 async fn call(gw: &Gateway, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -29,24 +28,7 @@ async fn call(gw: &Gateway, key: &str, method: &str, path: &str, body: Option<Va
 }
 
 /// `llmgw` CLI with the gateway's config; stdout.
-pub(crate) async fn cli(gw: &Gateway, args: &[&str]) -> String {
-    let out = Command::new(bin())
-        .args(args)
-        .arg("--config")
-        .arg(&gw.config)
-        .env("EMU_KEY", EMU_KEY)
-        .output()
-        .await
-        .expect("llmgw");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn chat(model: &str) -> Value {
+pub(crate) fn chat(model: &str) -> Value {
     json!({"model": model, "messages": user("hi")})
 }
 
@@ -75,11 +57,9 @@ where
 
 async fn admin(shape: Shape) {
     let gw = Gateway::start(shape).await;
-    let platform = cli(
-        &gw,
-        &["keys", "create", "--org", "platform", "--role", "platform_admin"],
-    )
-    .await;
+    let platform = gw
+        .cli(&["keys", "create", "--org", "platform", "--role", "platform_admin"])
+        .await;
     let platform = platform.lines().last().unwrap().trim().to_owned();
 
     // ---- a member key is not an admin key
@@ -465,7 +445,7 @@ async fn admin(shape: Shape) {
     );
 
     // ---- the CLI runs the same operations
-    let out = cli(&gw, &["admin", "GET", "/admin/v1/orgs"]).await;
+    let out = gw.cli(&["admin", "GET", "/admin/v1/orgs"]).await;
     let orgs: Value = serde_json::from_str(out.trim()).unwrap();
     assert!(orgs["data"].as_array().unwrap().len() >= 3, "{orgs}");
 }

@@ -7,30 +7,12 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
 use serde_json::{Value, json};
-use tokio::process::Command;
 
-use crate::harness::{EMU_KEY, Extra, Gateway, Shape, bin, user};
-
-async fn cli(gw: &Gateway, args: &[&str]) -> String {
-    let out = Command::new(bin())
-        .args(args)
-        .arg("--config")
-        .arg(&gw.config)
-        .env("EMU_KEY", EMU_KEY)
-        .output()
-        .await
-        .expect("llmgw");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use crate::harness::{Extra, Gateway, Shape, user};
 
 /// A new key with `policy`; (key, key id).
 async fn key_with_policy(gw: &Gateway, policy: Value) -> (String, String) {
-    let out = cli(gw, &["keys", "create", "--org", "acme"]).await;
+    let out = gw.cli(&["keys", "create", "--org", "acme"]).await;
     let mut lines = out.lines().rev();
     let key = lines.next().unwrap().trim().to_owned();
     let id = lines
@@ -38,23 +20,22 @@ async fn key_with_policy(gw: &Gateway, policy: Value) -> (String, String) {
         .and_then(|l| l.split_whitespace().nth(2))
         .unwrap()
         .to_owned();
-    cli(
-        gw,
-        &[
-            "admin",
-            "PUT",
-            &format!("/admin/v1/keys/{id}/policy"),
-            "--body",
-            &policy.to_string(),
-        ],
-    )
+    gw.cli(&[
+        "admin",
+        "PUT",
+        &format!("/admin/v1/keys/{id}/policy"),
+        "--body",
+        &policy.to_string(),
+    ])
     .await;
     (key, id)
 }
 
 /// The key's total budget: (spent, reserved).
 async fn ledger(gw: &Gateway, id: &str) -> (f64, f64) {
-    let out = cli(gw, &["admin", "GET", &format!("/admin/v1/keys/{id}/budgets")]).await;
+    let out = gw
+        .cli(&["admin", "GET", &format!("/admin/v1/keys/{id}/budgets")])
+        .await;
     let v: Value = serde_json::from_str(out.trim()).unwrap();
     let b = &v["data"][0];
     (

@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use sqlx::Row as _;
 use tokio::process::Command;
 
-use crate::admin::cli;
 use crate::harness::{EMU_KEY, Extra, Gateway, Shape, bin, create_key, user};
 
 /// The org's own provider key: the second emulator accepts only this one.
@@ -35,7 +34,7 @@ fn json_of(text: &str) -> Value {
 }
 
 async fn admin_key(gw: &Gateway, org: &str) -> String {
-    let out = cli(gw, &["keys", "create", "--org", org, "--role", "admin"]).await;
+    let out = gw.cli(&["keys", "create", "--org", org, "--role", "admin"]).await;
     out.lines().last().unwrap().trim().to_owned()
 }
 

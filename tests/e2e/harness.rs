@@ -335,6 +335,31 @@ providers:
         sse_data(&text)
     }
 
+    /// `llmgw ARGS --config <this gateway's config>`; its stdout (it must
+    /// succeed).
+    pub async fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("EMU_KEY", EMU_KEY)
+            .output()
+            .await
+            .expect("llmgw");
+        assert!(
+            out.status.success(),
+            "llmgw {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf8")
+    }
+
+    /// A new key of `org` with `role`: the key alone.
+    pub async fn key_with_role(&self, org: &str, role: &str) -> String {
+        let out = self.cli(&["keys", "create", "--org", org, "--role", role]).await;
+        out.lines().last().expect("a key line").trim().to_owned()
+    }
+
     /// Sets a fault profile of the emulator (`/_f/{profile}/…` base URLs).
     pub async fn fault(&self, profile: &str, settings: Value) {
         let url = format!("http://{}/_emu/faults/{profile}", self.emu.addr);

@@ -11,27 +11,9 @@ use tokio::process::{Child, Command};
 
 use crate::harness::{EMU_KEY, Gateway, Shape, bin, user};
 
-/// `llmgw` CLI with the gateway's config; stdout.
-async fn cli(gw: &Gateway, args: &[&str]) -> String {
-    let out = Command::new(bin())
-        .args(args)
-        .arg("--config")
-        .arg(&gw.config)
-        .env("EMU_KEY", EMU_KEY)
-        .output()
-        .await
-        .expect("llmgw");
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// A new key of org `acme` with `policy`; the key.
 async fn key_with_policy(gw: &Gateway, policy: Value) -> String {
-    let out = cli(gw, &["keys", "create", "--org", "acme"]).await;
+    let out = gw.cli(&["keys", "create", "--org", "acme"]).await;
     let mut lines = out.lines().rev();
     let key = lines.next().unwrap().trim().to_owned();
     let id = lines
@@ -40,16 +22,13 @@ async fn key_with_policy(gw: &Gateway, policy: Value) -> String {
         .expect("the key id line")
         .to_owned();
     let body = policy.to_string();
-    cli(
-        gw,
-        &[
-            "admin",
-            "PUT",
-            &format!("/admin/v1/keys/{id}/policy"),
-            "--body",
-            &body,
-        ],
-    )
+    gw.cli(&[
+        "admin",
+        "PUT",
+        &format!("/admin/v1/keys/{id}/policy"),
+        "--body",
+        &body,
+    ])
     .await;
     key
 }

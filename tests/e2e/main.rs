@@ -18,6 +18,7 @@ mod chat;
 mod embeddings;
 mod errors;
 mod grpc;
+mod hostile;
 mod limits;
 mod metering;
 mod provider_anthropic;

@@ -4,9 +4,8 @@
 //! any error body, and no key hash (64 hex characters) is ever logged.
 
 use serde_json::{Value, json};
-use tokio::process::Command;
 
-use crate::harness::{EMU_KEY, Extra, Gateway, Shape, bin, user};
+use crate::harness::{EMU_KEY, Extra, Gateway, Shape, user};
 
 const PROVIDER_CANARY: &str = "sk-canary-provider-secret-6d1f0c";
 const WRONG_KEY_CANARY: &str = "llmgw-canary-wrong-key-93be77aa41";
@@ -62,20 +61,7 @@ async fn secrets(shape: Shape) {
         bodies.push(post(gw.key.clone(), chat(bad)).await.1);
     }
     // Keys made, rotated and revoked through the admin API.
-    let out = Command::new(bin())
-        .args(["keys", "create", "--org", "acme", "--role", "admin", "--config"])
-        .arg(&gw.config)
-        .env("EMU_KEY", EMU_KEY)
-        .output()
-        .await
-        .unwrap();
-    let admin_key = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_owned();
+    let admin_key = gw.key_with_role("acme", "admin").await;
     let r = gw
         .client
         .get(gw.url("/admin/v1/orgs"))
