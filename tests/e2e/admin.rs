@@ -11,23 +11,13 @@ use crate::harness::{Gateway, Shape, user};
 
 /// A REST call with `key`; status and JSON.
 async fn call(gw: &Gateway, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut r = gw
-        .client
-        .request(method.parse().unwrap(), gw.url(path))
-        .bearer_auth(key);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.expect("request");
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("body");
+    let (status, text) = gw.call(key, method, path, body).await;
     (
         status,
         serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}")),
     )
 }
 
-/// `llmgw` CLI with the gateway's config; stdout.
 pub(crate) fn chat(model: &str) -> Value {
     json!({"model": model, "messages": user("hi")})
 }

@@ -16,31 +16,13 @@ use crate::harness::{EMU_KEY, Extra, Gateway, Shape, bin, create_key, user};
 /// The org's own provider key: the second emulator accepts only this one.
 const OWN_KEY: &str = "sk-acme-own-provider-key-do-not-leak";
 
-async fn call(gw: &Gateway, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
-    let mut r = gw
-        .client
-        .request(method.parse().unwrap(), gw.url(path))
-        .bearer_auth(key);
-    if let Some(b) = body {
-        r = r.json(&b);
-    }
-    let r = r.send().await.expect("request");
-    let status = r.status().as_u16();
-    (status, r.text().await.expect("body"))
-}
-
 fn json_of(text: &str) -> Value {
     serde_json::from_str(text).unwrap_or_else(|_| panic!("not JSON: {text}"))
 }
 
-async fn admin_key(gw: &Gateway, org: &str) -> String {
-    let out = gw.cli(&["keys", "create", "--org", org, "--role", "admin"]).await;
-    out.lines().last().unwrap().trim().to_owned()
-}
-
 async fn chat(gw: &Gateway, key: &str, model: &str) -> (u16, String) {
     let body = json!({"model": model, "messages": user("hi")});
-    call(gw, key, "POST", "/v1/chat/completions", Some(body)).await
+    gw.call(key, "POST", "/v1/chat/completions", Some(body)).await
 }
 
 /// Polls a chat until it answers `want` (the edge trusts a principal for up
@@ -103,17 +85,15 @@ async fn byok(shape: Shape) {
         },
     )
     .await;
-    let acme_admin = admin_key(&gw, "acme").await;
+    let acme_admin = gw.key_with_role("acme", "admin").await;
     let beta = create_key(&gw.config, "beta", None).await;
-    let beta_admin = admin_key(&gw, "beta").await;
-    let (_, orgs) = call(&gw, &acme_admin, "GET", "/admin/v1/orgs", None).await;
+    let beta_admin = gw.key_with_role("beta", "admin").await;
+    let (_, orgs) = gw.call(&acme_admin, "GET", "/admin/v1/orgs", None).await;
     let acme_id = json_of(&orgs)["data"][0]["id"].as_str().unwrap().to_owned();
     let creds = format!("/admin/v1/orgs/{acme_id}/credentials");
 
     // No caller-controlled upstream URL; nothing echoes the secret.
-    let (status, text) = call(
-        &gw,
-        &acme_admin,
+    let (status, text) = gw.call(&acme_admin,
         "POST",
         &creds,
         Some(json!({"name": "evil", "type": "openai", "api_key": OWN_KEY, "base_url": "http://169.254.169.254/v1"})),
@@ -125,15 +105,15 @@ async fn byok(shape: Shape) {
 
     // A member key cannot store one.
     let body = json!({"name": "mycred", "type": "openai", "api_key": OWN_KEY, "base_url": own.base_url()});
-    let (status, _) = call(&gw, &gw.key, "POST", &creds, Some(body.clone())).await;
+    let (status, _) = gw.call(&gw.key, "POST", &creds, Some(body.clone())).await;
     assert_eq!(status, 403);
-    let (status, text) = call(&gw, &acme_admin, "POST", &creds, Some(body)).await;
+    let (status, text) = gw.call(&acme_admin, "POST", &creds, Some(body)).await;
     assert_eq!(status, 201, "{text}");
     assert!(!text.contains(OWN_KEY), "{text}");
     let created = json_of(&text);
     assert_eq!(created["name"], "mycred");
     let cred_id = created["id"].as_str().unwrap().to_owned();
-    let (status, text) = call(&gw, &acme_admin, "GET", &creds, None).await;
+    let (status, text) = gw.call(&acme_admin, "GET", &creds, None).await;
     assert_eq!(status, 200);
     assert!(!text.contains(OWN_KEY) && !text.contains("api_key"), "{text}");
     assert_eq!(json_of(&text)["data"].as_array().unwrap().len(), 1);
@@ -143,7 +123,7 @@ async fn byok(shape: Shape) {
         ("GET", creds.clone()),
         ("DELETE", format!("/admin/v1/credentials/{cred_id}")),
     ] {
-        let (status, text) = call(&gw, &beta_admin, method, &path, None).await;
+        let (status, text) = gw.call(&beta_admin, method, &path, None).await;
         assert_eq!(status, 404, "{method} {path}: {text}");
     }
 
@@ -193,14 +173,14 @@ async fn byok(shape: Shape) {
 
     // Deleted: acme's requests stop reaching it once the edge's principal
     // cache (1 s) has expired.
-    let (status, text) = call(
-        &gw,
-        &acme_admin,
-        "DELETE",
-        &format!("/admin/v1/credentials/{cred_id}"),
-        None,
-    )
-    .await;
+    let (status, text) = gw
+        .call(
+            &acme_admin,
+            "DELETE",
+            &format!("/admin/v1/credentials/{cred_id}"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{text}");
     chat_until(&gw, &gw.key, "@mycred/gpt-4o-mini", 404).await;
     let own_seen = recorded(&own, &gw).await.len();
@@ -214,14 +194,14 @@ async fn byok(shape: Shape) {
 
     // Rotation: the CLI re-encrypts under a new master key, given the old
     // one as the previous key; the old key alone then opens nothing.
-    let (status, text) = call(
-        &gw,
-        &acme_admin,
-        "POST",
-        &creds,
-        Some(json!({"name": "second", "type": "anthropic", "api_key": OWN_KEY})),
-    )
-    .await;
+    let (status, text) = gw
+        .call(
+            &acme_admin,
+            "POST",
+            &creds,
+            Some(json!({"name": "second", "type": "anthropic", "api_key": OWN_KEY})),
+        )
+        .await;
     assert_eq!(status, 201, "{text}");
     let old_key = std::fs::read_to_string(gw.data_dir().join("master.key")).unwrap();
     let new_key = "c".repeat(64);

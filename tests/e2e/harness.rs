@@ -335,6 +335,21 @@ providers:
         sse_data(&text)
     }
 
+    /// A request to the edge with `key` (a JSON body if given); status and
+    /// body text.
+    pub async fn call(&self, key: &str, method: &str, path: &str, body: Option<Value>) -> (u16, String) {
+        let mut r = self
+            .client
+            .request(method.parse().expect("method"), self.url(path))
+            .bearer_auth(key);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        let r = r.send().await.expect("request");
+        let status = r.status().as_u16();
+        (status, r.text().await.expect("body"))
+    }
+
     /// `llmgw ARGS --config <this gateway's config>`; its stdout (it must
     /// succeed).
     pub async fn cli(&self, args: &[&str]) -> String {

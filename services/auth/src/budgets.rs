@@ -51,11 +51,7 @@ fn entries(p: &pb::Principal, now: i64) -> Vec<Entry> {
     p.policies
         .iter()
         .flat_map(|policy| {
-            let scope_id = match policy.scope.as_str() {
-                "org" => p.org_id.clone(),
-                "project" => p.project_id.clone().unwrap_or_default(),
-                _ => p.key_id.clone(),
-            };
+            let scope_id = llmgw_kit::services::policy_scope_id(p, &policy.scope).to_owned();
             policy.budgets.iter().map(move |b| Entry {
                 scope: policy.scope.clone(),
                 scope_id: scope_id.clone(),

@@ -24,6 +24,16 @@ async fn store(db: &TestDb) -> AuthStore {
     open(&db.config_in(db.dir(), &HashMap::new())).await.unwrap()
 }
 
+/// What `created` authenticates to.
+async fn principal_of(store: &AuthStore, created: &CreatedKey) -> pb::Principal {
+    service(store.clone())
+        .authenticate(pb::AuthenticateRequest {
+            api_key: created.key.expose().to_owned(),
+        })
+        .await
+        .unwrap()
+}
+
 pub(crate) fn caller(org_id: &str, role: KeyRole) -> pb::Principal {
     pb::Principal {
         org_id: org_id.to_owned(),
@@ -250,12 +260,7 @@ async fn policies_reach_the_principal(db: TestDb) {
     )
     .await
     .unwrap();
-    let p = service(store.clone())
-        .authenticate(pb::AuthenticateRequest {
-            api_key: created.key.expose().to_owned(),
-        })
-        .await
-        .unwrap();
+    let p = principal_of(&store, &created).await;
     let mut scopes: Vec<&str> = p.policies.iter().map(|p| p.scope.as_str()).collect();
     scopes.sort_unstable();
     assert_eq!(scopes, ["key", "org"]);
@@ -293,12 +298,7 @@ async fn budgets_hold_under_concurrent_admissions(db: TestDb) {
     )
     .await
     .unwrap();
-    let principal = service(store.clone())
-        .authenticate(pb::AuthenticateRequest {
-            api_key: created.key.expose().to_owned(),
-        })
-        .await
-        .unwrap();
+    let principal = principal_of(&store, &created).await;
     let tasks: Vec<_> = (0..60)
         .map(|i| {
             let (store, principal) = (store.clone(), principal.clone());
@@ -381,12 +381,7 @@ async fn stale_reservations_are_settled_at_their_amount(db: TestDb) {
     )
     .await
     .unwrap();
-    let principal = service(store.clone())
-        .authenticate(pb::AuthenticateRequest {
-            api_key: created.key.expose().to_owned(),
-        })
-        .await
-        .unwrap();
+    let principal = principal_of(&store, &created).await;
     store
         .admit(pb::AdmitRequest {
             principal: Some(principal),

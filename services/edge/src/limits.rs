@@ -39,11 +39,7 @@ pub fn scopes(principal: &pb::Principal) -> Vec<Scope> {
         .iter()
         .filter(|p| p.rpm.is_some() || p.tpm.is_some())
         .map(|p| {
-            let id = match p.scope.as_str() {
-                "org" => principal.org_id.as_str(),
-                "project" => principal.project_id.as_deref().unwrap_or_default(),
-                _ => principal.key_id.as_str(),
-            };
+            let id = llmgw_kit::services::policy_scope_id(principal, &p.scope);
             Scope {
                 id: format!("{}:{id}", p.scope),
                 label: p.scope.clone(),

@@ -862,55 +862,20 @@ pub fn estimate_tokens(chars: usize) -> u32 {
     u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX)
 }
 
-/// The most tokens a prompt can be, for budget reservations: a token is at
-/// least one byte of text, plus each message's framing, each image at the
-/// most a high-detail image costs, and the tools' schemas.
-fn prompt_upper_bound(req: &pb::ChatRequest) -> u32 {
-    const FRAMING: usize = 8;
-    const IMAGE: usize = 1600;
-    let messages: usize = req
-        .messages
-        .iter()
-        .map(|m| {
-            let content = match &m.content {
-                Some(pb::Content {
-                    value: Some(pb::content::Value::Text(t)),
-                }) => t.len(),
-                Some(pb::Content {
-                    value: Some(pb::content::Value::Parts(p)),
-                }) => p
-                    .parts
-                    .iter()
-                    .map(|p| match &p.part {
-                        Some(pb::content_part::Part::Text(t)) => t.len(),
-                        Some(pb::content_part::Part::ImageUrl(_)) => IMAGE,
-                        Some(other) => other.encoded_len(),
-                        None => 0,
-                    })
-                    .sum(),
-                _ => 0,
-            };
-            let calls: usize = m
-                .tool_calls
-                .iter()
-                .map(|t| {
-                    t.function
-                        .as_ref()
-                        .map_or(0, |f| f.name.len() + f.arguments.len())
-                })
-                .sum();
-            content + calls + m.name.as_ref().map_or(0, String::len) + FRAMING
-        })
-        .sum();
-    let tools: usize = req.tools.iter().map(prost::Message::encoded_len).sum();
-    u32::try_from(messages + tools + FRAMING).unwrap_or(u32::MAX)
+/// How a prompt is sized: what an image and a message's framing count, and
+/// whether other parts (audio, files) and participant names count.
+struct Measure {
+    image: usize,
+    framing: usize,
+    everything: bool,
 }
 
-fn prompt_chars(req: &pb::ChatRequest) -> usize {
+/// The prompt's messages in bytes (or byte-like units), as `m` counts them.
+fn prompt_size(req: &pb::ChatRequest, m: &Measure) -> usize {
     req.messages
         .iter()
-        .map(|m| {
-            let content = match &m.content {
+        .map(|msg| {
+            let content = match &msg.content {
                 Some(pb::Content {
                     value: Some(pb::content::Value::Text(t)),
                 }) => t.len(),
@@ -921,14 +886,14 @@ fn prompt_chars(req: &pb::ChatRequest) -> usize {
                     .iter()
                     .map(|p| match &p.part {
                         Some(pb::content_part::Part::Text(t)) => t.len(),
-                        // A low-detail image costs 85 tokens at OpenAI.
-                        Some(pb::content_part::Part::ImageUrl(_)) => 340,
+                        Some(pb::content_part::Part::ImageUrl(_)) => m.image,
+                        Some(other) if m.everything => other.encoded_len(),
                         _ => 0,
                     })
                     .sum(),
                 _ => 0,
             };
-            let calls: usize = m
+            let calls: usize = msg
                 .tool_calls
                 .iter()
                 .map(|t| {
@@ -937,10 +902,44 @@ fn prompt_chars(req: &pb::ChatRequest) -> usize {
                         .map_or(0, |f| f.name.len() + f.arguments.len())
                 })
                 .sum();
-            // Per-message framing is about four tokens.
-            content + calls + 16
+            let name = if m.everything {
+                msg.name.as_ref().map_or(0, String::len)
+            } else {
+                0
+            };
+            content + calls + name + m.framing
         })
         .sum()
+}
+
+/// The most tokens a prompt can be, for budget reservations: a token is at
+/// least one byte of text, plus each message's framing, each image at the
+/// most a high-detail image costs, and the tools' schemas.
+fn prompt_upper_bound(req: &pb::ChatRequest) -> u32 {
+    const FRAMING: usize = 8;
+    let messages = prompt_size(
+        req,
+        &Measure {
+            image: 1600,
+            framing: FRAMING,
+            everything: true,
+        },
+    );
+    let tools: usize = req.tools.iter().map(prost::Message::encoded_len).sum();
+    u32::try_from(messages + tools + FRAMING).unwrap_or(u32::MAX)
+}
+
+/// Characters of the prompt for the usual estimate (four a token): a
+/// low-detail image is 85 tokens at OpenAI, a message's framing about four.
+fn prompt_chars(req: &pb::ChatRequest) -> usize {
+    prompt_size(
+        req,
+        &Measure {
+            image: 340,
+            framing: 16,
+            everything: false,
+        },
+    )
 }
 
 /// Records a request's usage exactly once: when it ends, or, if the client

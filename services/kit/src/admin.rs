@@ -107,11 +107,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, GwError> {
             (method == "GET").then(|| (AdminOp::BudgetStatus, scope_of(kind), id(scope_id))),
         ),
         [kind @ ("orgs" | "projects" | "keys"), scope_id, "policy"] if valid(scope_id) => {
-            let scope = match *kind {
-                "orgs" => "org",
-                "projects" => "project",
-                _ => "key",
-            };
+            let scope = scope_of(kind);
             (
                 &["GET", "PUT"],
                 match method {

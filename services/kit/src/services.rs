@@ -41,6 +41,16 @@ pub trait AuthService: Send + Sync + 'static {
     async fn get_credential(&self, req: pb::GetCredentialRequest) -> Result<pb::ProviderCredential, GwError>;
 }
 
+/// The id a principal's policy of `scope` (`org`, `project` or `key`) is
+/// about: the key's org, its project (empty when it has none), or itself.
+pub fn policy_scope_id<'a>(principal: &'a pb::Principal, scope: &str) -> &'a str {
+    match scope {
+        "org" => &principal.org_id,
+        "project" => principal.project_id.as_deref().unwrap_or_default(),
+        _ => &principal.key_id,
+    }
+}
+
 /// "Which targets, in what order?"
 #[async_trait]
 pub trait RouterService: Send + Sync + 'static {
