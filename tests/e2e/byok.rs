@@ -170,6 +170,19 @@ async fn byok(shape: Shape) {
     assert_eq!(byok.len(), 3, "{rows:?}");
     assert!(byok.iter().all(|r| r.0 == acme_id && r.1 == "mycred"), "{rows:?}");
     assert_eq!(rows.iter().filter(|r| !r.2).count(), 2, "{rows:?}");
+    // The usage API counts them apart.
+    let acme_requests = rows.iter().filter(|r| r.0 == acme_id).count() as u64;
+    let (status, text) = gw.call(&acme_admin, "GET", "/v1/usage", None).await;
+    assert_eq!(status, 200, "{text}");
+    let totals = &json_of(&text)["totals"];
+    assert_eq!(
+        (totals["requests"].as_u64(), totals["byok_requests"].as_u64()),
+        (Some(acme_requests), Some(3)),
+        "{text}"
+    );
+    assert!(acme_requests > 3, "{rows:?}");
+    let (all, mine) = (totals["cost_usd"].as_f64().unwrap(), totals["byok_cost_usd"].as_f64().unwrap());
+    assert!(mine > 0.0 && mine < all, "{text}");
 
     // Deleted: acme's requests stop reaching it once the edge's principal
     // cache (1 s) has expired.

@@ -236,6 +236,9 @@ fn row_json(r: &pb::UsageRow) -> Value {
     m.insert("cached_tokens".into(), r.cached_tokens.into());
     m.insert("reasoning_tokens".into(), r.reasoning_tokens.into());
     m.insert("cost_usd".into(), json!(r.cost_usd));
+    // Of which billed to the org's own provider accounts (BYOK).
+    m.insert("byok_requests".into(), r.byok_requests.into());
+    m.insert("byok_cost_usd".into(), json!(r.byok_cost_usd));
     Value::Object(m)
 }
 

@@ -1,5 +1,6 @@
 //! The `byok` flag is stored on both backends, by the batch statement and
-//! row by row.
+//! row by row, and the roll-ups count what was billed to the org's own
+//! provider account apart.
 
 use std::collections::HashMap;
 
@@ -21,6 +22,12 @@ fn event(request_id: &str, byok: bool) -> pb::UsageEvent {
         provider: "mycred".to_owned(),
         provider_model: "gpt-4o-mini".to_owned(),
         status: "ok".to_owned(),
+        input_tokens: if byok { 1_000_000 } else { 2_000_000 },
+        price: Some(pb::Price {
+            input_per_mtok: 1.5,
+            ..Default::default()
+        }),
+        started_at_ms: 1_700_000_000_000,
         byok,
         ..Default::default()
     }
@@ -41,6 +48,20 @@ async fn stored(store: UsageStore) {
         .unwrap();
     let got: Vec<(String, i64)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
     assert_eq!(got, [("own".to_owned(), 1), ("platform".to_owned(), 0)]);
+
+    let report = m
+        .query_usage(pb::UsageQueryRequest {
+            org_id: "org_a".to_owned(),
+            group_by: vec!["model".to_owned()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let totals = report.totals.unwrap();
+    assert_eq!((totals.requests, totals.byok_requests), (2, 1));
+    assert!((totals.cost_usd - 4.5).abs() < 1e-9, "{totals:?}");
+    assert!((totals.byok_cost_usd - 1.5).abs() < 1e-9, "{totals:?}");
+    assert_eq!(report.rows[0].byok_requests, 1);
 }
 
 async fn byok_is_stored_in_a_batch(db: TestDb) {

@@ -27,7 +27,9 @@ const SUMS: &str = "CAST(COALESCE(SUM(requests), 0) AS BIGINT), \
      CAST(COALESCE(SUM(output_tokens), 0) AS BIGINT), \
      CAST(COALESCE(SUM(cached_tokens), 0) AS BIGINT), \
      CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT), \
-     CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION)";
+     CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION), \
+     CAST(COALESCE(SUM(byok_requests), 0) AS BIGINT), \
+     CAST(COALESCE(SUM(byok_cost_usd), 0) AS DOUBLE PRECISION)";
 
 /// Rows per report at most (a year of days × 50 models, say); a query that
 /// would return more is refused rather than truncated.
@@ -99,6 +101,8 @@ impl UsageStore {
             totals.cached_tokens += r.cached_tokens;
             totals.reasoning_tokens += r.reasoning_tokens;
             totals.cost_usd += r.cost_usd;
+            totals.byok_requests += r.byok_requests;
+            totals.byok_cost_usd += r.byok_cost_usd;
             report.rows.push(r);
         }
         report.totals = Some(totals);
@@ -126,6 +130,8 @@ fn read(row: &AnyRow, columns: &[&str]) -> Result<pb::UsageRow, sqlx::Error> {
     out.cached_tokens = count(3)?;
     out.reasoning_tokens = count(4)?;
     out.cost_usd = row.try_get(at + 5)?;
+    out.byok_requests = count(6)?;
+    out.byok_cost_usd = row.try_get(at + 7)?;
     Ok(out)
 }
 

@@ -15,15 +15,18 @@ pub const DAY_MS: i64 = 86_400_000;
 
 /// Adds an event's counts to its day's row; the per-column sums on conflict.
 const UPSERT_DAILY: &str = "INSERT INTO usage_daily (day, org_id, project_id, key_id, model, \
-     requests, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+     requests, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd, \
+     byok_requests, byok_cost_usd) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
      ON CONFLICT (day, org_id, project_id, key_id, model) DO UPDATE SET \
      requests = usage_daily.requests + excluded.requests, \
      input_tokens = usage_daily.input_tokens + excluded.input_tokens, \
      output_tokens = usage_daily.output_tokens + excluded.output_tokens, \
      cached_tokens = usage_daily.cached_tokens + excluded.cached_tokens, \
      reasoning_tokens = usage_daily.reasoning_tokens + excluded.reasoning_tokens, \
-     cost_usd = usage_daily.cost_usd + excluded.cost_usd";
+     cost_usd = usage_daily.cost_usd + excluded.cost_usd, \
+     byok_requests = usage_daily.byok_requests + excluded.byok_requests, \
+     byok_cost_usd = usage_daily.byok_cost_usd + excluded.byok_cost_usd";
 
 /// The UTC day start of `ms` (Unix epoch milliseconds).
 pub fn day_of(ms: i64) -> i64 {
@@ -41,6 +44,9 @@ struct Sums {
     cached: i64,
     reasoning: i64,
     cost: f64,
+    /// Of which through the org's own credentials.
+    byok_requests: i64,
+    byok_cost: f64,
 }
 
 /// A batch's newly inserted events, summed per group. Ordered, so every
@@ -66,6 +72,10 @@ impl<'a> Rollups<'a> {
         sums.cached += i64::from(event.cached_tokens);
         sums.reasoning += i64::from(event.reasoning_tokens);
         sums.cost += cost;
+        if event.byok {
+            sums.byok_requests += 1;
+            sums.byok_cost += cost;
+        }
     }
 
     /// One upsert per group, on the caller's transaction.
@@ -83,6 +93,8 @@ impl<'a> Rollups<'a> {
                 .bind(s.cached)
                 .bind(s.reasoning)
                 .bind(s.cost)
+                .bind(s.byok_requests)
+                .bind(s.byok_cost)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error("rolling up usage"))?;

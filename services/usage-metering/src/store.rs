@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -24,6 +24,11 @@ pub(crate) const MIGRATIONS: &[MigrationSpec] = &[
         3,
         "usage daily roll-ups",
         include_str!("../migrations/0003_usage_daily.sql"),
+    ),
+    (
+        4,
+        "byok in the roll-ups",
+        include_str!("../migrations/0004_usage_daily_byok.sql"),
     ),
 ];
 
@@ -56,33 +61,59 @@ const USAGE_BY_MODEL: &str = "SELECT model, provider, COUNT(*), \
 #[derive(Clone)]
 pub struct UsageStore {
     pub(crate) pool: AnyPool,
-    /// The one statement that inserts a whole batch, as JSON, on this
-    /// backend (one round trip); `None`: row by row in a transaction, the
-    /// portable fallback.
-    insert_batch: Option<&'static str>,
+    /// How this backend inserts a whole batch; `None`: row by row in a
+    /// transaction, the portable fallback (tests).
+    insert_batch: Option<BatchInsert>,
 }
 
-/// One batch as a single statement on SQLite: the events travel as one JSON
-/// array of arrays (every value bound, none spliced into SQL) and
-/// `json_each` turns them into rows, in order. (`WHERE true` keeps SQLite
-/// from reading `ON CONFLICT` as a join constraint.)
-const INSERT_EVENTS_SQLITE: &str = concat!(
-    insert_events!(),
-    "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
-     json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]'), \
-     json_extract(value, '$[6]'), json_extract(value, '$[7]'), json_extract(value, '$[8]'), \
-     json_extract(value, '$[9]'), json_extract(value, '$[10]'), json_extract(value, '$[11]'), \
-     json_extract(value, '$[12]'), json_extract(value, '$[13]'), json_extract(value, '$[14]'), \
-     json_extract(value, '$[15]'), json_extract(value, '$[16]'), json_extract(value, '$[17]'), $2, \
-     json_extract(value, '$[18]') \
-     FROM json_each($1) WHERE true \
-     ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
-);
+/// A batch's insert on each backend. Both insert in batch order, so the first
+/// of two equal request ids wins, and return the ids they inserted, for the
+/// roll-ups.
+#[derive(Clone, Copy)]
+enum BatchInsert {
+    /// SQLite (in process, so its CPU is the gateway's): multi-row `VALUES`
+    /// with every value bound, in chunks of a power of two rows up to
+    /// [`VALUES_CHUNK`], so a handful of statements, each prepared once per
+    /// connection, cover every batch. (A JSON array unpacked by `json_each`
+    /// costs five times the CPU: SQLite parses each row's text once per
+    /// column.)
+    Values,
+    /// PostgreSQL (another process, one round trip): the batch as one JSON
+    /// array of arrays, unpacked by the server.
+    Json(&'static str),
+}
 
-/// The same batch, the same JSON, on PostgreSQL: `jsonb_array_elements`
-/// (in order, by ordinality, so the first of two equal request ids wins as
-/// on SQLite) and explicit casts to the column types. Both return the ids
-/// they inserted, for the roll-ups.
+/// Rows per multi-row insert at most: 64 × 20 columns bound, far below
+/// SQLite's limit of 32,766 parameters.
+const VALUES_CHUNK: usize = 64;
+/// Columns per row of [`insert_values`].
+const EVENT_COLUMNS: usize = 20;
+
+/// The multi-row insert of `rows` events (a power of two up to
+/// [`VALUES_CHUNK`]), built once per size.
+fn insert_values(rows: usize) -> &'static str {
+    const SIZES: usize = VALUES_CHUNK.trailing_zeros() as usize + 1;
+    static STATEMENTS: [OnceLock<String>; SIZES] = [const { OnceLock::new() }; SIZES];
+    debug_assert!(rows.is_power_of_two() && rows <= VALUES_CHUNK);
+    STATEMENTS[rows.trailing_zeros() as usize % SIZES].get_or_init(|| {
+        let mut sql = String::from(insert_events!());
+        sql.push_str("VALUES ");
+        for row in 0..rows {
+            sql.push_str(if row == 0 { "(" } else { ", (" });
+            // Anonymous `?`: sqlx looks up each numbered parameter's name,
+            // which SQLite finds by a linear scan — quadratic in a wide statement.
+            sql.push_str(&["?"; EVENT_COLUMNS].join(", "));
+            sql.push(')');
+        }
+        sql.push_str(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
+        sql
+    })
+}
+
+/// A batch on PostgreSQL: one JSON array of arrays (every value bound, none
+/// spliced into SQL), unpacked by `jsonb_array_elements` in order (by
+/// ordinality, so the first of two equal request ids wins) with explicit
+/// casts to the column types.
 const INSERT_EVENTS_POSTGRES: &str = concat!(
     insert_events!(),
     "SELECT e->>0, e->>1, e->>2, e->>3, e->>4, e->>5, e->>6, \
@@ -118,6 +149,37 @@ struct EventRow<'a>(
     bool,
 );
 
+impl<'a> EventRow<'a> {
+    /// Binds this row's columns, in the order of `insert_events!`.
+    fn bind(
+        &self,
+        query: sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments>,
+        recorded_at: i64,
+    ) -> sqlx::query::Query<'a, sqlx::Any, sqlx::any::AnyArguments> {
+        query
+            .bind(self.0)
+            .bind(self.1)
+            .bind(self.2)
+            .bind(self.3)
+            .bind(self.4)
+            .bind(self.5)
+            .bind(self.6)
+            .bind(i64::from(self.7))
+            .bind(i64::from(self.8))
+            .bind(i64::from(self.9))
+            .bind(i64::from(self.10))
+            .bind(self.11)
+            .bind(self.12)
+            .bind(self.13)
+            .bind(self.14)
+            .bind(i32::try_from(self.15).unwrap_or(i32::MAX))
+            .bind(self.16)
+            .bind(self.17)
+            .bind(recorded_at)
+            .bind(self.18)
+    }
+}
+
 impl UsageStore {
     /// The portable row-by-row insert, the fallback on any backend.
     #[cfg(test)]
@@ -128,7 +190,7 @@ impl UsageStore {
 
     async fn record_batch(
         &self,
-        statement: &'static str,
+        mode: BatchInsert,
         events: &[pb::UsageEvent],
         recorded_at: i64,
     ) -> Result<pb::RecordAck, GwError> {
@@ -166,15 +228,39 @@ impl UsageStore {
                 )
             })
             .collect();
-        let json = serde_json::to_string(&rows)
-            .map_err(|e| GwError::internal(format!("cannot encode usage: {e}")))?;
         let mut tx = self.pool.begin().await.map_err(db_error("recording usage"))?;
-        let ids = sqlx::query(statement)
-            .bind(json)
-            .bind(recorded_at)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error("recording usage"))?;
+        let ids = match mode {
+            BatchInsert::Json(statement) => {
+                let json = serde_json::to_string(&rows)
+                    .map_err(|e| GwError::internal(format!("cannot encode usage: {e}")))?;
+                sqlx::query(statement)
+                    .bind(json)
+                    .bind(recorded_at)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_error("recording usage"))?
+            }
+            BatchInsert::Values => {
+                let mut ids = Vec::with_capacity(rows.len());
+                let mut rest = &rows[..];
+                while !rest.is_empty() {
+                    // The largest power of two that fits: at most log2(64) + 1 statements.
+                    let n = if rest.len() >= VALUES_CHUNK {
+                        VALUES_CHUNK
+                    } else {
+                        1 << rest.len().ilog2()
+                    };
+                    let (chunk, tail) = rest.split_at(n);
+                    let mut query = sqlx::query(insert_values(n));
+                    for row in chunk {
+                        query = row.bind(query, recorded_at);
+                    }
+                    ids.extend(query.fetch_all(&mut *tx).await.map_err(db_error("recording usage"))?);
+                    rest = tail;
+                }
+                ids
+            }
+        };
         // An id inserted is its first event in the batch (the statements
         // insert in batch order, and later equal ids conflict).
         let mut first: HashMap<&str, usize> = HashMap::with_capacity(events.len());
@@ -217,8 +303,8 @@ impl fmt::Debug for UsageStore {
 pub async fn open(config: &Config) -> Result<UsageStore, GwError> {
     let pool = db::open(config, "metering.db", MIGRATIONS).await?;
     let insert_batch = match Backend::of(config) {
-        Backend::Sqlite => INSERT_EVENTS_SQLITE,
-        Backend::Postgres => INSERT_EVENTS_POSTGRES,
+        Backend::Sqlite => BatchInsert::Values,
+        Backend::Postgres => BatchInsert::Json(INSERT_EVENTS_POSTGRES),
     };
     Ok(UsageStore {
         pool,
@@ -249,8 +335,8 @@ impl MeteringService for UsageStore {
             return Ok(ack);
         }
         let recorded_at = now_ms();
-        if let Some(statement) = self.insert_batch {
-            return self.record_batch(statement, &events, recorded_at).await;
+        if let Some(mode) = self.insert_batch {
+            return self.record_batch(mode, &events, recorded_at).await;
         }
         // The first statement is a write, so SQLite takes its write lock at once.
         let mut tx = self.pool.begin().await.map_err(db_error("recording usage"))?;

@@ -755,14 +755,16 @@ async fn the_rollup_migration_backfills_stored_events(db: TestDb) {
     ];
     let before = store(&db).await;
     service(before.clone()).record(events).await.unwrap();
-    sqlx::query("UPDATE usage_events SET cost_usd = 0.5")
-        .execute(&before.pool)
-        .await
-        .unwrap();
+    for change in [
+        "UPDATE usage_events SET cost_usd = 0.5",
+        "UPDATE usage_events SET byok = TRUE WHERE request_id = 'a3'",
+    ] {
+        sqlx::query(change).execute(&before.pool).await.unwrap();
+    }
     for undo in [
         "DROP TABLE usage_daily",
         "DROP INDEX usage_events_started",
-        "DELETE FROM _sqlx_migrations WHERE version = 3",
+        "DELETE FROM _sqlx_migrations WHERE version IN (3, 4)",
     ] {
         sqlx::query(undo).execute(&before.pool).await.unwrap();
     }
@@ -771,7 +773,7 @@ async fn the_rollup_migration_backfills_stored_events(db: TestDb) {
     let store = store(&db).await;
     rollups_match_events(&store).await;
     let r = report(&service(store), of("org_a", &["day", "project"])).await;
-    let rows: Vec<(i64, &str, u64, f64)> = r
+    let rows: Vec<(i64, &str, u64, f64, u64, f64)> = r
         .rows
         .iter()
         .map(|r| {
@@ -780,15 +782,17 @@ async fn the_rollup_migration_backfills_stored_events(db: TestDb) {
                 r.project_id.as_deref().unwrap(),
                 r.requests,
                 r.cost_usd,
+                r.byok_requests,
+                r.byok_cost_usd,
             )
         })
         .collect();
     assert_eq!(
         rows,
         [
-            (DAY0, "", 1, 0.5),
-            (DAY0, "p1", 1, 0.5),
-            (DAY0 + DAY, "p1", 1, 0.5)
+            (DAY0, "", 1, 0.5, 0, 0.0),
+            (DAY0, "p1", 1, 0.5, 0, 0.0),
+            (DAY0 + DAY, "p1", 1, 0.5, 1, 0.5)
         ]
     );
 }
