@@ -181,7 +181,10 @@ async fn byok(shape: Shape) {
         "{text}"
     );
     assert!(acme_requests > 3, "{rows:?}");
-    let (all, mine) = (totals["cost_usd"].as_f64().unwrap(), totals["byok_cost_usd"].as_f64().unwrap());
+    let (all, mine) = (
+        totals["cost_usd"].as_f64().unwrap(),
+        totals["byok_cost_usd"].as_f64().unwrap(),
+    );
     assert!(mine > 0.0 && mine < all, "{text}");
 
     // Deleted: acme's requests stop reaching it once the edge's principal

@@ -113,21 +113,18 @@ impl AuthStore {
             return Ok(pb::Admission { reserved: true });
         }
         for e in &entries {
-            sqlx::query(
-                "INSERT INTO budget_ledger (scope, scope_id, period, period_start, spent_usd, reserved_usd) \
-                 VALUES ($1, $2, $3, $4, 0, 0) ON CONFLICT (scope, scope_id, period, period_start) DO NOTHING",
-            )
-            .bind(&e.scope)
-            .bind(&e.scope_id)
-            .bind(&e.period)
-            .bind(e.start)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error("admitting a request"))?;
+            // One statement per budget: creates this period's row with the
+            // reservation, or adds it to the row only while it fits; no
+            // row changed means over budget.
+            if amount > e.limit {
+                return Err(over_budget(e));
+            }
             let done = sqlx::query(
-                "UPDATE budget_ledger SET reserved_usd = reserved_usd + $5 \
-                 WHERE scope = $1 AND scope_id = $2 AND period = $3 AND period_start = $4 \
-                 AND spent_usd + reserved_usd + $5 <= $6",
+                "INSERT INTO budget_ledger (scope, scope_id, period, period_start, spent_usd, reserved_usd) \
+                 VALUES ($1, $2, $3, $4, 0, $5) \
+                 ON CONFLICT (scope, scope_id, period, period_start) DO UPDATE \
+                 SET reserved_usd = budget_ledger.reserved_usd + excluded.reserved_usd \
+                 WHERE budget_ledger.spent_usd + budget_ledger.reserved_usd + excluded.reserved_usd <= $6",
             )
             .bind(&e.scope)
             .bind(&e.scope_id)

@@ -255,7 +255,12 @@ impl UsageStore {
                     for row in chunk {
                         query = row.bind(query, recorded_at);
                     }
-                    ids.extend(query.fetch_all(&mut *tx).await.map_err(db_error("recording usage"))?);
+                    ids.extend(
+                        query
+                            .fetch_all(&mut *tx)
+                            .await
+                            .map_err(db_error("recording usage"))?,
+                    );
                     rest = tail;
                 }
                 ids
