@@ -204,6 +204,11 @@ async fn admin(shape: Shape) {
             format!("/admin/v1/orgs/{acme}/policy"),
             Some(json!({"denied_models": ["*"]})),
         ),
+        (
+            "PATCH",
+            format!("/admin/v1/orgs/{acme}/policy"),
+            Some(json!({"rpm": 1})),
+        ),
         ("GET", "/admin/v1/orgs/org_doesnotexist".to_owned(), None),
     ] {
         let (status, body) = call(&gw, &beta_admin, method, &path, body).await;

@@ -108,6 +108,12 @@ async fn every_admin_field_takes_hostile_input_cleanly() {
         ),
         ("PUT", format!("/admin/v1/keys/{key_id}/policy"), "rpm", json!({})),
         (
+            "PATCH",
+            format!("/admin/v1/keys/{key_id}/policy"),
+            "tpm",
+            json!({}),
+        ),
+        (
             "PUT",
             format!("/admin/v1/orgs/{org}/policy"),
             "budgets",

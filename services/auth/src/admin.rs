@@ -196,6 +196,27 @@ fn patch<'de, T: Deserialize<'de>, D: serde::Deserializer<'de>>(d: D) -> Result<
     Option::<T>::deserialize(d).map(Some)
 }
 
+/// RFC 7396: objects merge key by key, `null` removes a key (the field's
+/// default), anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(fields) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(serde_json::Map::new());
+    }
+    if let Value::Object(doc) = target {
+        for (name, value) in fields {
+            if value.is_null() {
+                doc.remove(name);
+            } else {
+                merge_patch(doc.entry(name.clone()).or_insert(Value::Null), value);
+            }
+        }
+    }
+}
+
 pub(crate) fn body<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, GwError> {
     let text = if text.trim().is_empty() { "{}" } else { text };
     serde_json::from_str(text).map_err(|e| {
@@ -529,6 +550,12 @@ impl AuthStore {
                 tracing::info!(scope = %call.scope, id, "policy set");
                 Ok(reply(200, &policy_json(&call.scope, id, &org, &policy)))
             }
+            AdminOp::PolicyPatch => {
+                let org = self.scope_org(&caller, platform, &call.scope, id).await?;
+                let policy = self.patch_policy(&call.scope, id, &org, &call.body_json).await?;
+                tracing::info!(scope = %call.scope, id, "policy patched");
+                Ok(reply(200, &policy_json(&call.scope, id, &org, &policy)))
+            }
             AdminOp::BudgetStatus => {
                 self.scope_org(&caller, platform, &call.scope, id).await?;
                 let policy = self.policy(&call.scope, id).await?.unwrap_or_default();
@@ -661,6 +688,71 @@ impl AuthStore {
         serde_json::from_str(&text)
             .map(Some)
             .map_err(|_| GwError::internal("a stored policy is unreadable"))
+    }
+
+    /// Applies a JSON merge patch to a scope's policy (none yet: the
+    /// default). Compare-and-set on the stored text, so two patches at once,
+    /// on any number of auth replicas, both land.
+    async fn patch_policy(
+        &self,
+        scope: &str,
+        id: &str,
+        org: &str,
+        patch: &str,
+    ) -> Result<PolicyBody, GwError> {
+        let patch: Value = body(patch)?;
+        if !patch.is_object() {
+            return Err(GwError::invalid("body", "a policy patch is a JSON object"));
+        }
+        const ATTEMPTS: usize = 16;
+        for _ in 0..ATTEMPTS {
+            let stored: Option<String> =
+                sqlx::query_scalar("SELECT body FROM policies WHERE scope = $1 AND scope_id = $2")
+                    .bind(scope)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error("reading a policy"))?;
+            let current: PolicyBody = match &stored {
+                Some(text) => serde_json::from_str(text)
+                    .map_err(|_| GwError::internal("a stored policy is unreadable"))?,
+                None => PolicyBody::default(),
+            };
+            let mut doc = serde_json::to_value(&current).map_err(|e| GwError::internal(e.to_string()))?;
+            merge_patch(&mut doc, &patch);
+            let policy: PolicyBody = body(&doc.to_string())?;
+            policy.validate()?;
+            let text = serde_json::to_string(&policy).map_err(|e| GwError::internal(e.to_string()))?;
+            let done = match &stored {
+                None => sqlx::query(
+                    "INSERT INTO policies (scope, scope_id, org_id, body, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (scope, scope_id) DO NOTHING",
+                )
+                .bind(scope)
+                .bind(id)
+                .bind(org)
+                .bind(&text)
+                .bind(now_ms()),
+                Some(old) => sqlx::query(
+                    "UPDATE policies SET body = $4, updated_at = $5 WHERE scope = $1 AND scope_id = $2 AND body = $3",
+                )
+                .bind(scope)
+                .bind(id)
+                .bind(old.as_str())
+                .bind(&text)
+                .bind(now_ms()),
+            }
+            .execute(&self.pool)
+            .await
+            .map_err(db_error("storing a policy"))?;
+            if done.rows_affected() == 1 {
+                return Ok(policy);
+            }
+        }
+        Err(GwError::new(
+            ErrorCode::Unavailable,
+            "the policy kept changing while it was patched; try again",
+        ))
     }
 
     async fn set_key_text(&self, id: &str, column: &'static str, value: Option<&str>) -> Result<(), GwError> {

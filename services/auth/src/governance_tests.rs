@@ -16,6 +16,7 @@ on_both_backends!(
     admin_operations_stay_inside_the_callers_org,
     keys_rotate_and_revoke,
     policies_reach_the_principal,
+    policy_patches_change_only_what_they_name,
     budgets_hold_under_concurrent_admissions,
     stale_reservations_are_settled_at_their_amount,
 );
@@ -282,6 +283,67 @@ async fn policies_reach_the_principal(db: TestDb) {
     .await
     .unwrap_err();
     assert_eq!(e.param(), Some("budgets"));
+}
+
+async fn policy_patches_change_only_what_they_name(db: TestDb) {
+    let store = store(&db).await;
+    let created = store.create_key("acme", None).await.unwrap();
+    let admin_of = caller(&created.org_id, KeyRole::Admin);
+    let key = created.key_id.as_str();
+    let patch = |body: Value| admin(&store, &admin_of, AdminOp::PolicyPatch, "key", key, body);
+    // No policy yet: the patch applies to the default.
+    let p = patch(json!({"allowed_models": ["gpt-*"], "rpm": 60}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (p["allowed_models"].clone(), p["rpm"].clone()),
+        (json!(["gpt-*"]), json!(60))
+    );
+    // The limits alone, then the budgets alone; the rest stays.
+    patch(json!({"tpm": 1000, "rpm": 30})).await.unwrap();
+    let p = patch(json!({"budgets": [{"period": "daily", "limit_usd": 5}]}))
+        .await
+        .unwrap();
+    assert_eq!(p["allowed_models"], json!(["gpt-*"]));
+    assert_eq!((p["rpm"].clone(), p["tpm"].clone()), (json!(30), json!(1000)));
+    assert_eq!(p["budgets"], json!([{"period": "daily", "limit_usd": 5.0}]));
+    // `null` resets a field; a bad field is refused by name and changes nothing.
+    let p = patch(json!({"rpm": null})).await.unwrap();
+    assert_eq!((p["rpm"].clone(), p["tpm"].clone()), (Value::Null, json!(1000)));
+    let e = patch(json!({"rpn": 5})).await.unwrap_err();
+    assert_eq!(e.param(), Some("rpn"));
+    let e = patch(json!({"budgets": [{"period": "weekly", "limit_usd": 1}]}))
+        .await
+        .unwrap_err();
+    assert_eq!(e.param(), Some("budgets"));
+    assert!(patch(json!([1])).await.is_err());
+    // Patches at once, each naming its own field: every one lands.
+    let fields = [
+        ("denied_models", json!(["o1*"])),
+        ("allowed_providers", json!(["openai"])),
+        ("denied_providers", json!(["x*"])),
+        ("allowed_endpoints", json!(["chat"])),
+        ("max_tokens", json!(100)),
+        ("rpm", json!(7)),
+    ];
+    let patches = fields.iter().map(|(name, value)| {
+        let mut body = serde_json::Map::new();
+        body.insert((*name).to_owned(), value.clone());
+        patch(Value::Object(body))
+    });
+    for result in futures_util::future::join_all(patches).await {
+        result.unwrap();
+    }
+    let p = admin(&store, &admin_of, AdminOp::PolicyGet, "key", key, Value::Null)
+        .await
+        .unwrap();
+    for (name, value) in &fields {
+        assert_eq!(&p[*name], value, "{p}");
+    }
+    assert_eq!(
+        (p["allowed_models"].clone(), p["tpm"].clone()),
+        (json!(["gpt-*"]), json!(1000))
+    );
 }
 
 async fn budgets_hold_under_concurrent_admissions(db: TestDb) {

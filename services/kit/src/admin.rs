@@ -12,6 +12,7 @@
 //! | `GET`, `PATCH /admin/v1/keys/{key}` | one key; change its name, metadata, expiry, routing config |
 //! | `POST /admin/v1/keys/{key}/revoke`, `/rotate` | revoke; a new secret for the same key |
 //! | `GET`, `PUT /admin/v1/{orgs,projects,keys}/{id}/policy` | a scope's policy (models, providers, endpoints, max tokens, rpm/tpm, budgets) |
+//! | `PATCH /admin/v1/{orgs,projects,keys}/{id}/policy` | only the fields given (a JSON merge patch): e.g. the limits or the budgets alone |
 //! | `GET /admin/v1/{orgs,projects,keys}/{id}/budgets` | its budgets with this period's spend and reservations |
 //! | `POST`, `GET /admin/v1/orgs/{org}/credentials` | store (encrypted), list the org's own provider credentials (BYOK; never secrets) |
 //! | `DELETE /admin/v1/credentials/{id}` | delete one |
@@ -109,10 +110,11 @@ pub fn route(method: &str, path: &str) -> Result<Route, GwError> {
         [kind @ ("orgs" | "projects" | "keys"), scope_id, "policy"] if valid(scope_id) => {
             let scope = scope_of(kind);
             (
-                &["GET", "PUT"],
+                &["GET", "PUT", "PATCH"],
                 match method {
                     "GET" => Some((AdminOp::PolicyGet, scope, id(scope_id))),
                     "PUT" => Some((AdminOp::PolicyPut, scope, id(scope_id))),
+                    "PATCH" => Some((AdminOp::PolicyPatch, scope, id(scope_id))),
                     _ => None,
                 },
             )
