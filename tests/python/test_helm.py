@@ -522,3 +522,95 @@ def test_llmgw_check_refuses_a_broken_config(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(config))
     out = llmgw_check(path, {})
     assert out.returncode != 0 and "max_bodybytes" in out.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# The image: deploy/Dockerfile and .dockerignore (no Docker engine here: read them)
+# ---------------------------------------------------------------------------------------
+
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+
+
+def dockerfile_stages() -> list[list[tuple[str, str]]]:
+    """The Dockerfile's stages, each a list of (INSTRUCTION, arguments), continuations joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    stages: list[list[tuple[str, str]]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        word, _, rest = line.partition(" ")
+        if word.upper() == "FROM":
+            stages.append([])
+        if stages:
+            stages[-1].append((word.upper(), rest.strip()))
+    return stages
+
+
+def test_dockerfile_builds_llmgw_and_runs_it_as_non_root() -> None:
+    stages = dockerfile_stages()
+    assert len(stages) >= 2, "multi-stage: a build stage and a small runtime stage"
+    build, final = stages[0], stages[-1]
+    args = dict(
+        line[len("ARG "):].split("=", 1)
+        for line in DOCKERFILE.read_text().splitlines()
+        if line.startswith("ARG ") and "=" in line
+    )
+    base = build[0][1].split(" AS ")[0]
+    base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], base)
+    assert re.fullmatch(r"(docker\.io/library/)?rust:[\d.]+-bookworm", base), base
+    run = " ".join(a for w, a in build if w == "RUN")
+    assert "cargo build --locked --release -p llmgw" in run
+    final_base = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], final[0][1])
+    assert "distroless/cc" in final_base or "bookworm-slim" in final_base, final_base
+    user = [a for w, a in final if w == "USER"]
+    assert user and re.fullmatch(r"[1-9]\d*(:[1-9]\d*)?", user[-1]), "a numeric non-root USER (runAsNonRoot checks it)"
+    chart_uid = yaml.safe_load((CHART / "values.yaml").read_text())["podSecurityContext"]["runAsUser"]
+    assert user[-1].split(":")[0] == str(chart_uid)
+    assert [json.loads(a) for w, a in final if w == "ENTRYPOINT"] == [["/usr/local/bin/llmgw"]]
+    assert [json.loads(a) for w, a in final if w == "CMD"] == [["all", "--config", "/etc/llmgw/gateway.yaml"]]
+    exposed = {int(p) for w, a in final if w == "EXPOSE" for p in a.split()}
+    assert exposed == {8080, 8081, *CONTRACT_PORTS.values()}
+    copied = " ".join(a for w, a in final if w == "COPY")
+    assert "/usr/local/bin/llmgw" in copied and "/etc/llmgw/gateway.yaml" in copied
+
+
+def dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether Docker's .dockerignore rules (last match wins, `!` re-includes) leave `path` out."""
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        pattern = pattern.lstrip("!").strip("/")
+        rx = re.escape(pattern).replace(r"\*\*/", "(.*/)?").replace(r"\*\*", ".*").replace(r"\*", "[^/]*").replace(r"\?", "[^/]")
+        if re.fullmatch(rx + "(/.*)?", path):
+            ignored = not negate
+    return ignored
+
+
+def test_dockerignore_keeps_what_cargo_needs_and_drops_the_rest() -> None:
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    members = re.search(r"members\s*=\s*\[(.*?)\]", (ROOT / "Cargo.toml").read_text(), re.S)
+    assert members
+    needed_dirs = re.findall(r'"([^"]+)"', members.group(1))
+    needed = {"Cargo.toml", "Cargo.lock", "deploy/container.yaml"}
+    needed |= {f for f in files if any(f.startswith(d + "/") for d in needed_dirs)}
+    # include_str!/include_bytes! reach outside their crate (deploy/gateway.yaml, fixtures).
+    for f in files:
+        if f.endswith(".rs"):
+            for rel in re.findall(r'include_(?:str|bytes)!\("([^"]+)"\)', (ROOT / f).read_text()):
+                needed.add(os.path.normpath(os.path.join(os.path.dirname(f), rel)))
+    lost = sorted(f for f in needed if dockerignored(f, patterns))
+    assert not lost, f".dockerignore leaves out files the build needs: {lost}"
+    for f in ("target/debug/llmgw", ".git/config", "data/auth.db", "tests/python/test_helm.py", "helm/llmgw/values.yaml"):
+        assert dockerignored(f, patterns), f"{f} should not be in the build context"
+
+
+@pytest.mark.gateway
+def test_the_images_config_is_accepted_by_llmgw() -> None:
+    out = llmgw_check(ROOT / "deploy" / "container.yaml", {"OPENAI_API_KEY": "test-secret-value-0123456789"})
+    assert out.returncode == 0, out.stderr
