@@ -421,6 +421,12 @@ def test_production_autoscales_and_budgets_disruptions() -> None:
         ]
         assert len(matched) == 1, f"PDB {p['metadata']['name']} selects {len(matched)} Deployments"
     assert len(kinds(docs, "ServiceMonitor")) == 1
+    # Spread constraints without a selector in the values spread each service's own pods.
+    for d in deployments.values():
+        tscs = d["spec"]["template"]["spec"]["topologySpreadConstraints"]
+        assert len(tscs) == 2
+        for t in tscs:
+            assert t["labelSelector"]["matchLabels"] == d["spec"]["selector"]["matchLabels"]
 
 
 def test_optional_parts_are_off_by_default() -> None:
@@ -614,3 +620,17 @@ def test_dockerignore_keeps_what_cargo_needs_and_drops_the_rest() -> None:
 def test_the_images_config_is_accepted_by_llmgw() -> None:
     out = llmgw_check(ROOT / "deploy" / "container.yaml", {"OPENAI_API_KEY": "test-secret-value-0123456789"})
     assert out.returncode == 0, out.stderr
+
+
+# What gcr.io/distroless/cc-debian12 provides besides glibc's own loader.
+DISTROLESS_CC_LIBS = {"linux-vdso.so.1", "libc.so.6", "libm.so.6", "libgcc_s.so.1", "libpthread.so.0", "libdl.so.2", "librt.so.1"}
+
+
+@pytest.mark.gateway
+def test_the_binary_needs_only_what_the_runtime_image_has() -> None:
+    """The Dockerfile's runtime stage is distroless `cc`: glibc and libgcc, no OpenSSL or SQLite."""
+    binary = os.environ["LLMGW_BIN"]
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, timeout=30, check=True).stdout
+    libs = {line.split()[0] for line in out.splitlines() if line.strip()}
+    extra = {lib for lib in libs if lib not in DISTROLESS_CC_LIBS and not lib.startswith(("/lib64/ld-linux", "/lib/ld-linux"))}
+    assert not extra, f"llmgw links libraries the runtime image lacks: {sorted(extra)}"
