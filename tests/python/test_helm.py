@@ -429,9 +429,18 @@ def test_production_autoscales_and_budgets_disruptions() -> None:
             assert t["labelSelector"]["matchLabels"] == d["spec"]["selector"]["matchLabels"]
 
 
+def test_production_ingress_routes_to_the_edge_http_port() -> None:
+    docs = rendered("production")
+    (ingress,) = kinds(docs, "Ingress")
+    edge = by_name(docs, "Service")[RELEASE]
+    backends = [p["backend"]["service"] for r in ingress["spec"]["rules"] for p in r["http"]["paths"]]
+    assert backends and all(b == {"name": RELEASE, "port": {"name": "http"}} for b in backends)
+    assert "http" in {p["name"] for p in edge["spec"]["ports"]}
+
+
 def test_optional_parts_are_off_by_default() -> None:
     docs = rendered("default")
-    for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor", "PersistentVolumeClaim"):
+    for kind in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "ServiceMonitor", "PersistentVolumeClaim", "Ingress"):
         assert not kinds(docs, kind), kind
     assert [c["metadata"]["name"] for c in kinds(docs, "ConfigMap")] == [f"{RELEASE}-config"]
 
