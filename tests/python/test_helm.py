@@ -52,10 +52,10 @@ def profile_values(name: str) -> dict[str, Any]:
     return yaml.safe_load((CHART / "profiles" / f"{name}.yaml").read_text()) or {}
 
 
-def render(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def render(values: dict[str, Any] | None = None, release: str = RELEASE) -> list[dict[str, Any]]:
     """Every manifest of the chart rendered with ``values`` (as ``helm install`` would)."""
     with helm.Chart.load(str(CHART)) as chart:
-        files = chart.render(values=values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        files = chart.render(values=values or {}, name=release, namespace=NAMESPACE, is_install=True)
     docs = []
     for path, text in sorted(files.items()):
         if path.endswith("NOTES.txt"):
@@ -362,6 +362,20 @@ def test_discovery_addresses(name: str) -> None:
                 assert services[f"{RELEASE}-{svc}"]["spec"]["clusterIP"] == "None"
 
 
+def test_static_addresses_follow_the_release_name() -> None:
+    docs = render({}, release="prod")
+    services = by_name(docs, "Service")
+    assert "prod-llmgw" in services
+    edge = next(d for d in kinds(docs, "Deployment") if role(d) == "edge")
+    _, config = pod_config(docs, edge)
+    for svc, port in CONTRACT_PORTS.items():
+        host, _, p = config["services"][svc]["addr"].rpartition(":")
+        assert int(p) == port
+        name, ns = host.split(".")[:2]
+        assert ns == NAMESPACE and services[name]["spec"]["clusterIP"] == "None"
+        assert services[name]["spec"]["selector"]["app.kubernetes.io/component"] == svc
+
+
 def test_consul_agent_from_the_node_or_a_value() -> None:
     docs = rendered("split-consul")
     for d in kinds(docs, "Deployment"):
@@ -531,7 +545,7 @@ def test_each_pods_gateway_yaml_is_accepted_by_llmgw(name: str, tmp_path: Path) 
 def test_llmgw_check_refuses_a_broken_config(tmp_path: Path) -> None:
     """The check above can fail: a key llmgw does not know is refused."""
     docs = rendered("default")
-    text, config = pod_config(docs, kinds(docs, "Deployment")[0])
+    _, config = pod_config(docs, kinds(docs, "Deployment")[0])
     config["edge"]["max_bodybytes"] = 1
     path = tmp_path / "broken.yaml"
     path.write_text(yaml.safe_dump(config))
