@@ -98,9 +98,8 @@ def pod_config(docs: list[dict[str, Any]], deployment: dict[str, Any]) -> tuple[
     mount = next(m for m in container(deployment)["volumeMounts"] if m["mountPath"] == "/etc/llmgw")
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     items = {i["path"]: i["key"] for i in volume["configMap"]["items"]}
-    assert "--config" in container(deployment)["args"]
-    config_path = container(deployment)["args"][container(deployment)["args"].index("--config") + 1]
-    assert config_path == "/etc/llmgw/" + "gateway.yaml" and "gateway.yaml" in items
+    args = container(deployment)["args"]
+    assert args[args.index("--config") + 1] == "/etc/llmgw/gateway.yaml" and "gateway.yaml" in items
     cm = by_name(docs, "ConfigMap")[volume["configMap"]["name"]]
     text = cm["data"][items["gateway.yaml"]]
     return text, yaml.safe_load(text)
