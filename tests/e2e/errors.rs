@@ -356,3 +356,44 @@ async fn max_retries_tries_the_provider_again() {
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["metadata"]["attempts"].as_array().unwrap().len(), 1);
 }
+
+/// `llmgw check`: a good config is `ok` with nothing started or stored; a
+/// mistake is named (file, key, the nearest valid one) with a non-zero exit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_validates_a_config_without_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |yaml: &str| {
+        let path = dir.path().join("g.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let out = std::process::Command::new(crate::harness::bin())
+            .args(["check", "--config"])
+            .arg(&path)
+            .env("OPENAI_API_KEY", "sk-test")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let data = dir.path().join("data");
+    let good = format!(
+        "data_dir: {data:?}\nproviders:\n  - {{name: openai, type: openai, api_key: \"${{OPENAI_API_KEY}}\"}}\n"
+    );
+    let (ok, stdout, stderr) = check(&good);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("ok: ") && stdout.contains("1 providers"),
+        "{stdout}"
+    );
+    assert!(!data.exists(), "check opened a store");
+    assert!(!stdout.contains("sk-test") && !stderr.contains("sk-test"));
+
+    let (ok, _, stderr) = check(&format!("{good}edgee: {{}}\n"));
+    assert!(!ok);
+    assert!(
+        stderr.contains("g.yaml") && stderr.contains("edgee") && stderr.contains("edge"),
+        "{stderr}"
+    );
+}

@@ -59,6 +59,10 @@ enum Command {
     Adapter(ConfigArg),
     /// The usage-metering service.
     Metering(ConfigArg),
+    /// Validates a config file (and the environment it names) without
+    /// starting anything or opening a store; prints `ok` or the error, which
+    /// names the file and the key, and exits non-zero on error.
+    Check(ConfigArg),
     /// API keys.
     Keys {
         #[command(subcommand)]
@@ -176,6 +180,18 @@ fn say(line: &str) -> anyhow::Result<()> {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::All(c) => all(&load(&c.config, false)?).await,
+        Command::Check(c) => {
+            let config = load(&c.config, true)?;
+            for d in &config.disabled_providers {
+                eprintln!("note: provider `{}` is disabled: {}", d.name, d.reason);
+            }
+            say(&format!(
+                "ok: {} ({} providers, {} models)",
+                c.config.display(),
+                config.providers.len(),
+                config.models.len()
+            ))
+        }
         Command::Edge(c) => edge(&load(&c.config, false)?).await,
         Command::Auth(c) => {
             let config = load(&c.config, false)?;
