@@ -139,7 +139,7 @@ impl AuthServiceImpl {
 impl AuthService for AuthServiceImpl {
     async fn authenticate(&self, req: pb::AuthenticateRequest) -> Result<pb::Principal, GwError> {
         // Ids only: never the key, nor its hash.
-        let span = llmgw_kit::span!(
+        let span = llmgw_kit::otel_span!(
             "authenticate",
             llmgw.org_id = tracing::field::Empty,
             llmgw.key_id = tracing::field::Empty,
@@ -155,19 +155,18 @@ impl AuthService for AuthServiceImpl {
     }
 
     async fn admit(&self, req: pb::AdmitRequest) -> Result<pb::Admission, GwError> {
-        let span = llmgw_kit::span!("admit", llmgw.request_id = %req.request_id, llmgw.reserve_usd = req.reserve_usd);
+        let span = llmgw_kit::otel_span!("admit", llmgw.request_id = %req.request_id, llmgw.reserve_usd = req.reserve_usd);
         self.store.admit(req).instrument(span).await
     }
 
     async fn settle(&self, req: pb::SettleRequest) -> Result<pb::SettleAck, GwError> {
-        let span =
-            llmgw_kit::span!("settle", llmgw.request_id = %req.request_id, llmgw.spent_usd = req.spent_usd);
+        let span = llmgw_kit::otel_span!("settle", llmgw.request_id = %req.request_id, llmgw.spent_usd = req.spent_usd);
         self.store.settle(req).instrument(span).await
     }
 
     async fn get_credential(&self, req: pb::GetCredentialRequest) -> Result<pb::ProviderCredential, GwError> {
         // The credential's id, never its contents.
-        let span = llmgw_kit::span!("get_credential", llmgw.credential_id = %req.credential_id);
+        let span = llmgw_kit::otel_span!("get_credential", llmgw.credential_id = %req.credential_id);
         self.store
             .get_credential(&req.org_id, &req.credential_id)
             .instrument(span)

@@ -1,6 +1,8 @@
 //! The OpenAI REST surface (axum) and gRPC-Web.
 //!
-//! Layer order, outermost first: axum's router (routes below; unknown paths
+//! Layer order, outermost first: only while spans are exported, the
+//! [`server_span`] middleware (a server span per request, continuing the
+//! client's `traceparent`) → axum's router (routes below; unknown paths
 //! and methods answer in the OpenAI error shape) → per route: the handler,
 //! which checks Content-Type (415), declared length (413), the API key
 //! (401), reads the body under the size limit (413), parses and validates

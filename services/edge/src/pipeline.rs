@@ -981,7 +981,7 @@ struct Settle {
 impl Settle {
     /// Settles off the request's path, retrying while auth is unreachable.
     fn spend(self, spent_usd: f64) {
-        let span = llmgw_kit::span!("settle", llmgw.request_id = %self.request_id);
+        let span = llmgw_kit::otel_span!("settle", llmgw.request_id = %self.request_id);
         llmgw_kit::telemetry::continue_from_traceparent(&span, &self.traceparent);
         let settle = async move {
             for attempt in 1..=SETTLE_TRIES {

@@ -13,7 +13,7 @@
 //! ([`inject_current`]).
 //!
 //! Without an endpoint nothing is installed: [`enabled`] is false, the
-//! helpers here return at once, [`span!`](crate::span) gives
+//! helpers here return at once, [`otel_span!`](crate::otel_span) gives
 //! `Span::none()`, and no server adds a tracing layer.
 
 use std::sync::OnceLock;
@@ -51,7 +51,7 @@ pub fn enabled() -> bool {
 /// `Span::none()`, which costs nothing): for spans that serve tracing alone,
 /// not log context.
 #[macro_export]
-macro_rules! span {
+macro_rules! otel_span {
     ($($arg:tt)*) => {
         if $crate::telemetry::enabled() {
             ::tracing::info_span!($($arg)*)

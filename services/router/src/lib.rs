@@ -725,7 +725,7 @@ impl Catalog {
 #[async_trait]
 impl RouterService for Catalog {
     async fn route(&self, req: pb::RouteRequest) -> Result<pb::RoutePlan, GwError> {
-        let span = llmgw_kit::span!(
+        let span = llmgw_kit::otel_span!(
             "route",
             gen_ai.request.model = %req.model,
             llmgw.targets = tracing::field::Empty,
