@@ -34,6 +34,8 @@ struct Got {
     parent: String,
     name: String,
     kind: i32,
+    /// 0 unset, 1 ok, 2 error.
+    status: i32,
     attrs: HashMap<String, String>,
 }
 
@@ -97,6 +99,7 @@ impl TraceService for Receiver {
                         parent: hex(&span.parent_span_id),
                         name: span.name.clone(),
                         kind: span.kind,
+                        status: span.status.as_ref().map_or(0, |s| s.code),
                         attrs: attrs(&span.attributes),
                     });
                 }
@@ -281,14 +284,16 @@ async fn traced_post(gw: &Gateway, key: &str, trace_id: &str, body: &Value) -> r
     r
 }
 
-/// A gateway of `shape` exporting spans to a new receiver.
-async fn traced(shape: Shape) -> (Gateway, Receiver) {
+/// A gateway of `shape` exporting spans to a new receiver, keeping
+/// `sample_ratio` of new traces.
+async fn traced(shape: Shape, sample_ratio: f64) -> (Gateway, Receiver) {
     let (addr, receiver) = Receiver::start().await;
-    let top = format!("telemetry:\n  otlp_endpoint: http://{addr}\n  sample_ratio: 1.0\n");
+    let top = format!("telemetry:\n  otlp_endpoint: http://{addr}\n  sample_ratio: {sample_ratio}\n");
     let gw = Gateway::start_extra(
         shape,
         Extra {
             top: &top,
+            models: "  - name: embed-small\n    target: emu/text-embedding-3-small\n",
             // Export batches every 100 ms rather than every 5 s.
             env: &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
             ..Extra::default()
@@ -300,7 +305,7 @@ async fn traced(shape: Shape) -> (Gateway, Receiver) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_trace_across_the_split_cluster() {
-    let (gw, receiver) = traced(Shape::Split).await;
+    let (gw, receiver) = traced(Shape::Split, 1.0).await;
     // A budget, so auth admits and settles too.
     let (key, _) = key_with_policy(&gw, json!({"budgets": [{"period": "total", "limit_usd": 100.0}]})).await;
 
@@ -440,7 +445,7 @@ async fn one_trace_across_the_split_cluster() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn one_process_traces_rest_and_public_grpc() {
-    let (gw, receiver) = traced(Shape::All).await;
+    let (gw, receiver) = traced(Shape::All, 1.0).await;
 
     // ---- REST: every span from the one process, `llmgw`
     let trace_id = "5b8aa5a2d2c872e8321cf37308d69df2";
@@ -495,5 +500,154 @@ async fn one_process_traces_rest_and_public_grpc() {
     assert_eq!(root.parent, CLIENT_SPAN);
     assert_eq!(root.kind, SpanKind::Server as i32);
 
+    // ---- gRPC-Web: the trace context comes in the HTTP/1.1 headers
+    let trace_id = "9e4c2b7a1d3f5e6a8b0c2d4e6f8a0b1c";
+    let msg = prost::Message::encode_to_vec(&crate::grpc::chat_request("tell me a traced secret"));
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(msg.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&msg);
+    let http1 = reqwest::Client::builder()
+        .http1_only()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = http1
+        .post(gw.url("/llmgw.v1.Gateway/Chat"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .header("traceparent", format!("00-{trace_id}-{CLIENT_SPAN}-01"))
+        .bearer_auth(&gw.key)
+        .body(frame)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let spans = receiver
+        .until(
+            trace_id,
+            &[
+                ("llmgw", "POST /llmgw.v1.Gateway/Chat"),
+                ("llmgw", "chat gpt-4o-mini"),
+            ],
+        )
+        .await;
+    check_parents(&spans, "llmgw");
+    let root = one(&spans, "llmgw", "POST /llmgw.v1.Gateway/Chat");
+    assert_eq!(attr(root, "http.route"), "/llmgw.v1.Gateway/Chat");
+
+    // ---- embeddings: an `embeddings {model}` client span
+    let trace_id = "1f2e3d4c5b6a79880123456789abcdef";
+    let r = gw
+        .client
+        .post(gw.url("/v1/embeddings"))
+        .bearer_auth(&gw.key)
+        .header("traceparent", format!("00-{trace_id}-{CLIENT_SPAN}-01"))
+        .json(&json!({"model": "embed-small", "input": "alpha"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let answer: Value = r.json().await.unwrap();
+    let spans = receiver
+        .until(
+            trace_id,
+            &[
+                ("llmgw", "POST /v1/embeddings"),
+                ("llmgw", "embed"),
+                ("llmgw", "embeddings text-embedding-3-small"),
+            ],
+        )
+        .await;
+    check_parents(&spans, "llmgw");
+    let call = one(&spans, "llmgw", "embeddings text-embedding-3-small");
+    assert_eq!(call.kind, SpanKind::Client as i32);
+    assert_eq!(attr(call, "gen_ai.operation.name"), "embeddings");
+    assert_eq!(attr(call, "gen_ai.request.model"), "text-embedding-3-small");
+    assert_eq!(
+        attr(call, "gen_ai.usage.input_tokens"),
+        answer["usage"]["prompt_tokens"].to_string()
+    );
+
+    // ---- a failed upstream call: `error.type` and an error status
+    let trace_id = "2a3b4c5d6e7f80910a1b2c3d4e5f6071";
+    let r = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&gw.key)
+        .header("traceparent", format!("00-{trace_id}-{CLIENT_SPAN}-01"))
+        .json(&json!({"model": "dead-model", "messages": user("tell me a traced secret")}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    assert!(status >= 500, "{status}");
+    let spans = receiver
+        .until(
+            trace_id,
+            &[
+                ("llmgw", "POST /v1/chat/completions"),
+                ("llmgw", "attempt"),
+                ("llmgw", "chat gpt-4o-mini"),
+            ],
+        )
+        .await;
+    check_parents(&spans, "llmgw");
+    let root = one(&spans, "llmgw", "POST /v1/chat/completions");
+    assert_eq!(attr(root, "http.response.status_code"), status.to_string());
+    assert_eq!(attr(root, "error.type"), status.to_string());
+    assert_eq!(root.status, 2);
+    for name in ["attempt", "chat gpt-4o-mini"] {
+        let span = one(&spans, "llmgw", name);
+        assert_eq!(attr(span, "error.type"), "upstream_error", "{name}");
+        assert_eq!(span.status, 2, "{name}");
+    }
+
     check_no_secrets(&receiver, &[&gw.key]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sampling_keeps_sampled_client_traces_and_a_ratio_of_new_ones() {
+    let (gw, receiver) = traced(Shape::All, 0.0).await;
+    let body = json!({"model": "gpt-4o-mini", "messages": user("hi")});
+    // A new trace: none kept at ratio 0.
+    let r = gw.post("/v1/chat/completions", &body).await;
+    assert_eq!(r.0, 200);
+    // A client's sampled trace: kept whatever the ratio (parent-based).
+    let trace_id = "3c4d5e6f708192a3b4c5d6e7f8091a2b";
+    traced_post(&gw, &gw.key, trace_id, &body).await;
+    receiver
+        .until(
+            trace_id,
+            &[("llmgw", "POST /v1/chat/completions"), ("llmgw", "record")],
+        )
+        .await;
+    // A client's unsampled trace: not kept either.
+    let unsampled = "4d5e6f708192a3b4c5d6e7f8091a2b3c";
+    let r = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth(&gw.key)
+        .header("traceparent", format!("00-{unsampled}-{CLIENT_SPAN}-00"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // A second sampled trace after it, as a barrier: once it is in, the
+    // unsampled one would be too.
+    let barrier = "5e6f708192a3b4c5d6e7f8091a2b3c4d";
+    traced_post(&gw, &gw.key, barrier, &body).await;
+    receiver
+        .until(
+            barrier,
+            &[("llmgw", "POST /v1/chat/completions"), ("llmgw", "record")],
+        )
+        .await;
+    let spans = receiver.spans.lock().unwrap().clone();
+    let traces: HashSet<&str> = spans.iter().map(|s| s.trace_id.as_str()).collect();
+    assert_eq!(
+        traces,
+        HashSet::from([trace_id, barrier]),
+        "only the sampled traces"
+    );
 }

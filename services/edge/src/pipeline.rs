@@ -14,6 +14,8 @@ use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use llmgw_kit::error::error_type;
+
 use crate::Deps;
 use crate::auth_cache::AuthCache;
 use crate::limits::{self, Limiter, Quota};
@@ -806,29 +808,6 @@ fn apply_variant(req: &mut pb::ChatRequest, params: Option<pb::ChatRequest>, sys
 enum Outcome {
     Complete(Box<pb::ChatResponse>),
     Stream(ChunkStream),
-}
-
-/// The error code's name as an OpenAI-style snake_case code.
-pub fn error_type(e: &GwError) -> &'static str {
-    match e.code() {
-        ErrorCode::InvalidRequest => "invalid_request",
-        ErrorCode::Unauthenticated => "invalid_api_key",
-        ErrorCode::BudgetExceeded => "budget_exceeded",
-        ErrorCode::PermissionDenied => "permission_denied",
-        ErrorCode::NotFound => "not_found",
-        ErrorCode::ModelNotFound => "model_not_found",
-        ErrorCode::PayloadTooLarge => "payload_too_large",
-        ErrorCode::UnsupportedMediaType => "unsupported_media_type",
-        ErrorCode::RateLimited => "rate_limit_exceeded",
-        ErrorCode::UpstreamRejected => "upstream_rejected",
-        ErrorCode::UpstreamError => "upstream_error",
-        ErrorCode::UpstreamTimeout => "upstream_timeout",
-        ErrorCode::Unavailable => "service_unavailable",
-        ErrorCode::Internal | ErrorCode::Unspecified => "internal_error",
-        ErrorCode::UpstreamRateLimited => "upstream_rate_limited",
-        ErrorCode::MethodNotAllowed => "method_not_allowed",
-        ErrorCode::ContextLengthExceeded => "context_length_exceeded",
-    }
 }
 
 pub fn cost(price: &pb::Price, usage: &pb::Usage) -> f64 {

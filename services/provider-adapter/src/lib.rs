@@ -254,7 +254,7 @@ fn record_answer(span: &tracing::Span, id: &str, model: &str, usage: Option<&llm
 }
 
 fn record_error(span: &tracing::Span, e: &GwError) {
-    span.record("error.type", e.code().as_str_name());
+    span.record("error.type", llmgw_kit::error::error_type(e));
     span.record("otel.status_code", "ERROR");
 }
 
