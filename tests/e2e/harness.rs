@@ -446,6 +446,23 @@ providers:
 /// `llmgw <role> --config <config>` with the environment tests give it.
 /// With `log_level`, the process logs at that level into a file of the
 /// gateway's `logs/` dir (read back by [`Gateway::logs`]).
+/// Sends SIGTERM to a gateway process and waits (10 s at most) for its
+/// clean exit.
+pub async fn sigterm(mut child: Child) {
+    let pid = child.id().expect("a running process");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits promptly")
+        .expect("wait");
+    assert!(exit.success(), "clean exit: {exit:?}");
+}
+
 fn spawn_role(config: &Path, role: &str, log_level: Option<&str>, env: &[(String, String)]) -> Child {
     let mut cmd = Command::new(bin());
     cmd.arg(role)

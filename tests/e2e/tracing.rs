@@ -285,8 +285,14 @@ async fn traced_post(gw: &Gateway, key: &str, trace_id: &str, body: &Value) -> r
 }
 
 /// A gateway of `shape` exporting spans to a new receiver, keeping
-/// `sample_ratio` of new traces.
+/// `sample_ratio` of new traces, in batches every 100 ms.
 async fn traced(shape: Shape, sample_ratio: f64) -> (Gateway, Receiver) {
+    // Export batches every 100 ms rather than every 5 s.
+    traced_with(shape, sample_ratio, &[("OTEL_BSP_SCHEDULE_DELAY", "100")]).await
+}
+
+/// [`traced`] with the gateway's environment `env`.
+async fn traced_with(shape: Shape, sample_ratio: f64, env: &[(&str, &str)]) -> (Gateway, Receiver) {
     let (addr, receiver) = Receiver::start().await;
     let top = format!("telemetry:\n  otlp_endpoint: http://{addr}\n  sample_ratio: {sample_ratio}\n");
     let gw = Gateway::start_extra(
@@ -294,8 +300,7 @@ async fn traced(shape: Shape, sample_ratio: f64) -> (Gateway, Receiver) {
         Extra {
             top: &top,
             models: "  - name: embed-small\n    target: emu/text-embedding-3-small\n",
-            // Export batches every 100 ms rather than every 5 s.
-            env: &[("OTEL_BSP_SCHEDULE_DELAY", "100")],
+            env,
             ..Extra::default()
         },
     )
@@ -650,4 +655,26 @@ async fn sampling_keeps_sampled_client_traces_and_a_ratio_of_new_ones() {
         HashSet::from([trace_id, barrier]),
         "only the sampled traces"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spans_still_queued_are_flushed_at_exit() {
+    // The default batch delay (5 s): what arrives sooner was flushed at exit.
+    let (mut gw, receiver) = traced_with(Shape::All, 1.0, &[]).await;
+    let trace_id = "6f708192a3b4c5d6e7f8091a2b3c4d5e";
+    let body = json!({"model": "gpt-4o-mini", "messages": user("hi")});
+    let sent = Instant::now();
+    traced_post(&gw, &gw.key, trace_id, &body).await;
+    crate::harness::sigterm(gw.children.remove(0)).await;
+    let spans = receiver.trace(trace_id);
+    assert!(
+        sent.elapsed() < Duration::from_secs(4),
+        "too slow to tell a flush from a batch"
+    );
+    for name in ["POST /v1/chat/completions", "chat gpt-4o-mini", "record"] {
+        assert!(
+            spans.iter().any(|s| s.name == name),
+            "`{name}` was not flushed at exit: {spans:#?}"
+        );
+    }
 }
