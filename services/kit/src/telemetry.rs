@@ -101,10 +101,6 @@ pub fn init(
 ) -> Result<(), GwError> {
     let wanted = env_filter.or(config_filter).unwrap_or("info");
     let filter = EnvFilter::try_new(wanted).unwrap_or_else(|_| EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_filter(filter);
     let provider = match export {
         Some(Export { config, role }) => match &config.otlp_endpoint {
             Some(endpoint) => Some(provider(endpoint, config.sample_ratio, role)?),
@@ -112,23 +108,33 @@ pub fn init(
         },
         None => None,
     };
+    let Some(provider) = provider else {
+        // Logging alone, its filter global (disabled callsites cost nothing).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .try_init();
+        return Ok(());
+    };
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_filter(filter);
     // Spans are exported at INFO and above whatever the log filter says:
     // logging less must not cut traces apart.
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("llmgw"))
-            .with_location(false)
-            .with_threads(false)
-            .with_tracked_inactivity(false)
-            .with_target(false)
-            .with_filter(LevelFilter::INFO)
-    });
+    let otel = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("llmgw"))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
+        .with_target(false)
+        .with_filter(LevelFilter::INFO);
     if tracing_subscriber::registry()
         .with(fmt)
         .with(otel)
         .try_init()
         .is_ok()
-        && let Some(provider) = provider
     {
         let _ = PROVIDER.set(provider);
         ENABLED.store(true, Ordering::Relaxed);
