@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::harness::{Extra, Gateway, Shape, user};
 
 /// A new key with `policy`; (key, key id).
-async fn key_with_policy(gw: &Gateway, policy: Value) -> (String, String) {
+pub async fn key_with_policy(gw: &Gateway, policy: Value) -> (String, String) {
     let out = gw.cli(&["keys", "create", "--org", "acme"]).await;
     let mut lines = out.lines().rev();
     let key = lines.next().unwrap().trim().to_owned();

@@ -292,19 +292,7 @@ async fn graceful_shutdown_flushes_metering() {
             .await;
         assert_eq!(s, 200, "{b}");
     }
-    let mut child = gw.children.remove(0);
-    let pid = child.id().unwrap();
-    let status = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success());
-    let exit = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
-        .await
-        .expect("exits promptly")
-        .unwrap();
-    assert!(exit.success(), "clean exit: {exit:?}");
+    crate::harness::sigterm(gw.children.remove(0)).await;
     // Read straight from the store now that nothing is running.
     let usage = gw.usage_until("acme", |u| u["requests"] == 3).await;
     assert_eq!(usage["requests"], 3, "{usage}");

@@ -9,7 +9,7 @@ use tonic::metadata::MetadataValue;
 
 use crate::harness::{Gateway, Shape};
 
-fn chat_request(text: &str) -> pb::ChatRequest {
+pub fn chat_request(text: &str) -> pb::ChatRequest {
     pb::ChatRequest {
         model: "gpt-4o-mini".into(),
         messages: vec![pb::Message {
@@ -23,7 +23,7 @@ fn chat_request(text: &str) -> pb::ChatRequest {
     }
 }
 
-fn authed<T>(gw: &Gateway, msg: T) -> tonic::Request<T> {
+pub fn authed<T>(gw: &Gateway, msg: T) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     let v: MetadataValue<_> = format!("Bearer {}", gw.key).parse().unwrap();
     req.metadata_mut().insert("authorization", v);

@@ -38,6 +38,8 @@ pub struct Extra<'a> {
     /// Log at this level into files (see [`Gateway::logs`]) instead of
     /// stderr.
     pub log_level: Option<&'a str>,
+    /// Environment variables for every gateway process.
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 pub struct Gateway {
@@ -51,6 +53,7 @@ pub struct Gateway {
     _dir: tempfile::TempDir,
     pub children: Vec<Child>,
     log_level: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 pub fn bin() -> &'static str {
@@ -125,7 +128,12 @@ impl Gateway {
             metering: extra_metering,
             max_in_flight,
             log_level,
+            env,
         } = extra;
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         let max_in_flight = max_in_flight.unwrap_or(4);
         let mut emu = llmgw_emulators::spawn(Options {
             api_key: Some(EMU_KEY.into()),
@@ -203,7 +211,7 @@ providers:
             }
             let children = roles
                 .iter()
-                .map(|role| spawn_role(&config, role, log_level))
+                .map(|role| spawn_role(&config, role, log_level, &env))
                 .collect();
             let mut gw = Gateway {
                 http,
@@ -215,6 +223,7 @@ providers:
                 _dir: dir,
                 children,
                 log_level: log_level.map(str::to_owned),
+                env: env.clone(),
             };
             if gw.wait_ready(shape, &[auth, router, adapter, metering]).await {
                 return gw;
@@ -256,7 +265,7 @@ providers:
     /// Starts one more `llmgw <role>` process on this gateway's config, as
     /// the gateway started its own (to restart one that was killed).
     pub fn spawn(&self, role: &str) -> Child {
-        spawn_role(&self.config, role, self.log_level.as_deref())
+        spawn_role(&self.config, role, self.log_level.as_deref(), &self.env)
     }
 
     /// Everything the gateway's processes logged (with `Extra::log_level`).
@@ -437,12 +446,30 @@ providers:
 /// `llmgw <role> --config <config>` with the environment tests give it.
 /// With `log_level`, the process logs at that level into a file of the
 /// gateway's `logs/` dir (read back by [`Gateway::logs`]).
-fn spawn_role(config: &Path, role: &str, log_level: Option<&str>) -> Child {
+/// Sends SIGTERM to a gateway process and waits (10 s at most) for its
+/// clean exit.
+pub async fn sigterm(mut child: Child) {
+    let pid = child.id().expect("a running process");
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await
+        .expect("kill");
+    assert!(status.success());
+    let exit = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits promptly")
+        .expect("wait");
+    assert!(exit.success(), "clean exit: {exit:?}");
+}
+
+fn spawn_role(config: &Path, role: &str, log_level: Option<&str>, env: &[(String, String)]) -> Child {
     let mut cmd = Command::new(bin());
     cmd.arg(role)
         .arg("--config")
         .arg(config)
         .env("EMU_KEY", EMU_KEY)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .kill_on_drop(true);
     match log_level {

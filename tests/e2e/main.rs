@@ -27,4 +27,5 @@ mod provider_gemini;
 mod provider_misc;
 mod routing;
 mod secrets;
+mod tracing;
 mod usage;

@@ -10,6 +10,7 @@ use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto as pb;
 use sqlx::Row as _;
 use subtle::ConstantTimeEq as _;
+use tracing::Instrument as _;
 
 use crate::admin::role_from_str;
 use crate::keys::MAX_KEY_LEN;
@@ -62,9 +63,9 @@ fn invalid_key() -> GwError {
     GwError::new(ErrorCode::Unauthenticated, "invalid api key")
 }
 
-#[async_trait]
-impl AuthService for AuthServiceImpl {
-    async fn authenticate(&self, req: pb::AuthenticateRequest) -> Result<pb::Principal, GwError> {
+impl AuthServiceImpl {
+    /// The principal of the key `req` presents.
+    async fn principal_of(&self, req: pb::AuthenticateRequest) -> Result<pb::Principal, GwError> {
         let key = req.api_key;
         if key.is_empty() || key.len() > MAX_KEY_LEN {
             return Err(invalid_key());
@@ -132,20 +133,43 @@ impl AuthService for AuthServiceImpl {
         principal.key_id = key_id;
         Ok(principal)
     }
+}
+
+#[async_trait]
+impl AuthService for AuthServiceImpl {
+    async fn authenticate(&self, req: pb::AuthenticateRequest) -> Result<pb::Principal, GwError> {
+        // Ids only: never the key, nor its hash.
+        let span = llmgw_kit::otel_span!(
+            "authenticate",
+            llmgw.org_id = tracing::field::Empty,
+            llmgw.key_id = tracing::field::Empty,
+        );
+        let principal = self.principal_of(req).instrument(span.clone()).await?;
+        span.record("llmgw.org_id", principal.org_id.as_str());
+        span.record("llmgw.key_id", principal.key_id.as_str());
+        Ok(principal)
+    }
 
     async fn admin(&self, call: pb::AdminCall) -> Result<pb::AdminReply, GwError> {
         self.store.admin(call).await
     }
 
     async fn admit(&self, req: pb::AdmitRequest) -> Result<pb::Admission, GwError> {
-        self.store.admit(req).await
+        let span = llmgw_kit::otel_span!("admit", llmgw.request_id = %req.request_id, llmgw.reserve_usd = req.reserve_usd);
+        self.store.admit(req).instrument(span).await
     }
 
     async fn settle(&self, req: pb::SettleRequest) -> Result<pb::SettleAck, GwError> {
-        self.store.settle(req).await
+        let span = llmgw_kit::otel_span!("settle", llmgw.request_id = %req.request_id, llmgw.spent_usd = req.spent_usd);
+        self.store.settle(req).instrument(span).await
     }
 
     async fn get_credential(&self, req: pb::GetCredentialRequest) -> Result<pb::ProviderCredential, GwError> {
-        self.store.get_credential(&req.org_id, &req.credential_id).await
+        // The credential's id, never its contents.
+        let span = llmgw_kit::otel_span!("get_credential", llmgw.credential_id = %req.credential_id);
+        self.store
+            .get_credential(&req.org_id, &req.credential_id)
+            .instrument(span)
+            .await
     }
 }

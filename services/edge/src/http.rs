@@ -1,6 +1,8 @@
 //! The OpenAI REST surface (axum) and gRPC-Web.
 //!
-//! Layer order, outermost first: axum's router (routes below; unknown paths
+//! Layer order, outermost first: only while spans are exported, the
+//! [`server_span`] middleware (a server span per request, continuing the
+//! client's `traceparent`) → axum's router (routes below; unknown paths
 //! and methods answer in the OpenAI error shape) → per route: the handler,
 //! which checks Content-Type (415), declared length (413), the API key
 //! (401), reads the body under the size limit (413), parses and validates
@@ -41,12 +43,69 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .with_state(pipeline.clone());
     // tonic's router brings a fallback of its own; ours replaces it after the
     // merge so unknown paths answer in the OpenAI error shape.
-    grpc::routes(pipeline)
+    let router = grpc::routes(pipeline)
         .into_axum_router()
         .layer(tonic_web::GrpcWebLayer::new())
         .merge(api)
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed)
+        .method_not_allowed_fallback(method_not_allowed);
+    if llmgw_kit::telemetry::enabled() {
+        router.layer(axum::middleware::from_fn(server_span))
+    } else {
+        router
+    }
+}
+
+/// `http.route` of a path: the route template of [`router`] it matches
+/// (axum's `MatchedPath` would cost every request an extension, traced or
+/// not). gRPC-Web paths name a method of the one `Gateway` service.
+fn route_of(path: &str) -> Option<&str> {
+    Some(match path {
+        "/v1/chat/completions"
+        | "/v1/embeddings"
+        | "/v1/models"
+        | "/v1/usage"
+        | "/admin/v1/usage"
+        | "/admin/v1"
+        | "/health"
+        | "/" => path,
+        p if p.starts_with("/v1/models/") => "/v1/models/{*id}",
+        p if p.starts_with("/admin/v1/") => "/admin/v1/{*rest}",
+        p if p.starts_with("/llmgw.v1.Gateway/") && p.len() < 64 => p,
+        _ => return None,
+    })
+}
+
+/// The server span of one HTTP request (REST and gRPC-Web), a child of the
+/// client's `traceparent`: `{method} {route}`, with the OpenTelemetry HTTP
+/// attributes. Only installed while spans are exported. For a stream it
+/// ends with the response headers; the stream's own spans carry on.
+async fn server_span(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let method = req.method().clone();
+    let route = route_of(req.uri().path());
+    let name = match route {
+        Some(route) => format!("{method} {route}"),
+        None => method.to_string(),
+    };
+    let span = tracing::info_span!(
+        "http",
+        otel.name = name,
+        otel.kind = "server",
+        http.request.method = %method,
+        http.route = route,
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    llmgw_kit::telemetry::continue_from(&span, req.headers());
+    let resp = tracing::Instrument::instrument(next.run(req), span.clone()).await;
+    let status = resp.status();
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("error.type", status.as_str());
+        span.record("otel.status_code", "ERROR");
+    }
+    resp
 }
 
 // ---- errors: the one place the OpenAI error shape is written ---------------

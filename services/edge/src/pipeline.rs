@@ -14,6 +14,8 @@ use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto as pb;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub use llmgw_kit::error::error_type;
+
 use crate::Deps;
 use crate::auth_cache::AuthCache;
 use crate::limits::{self, Limiter, Quota};
@@ -471,6 +473,7 @@ impl Pipeline {
             Ok(a) if a.reserved => Ok(Some(Settle {
                 auth: self.deps.auth.clone(),
                 request_id: request_id.to_owned(),
+                traceparent: llmgw_kit::telemetry::current_traceparent(),
             })),
             Ok(_) => Ok(None),
             Err(e) => {
@@ -593,13 +596,17 @@ impl Pipeline {
                 // The last try that can happen may take the request; earlier
                 // ones copy it (only when retries or fallbacks are configured).
                 let last = i + 1 == attempts && retry == target.max_retries;
+                // One span per attempt (the adapter's `chat {model}` client
+                // span is its child); GenAI attributes, never the prompt.
                 let span = tracing::info_span!(
                     "attempt",
-                    gen_ai.system = %target.provider_type,
+                    gen_ai.system = llmgw_kit::telemetry::genai_provider_name(&target.provider_type),
+                    gen_ai.provider.name = llmgw_kit::telemetry::genai_provider_name(&target.provider_type),
                     gen_ai.request.model = %target.model,
                     llmgw.provider = %target.provider,
                     llmgw.attempt = tries + 1,
                     error.type = tracing::field::Empty,
+                    otel.status_code = tracing::field::Empty,
                 );
                 let result = tracing::Instrument::instrument(
                     tokio::time::timeout_at(deadline, call(last, target.clone())),
@@ -636,6 +643,7 @@ impl Pipeline {
                     Err(e) => {
                         let kind = error_type(&e);
                         span.record("error.type", kind);
+                        span.record("otel.status_code", "ERROR");
                         tracing::info!(
                             provider = %target.provider,
                             code = e.code().as_str_name(),
@@ -802,29 +810,6 @@ enum Outcome {
     Stream(ChunkStream),
 }
 
-/// The error code's name as an OpenAI-style snake_case code.
-pub fn error_type(e: &GwError) -> &'static str {
-    match e.code() {
-        ErrorCode::InvalidRequest => "invalid_request",
-        ErrorCode::Unauthenticated => "invalid_api_key",
-        ErrorCode::BudgetExceeded => "budget_exceeded",
-        ErrorCode::PermissionDenied => "permission_denied",
-        ErrorCode::NotFound => "not_found",
-        ErrorCode::ModelNotFound => "model_not_found",
-        ErrorCode::PayloadTooLarge => "payload_too_large",
-        ErrorCode::UnsupportedMediaType => "unsupported_media_type",
-        ErrorCode::RateLimited => "rate_limit_exceeded",
-        ErrorCode::UpstreamRejected => "upstream_rejected",
-        ErrorCode::UpstreamError => "upstream_error",
-        ErrorCode::UpstreamTimeout => "upstream_timeout",
-        ErrorCode::Unavailable => "service_unavailable",
-        ErrorCode::Internal | ErrorCode::Unspecified => "internal_error",
-        ErrorCode::UpstreamRateLimited => "upstream_rate_limited",
-        ErrorCode::MethodNotAllowed => "method_not_allowed",
-        ErrorCode::ContextLengthExceeded => "context_length_exceeded",
-    }
-}
-
 pub fn cost(price: &pb::Price, usage: &pb::Usage) -> f64 {
     cost_usd(
         price,
@@ -968,12 +953,16 @@ const SETTLE_TRIES: u32 = 5;
 struct Settle {
     auth: llmgw_kit::services::Auth,
     request_id: String,
+    /// The request's trace, which settling joins (empty unless exporting).
+    traceparent: String,
 }
 
 impl Settle {
     /// Settles off the request's path, retrying while auth is unreachable.
     fn spend(self, spent_usd: f64) {
-        tokio::spawn(async move {
+        let span = llmgw_kit::otel_span!("settle", llmgw.request_id = %self.request_id);
+        llmgw_kit::telemetry::continue_from_traceparent(&span, &self.traceparent);
+        let settle = async move {
             for attempt in 1..=SETTLE_TRIES {
                 let req = pb::SettleRequest {
                     request_id: self.request_id.clone(),
@@ -987,7 +976,8 @@ impl Settle {
                     }
                 }
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::instrument(settle, span));
     }
 }
 
@@ -1037,6 +1027,7 @@ impl MeterGuard {
                 model: model.to_owned(),
                 streamed,
                 started_at_ms,
+                traceparent: llmgw_kit::telemetry::current_traceparent(),
                 ..Default::default()
             }),
             started: Instant::now(),

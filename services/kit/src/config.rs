@@ -65,6 +65,31 @@ struct RawConfig {
     database: Option<RawDatabase>,
     #[serde(default)]
     byok: ByokConfig,
+    #[serde(default)]
+    telemetry: TelemetryConfig,
+}
+
+/// Trace export. Without an endpoint (here or in
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`) nothing is exported and spans cost only
+/// what logging costs.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// An OTLP/gRPC collector, `http://host:4317` (plaintext gRPC: a local
+    /// agent or collector sidecar).
+    pub otlp_endpoint: Option<String>,
+    /// The share of new traces kept, 0.0 to 1.0; a request that arrives with
+    /// a sampled `traceparent` is always kept (parent-based).
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            sample_ratio: 1.0,
+        }
+    }
 }
 
 /// Orgs' own provider credentials (BYOK).
@@ -592,6 +617,9 @@ pub struct Config {
     /// `auth` still decrypts what it encrypted until every row is re-encrypted.
     pub master_key_previous: Option<Secret>,
     pub byok: ByokConfig,
+    /// Trace export; `otlp_endpoint` already falls back to
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub telemetry: TelemetryConfig,
 }
 
 const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(600);
@@ -711,6 +739,7 @@ impl Config {
             Ok(db)
         });
         let database = database.transpose()?;
+        let telemetry = telemetry_config(raw.telemetry, env).map_err(err)?;
 
         Ok(Self {
             file: file.to_owned(),
@@ -740,12 +769,49 @@ impl Config {
                 .filter(|k| !k.is_empty())
                 .map(Secret::new),
             byok: raw.byok,
+            telemetry,
         })
     }
 
     pub fn provider(&self, name: &str) -> Option<&ProviderConfig> {
         self.providers.iter().find(|p| p.name == name)
     }
+}
+
+/// Validates the `telemetry:` section; an unset endpoint falls back to
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`.
+fn telemetry_config(
+    mut telemetry: TelemetryConfig,
+    env: &HashMap<String, String>,
+) -> Result<TelemetryConfig, String> {
+    if !(0.0..=1.0).contains(&telemetry.sample_ratio) {
+        return Err(format!(
+            "`telemetry.sample_ratio` must be between 0.0 and 1.0, got {}",
+            telemetry.sample_ratio
+        ));
+    }
+    let (endpoint, key) = match telemetry.otlp_endpoint.take().filter(|e| !e.trim().is_empty()) {
+        Some(e) => (Some(e), "`telemetry.otlp_endpoint`"),
+        None => (
+            env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .filter(|e| !e.trim().is_empty())
+                .cloned(),
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+    };
+    if let Some(endpoint) = endpoint {
+        let endpoint = endpoint.trim().to_owned();
+        let Some(rest) = endpoint.strip_prefix("http://") else {
+            return Err(format!(
+                "{key} must be a plaintext OTLP/gRPC address `http://host:port` (TLS is for the collector to add), got `{endpoint}`"
+            ));
+        };
+        if rest.is_empty() || rest.starts_with('/') {
+            return Err(format!("{key} names no host: `{endpoint}`"));
+        }
+        telemetry.otlp_endpoint = Some(endpoint);
+    }
+    Ok(telemetry)
 }
 
 /// Why a [`ProviderSpec`] is not a valid provider.

@@ -151,6 +151,30 @@ impl GwError {
     }
 }
 
+/// The error code's name as an OpenAI-style snake_case code: the `code`
+/// of the error JSON, and `error.type` on spans.
+pub fn error_type(e: &GwError) -> &'static str {
+    match e.code() {
+        ErrorCode::InvalidRequest => "invalid_request",
+        ErrorCode::Unauthenticated => "invalid_api_key",
+        ErrorCode::BudgetExceeded => "budget_exceeded",
+        ErrorCode::PermissionDenied => "permission_denied",
+        ErrorCode::NotFound => "not_found",
+        ErrorCode::ModelNotFound => "model_not_found",
+        ErrorCode::PayloadTooLarge => "payload_too_large",
+        ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+        ErrorCode::RateLimited => "rate_limit_exceeded",
+        ErrorCode::UpstreamRejected => "upstream_rejected",
+        ErrorCode::UpstreamError => "upstream_error",
+        ErrorCode::UpstreamTimeout => "upstream_timeout",
+        ErrorCode::Unavailable => "service_unavailable",
+        ErrorCode::Internal | ErrorCode::Unspecified => "internal_error",
+        ErrorCode::UpstreamRateLimited => "upstream_rate_limited",
+        ErrorCode::MethodNotAllowed => "method_not_allowed",
+        ErrorCode::ContextLengthExceeded => "context_length_exceeded",
+    }
+}
+
 /// HTTP status of a code.
 pub fn code_http_status(code: ErrorCode) -> u16 {
     match code {

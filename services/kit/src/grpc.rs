@@ -98,7 +98,13 @@ pub async fn serve(
         shutdown.cancelled().await;
         health.set_serving(false).await;
     };
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if crate::telemetry::enabled() {
+        // A server span per call, child of the caller's (W3C trace context
+        // in the metadata); without export, no per-call work at all.
+        builder = builder.trace_fn(crate::telemetry::grpc_server_span);
+    }
+    builder
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))

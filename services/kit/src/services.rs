@@ -17,11 +17,17 @@ use pb::adapter_client::AdapterClient;
 use pb::auth_client::AuthClient;
 use pb::metering_client::MeteringClient;
 use pb::router_client::RouterClient;
+use tonic::codegen::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::error::GwError;
 use crate::grpc::MAX_MESSAGE_BYTES;
+use crate::telemetry::TraceInterceptor;
+
+/// Every internal client's channel: each call carries the caller's trace
+/// context (see [`TraceInterceptor`]).
+type Traced = InterceptedService<Channel, TraceInterceptor>;
 
 /// A stream of chat chunks, as every hop passes it on.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChatChunk, GwError>> + Send + 'static>>;
@@ -119,13 +125,13 @@ where
 
 /// [`AuthService`] over gRPC.
 #[derive(Clone)]
-pub struct GrpcAuth(AuthClient<Channel>);
+pub struct GrpcAuth(AuthClient<Traced>);
 
 impl GrpcAuth {
     /// A client for the service at the other end of `channel`.
     pub fn client(channel: Channel) -> Auth {
         Arc::new(Self(
-            AuthClient::new(channel)
+            AuthClient::with_interceptor(channel, TraceInterceptor)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         ))
@@ -175,7 +181,7 @@ impl AuthService for GrpcAuth {
 /// sends them in batches, in the order they were made.
 #[derive(Clone)]
 pub struct GrpcRouter {
-    client: RouterClient<Channel>,
+    client: RouterClient<Traced>,
     reports: tokio::sync::mpsc::Sender<pb::AttemptReport>,
 }
 
@@ -188,7 +194,7 @@ impl GrpcRouter {
     /// A client for the service at the other end of `channel`. Must be
     /// called within a Tokio runtime (it starts the report sender).
     pub fn client(channel: Channel) -> Router {
-        let client = RouterClient::new(channel)
+        let client = RouterClient::with_interceptor(channel, TraceInterceptor)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
         let (reports, rx) = tokio::sync::mpsc::channel(REPORT_QUEUE);
@@ -198,7 +204,7 @@ impl GrpcRouter {
 }
 
 async fn send_reports(
-    mut client: RouterClient<Channel>,
+    mut client: RouterClient<Traced>,
     mut rx: tokio::sync::mpsc::Receiver<pb::AttemptReport>,
 ) {
     let mut batch = Vec::with_capacity(REPORT_BATCH);
@@ -240,13 +246,13 @@ impl RouterService for GrpcRouter {
 
 /// [`AdapterService`] over gRPC.
 #[derive(Clone)]
-pub struct GrpcAdapter(AdapterClient<Channel>);
+pub struct GrpcAdapter(AdapterClient<Traced>);
 
 impl GrpcAdapter {
     /// A client for the service at the other end of `channel`.
     pub fn client(channel: Channel) -> Adapter {
         Arc::new(Self(
-            AdapterClient::new(channel)
+            AdapterClient::with_interceptor(channel, TraceInterceptor)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         ))
@@ -278,13 +284,13 @@ impl AdapterService for GrpcAdapter {
 
 /// [`MeteringService`] over gRPC: a batch is sent as one client stream.
 #[derive(Clone)]
-pub struct GrpcMetering(MeteringClient<Channel>);
+pub struct GrpcMetering(MeteringClient<Traced>);
 
 impl GrpcMetering {
     /// A client for the service at the other end of `channel`.
     pub fn client(channel: Channel) -> Metering {
         Arc::new(Self(
-            MeteringClient::new(channel)
+            MeteringClient::with_interceptor(channel, TraceInterceptor)
                 .max_decoding_message_size(MAX_MESSAGE_BYTES)
                 .max_encoding_message_size(MAX_MESSAGE_BYTES),
         ))

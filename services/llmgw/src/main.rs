@@ -142,7 +142,13 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    let result = runtime.block_on(async {
+        let result = run(cli.command).await;
+        // Spans still queued go out before the process ends.
+        llmgw_kit::telemetry::shutdown().await;
+        result
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -151,18 +157,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// Reads the config and starts logging. Admin commands (`quiet`) log only
-/// warnings, so their stdout and stderr stay readable.
-fn load(path: &Path, quiet: bool) -> anyhow::Result<Config> {
+/// Reads the config and starts logging, and for a service `role` (`all`,
+/// `edge`, …) span export when configured. Admin commands (no role) log only
+/// warnings, so their stdout and stderr stay readable, and export nothing.
+fn load(path: &Path, role: Option<&str>) -> anyhow::Result<Config> {
     let env: HashMap<String, String> = llmgw_kit::config::process_env();
     let config = Config::load(path, &env)?;
     let env_filter = env.get("LLMGW_LOG").map(String::as_str);
-    let config_filter = if quiet {
-        Some("warn")
-    } else {
-        config.log.as_deref()
+    let config_filter = match role {
+        None => Some("warn"),
+        Some(_) => config.log.as_deref(),
     };
-    llmgw_kit::telemetry::init(env_filter, config_filter);
+    let export = role.map(|role| llmgw_kit::telemetry::Export {
+        config: &config.telemetry,
+        role,
+    });
+    llmgw_kit::telemetry::init(env_filter, config_filter, export)?;
     for d in &config.disabled_providers {
         tracing::info!(provider = %d.name, reason = %d.reason, "provider disabled");
     }
@@ -179,9 +189,9 @@ fn say(line: &str) -> anyhow::Result<()> {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::All(c) => all(&load(&c.config, false)?).await,
+        Command::All(c) => all(&load(&c.config, Some("all"))?).await,
         Command::Check(c) => {
-            let config = load(&c.config, true)?;
+            let config = load(&c.config, None)?;
             for d in &config.disabled_providers {
                 eprintln!("note: provider `{}` is disabled: {}", d.name, d.reason);
             }
@@ -192,9 +202,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 config.models.len()
             ))
         }
-        Command::Edge(c) => edge(&load(&c.config, false)?).await,
+        Command::Edge(c) => edge(&load(&c.config, Some("edge"))?).await,
         Command::Auth(c) => {
-            let config = load(&c.config, false)?;
+            let config = load(&c.config, Some("auth"))?;
             let store = open_auth(&config).await?;
             let routes = Routes::new(
                 pb::auth_server::AuthServer::new(AuthGrpcServer(llmgw_auth::service(store)))
@@ -203,7 +213,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             serve_one("auth", config.services.auth.addr, routes, "llmgw.v1.Auth").await
         }
         Command::Router(c) => {
-            let config = load(&c.config, false)?;
+            let config = load(&c.config, Some("router"))?;
             let routes = Routes::new(
                 pb::router_server::RouterServer::new(RouterGrpcServer(llmgw_router::service(&config)))
                     .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
@@ -211,7 +221,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             serve_one("router", config.services.router.addr, routes, "llmgw.v1.Router").await
         }
         Command::Adapter(c) => {
-            let config = load(&c.config, false)?;
+            let config = load(&c.config, Some("adapter"))?;
             // BYOK credentials come from auth over gRPC.
             let auth = GrpcAuth::client(grpc::channel(&config.services.auth.addr.to_string())?);
             let adapter = llmgw_provider_adapter::service_with_credentials(&config, auth)?;
@@ -229,7 +239,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             .await
         }
         Command::Metering(c) => {
-            let config = load(&c.config, false)?;
+            let config = load(&c.config, Some("metering"))?;
             let store = llmgw_usage_metering::open(&config).await?;
             let stop = CancellationToken::new();
             let retention =
@@ -263,7 +273,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     role,
                 },
         } => {
-            let config = load(&config.config, true)?;
+            let config = load(&config.config, None)?;
             if !["member", "admin", "platform_admin"].contains(&role.as_str()) {
                 anyhow::bail!("--role is member, admin or platform_admin");
             }
@@ -297,7 +307,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             path,
             body,
         } => {
-            let config = load(&config.config, true)?;
+            let config = load(&config.config, None)?;
             let store = llmgw_auth::open(&config).await?;
             let route = llmgw_kit::admin::route(&method.to_ascii_uppercase(), &path)?;
             let reply = store
@@ -318,7 +328,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Credentials {
             command: CredentialsCommand::Rotate { config },
         } => {
-            let config = load(&config.config, true)?;
+            let config = load(&config.config, None)?;
             let store = llmgw_auth::open(&config).await?;
             let done = store.rotate_credentials().await?;
             say(&format!(
@@ -327,7 +337,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             ))
         }
         Command::Usage { config, org, json } => {
-            let config = load(&config.config, true)?;
+            let config = load(&config.config, None)?;
             let auth = llmgw_auth::open(&config).await?;
             let org_id = auth
                 .org_id(&org)

@@ -56,6 +56,27 @@ pub(crate) fn client() -> Result<reqwest::Client, GwError> {
         .map_err(|e| GwError::internal(format!("cannot build the http client: {}", root_cause(&e))))
 }
 
+/// Sends `request` — every upstream request goes through here. While spans
+/// are exported it carries the current span's W3C `traceparent` (and
+/// `tracestate`), and the span (the GenAI client span) learns
+/// `server.address` and `server.port`; otherwise it is `send` alone.
+pub(crate) async fn dispatch(request: reqwest::RequestBuilder) -> reqwest::Result<Response> {
+    if !llmgw_kit::telemetry::enabled() {
+        return request.send().await;
+    }
+    let (client, request) = request.build_split();
+    let mut request = request?;
+    let span = tracing::Span::current();
+    if let Some(host) = request.url().host_str() {
+        span.record("server.address", host);
+    }
+    if let Some(port) = request.url().port_or_known_default() {
+        span.record("server.port", port);
+    }
+    llmgw_kit::telemetry::inject_current(request.headers_mut());
+    client.execute(request).await
+}
+
 /// One provider as the HTTP layer sees it: its name for messages and the key
 /// to keep out of them.
 #[derive(Debug, Clone)]
@@ -93,7 +114,7 @@ impl Peer {
     /// error (its body read, bounded, to classify it); the caller applies the
     /// per-try timeout around this.
     pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, GwError> {
-        let mut response = request.send().await.map_err(|e| self.send_error(&e))?;
+        let mut response = dispatch(request).await.map_err(|e| self.send_error(&e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures_util::StreamExt as _;
 use llmgw_kit::GwError;
 use llmgw_kit::config::{Config, ProviderKind, ProviderSpec, provider_config};
 use llmgw_kit::services::{Adapter, AdapterService, Auth, ChunkStream};
@@ -180,25 +181,127 @@ fn build_byok(
     Ok((config.kind, providers::build(&config, client)?))
 }
 
-fn span(request_id: &str, target: &Target) -> tracing::Span {
+/// The span of one adapter call (`complete`, `stream`, `embed`): log
+/// context for everything the call does, BYOK credential lookup included.
+fn span(op: &'static str, req_id: &str, target: Option<&Target>) -> tracing::Span {
+    let (provider, model) = target.map_or(("", ""), |t| (t.provider.as_str(), t.model.as_str()));
     tracing::info_span!(
         "provider",
-        request_id = %request_id,
-        provider = %target.provider,
-        gen_ai.system = %target.provider_type,
-        gen_ai.request.model = %target.model,
+        otel.name = op,
+        request_id = %req_id,
+        provider = %provider,
+        gen_ai.request.model = %model,
     )
+}
+
+/// The GenAI client span of one upstream call, `{operation} {model}`, per
+/// the OpenTelemetry GenAI conventions; `server.address` and the W3C
+/// `traceparent` are set where the HTTP request is sent
+/// ([`http::send`]). Never the prompt, the answer or a credential.
+/// `Span::none()` unless spans are exported.
+fn client_span(operation: &'static str, target: &Target, chat: Option<&ChatRequest>) -> tracing::Span {
+    if !llmgw_kit::telemetry::enabled() {
+        return tracing::Span::none();
+    }
+    let provider = llmgw_kit::telemetry::genai_provider_name(&target.provider_type);
+    let span = tracing::info_span!(
+        "gen_ai",
+        otel.name = format!("{operation} {}", target.model),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        gen_ai.operation.name = operation,
+        gen_ai.system = provider,
+        gen_ai.provider.name = provider,
+        gen_ai.request.model = %target.model,
+        gen_ai.request.max_tokens = tracing::field::Empty,
+        gen_ai.request.temperature = tracing::field::Empty,
+        gen_ai.request.top_p = tracing::field::Empty,
+        gen_ai.response.model = tracing::field::Empty,
+        gen_ai.response.id = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        server.address = tracing::field::Empty,
+        server.port = tracing::field::Empty,
+        llmgw.provider = %target.provider,
+    );
+    if let Some(chat) = chat {
+        if let Some(n) = chat.max_completion_tokens.or(chat.max_tokens) {
+            span.record("gen_ai.request.max_tokens", n);
+        }
+        if let Some(t) = chat.temperature {
+            span.record("gen_ai.request.temperature", t);
+        }
+        if let Some(p) = chat.top_p {
+            span.record("gen_ai.request.top_p", p);
+        }
+    }
+    span
+}
+
+/// What a GenAI client span learns from an answer (or a chunk of one).
+fn record_answer(span: &tracing::Span, id: &str, model: &str, usage: Option<&llmgw_proto::Usage>) {
+    if !id.is_empty() {
+        span.record("gen_ai.response.id", id);
+    }
+    if !model.is_empty() {
+        span.record("gen_ai.response.model", model);
+    }
+    if let Some(u) = usage {
+        span.record("gen_ai.usage.input_tokens", u.prompt_tokens);
+        span.record("gen_ai.usage.output_tokens", u.completion_tokens);
+    }
+}
+
+fn record_error(span: &tracing::Span, e: &GwError) {
+    span.record("error.type", llmgw_kit::error::error_type(e));
+    span.record("otel.status_code", "ERROR");
+}
+
+/// `gen_ai.response.finish_reasons` from the finish reasons seen.
+fn record_finish(span: &tracing::Span, reasons: impl Iterator<Item = i32>) {
+    let reasons: Vec<String> = reasons
+        .filter_map(|r| llmgw_proto::FinishReason::try_from(r).ok())
+        .filter_map(llmgw_kit::openai::finish_str)
+        .map(str::to_owned)
+        .collect();
+    llmgw_kit::telemetry::set_string_array(span, "gen_ai.response.finish_reasons", reasons);
+}
+
+/// Keeps `span` open while the stream runs and records on it what the
+/// chunks say: response model and id, usage, finish reasons, an error.
+fn traced_stream(stream: ChunkStream, span: tracing::Span) -> ChunkStream {
+    let mut reasons: Vec<i32> = Vec::new();
+    Box::pin(stream.inspect(move |item| match item {
+        Ok(chunk) => {
+            record_answer(&span, &chunk.id, &chunk.model, chunk.usage.as_ref());
+            let before = reasons.len();
+            reasons.extend(chunk.choices.iter().map(|c| c.finish_reason).filter(|r| *r != 0));
+            if reasons.len() > before {
+                record_finish(&span, reasons.iter().copied());
+            }
+        }
+        Err(e) => record_error(&span, e),
+    }))
 }
 
 #[async_trait]
 impl AdapterService for ProviderAdapter {
     async fn complete(&self, req: AdapterRequest) -> Result<ChatResponse, GwError> {
-        let (provider, target, chat) = self.resolve(&req).await?;
-        let span = span(&req.request_id, target);
+        let span = span("complete", &req.request_id, req.target.as_ref());
         async {
-            let result = provider.complete(target, chat).await;
-            if let Err(e) = &result {
-                tracing::debug!(code = e.code().as_str_name(), "provider call failed");
+            let (provider, target, chat) = self.resolve(&req).await?;
+            let client = client_span("chat", target, Some(chat));
+            let result = provider.complete(target, chat).instrument(client.clone()).await;
+            match &result {
+                Ok(resp) => {
+                    record_answer(&client, &resp.id, &resp.model, resp.usage.as_ref());
+                    record_finish(&client, resp.choices.iter().map(|c| c.finish_reason));
+                }
+                Err(e) => {
+                    record_error(&client, e);
+                    tracing::debug!(code = e.code().as_str_name(), "provider call failed");
+                }
             }
             result
         }
@@ -207,29 +310,42 @@ impl AdapterService for ProviderAdapter {
     }
 
     async fn stream(&self, req: AdapterRequest) -> Result<ChunkStream, GwError> {
-        let (provider, target, chat) = self.resolve(&req).await?;
-        let span = span(&req.request_id, target);
+        let span = span("stream", &req.request_id, req.target.as_ref());
         async {
-            let result = provider.stream(target, chat).await;
-            if let Err(e) = &result {
-                tracing::debug!(code = e.code().as_str_name(), "provider stream failed to start");
+            let (provider, target, chat) = self.resolve(&req).await?;
+            let client = client_span("chat", target, Some(chat));
+            match provider.stream(target, chat).instrument(client.clone()).await {
+                Ok(stream) if client.is_none() => Ok(stream),
+                Ok(stream) => Ok(traced_stream(stream, client)),
+                Err(e) => {
+                    record_error(&client, &e);
+                    tracing::debug!(code = e.code().as_str_name(), "provider stream failed to start");
+                    Err(e)
+                }
             }
-            result
         }
         .instrument(span)
         .await
     }
 
     async fn embed(&self, req: AdapterEmbeddingsRequest) -> Result<EmbeddingsResponse, GwError> {
-        let (provider, target) = self.provider(&req.org_id, req.target.as_ref()).await?;
-        let request = req
-            .request
-            .as_ref()
-            .ok_or_else(|| GwError::internal("adapter request has no embeddings request"))?;
-        provider
-            .embed(target, request)
-            .instrument(span(&req.request_id, target))
-            .await
+        let span = span("embed", &req.request_id, req.target.as_ref());
+        async {
+            let (provider, target) = self.provider(&req.org_id, req.target.as_ref()).await?;
+            let request = req
+                .request
+                .as_ref()
+                .ok_or_else(|| GwError::internal("adapter request has no embeddings request"))?;
+            let client = client_span("embeddings", target, None);
+            let result = provider.embed(target, request).instrument(client.clone()).await;
+            match &result {
+                Ok(resp) => record_answer(&client, "", &resp.model, resp.usage.as_ref()),
+                Err(e) => record_error(&client, e),
+            }
+            result
+        }
+        .instrument(span)
+        .await
     }
 }
 

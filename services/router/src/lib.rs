@@ -667,9 +667,9 @@ fn unknown_provider(model: &str, slug: &str) -> GwError {
     .with_param("model")
 }
 
-#[async_trait]
-impl RouterService for Catalog {
-    async fn route(&self, req: pb::RouteRequest) -> Result<pb::RoutePlan, GwError> {
+impl Catalog {
+    /// The plan for `req`.
+    async fn route_plan(&self, req: pb::RouteRequest) -> Result<pb::RoutePlan, GwError> {
         let config_name = req
             .config
             .as_deref()
@@ -719,6 +719,24 @@ impl RouterService for Catalog {
             system: variant.and_then(|v| v.system.clone()),
             strategy: strategy.map(|s| s.as_str().to_owned()),
         })
+    }
+}
+
+#[async_trait]
+impl RouterService for Catalog {
+    async fn route(&self, req: pb::RouteRequest) -> Result<pb::RoutePlan, GwError> {
+        let span = llmgw_kit::otel_span!(
+            "route",
+            gen_ai.request.model = %req.model,
+            llmgw.targets = tracing::field::Empty,
+            llmgw.strategy = tracing::field::Empty,
+        );
+        let plan = tracing::Instrument::instrument(self.route_plan(req), span.clone()).await?;
+        span.record("llmgw.targets", plan.targets.len());
+        if let Some(strategy) = &plan.strategy {
+            span.record("llmgw.strategy", strategy.as_str());
+        }
+        Ok(plan)
     }
 
     async fn list_models(&self, req: pb::ModelsRequest) -> Result<pb::ModelList, GwError> {

@@ -322,6 +322,20 @@ pub fn service(store: UsageStore) -> Metering {
     Arc::new(store)
 }
 
+/// The span of one usage event's recording, a child of the request's span.
+fn record_span(event: &pb::UsageEvent) -> tracing::Span {
+    let span = tracing::info_span!(
+        "record",
+        llmgw.request_id = %event.request_id,
+        llmgw.provider = %event.provider,
+        gen_ai.request.model = %event.provider_model,
+        gen_ai.usage.input_tokens = event.input_tokens,
+        gen_ai.usage.output_tokens = event.output_tokens,
+    );
+    llmgw_kit::telemetry::continue_from_traceparent(&span, &event.traceparent);
+    span
+}
+
 #[async_trait]
 impl MeteringService for UsageStore {
     /// Writes the batch and its daily roll-ups in one transaction: all of it
@@ -331,6 +345,17 @@ impl MeteringService for UsageStore {
         for (i, event) in events.iter().enumerate() {
             validate(i, event)?;
         }
+        // One `record` span per event in its request's trace, open while
+        // the batch is written (only while spans are exported).
+        let _spans: Vec<tracing::Span> = if llmgw_kit::telemetry::enabled() {
+            events
+                .iter()
+                .filter(|e| !e.traceparent.is_empty())
+                .map(record_span)
+                .collect()
+        } else {
+            Vec::new()
+        };
         // Every batch takes its rows' locks in request id order, so two
         // batches sharing ids (a resend racing the original) cannot deadlock
         // on PostgreSQL. Stable: the first of two equal ids still wins.

@@ -78,6 +78,7 @@ fn event(request_id: &str, org_id: &str, model: &str, input: u32, output: u32) -
         started_at_ms: 1_700_000_000_000,
         latency_ms: 12.5,
         byok: false,
+        traceparent: String::new(),
     }
 }
 

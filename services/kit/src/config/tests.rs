@@ -383,3 +383,57 @@ fn a_region_or_location_is_a_host_label() {
     assert_eq!(p.kind, ProviderKind::VertexAi);
     assert_eq!(p.base_url, "https://europe-west4-aiplatform.googleapis.com/v1");
 }
+
+#[test]
+fn telemetry_is_off_by_default_and_the_env_var_turns_it_on() {
+    let c = Config::parse(SMALLEST, "gateway.yaml", &env(&[])).unwrap();
+    assert_eq!(c.telemetry, TelemetryConfig::default());
+    assert_eq!(c.telemetry.otlp_endpoint, None);
+    assert!((c.telemetry.sample_ratio - 1.0).abs() < f64::EPSILON);
+
+    let from_env = env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")]);
+    let c = Config::parse(SMALLEST, "gateway.yaml", &from_env).unwrap();
+    assert_eq!(
+        c.telemetry.otlp_endpoint.as_deref(),
+        Some("http://collector:4317")
+    );
+
+    // The file wins over the environment.
+    let yaml =
+        format!("{SMALLEST}telemetry:\n  otlp_endpoint: http://127.0.0.1:4317\n  sample_ratio: 0.25\n");
+    let c = Config::parse(&yaml, "gateway.yaml", &from_env).unwrap();
+    assert_eq!(
+        c.telemetry.otlp_endpoint.as_deref(),
+        Some("http://127.0.0.1:4317")
+    );
+    assert!((c.telemetry.sample_ratio - 0.25).abs() < f64::EPSILON);
+
+    // `${VAR}` expansion works here as anywhere.
+    let yaml = format!("{SMALLEST}telemetry:\n  otlp_endpoint: ${{OTEL_AT}}\n");
+    let c = Config::parse(&yaml, "gateway.yaml", &env(&[("OTEL_AT", "http://otel:4317")])).unwrap();
+    assert_eq!(c.telemetry.otlp_endpoint.as_deref(), Some("http://otel:4317"));
+}
+
+#[test]
+fn telemetry_errors_name_the_key() {
+    let bad = |section: &str, vars: &[(&str, &str)]| {
+        let yaml = format!("{SMALLEST}{section}");
+        Config::parse(&yaml, "gateway.yaml", &env(vars))
+            .unwrap_err()
+            .to_string()
+    };
+    let e = bad("telemetry:\n  sample_ratio: 1.5\n", &[]);
+    assert!(e.contains("telemetry.sample_ratio"), "{e}");
+    let e = bad("telemetry:\n  sample_ratio: -0.1\n", &[]);
+    assert!(e.contains("telemetry.sample_ratio"), "{e}");
+    let e = bad("telemetry:\n  otlp_endpoint: collector:4317\n", &[]);
+    assert!(e.contains("telemetry.otlp_endpoint"), "{e}");
+    let e = bad("telemetry:\n  otlp_endpoint: https://collector:4317\n", &[]);
+    assert!(e.contains("telemetry.otlp_endpoint"), "{e}");
+    let e = bad("", &[("OTEL_EXPORTER_OTLP_ENDPOINT", "grpc://x:4317")]);
+    assert!(e.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{e}");
+    let e = bad("telemetry:\n  otlp_endpoint: http://\n", &[]);
+    assert!(e.contains("telemetry.otlp_endpoint"), "{e}");
+    let e = bad("telemetry:\n  endpoint: http://x:4317\n", &[]);
+    assert!(e.contains("telemetry.endpoint"), "{e}");
+}

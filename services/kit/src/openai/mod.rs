@@ -34,7 +34,7 @@ pub(crate) fn role_str(role: Role) -> &'static str {
     }
 }
 
-pub(crate) fn finish_str(reason: FinishReason) -> Option<&'static str> {
+pub fn finish_str(reason: FinishReason) -> Option<&'static str> {
     match reason {
         FinishReason::Unspecified => None,
         FinishReason::Stop => Some("stop"),

@@ -234,7 +234,9 @@ impl Bedrock {
     /// Sends `request` and waits for 2xx headers; an error body is rewritten
     /// to OpenAI's shape (with Bedrock's error type) before it is classified.
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<reqwest::Response, GwError> {
-        let mut response = request.send().await.map_err(|e| self.peer.send_error(&e))?;
+        let mut response = crate::http::dispatch(request)
+            .await
+            .map_err(|e| self.peer.send_error(&e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);

@@ -301,7 +301,9 @@ impl Gemini {
             }
             None => request,
         };
-        let mut response = request.send().await.map_err(|e| self.peer.send_error(&e))?;
+        let mut response = crate::http::dispatch(request)
+            .await
+            .map_err(|e| self.peer.send_error(&e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);

@@ -17,7 +17,9 @@ pub(crate) async fn send(
     request: reqwest::RequestBuilder,
     convert: fn(&[u8]) -> Option<Vec<u8>>,
 ) -> Result<Response, GwError> {
-    let mut response = request.send().await.map_err(|e| peer.send_error(&e))?;
+    let mut response = crate::http::dispatch(request)
+        .await
+        .map_err(|e| peer.send_error(&e))?;
     let status = response.status();
     if status.is_success() {
         return Ok(response);

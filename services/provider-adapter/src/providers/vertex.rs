@@ -131,7 +131,9 @@ impl TokenSource {
             )
             .header(ACCEPT, HeaderValue::from_static("application/json"))
             .body(format!("grant_type={GRANT_TYPE}&assertion={assertion}"));
-        let mut response = request.send().await.map_err(|e| peer.send_error(&e))?;
+        let mut response = crate::http::dispatch(request)
+            .await
+            .map_err(|e| peer.send_error(&e))?;
         let status = response.status();
         let body = peer.read_limited(&mut response, TOKEN_BODY_LIMIT, false).await?;
         if !status.is_success() {
