@@ -30,6 +30,7 @@ test-rust:
 	cargo build -p llmgw -p llmgw-emulators
 	LLMGW_PG_BIN="$$(scripts/setup-postgres.sh)" && export LLMGW_PG_BIN && \
 	LLMGW_REDIS_BIN="$$(scripts/setup-redis.sh)" && export LLMGW_REDIS_BIN && \
+	LLMGW_CONSUL_BIN="$$(scripts/setup-consul.sh)" && export LLMGW_CONSUL_BIN && \
 		cargo test --workspace
 
 test-python:
