@@ -12,7 +12,8 @@ up:
 	cargo build --release -p llmgw
 	$(RELEASE_BIN)/llmgw all --config $(CONFIG)
 
-## up-cluster: the five services as separate processes talking gRPC (static discovery)
+## up-cluster: a Consul dev agent and the five services as separate processes,
+## registered in Consul (LLMGW_DISCOVERY=static: the config's addresses)
 up-cluster:
 	cargo build --release -p llmgw
 	LLMGW_BIN=$(RELEASE_BIN)/llmgw scripts/cluster.sh up $(CONFIG)

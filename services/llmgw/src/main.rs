@@ -409,8 +409,10 @@ async fn run_edge(config: &Config, deps: Deps, shutdown: CancellationToken) -> a
         models = config.models.len(),
         "llmgw edge listening"
     );
-    let registration =
-        discovery::register_if_consul(&config.services, Service::Edge, grpc_listener.local_addr()?).await?;
+    let registration = tokio::select! {
+        registration = discovery::register_if_consul(&config.services, Service::Edge, grpc_listener.local_addr()?) => registration?,
+        () = shutdown.cancelled() => None,
+    };
     let stop = CancellationToken::new();
     let edge = Edge::build(config, deps)?;
     shutdown::serve_gracefully(
@@ -443,13 +445,17 @@ async fn serve_one(
     // Serving starts before registering: the agent's first check must find
     // the server up.
     let served = tokio::spawn(grpc::serve(listener, routes, health, stop.clone()));
-    let registration = match discovery::register_if_consul(&config.services, service, local).await {
-        Ok(registration) => registration,
-        Err(e) => {
-            stop.cancel();
-            let _ = served.await;
-            return Err(e.into());
-        }
+    // A SIGTERM while the agent is still out of reach ends the retries.
+    let registration = tokio::select! {
+        registration = discovery::register_if_consul(&config.services, service, local) => match registration {
+            Ok(registration) => registration,
+            Err(e) => {
+                stop.cancel();
+                let _ = served.await;
+                return Err(e.into());
+            }
+        },
+        () = signal.cancelled() => None,
     };
     let served = async {
         served
