@@ -99,7 +99,7 @@ fn edge_pid(gw: &Gateway) -> u32 {
 
 #[tokio::test]
 async fn replicas_join_leave_and_rejoin_through_consul() {
-    let consul = Consul::start().await;
+    let mut consul = Consul::start().await;
     let mut gw = start(&consul).await;
     let edge = edge_pid(&gw);
     let first = port_of(&gw, "adapter");
@@ -176,6 +176,34 @@ async fn replicas_join_leave_and_rejoin_through_consul() {
         .unwrap();
     assert!(status.success(), "graceful exit: {status}");
     assert_eq!(burst(&gw, 20).await, Vec::<String>::new());
+
+    // Consul goes away: the edge keeps its last known instances.
+    consul.kill().await;
+    assert_eq!(burst(&gw, 20).await, Vec::<String>::new());
+    // A new (empty) agent: every service registers again on its own, and
+    // the edge's watch starts over and follows the new agent.
+    consul.restart().await;
+    for service in ["llmgw-auth", "llmgw-router", "llmgw-metering", "llmgw-edge"] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while consul.passing(service).await.len() != 1 {
+            assert!(Instant::now() < deadline, "{service} did not register again");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    consul.wait_passing("llmgw-adapter", &[second.port()]).await;
+    let third = free_addr();
+    let _third = gw.spawn_replica("adapter", third, "adapter3");
+    consul
+        .wait_passing("llmgw-adapter", &[second.port(), third.port()])
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while served(&gw, "adapter3") == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "an adapter that joined the new agent got no traffic"
+        );
+        assert_eq!(burst(&gw, 10).await, Vec::<String>::new());
+    }
 
     // All along, the same edge process.
     assert_eq!(edge_pid(&gw), edge);

@@ -555,6 +555,51 @@ pub fn joined(chunks: &[Value], field: &str) -> String {
         .collect()
 }
 
+/// `consul agent -dev` with its HTTP API on `http` (other ports free, DNS and
+/// gRPC off), once it has a leader; `None` if it exited (a port was taken).
+async fn spawn_consul(client: &reqwest::Client, http: SocketAddr) -> Option<Child> {
+    let bin = std::env::var("LLMGW_CONSUL_BIN")
+        .expect("LLMGW_CONSUL_BIN: run `make test-rust`, or export it from scripts/setup-consul.sh");
+    let port = |a: SocketAddr| a.port().to_string();
+    let mut child = Command::new(&bin)
+        .args([
+            "agent",
+            "-dev",
+            "-bind",
+            "127.0.0.1",
+            "-client",
+            "127.0.0.1",
+            "-log-level",
+            "warn",
+        ])
+        .args(["-node", &format!("llmgw-test-{}", http.port())])
+        .args(["-http-port", &port(http), "-dns-port", "-1", "-grpc-port", "-1"])
+        .args(["-server-port", &port(free_addr())])
+        .args([
+            "-serf-lan-port",
+            &port(free_addr()),
+            "-serf-wan-port",
+            &port(free_addr()),
+        ])
+        .env("CHECKPOINT_DISABLE", "1")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn consul");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(child.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
+        let leader = client.get(format!("http://{http}/v1/status/leader")).send().await;
+        if let Ok(r) = leader
+            && r.text().await.is_ok_and(|t| t.contains(':'))
+        {
+            return Some(child);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill().await;
+    None
+}
+
 /// A real Consul agent (`consul agent -dev`, from `LLMGW_CONSUL_BIN`, which
 /// `scripts/setup-consul.sh` installs) on free ports, stopped on drop.
 pub struct Consul {
@@ -565,57 +610,37 @@ pub struct Consul {
 
 impl Consul {
     pub async fn start() -> Consul {
-        let bin = std::env::var("LLMGW_CONSUL_BIN")
-            .expect("LLMGW_CONSUL_BIN: run `make test-rust`, or export it from scripts/setup-consul.sh");
         let client = http_client();
         for _ in 0..3 {
             let http = free_addr();
-            let port = |a: SocketAddr| a.port().to_string();
-            let mut child = Command::new(&bin)
-                .args([
-                    "agent",
-                    "-dev",
-                    "-bind",
-                    "127.0.0.1",
-                    "-client",
-                    "127.0.0.1",
-                    "-log-level",
-                    "warn",
-                ])
-                .args(["-node", &format!("llmgw-test-{}", http.port())])
-                .args(["-http-port", &port(http), "-dns-port", "-1", "-grpc-port", "-1"])
-                .args(["-server-port", &port(free_addr())])
-                .args([
-                    "-serf-lan-port",
-                    &port(free_addr()),
-                    "-serf-wan-port",
-                    &port(free_addr()),
-                ])
-                .env("CHECKPOINT_DISABLE", "1")
-                .stdout(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("spawn consul");
-            let deadline = Instant::now() + Duration::from_secs(30);
-            loop {
-                if matches!(child.try_wait(), Ok(Some(_))) || Instant::now() > deadline {
-                    break; // a port was taken meanwhile: again, on fresh ports
-                }
-                let leader = client.get(format!("http://{http}/v1/status/leader")).send().await;
-                if let Ok(r) = leader
-                    && r.text().await.is_ok_and(|t| t.contains(':'))
-                {
-                    return Consul {
-                        http,
-                        client,
-                        _child: child,
-                    };
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+            if let Some(child) = spawn_consul(&client, http).await {
+                return Consul {
+                    http,
+                    client,
+                    _child: child,
+                };
             }
-            let _ = child.kill().await;
         }
         panic!("consul did not start, three times")
+    }
+
+    /// Kills the agent and starts a new one on the same HTTP port: a dev
+    /// agent keeps no state, so every registration is gone.
+    pub async fn restart(&mut self) {
+        let _ = self._child.kill().await;
+        for _ in 0..50 {
+            if let Some(child) = spawn_consul(&self.client, self.http).await {
+                self._child = child;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("consul did not start again on {}", self.http)
+    }
+
+    /// Kills the agent (a Consul outage).
+    pub async fn kill(&mut self) {
+        let _ = self._child.kill().await;
     }
 
     /// The agent's HTTP API.

@@ -144,6 +144,10 @@ async fn watch_loop(
                 tracing::warn!(service = name, error = %e, retry_in = ?backoff, "consul watch failed; keeping the last known instances");
                 tokio::time::sleep(jittered(backoff)).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
+                // The agent may come back as a new one, whose indexes start
+                // lower: blocking on the old index would wait out the full
+                // `wait` before seeing anything. Start over with a plain read.
+                index = None;
                 continue;
             }
         };
@@ -220,6 +224,9 @@ pub struct Registration {
     client: HttpClient,
     agent: String,
     id: String,
+    /// Registers again whenever the agent has lost the entry (an agent
+    /// restarted without its data dir, e.g. a dev agent).
+    keeper: tokio::task::JoinHandle<()>,
 }
 
 impl Registration {
@@ -281,7 +288,19 @@ impl Registration {
             }
         }
         tracing::info!(service = service.consul_name(), id = %id, "registered with consul");
-        Ok(Self { client, agent, id })
+        let keeper = tokio::spawn(keep_registered(
+            client.clone(),
+            format!("{agent}/v1/agent/service/{id}"),
+            url,
+            body,
+            (consul.check_interval * 3).max(Duration::from_secs(3)),
+        ));
+        Ok(Self {
+            client,
+            agent,
+            id,
+            keeper,
+        })
     }
 
     /// The service id in Consul (`name-host-port`).
@@ -292,6 +311,7 @@ impl Registration {
     /// Removes this instance from Consul; logs (never fails) when the agent
     /// cannot be reached: its check then turns critical on its own.
     pub async fn deregister(&self) {
+        self.keeper.abort();
         let url = format!("{}/v1/agent/service/deregister/{}", self.agent, self.id);
         match put(&self.client, &url, Bytes::new()).await {
             Ok(()) => tracing::info!(id = %self.id, "deregistered from consul"),
@@ -316,10 +336,56 @@ pub async fn register_if_consul(
     }
 }
 
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.keeper.abort();
+    }
+}
+
+/// Every `every`, asks the agent for the entry at `service_url` and, when it
+/// has none, registers again (`register_url`, `body`).
+async fn keep_registered(
+    client: HttpClient,
+    service_url: String,
+    register_url: String,
+    body: Bytes,
+    every: Duration,
+) {
+    loop {
+        tokio::time::sleep(every).await;
+        match send(&client, http::Method::GET, &service_url, Bytes::new()).await {
+            Ok(http::StatusCode::NOT_FOUND) => match put(&client, &register_url, body.clone()).await {
+                Ok(()) => {
+                    tracing::info!(url = %service_url, "registered with consul again (the agent had lost it)")
+                }
+                Err(e) => tracing::warn!(error = %e, "consul registration failed; retrying"),
+            },
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "consul agent unreachable"),
+        }
+    }
+}
+
 const AGENT_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn put(client: &HttpClient, url: &str, body: Bytes) -> Result<(), String> {
-    let request = http::Request::put(url)
+    match send(client, http::Method::PUT, url, body).await? {
+        status if status.is_success() => Ok(()),
+        status => Err(format!("agent answered {status}")),
+    }
+}
+
+/// One call to the agent: its status when 2xx or 404, else an error with
+/// the agent's message.
+async fn send(
+    client: &HttpClient,
+    method: http::Method,
+    url: &str,
+    body: Bytes,
+) -> Result<http::StatusCode, String> {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(url)
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(body))
         .map_err(|e| e.to_string())?;
@@ -328,8 +394,8 @@ async fn put(client: &HttpClient, url: &str, body: Bytes) -> Result<(), String> 
         .map_err(|_| format!("no answer within {AGENT_TIMEOUT:?}"))?
         .map_err(|e| e.to_string())?;
     let status = response.status();
-    if status.is_success() {
-        return Ok(());
+    if status.is_success() || status == http::StatusCode::NOT_FOUND {
+        return Ok(status);
     }
     let text = tokio::time::timeout(AGENT_TIMEOUT, response.into_body().collect())
         .await
