@@ -91,6 +91,9 @@ fn sigterm(child: &Child) {
 /// The harness's children: auth, router, adapter, metering, edge.
 const ROLES: [&str; 4] = ["auth", "router", "adapter", "metering"];
 const ADAPTER: usize = 2;
+/// Far below the minute a crashed instance stays in the catalog, with room
+/// for a loaded machine.
+const DEREGISTERED_WITHIN: Duration = Duration::from_secs(5);
 const EDGE: usize = 4;
 
 fn edge_pid(gw: &Gateway) -> u32 {
@@ -142,8 +145,16 @@ async fn replicas_join_leave_and_rejoin_through_consul() {
         both,
         "a killed process stays registered (critical) until Consul reaps it"
     );
-    // The watch's update is in flight for a few ms after Consul's.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The edge's watch follows Consul's view a moment later.
+    let left = format!("instance left service=\"llmgw-adapter\" addr={second}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.log_of("edge").contains(&left) {
+        assert!(
+            Instant::now() < deadline,
+            "the edge did not drop the killed adapter"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(burst(&gw, 60).await, Vec::<String>::new());
 
     // Restarted on the same port, it rejoins and gets traffic again.
@@ -158,13 +169,13 @@ async fn replicas_join_leave_and_rejoin_through_consul() {
         assert_eq!(burst(&gw, 10).await, Vec::<String>::new());
     }
 
-    // SIGTERM deregisters at once: well before a 1 s check could notice,
-    // and while the process still drains.
+    // SIGTERM deregisters at once (a killed process, above, stays in the
+    // catalog until Consul reaps it after a minute).
     sigterm(&gw.children[ADAPTER]);
     let t0 = Instant::now();
     while consul.registered("llmgw-adapter").await != [second.port()] {
         assert!(
-            t0.elapsed() < Duration::from_millis(800),
+            t0.elapsed() < DEREGISTERED_WITHIN,
             "still registered {:?} after SIGTERM",
             consul.registered("llmgw-adapter").await
         );
@@ -287,10 +298,7 @@ async fn rolling_restart_of_every_dependency_cuts_no_stream() {
         sigterm(&gw.children[EDGE]);
         let t0 = Instant::now();
         while !consul.registered("llmgw-edge").await.is_empty() {
-            assert!(
-                t0.elapsed() < Duration::from_millis(800),
-                "the edge is still registered"
-            );
+            assert!(t0.elapsed() < DEREGISTERED_WITHIN, "the edge is still registered");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
