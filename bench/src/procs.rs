@@ -253,6 +253,48 @@ impl Procs {
         Ok(())
     }
 
+    /// Starts a Consul dev agent (`bin`) with its HTTP API on `http` (DNS
+    /// and gRPC off, the other ports free); the split services register
+    /// with it and retry until it is up.
+    pub fn start_consul(&mut self, bin: &Path, http: SocketAddr) -> anyhow::Result<()> {
+        let others = free_ports(3)?;
+        let child = Command::new(bin)
+            .args([
+                "agent",
+                "-dev",
+                "-bind",
+                "127.0.0.1",
+                "-client",
+                "127.0.0.1",
+                "-log-level",
+                "warn",
+            ])
+            .args([
+                "-http-port",
+                &http.port().to_string(),
+                "-dns-port",
+                "-1",
+                "-grpc-port",
+                "-1",
+            ])
+            .args(["-server-port", &others[0].port().to_string()])
+            .args(["-serf-lan-port", &others[1].port().to_string()])
+            .args(["-serf-wan-port", &others[2].port().to_string()])
+            .env("CHECKPOINT_DISABLE", "1")
+            .stdin(Stdio::null())
+            .stdout(File::create(self.dir.join("consul.log"))?)
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        self.procs.push(Proc {
+            name: "consul".to_owned(),
+            child,
+            log: None,
+            _stdout: None,
+        });
+        Ok(())
+    }
+
     /// Waits until `GET /health` answers 200 and then until a real chat
     /// request does (in the split deployment the edge is up before the
     /// services behind it). Polls; never sleeps a fixed time.
