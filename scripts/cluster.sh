@@ -57,13 +57,10 @@ up() {
     down >/dev/null
     mkdir -p "$state"
     if [[ "$LLMGW_DISCOVERY" == consul ]]; then
-        local consul_bin http_port
-        consul_bin="$("$root/scripts/setup-consul.sh")"
+        local http_port
         http_port="${CONSUL_HTTP_ADDR##*:}"
         http_port="${http_port%%/*}"
-        CHECKPOINT_DISABLE=1 "$consul_bin" agent -dev -bind 127.0.0.1 -client 127.0.0.1 \
-            -http-port "$http_port" -dns-port -1 -grpc-port -1 -log-level warn \
-            >"$state/consul.log" 2>&1 &
+        "$root/scripts/consul-dev.sh" "$http_port" >"$state/consul.log" 2>&1 &
         echo $! >"$state/consul.pid"
         wait_http "$CONSUL_HTTP_ADDR/v1/status/leader" consul "$state/consul.pid"
         echo "consul: $CONSUL_HTTP_ADDR/ui"

@@ -253,39 +253,20 @@ impl Procs {
         Ok(())
     }
 
-    /// Starts a Consul dev agent (`bin`) with its HTTP API on `http` (DNS
-    /// and gRPC off, the other ports free); the split services register
-    /// with it and retry until it is up.
+    /// Starts a Consul dev agent (`bin`, through scripts/consul-dev.sh)
+    /// with its HTTP API on `http` and its other ports free; the split
+    /// services register with it and retry until it is up.
     pub fn start_consul(&mut self, bin: &Path, http: SocketAddr) -> anyhow::Result<()> {
-        let others = free_ports(3)?;
-        let child = Command::new(bin)
-            .args([
-                "agent",
-                "-dev",
-                "-bind",
-                "127.0.0.1",
-                "-client",
-                "127.0.0.1",
-                "-log-level",
-                "warn",
-            ])
-            .args([
-                "-http-port",
-                &http.port().to_string(),
-                "-dns-port",
-                "-1",
-                "-grpc-port",
-                "-1",
-            ])
-            .args(["-server-port", &others[0].port().to_string()])
-            .args(["-serf-lan-port", &others[1].port().to_string()])
-            .args(["-serf-wan-port", &others[2].port().to_string()])
-            .env("CHECKPOINT_DISABLE", "1")
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/consul-dev.sh");
+        let ports = [vec![http], free_ports(3)?].concat();
+        let child = Command::new(script)
+            .args(ports.iter().map(|p| p.port().to_string()))
+            .env("CONSUL_BIN", bin)
             .stdin(Stdio::null())
             .stdout(File::create(self.dir.join("consul.log"))?)
             .stderr(Stdio::null())
             .spawn()
-            .with_context(|| format!("cannot start {}", bin.display()))?;
+            .with_context(|| format!("cannot start {script}"))?;
         self.procs.push(Proc {
             name: "consul".to_owned(),
             child,

@@ -561,31 +561,16 @@ async fn spawn_consul(client: &reqwest::Client, http: SocketAddr) -> Option<Chil
     let bin = std::env::var("LLMGW_CONSUL_BIN")
         .expect("LLMGW_CONSUL_BIN: run `make test-rust`, or export it from scripts/setup-consul.sh");
     let port = |a: SocketAddr| a.port().to_string();
-    let mut child = Command::new(&bin)
-        .args([
-            "agent",
-            "-dev",
-            "-bind",
-            "127.0.0.1",
-            "-client",
-            "127.0.0.1",
-            "-log-level",
-            "warn",
-        ])
-        .args(["-node", &format!("llmgw-test-{}", http.port())])
-        .args(["-http-port", &port(http), "-dns-port", "-1", "-grpc-port", "-1"])
-        .args(["-server-port", &port(free_addr())])
-        .args([
-            "-serf-lan-port",
-            &port(free_addr()),
-            "-serf-wan-port",
-            &port(free_addr()),
-        ])
-        .env("CHECKPOINT_DISABLE", "1")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn consul");
+    let mut child = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/consul-dev.sh"
+    ))
+    .args([http, free_addr(), free_addr(), free_addr()].map(port))
+    .env("CONSUL_BIN", bin)
+    .stdout(Stdio::null())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("spawn consul");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !matches!(child.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
         let leader = client.get(format!("http://{http}/v1/status/leader")).send().await;

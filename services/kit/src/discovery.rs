@@ -182,8 +182,9 @@ async fn watch_loop(
         if changes.is_closed() {
             return;
         }
-        // A query that came back at once without a change must not spin.
-        if started.elapsed() < Duration::from_millis(10) && index == Some(reply.index.max(1)) {
+        // Consul's advice: rate-limit a watch whose queries come back at
+        // once (a flapping service, or an index that never settles).
+        if started.elapsed() < Duration::from_millis(10) {
             tokio::time::sleep(BACKOFF_MIN).await;
         }
     }
