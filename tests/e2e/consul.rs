@@ -315,3 +315,42 @@ async fn rolling_restart_of_every_dependency_cuts_no_stream() {
         .unwrap();
     assert!(status.success(), "edge exited {status}");
 }
+
+#[tokio::test]
+async fn the_drain_window_bounds_a_graceful_stop() {
+    // Static discovery: the window holds whatever the discovery.
+    let mut gw = Gateway::start_extra(
+        Shape::Split,
+        Extra {
+            top: "shutdown: { drain: 500ms }\n",
+            ..Extra::default()
+        },
+    )
+    .await;
+    // ~3 s of stream, far longer than the window.
+    let long = json!({
+        "model": "gpt-4o-mini", "stream": true,
+        "messages": user("[emu:words=30] [emu:chunk_delay_ms=100] long"),
+    });
+    let term = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        sigterm(&gw.children[ADAPTER]);
+        Instant::now()
+    };
+    let (events, t0) = tokio::join!(gw.stream(&long), term);
+    let stopped = tokio::time::timeout(Duration::from_secs(30), gw.children[ADAPTER].wait())
+        .await
+        .expect("the adapter exits")
+        .unwrap();
+    let took = t0.elapsed();
+    assert!(stopped.success(), "{stopped}");
+    assert!(
+        took < Duration::from_millis(2000),
+        "the adapter took {took:?} to stop"
+    );
+    assert_ne!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "the stream outlived the drain window"
+    );
+}
