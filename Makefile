@@ -12,7 +12,8 @@ up:
 	cargo build --release -p llmgw
 	$(RELEASE_BIN)/llmgw all --config $(CONFIG)
 
-## up-cluster: the five services as separate processes talking gRPC (static discovery)
+## up-cluster: a Consul dev agent and the five services as separate processes,
+## registered in Consul (LLMGW_DISCOVERY=static: the config's addresses)
 up-cluster:
 	cargo build --release -p llmgw
 	LLMGW_BIN=$(RELEASE_BIN)/llmgw scripts/cluster.sh up $(CONFIG)
@@ -30,6 +31,7 @@ test-rust:
 	cargo build -p llmgw -p llmgw-emulators
 	LLMGW_PG_BIN="$$(scripts/setup-postgres.sh)" && export LLMGW_PG_BIN && \
 	LLMGW_REDIS_BIN="$$(scripts/setup-redis.sh)" && export LLMGW_REDIS_BIN && \
+	LLMGW_CONSUL_BIN="$$(scripts/setup-consul.sh)" && export LLMGW_CONSUL_BIN && \
 		cargo test --workspace
 
 test-python:

@@ -13,6 +13,8 @@
 #   scripts/bench.sh --rounds 3        # extra arguments go to llmgw-bench (--help)
 #   scripts/bench.sh --only R          # just the router scenario (or e.g. --only s1,r)
 #   scripts/bench.sh --only G          # just governance
+#   scripts/bench.sh --consul "$(scripts/setup-consul.sh)"
+#                                      # the split cluster finds its services through Consul
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -92,6 +92,11 @@ struct Args {
     /// Keep the temp dir (configs, data, process logs) and print its path.
     #[arg(long)]
     keep: bool,
+    /// The split deployment finds its services through a Consul dev agent
+    /// (this `consul` binary, e.g. from scripts/setup-consul.sh) instead
+    /// of static addresses.
+    #[arg(long, env = "BENCH_CONSUL")]
+    consul: Option<PathBuf>,
     /// Run only these scenarios (comma-separated, e.g. `--only R` or
     /// `--only s1,r`); default: all.
     #[arg(long, value_enum, value_delimiter = ',', ignore_case = true)]
@@ -245,18 +250,23 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         )?,
     )?;
     let split_services = [ports[4], ports[5], ports[6], ports[7]];
-    let split_cfg = write_config(
-        &dir,
-        "split",
-        procs::gateway_config(
-            &dir.join("split"),
-            ports[2],
-            ports[3],
-            emu_addr,
-            unsigned_addr,
-            Some(split_services),
-        )?,
+    let mut split_yaml = procs::gateway_config(
+        &dir.join("split"),
+        ports[2],
+        ports[3],
+        emu_addr,
+        unsigned_addr,
+        Some(split_services),
     )?;
+    if let Some(consul) = &args.consul {
+        let http = procs::free_ports(1)?[0];
+        procs.start_consul(consul, http)?;
+        // Continues the `services:` section the config ends with.
+        split_yaml.push_str(&format!(
+            "  discovery: consul\n  consul: {{addr: \"http://{http}\", check_interval: 1s}}\n"
+        ));
+    }
+    let split_cfg = write_config(&dir, "split", split_yaml)?;
     let one_key = procs::create_key(&llmgw, &one_cfg, &env).await?;
     let split_key = procs::create_key(&llmgw, &split_cfg, &env).await?;
 
@@ -448,8 +458,13 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
 
     println!();
     println!(
-        "llmgw bench: {} rounds, direct / one-process / split alternating; cells are the median of round values (min–max)",
-        p.rounds
+        "llmgw bench: {} rounds, direct / one-process / split{} alternating; cells are the median of round values (min–max)",
+        p.rounds,
+        if args.consul.is_some() {
+            " (through Consul)"
+        } else {
+            ""
+        }
     );
     println!("{}", pinning.note);
     // The S lines only when an S scenario ran (`--only`).

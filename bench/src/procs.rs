@@ -253,6 +253,29 @@ impl Procs {
         Ok(())
     }
 
+    /// Starts a Consul dev agent (`bin`, through scripts/consul-dev.sh)
+    /// with its HTTP API on `http` and its other ports free; the split
+    /// services register with it and retry until it is up.
+    pub fn start_consul(&mut self, bin: &Path, http: SocketAddr) -> anyhow::Result<()> {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/consul-dev.sh");
+        let ports = [vec![http], free_ports(3)?].concat();
+        let child = Command::new(script)
+            .args(ports.iter().map(|p| p.port().to_string()))
+            .env("CONSUL_BIN", bin)
+            .stdin(Stdio::null())
+            .stdout(File::create(self.dir.join("consul.log"))?)
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot start {script}"))?;
+        self.procs.push(Proc {
+            name: "consul".to_owned(),
+            child,
+            log: None,
+            _stdout: None,
+        });
+        Ok(())
+    }
+
     /// Waits until `GET /health` answers 200 and then until a real chat
     /// request does (in the split deployment the edge is up before the
     /// services behind it). Polls; never sleeps a fixed time.

@@ -40,6 +40,9 @@ pub struct Extra<'a> {
     pub log_level: Option<&'a str>,
     /// Environment variables for every gateway process.
     pub env: &'a [(&'a str, &'a str)],
+    /// Find the services through this Consul agent (`discovery: consul`)
+    /// instead of static addresses.
+    pub consul: Option<&'a Consul>,
 }
 
 pub struct Gateway {
@@ -60,7 +63,7 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_llmgw")
 }
 
-fn free_addr() -> SocketAddr {
+pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
     l.local_addr().expect("local addr")
 }
@@ -129,11 +132,19 @@ impl Gateway {
             max_in_flight,
             log_level,
             env,
+            consul,
         } = extra;
         let env: Vec<(String, String)> = env
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
+        let discovery = match consul {
+            Some(c) => format!(
+                "  discovery: consul\n  consul: {{ addr: \"{}\", check_interval: 1s }}\n",
+                c.url()
+            ),
+            None => String::new(),
+        };
         let max_in_flight = max_in_flight.unwrap_or(4);
         let mut emu = llmgw_emulators::spawn(Options {
             api_key: Some(EMU_KEY.into()),
@@ -193,7 +204,7 @@ providers:
 {extra_models}{extra_top}metering:
   flush_interval: 50ms
 {extra_metering}services:
-  auth: {{ addr: {auth} }}
+{discovery}  auth: {{ addr: {auth} }}
   router: {{ addr: {router} }}
   adapter: {{ addr: {adapter} }}
   metering: {{ addr: {metering} }}
@@ -211,7 +222,7 @@ providers:
             }
             let children = roles
                 .iter()
-                .map(|role| spawn_role(&config, role, log_level, &env))
+                .map(|role| spawn_role(&config, role, log_level, role, &env))
                 .collect();
             let mut gw = Gateway {
                 http,
@@ -265,7 +276,32 @@ providers:
     /// Starts one more `llmgw <role>` process on this gateway's config, as
     /// the gateway started its own (to restart one that was killed).
     pub fn spawn(&self, role: &str) -> Child {
-        spawn_role(&self.config, role, self.log_level.as_deref(), &self.env)
+        spawn_role(&self.config, role, self.log_level.as_deref(), role, &self.env)
+    }
+
+    /// Starts one more `llmgw <role>` listening on `addr` (a copy of this
+    /// gateway's config with the role's `services:` address replaced),
+    /// logging (with `Extra::log_level`) into `logs/<name>.log`.
+    pub fn spawn_replica(&self, role: &str, addr: SocketAddr, name: &str) -> Child {
+        let text = std::fs::read_to_string(&self.config).expect("config");
+        let key = format!("  {role}: {{ addr: ");
+        let text: String = text
+            .lines()
+            .map(|line| match line.strip_prefix(&key) {
+                Some(_) => format!("{key}{addr} }}\n"),
+                None => format!("{line}\n"),
+            })
+            .collect();
+        let config = self.config.with_file_name(format!("{name}.yaml"));
+        std::fs::write(&config, text).expect("write config");
+        spawn_role(&config, role, self.log_level.as_deref(), name, &self.env)
+    }
+
+    /// What one process logged into `logs/<name>.log` (with
+    /// `Extra::log_level`).
+    pub fn log_of(&self, name: &str) -> String {
+        std::fs::read_to_string(self.config.with_file_name("logs").join(format!("{name}.log")))
+            .unwrap_or_default()
     }
 
     /// Everything the gateway's processes logged (with `Extra::log_level`).
@@ -443,9 +479,6 @@ providers:
     }
 }
 
-/// `llmgw <role> --config <config>` with the environment tests give it.
-/// With `log_level`, the process logs at that level into a file of the
-/// gateway's `logs/` dir (read back by [`Gateway::logs`]).
 /// Sends SIGTERM to a gateway process and waits (10 s at most) for its
 /// clean exit.
 pub async fn sigterm(mut child: Child) {
@@ -463,7 +496,16 @@ pub async fn sigterm(mut child: Child) {
     assert!(exit.success(), "clean exit: {exit:?}");
 }
 
-fn spawn_role(config: &Path, role: &str, log_level: Option<&str>, env: &[(String, String)]) -> Child {
+/// `llmgw <role> --config <config>` with the environment tests give it.
+/// With `log_level`, the process logs at that level into a file of the
+/// gateway's `logs/` dir (read back by [`Gateway::logs`]).
+fn spawn_role(
+    config: &Path,
+    role: &str,
+    log_level: Option<&str>,
+    log_name: &str,
+    env: &[(String, String)],
+) -> Child {
     let mut cmd = Command::new(bin());
     cmd.arg(role)
         .arg("--config")
@@ -479,7 +521,7 @@ fn spawn_role(config: &Path, role: &str, log_level: Option<&str>, env: &[(String
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
-                .open(dir.join(format!("{role}.log")))
+                .open(dir.join(format!("{log_name}.log")))
                 .expect("log file");
             cmd.env("LLMGW_LOG", level)
                 .env("NO_COLOR", "1")
@@ -544,4 +586,142 @@ pub fn joined(chunks: &[Value], field: &str) -> String {
         .iter()
         .filter_map(|c| c["choices"].get(0).and_then(|ch| ch["delta"][field].as_str()))
         .collect()
+}
+
+/// `consul agent -dev` with its HTTP API on `http` (other ports free, DNS and
+/// gRPC off), once it has a leader; `None` if it exited (a port was taken).
+async fn spawn_consul(client: &reqwest::Client, http: SocketAddr) -> Option<Child> {
+    let bin = std::env::var("LLMGW_CONSUL_BIN")
+        .expect("LLMGW_CONSUL_BIN: run `make test-rust`, or export it from scripts/setup-consul.sh");
+    let port = |a: SocketAddr| a.port().to_string();
+    let mut child = Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/consul-dev.sh"
+    ))
+    .args([http, free_addr(), free_addr(), free_addr()].map(port))
+    .env("CONSUL_BIN", bin)
+    .stdout(Stdio::null())
+    .kill_on_drop(true)
+    .spawn()
+    .expect("spawn consul");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !matches!(child.try_wait(), Ok(Some(_))) && Instant::now() < deadline {
+        let leader = client.get(format!("http://{http}/v1/status/leader")).send().await;
+        if let Ok(r) = leader
+            && r.text().await.is_ok_and(|t| t.contains(':'))
+        {
+            return Some(child);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = child.kill().await;
+    None
+}
+
+/// A real Consul agent (`consul agent -dev`, from `LLMGW_CONSUL_BIN`, which
+/// `scripts/setup-consul.sh` installs) on free ports, stopped on drop.
+pub struct Consul {
+    pub http: SocketAddr,
+    client: reqwest::Client,
+    _child: Child,
+}
+
+impl Consul {
+    pub async fn start() -> Consul {
+        let client = http_client();
+        for _ in 0..3 {
+            let http = free_addr();
+            if let Some(child) = spawn_consul(&client, http).await {
+                return Consul {
+                    http,
+                    client,
+                    _child: child,
+                };
+            }
+        }
+        panic!("consul did not start, three times")
+    }
+
+    /// Kills the agent and starts a new one on the same HTTP port: a dev
+    /// agent keeps no state, so every registration is gone.
+    pub async fn restart(&mut self) {
+        let _ = self._child.kill().await;
+        for _ in 0..50 {
+            if let Some(child) = spawn_consul(&self.client, self.http).await {
+                self._child = child;
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("consul did not start again on {}", self.http)
+    }
+
+    /// Kills the agent (a Consul outage).
+    pub async fn kill(&mut self) {
+        let _ = self._child.kill().await;
+    }
+
+    /// The agent's HTTP API.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.http)
+    }
+
+    /// GETs a JSON endpoint of the agent's API.
+    pub async fn get(&self, path: &str) -> Value {
+        let r = self
+            .client
+            .get(format!("{}{path}", self.url()))
+            .send()
+            .await
+            .expect("consul");
+        r.json().await.expect("consul json")
+    }
+
+    /// The ports of `service`'s passing instances, sorted.
+    pub async fn passing(&self, service: &str) -> Vec<u16> {
+        let v = self
+            .get(&format!("/v1/health/service/{service}?passing=true"))
+            .await;
+        let mut ports: Vec<u16> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["Service"]["Port"].as_u64())
+            .map(|p| p as u16)
+            .collect();
+        ports.sort_unstable();
+        ports
+    }
+
+    /// The ports of every registered instance of `service` (any health).
+    pub async fn registered(&self, service: &str) -> Vec<u16> {
+        let v = self.get(&format!("/v1/catalog/service/{service}")).await;
+        let mut ports: Vec<u16> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e["ServicePort"].as_u64())
+            .map(|p| p as u16)
+            .collect();
+        ports.sort_unstable();
+        ports
+    }
+
+    /// Polls until `service`'s passing ports are `ports` (30 s at most).
+    pub async fn wait_passing(&self, service: &str, ports: &[u16]) {
+        let mut want = ports.to_vec();
+        want.sort_unstable();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = self.passing(service).await;
+            if now == want {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{service}: passing {now:?}, want {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

@@ -15,6 +15,7 @@ mod admin;
 mod budgets;
 mod byok;
 mod chat;
+mod consul;
 mod embeddings;
 mod errors;
 mod grpc;

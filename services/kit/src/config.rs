@@ -67,6 +67,8 @@ struct RawConfig {
     byok: ByokConfig,
     #[serde(default)]
     telemetry: TelemetryConfig,
+    #[serde(default)]
+    shutdown: ShutdownConfig,
 }
 
 /// Trace export. Without an endpoint (here or in
@@ -88,6 +90,32 @@ impl Default for TelemetryConfig {
         Self {
             otlp_endpoint: None,
             sample_ratio: 1.0,
+        }
+    }
+}
+
+/// What a service does after SIGTERM (or SIGINT): it deregisters from
+/// Consul, turns its gRPC health NOT_SERVING, stops accepting, lets what is
+/// in flight finish, then exits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShutdownConfig {
+    /// How long in-flight requests and streams may run on after the service
+    /// stopped accepting; past it they are cut and the process exits.
+    #[serde(with = "humantime_serde")]
+    pub drain: Duration,
+    /// With Consul discovery: how long a service that has deregistered still
+    /// accepts new requests, so clients' watches learn it left before its
+    /// listener closes (else a request sent in that window is refused).
+    #[serde(with = "humantime_serde")]
+    pub deregister_wait: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self {
+            drain: Duration::from_secs(30),
+            deregister_wait: Duration::from_secs(1),
         }
     }
 }
@@ -247,6 +275,8 @@ impl Default for EdgeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct ServicesConfig {
     pub discovery: Discovery,
+    /// The local Consul agent (with `discovery: consul`).
+    pub consul: ConsulConfig,
     pub auth: ServiceAddr,
     pub router: ServiceAddr,
     pub adapter: ServiceAddr,
@@ -257,6 +287,7 @@ impl Default for ServicesConfig {
     fn default() -> Self {
         Self {
             discovery: Discovery::Static,
+            consul: ConsulConfig::default(),
             auth: ServiceAddr::port(50061),
             router: ServiceAddr::port(50062),
             adapter: ServiceAddr::port(50063),
@@ -270,6 +301,41 @@ impl Default for ServicesConfig {
 pub enum Discovery {
     /// Addresses straight from this file.
     Static,
+    /// Each service registers with the local Consul agent; clients watch
+    /// the passing instances of the services they call.
+    Consul,
+}
+
+/// The local Consul agent, and how services register with it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConsulConfig {
+    /// The agent's HTTP API, `http://host:port`.
+    pub addr: String,
+    /// The address registered for this service (Kubernetes: `${POD_IP}`);
+    /// absent: the listen address, or the agent's node address when the
+    /// service listens on every interface.
+    pub advertise_host: Option<String>,
+    /// How often the agent runs each service's gRPC health check (at least
+    /// 1s: Consul's floor).
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+    /// A service whose check stays critical this long is removed from the
+    /// catalog (a crashed process leaves no stale entry behind; Consul
+    /// checks this about every 30s, with a floor of 1m).
+    #[serde(with = "humantime_serde")]
+    pub deregister_critical_after: Duration,
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        Self {
+            addr: "http://127.0.0.1:8500".to_owned(),
+            advertise_host: None,
+            check_interval: Duration::from_secs(2),
+            deregister_critical_after: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -620,6 +686,7 @@ pub struct Config {
     /// Trace export; `otlp_endpoint` already falls back to
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub telemetry: TelemetryConfig,
+    pub shutdown: ShutdownConfig,
 }
 
 const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(600);
@@ -721,6 +788,19 @@ impl Config {
             ));
         }
 
+        let consul = &raw.services.consul;
+        if !(consul.addr.starts_with("http://") || consul.addr.starts_with("https://")) {
+            return Err(err(format!(
+                "`services.consul.addr` must be an http:// or https:// URL, got `{}`",
+                consul.addr
+            )));
+        }
+        if consul.check_interval < Duration::from_secs(1) {
+            return Err(err(
+                "`services.consul.check_interval` must be at least 1s (Consul's floor)".to_owned(),
+            ));
+        }
+
         let database = raw.database.map(|db| {
             let db = DatabaseConfig {
                 url: Secret::new(db.url),
@@ -770,6 +850,7 @@ impl Config {
                 .map(Secret::new),
             byok: raw.byok,
             telemetry,
+            shutdown: raw.shutdown,
         })
     }
 

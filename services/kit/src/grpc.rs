@@ -25,6 +25,12 @@ const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The channel reconnects with backoff on its own; calls fail fast with
 /// `UNAVAILABLE` while the peer is down.
 pub fn channel(addr: &str) -> Result<Channel, GwError> {
+    Ok(endpoint(addr)?.connect_lazy())
+}
+
+/// An endpoint for `addr` (`host:port` or a full `http://` URI) with the
+/// shared transport settings (for balanced channels, see `discovery`).
+pub fn endpoint(addr: &str) -> Result<Endpoint, GwError> {
     let uri = if addr.contains("://") {
         addr.to_owned()
     } else {
@@ -32,7 +38,7 @@ pub fn channel(addr: &str) -> Result<Channel, GwError> {
     };
     let endpoint = Endpoint::from_shared(uri)
         .map_err(|e| GwError::new(ErrorCode::Internal, format!("bad service address `{addr}`: {e}")))?;
-    Ok(configure(endpoint).connect_lazy())
+    Ok(configure(endpoint))
 }
 
 fn configure(endpoint: Endpoint) -> Endpoint {

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod config;
 pub mod db;
+pub mod discovery;
 pub mod error;
 pub mod grpc;
 pub mod openai;

@@ -376,13 +376,17 @@ type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::ChatChunk, Status>> + S
 #[async_trait]
 impl pb::adapter_server::Adapter for AdapterGrpcServer {
     async fn complete(&self, req: Request<pb::AdapterRequest>) -> Result<Response<pb::ChatResponse>, Status> {
-        Ok(Response::new(self.0.complete(req.into_inner()).await?))
+        let req = req.into_inner();
+        tracing::debug!(request_id = %req.request_id, "adapter serves complete");
+        Ok(Response::new(self.0.complete(req).await?))
     }
 
     type StreamStream = StatusStream;
 
     async fn stream(&self, req: Request<pb::AdapterRequest>) -> Result<Response<Self::StreamStream>, Status> {
-        let stream = self.0.stream(req.into_inner()).await?;
+        let req = req.into_inner();
+        tracing::debug!(request_id = %req.request_id, "adapter serves stream");
+        let stream = self.0.stream(req).await?;
         Ok(Response::new(Box::pin(
             stream.map(|item| item.map_err(|e| e.to_status())),
         )))

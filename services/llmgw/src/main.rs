@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use llmgw_edge::{Deps, Edge};
 use llmgw_kit::config::Config;
+use llmgw_kit::discovery::{self, Service};
 use llmgw_kit::grpc;
 use llmgw_kit::services::{
     AdapterGrpcServer, AuthGrpcServer, GrpcAdapter, GrpcAuth, GrpcMetering, GrpcRouter, MeteringGrpcServer,
@@ -210,7 +211,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 pb::auth_server::AuthServer::new(AuthGrpcServer(llmgw_auth::service(store)))
                     .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
             );
-            serve_one("auth", config.services.auth.addr, routes, "llmgw.v1.Auth").await
+            serve_one(&config, Service::Auth, config.services.auth.addr, routes).await
         }
         Command::Router(c) => {
             let config = load(&c.config, Some("router"))?;
@@ -218,25 +219,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 pb::router_server::RouterServer::new(RouterGrpcServer(llmgw_router::service(&config)))
                     .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
             );
-            serve_one("router", config.services.router.addr, routes, "llmgw.v1.Router").await
+            serve_one(&config, Service::Router, config.services.router.addr, routes).await
         }
         Command::Adapter(c) => {
             let config = load(&c.config, Some("adapter"))?;
             // BYOK credentials come from auth over gRPC.
-            let auth = GrpcAuth::client(grpc::channel(&config.services.auth.addr.to_string())?);
+            let auth = GrpcAuth::client(discovery::channel(&config.services, Service::Auth)?);
             let adapter = llmgw_provider_adapter::service_with_credentials(&config, auth)?;
             let routes = Routes::new(
                 pb::adapter_server::AdapterServer::new(AdapterGrpcServer(adapter))
                     .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
             );
-            serve_one(
-                "adapter",
-                config.services.adapter.addr,
-                routes,
-                "llmgw.v1.Adapter",
-            )
-            .await
+            serve_one(&config, Service::Adapter, config.services.adapter.addr, routes).await
         }
         Command::Metering(c) => {
             let config = load(&c.config, Some("metering"))?;
@@ -250,13 +245,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 )))
                 .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
             );
-            let served = serve_one(
-                "metering",
-                config.services.metering.addr,
-                routes,
-                "llmgw.v1.Metering",
-            )
-            .await;
+            let served = serve_one(&config, Service::Metering, config.services.metering.addr, routes).await;
             stop.cancel();
             if let Some(task) = retention {
                 let _ = task.await;
@@ -428,10 +417,10 @@ async fn edge(config: &Config) -> anyhow::Result<()> {
     let shutdown = shutdown_token();
     let s = &config.services;
     let deps = Deps {
-        auth: GrpcAuth::client(grpc::channel(&s.auth.addr.to_string())?),
-        router: GrpcRouter::client(grpc::channel(&s.router.addr.to_string())?),
-        adapter: GrpcAdapter::client(grpc::channel(&s.adapter.addr.to_string())?),
-        metering: GrpcMetering::client(grpc::channel(&s.metering.addr.to_string())?),
+        auth: GrpcAuth::client(discovery::channel(s, Service::Auth)?),
+        router: GrpcRouter::client(discovery::channel(s, Service::Router)?),
+        adapter: GrpcAdapter::client(discovery::channel(s, Service::Adapter)?),
+        metering: GrpcMetering::client(discovery::channel(s, Service::Metering)?),
     };
     run_edge(config, deps, shutdown).await
 }
@@ -446,19 +435,60 @@ async fn run_edge(config: &Config, deps: Deps, shutdown: CancellationToken) -> a
         models = config.models.len(),
         "llmgw edge listening"
     );
-    Edge::build(config, deps)?
-        .run(http, grpc_listener, shutdown)
-        .await?;
+    let registration = tokio::select! {
+        registration = discovery::register_if_consul(&config.services, Service::Edge, grpc_listener.local_addr()?) => registration?,
+        () = shutdown.cancelled() => None,
+    };
+    let stop = CancellationToken::new();
+    let edge = Edge::build(config, deps)?;
+    shutdown::serve_gracefully(
+        edge.run(http, grpc_listener, stop.clone()),
+        shutdown,
+        stop,
+        registration,
+        &config.shutdown,
+    )
+    .await?;
     tracing::info!("llmgw stopped");
     Ok(())
 }
 
-async fn serve_one(what: &str, addr: std::net::SocketAddr, routes: Routes, name: &str) -> anyhow::Result<()> {
-    let shutdown = shutdown_token();
+/// Serves one internal service on `addr` (registered in Consul with
+/// Consul discovery) until SIGTERM, then stops gracefully.
+async fn serve_one(
+    config: &Config,
+    service: Service,
+    addr: std::net::SocketAddr,
+    routes: Routes,
+) -> anyhow::Result<()> {
+    let what = service.consul_name();
+    let signal = shutdown_token();
     let listener = bind(what, addr).await?;
-    let (routes, health) = grpc::with_health_and_reflection(routes, &[name]).await?;
-    tracing::info!(service = what, addr = %listener.local_addr()?, "llmgw service listening");
-    grpc::serve(listener, routes, health, shutdown).await?;
+    let (routes, health) = grpc::with_health_and_reflection(routes, &[service.grpc_name()]).await?;
+    let local = listener.local_addr()?;
+    tracing::info!(service = what, addr = %local, "llmgw service listening");
+    let stop = CancellationToken::new();
+    // Serving starts before registering: the agent's first check must find
+    // the server up.
+    let served = tokio::spawn(grpc::serve(listener, routes, health, stop.clone()));
+    // A SIGTERM while the agent is still out of reach ends the retries.
+    let registration = tokio::select! {
+        registration = discovery::register_if_consul(&config.services, service, local) => match registration {
+            Ok(registration) => registration,
+            Err(e) => {
+                stop.cancel();
+                let _ = served.await;
+                return Err(e.into());
+            }
+        },
+        () = signal.cancelled() => None,
+    };
+    let served = async {
+        served
+            .await
+            .map_err(|e| llmgw_kit::GwError::internal(format!("server task: {e}")))?
+    };
+    shutdown::serve_gracefully(served, signal, stop, registration, &config.shutdown).await?;
     tracing::info!(service = what, "stopped");
     Ok(())
 }

@@ -437,3 +437,54 @@ fn telemetry_errors_name_the_key() {
     let e = bad("telemetry:\n  endpoint: http://x:4317\n", &[]);
     assert!(e.contains("telemetry.endpoint"), "{e}");
 }
+
+#[test]
+fn consul_discovery_and_shutdown_settings() {
+    let c = Config::parse("", "g.yaml", &env(&[])).unwrap();
+    assert_eq!(c.services.discovery, Discovery::Static);
+    assert_eq!(c.services.consul.addr, "http://127.0.0.1:8500");
+    assert_eq!(c.services.consul.advertise_host, None);
+    assert_eq!(c.shutdown.drain, Duration::from_secs(30));
+
+    let text = r#"
+services:
+  discovery: consul
+  consul:
+    addr: http://10.0.0.2:8500
+    advertise_host: ${POD_IP}
+    check_interval: 1s
+    deregister_critical_after: 2m
+shutdown:
+  drain: 5s
+  deregister_wait: 250ms
+"#;
+    let c = Config::parse(text, "g.yaml", &env(&[("POD_IP", "10.0.0.5")])).unwrap();
+    assert_eq!(c.services.discovery, Discovery::Consul);
+    assert_eq!(c.services.consul.addr, "http://10.0.0.2:8500");
+    assert_eq!(c.services.consul.advertise_host.as_deref(), Some("10.0.0.5"));
+    assert_eq!(c.services.consul.check_interval, Duration::from_secs(1));
+    assert_eq!(
+        c.services.consul.deregister_critical_after,
+        Duration::from_secs(120)
+    );
+    assert_eq!(c.shutdown.drain, Duration::from_secs(5));
+    assert_eq!(c.shutdown.deregister_wait, Duration::from_millis(250));
+
+    let error = |yaml: &str| Config::parse(yaml, "g.yaml", &env(&[])).unwrap_err().to_string();
+    for (yaml, names) in [
+        ("services:\n  discovery: zookeeper\n", "services.discovery"),
+        (
+            "services:\n  consul:\n    addr: 127.0.0.1:8500\n",
+            "services.consul.addr",
+        ),
+        (
+            "services:\n  consul:\n    check_interval: 100ms\n",
+            "services.consul.check_interval",
+        ),
+        ("shutdown:\n  drian: 1s\n", "shutdown.drian"),
+    ] {
+        let e = error(yaml);
+        assert!(e.contains(names), "{e}");
+    }
+    assert!(error("shutdown:\n  drian: 1s\n").contains("`drain`"));
+}
