@@ -46,6 +46,9 @@ pub struct Gateway {
     /// A client API key (org `acme`).
     pub key: String,
     pub config: PathBuf,
+    /// Where auth, router, adapter and metering listen (split: each its
+    /// own process; `all`: unused).
+    pub services: [SocketAddr; 4],
     pub emu: Emulator,
     pub client: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -57,7 +60,7 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_llmgw")
 }
 
-fn free_addr() -> SocketAddr {
+pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
     l.local_addr().expect("local addr")
 }
@@ -210,6 +213,7 @@ providers:
                 grpc,
                 key: key.clone().unwrap_or_default(),
                 config: config.clone(),
+                services: [auth, router, adapter, metering],
                 emu,
                 client: http_client(),
                 _dir: dir,

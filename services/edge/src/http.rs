@@ -24,7 +24,7 @@ use llmgw_proto as pb;
 use serde::Serialize;
 
 use crate::grpc;
-use crate::pipeline::{CONFIG_HEADER, ChatOutput, Hints, Pipeline, error_type};
+use crate::pipeline::{CONFIG_HEADER, ChatOutput, Hints, OVERHEAD_HEADER, Pipeline, error_type, overhead};
 
 pub fn router(pipeline: Arc<Pipeline>) -> Router {
     let api = Router::new()
@@ -38,6 +38,7 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .route("/admin/v1/{*rest}", any(admin))
         .route("/health", get(health))
         .route("/", get(health))
+        .route("/metrics", get(llmgw_kit::metrics::handler))
         .with_state(pipeline.clone());
     // tonic's router brings a fallback of its own; ours replaces it after the
     // merge so unknown paths answer in the OpenAI error shape.
@@ -47,6 +48,33 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(track))
+}
+
+/// Counts and times every request by route template and status
+/// (`llmgw_http_requests_total`, `llmgw_http_request_duration_seconds`,
+/// until the response headers) and holds `llmgw_in_flight_requests` up
+/// meanwhile. Reads the `MatchedPath` extension axum's router inserts.
+async fn track(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let m = llmgw_kit::metrics::edge();
+    let route = match req.extensions().get::<axum::extract::MatchedPath>() {
+        Some(p) => llmgw_kit::metrics::name(p.as_str()),
+        None => llmgw_kit::metrics::name("unmatched"),
+    };
+    let started = std::time::Instant::now();
+    let in_flight = llmgw_kit::metrics::GaugeGuard::new(&m.in_flight_requests);
+    let resp = next.run(req).await;
+    drop(in_flight);
+    m.http(route, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+/// `x-llmgw-overhead-ms`: the gateway's own time ([`crate::pipeline::overhead`]).
+fn overhead_header(resp: &mut Response, overhead: std::time::Duration) {
+    let ms = format!("{:.3}", overhead.as_secs_f64() * 1000.0);
+    if let Ok(v) = HeaderValue::from_str(&ms) {
+        resp.headers_mut().insert(OVERHEAD_HEADER, v);
+    }
 }
 
 // ---- errors: the one place the OpenAI error shape is written ---------------
@@ -333,13 +361,19 @@ async fn admin(
 }
 
 async fn chat_completions(State(p): State<Arc<Pipeline>>, headers: HeaderMap, body: Body) -> Response {
-    match chat(&p, &headers, body).await {
+    let started = std::time::Instant::now();
+    match chat(&p, &headers, body, started).await {
         Ok(resp) => resp,
         Err(e) => error_response(&e),
     }
 }
 
-async fn chat(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response, GwError> {
+async fn chat(
+    p: &Pipeline,
+    headers: &HeaderMap,
+    body: Body,
+    started: std::time::Instant,
+) -> Result<Response, GwError> {
     require_json(headers)?;
     let principal = p.authenticate(api_key(headers)).await?;
     let bytes = read_body(headers, body, p.max_body_bytes).await?;
@@ -355,6 +389,7 @@ async fn chat(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response,
                 .into_response();
             if let Some(meta) = &resp.metadata {
                 routing_headers(&mut out, meta);
+                overhead_header(&mut out, overhead("chat", started, meta));
             }
             ratelimit_headers(&mut out, quota);
             Ok(out)
@@ -369,6 +404,7 @@ async fn chat(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response,
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             routing_headers(&mut out, &stream.metadata);
+            overhead_header(&mut out, overhead("chat_stream", started, &stream.metadata));
             ratelimit_headers(&mut out, stream.quota);
             Ok(out)
         }
@@ -419,6 +455,7 @@ fn sse(
 }
 
 async fn embeddings(State(p): State<Arc<Pipeline>>, headers: HeaderMap, body: Body) -> Response {
+    let started = std::time::Instant::now();
     let result = async {
         require_json(&headers)?;
         let principal = p.authenticate(api_key(&headers)).await?;
@@ -435,6 +472,7 @@ async fn embeddings(State(p): State<Arc<Pipeline>>, headers: HeaderMap, body: Bo
             .into_response();
         if let Some(meta) = &resp.metadata {
             routing_headers(&mut out, meta);
+            overhead_header(&mut out, overhead("embeddings", started, meta));
         }
         Ok::<_, GwError>(out)
     }

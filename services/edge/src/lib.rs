@@ -48,6 +48,9 @@ impl Edge {
     /// Builds the edge and starts its metering shipper (which flushes what it
     /// holds and exits once the edge is dropped or has run).
     pub fn build(config: &Config, deps: Deps) -> Result<Self, GwError> {
+        // The edge's series exist (at zero) from the start.
+        llmgw_kit::metrics::edge();
+        llmgw_kit::metrics::gen_ai();
         let limiter = limits::Limiter::new(config.redis_url.as_ref())?;
         let spool_dir = config
             .metering

@@ -9,6 +9,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod openai;
 pub mod pricing;
 pub mod secret;

@@ -431,6 +431,7 @@ async fn serve_one(what: &str, addr: std::net::SocketAddr, routes: Routes, name:
     let shutdown = shutdown_token();
     let listener = bind(what, addr).await?;
     let (routes, health) = grpc::with_health_and_reflection(routes, &[name]).await?;
+    let routes = grpc::with_metrics(routes);
     tracing::info!(service = what, addr = %listener.local_addr()?, "llmgw service listening");
     grpc::serve(listener, routes, health, shutdown).await?;
     tracing::info!(service = what, "stopped");

@@ -51,6 +51,7 @@ pub use configs::HEADER as CONFIG_HEADER;
 
 /// Builds the router over the config's enabled providers and models.
 pub fn service(config: &Config) -> Router {
+    llmgw_kit::metrics::router();
     Arc::new(Catalog::new(config))
 }
 
@@ -787,6 +788,7 @@ impl RouterService for Catalog {
             Event::Failed => {
                 stats.ended();
                 if stats.failed(&self.ejection, now) {
+                    llmgw_kit::metrics::router().ejected(&report.provider);
                     tracing::warn!(
                         provider = %report.provider,
                         model = %report.model,

@@ -228,6 +228,7 @@ pub async fn open(config: &Config) -> Result<UsageStore, GwError> {
 
 /// The metering service over `store`, as the one client type callers use.
 pub fn service(store: UsageStore) -> Metering {
+    llmgw_kit::metrics::metering();
     Arc::new(store)
 }
 
@@ -249,8 +250,12 @@ impl MeteringService for UsageStore {
             return Ok(ack);
         }
         let recorded_at = now_ms();
+        llmgw_kit::metrics::metering().batches.inc();
         if let Some(statement) = self.insert_batch {
-            return self.record_batch(statement, &events, recorded_at).await;
+            return self
+                .record_batch(statement, &events, recorded_at)
+                .await
+                .inspect(count_recorded);
         }
         // The first statement is a write, so SQLite takes its write lock at once.
         let mut tx = self.pool.begin().await.map_err(db_error("recording usage"))?;
@@ -306,6 +311,7 @@ impl MeteringService for UsageStore {
                 "usage batch had duplicates"
             );
         }
+        count_recorded(&ack);
         Ok(ack)
     }
 
@@ -410,4 +416,11 @@ pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `llmgw_metering_events_recorded_total` and `…_duplicate_events_total`.
+fn count_recorded(ack: &pb::RecordAck) {
+    let m = llmgw_kit::metrics::metering();
+    m.events.inc_by(ack.accepted);
+    m.duplicates.inc_by(ack.duplicates);
 }
