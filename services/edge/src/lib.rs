@@ -88,6 +88,9 @@ impl Edge {
             &["llmgw.v1.Gateway"],
         )
         .await?;
+        // `/metrics` on the gRPC port too, as every service has it there
+        // (whichever port discovery registers, Prometheus finds it).
+        let routes = llmgw_kit::grpc::with_metrics(routes);
         let grpc_task = llmgw_kit::grpc::serve(grpc, routes, health, shutdown.clone());
         // Both servers watch `shutdown`; whichever stops first (an error)
         // stops the other, and both drain their in-flight requests.

@@ -64,24 +64,44 @@ pub type Name = Arc<str>;
 /// never grow without bound.
 const MAX_NAMES: usize = 2048;
 
-static NAMES: LazyLock<RwLock<HashSet<Name>>> = LazyLock::new(|| RwLock::new(HashSet::new()));
-static OTHER: LazyLock<Name> = LazyLock::new(|| Arc::from("other"));
+/// Names seen so far, at most `cap`; past it every new name is `other`.
+struct Interner {
+    names: RwLock<HashSet<Name>>,
+    other: Name,
+    cap: usize,
+}
+
+impl Interner {
+    fn new(cap: usize) -> Self {
+        Self {
+            names: RwLock::new(HashSet::new()),
+            other: Arc::from("other"),
+            cap,
+        }
+    }
+
+    fn get(&self, s: &str) -> Name {
+        if let Some(n) = self.names.read().unwrap_or_else(PoisonError::into_inner).get(s) {
+            return n.clone();
+        }
+        let mut names = self.names.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = names.get(s) {
+            return n.clone();
+        }
+        if names.len() >= self.cap {
+            return self.other.clone();
+        }
+        let n: Name = Arc::from(s);
+        names.insert(n.clone());
+        n
+    }
+}
+
+static NAMES: LazyLock<Interner> = LazyLock::new(|| Interner::new(MAX_NAMES));
 
 /// The shared [`Name`] for `s` (a read lock and a hash once seen).
 pub fn name(s: &str) -> Name {
-    if let Some(n) = NAMES.read().unwrap_or_else(PoisonError::into_inner).get(s) {
-        return n.clone();
-    }
-    let mut names = NAMES.write().unwrap_or_else(PoisonError::into_inner);
-    if let Some(n) = names.get(s) {
-        return n.clone();
-    }
-    if names.len() >= MAX_NAMES {
-        return OTHER.clone();
-    }
-    let n: Name = Arc::from(s);
-    names.insert(n.clone());
-    n
+    NAMES.get(s)
 }
 
 // ---- helpers ----------------------------------------------------------------
@@ -778,6 +798,11 @@ mod tests {
         let a = name("openai");
         let b = name("openai");
         assert!(Arc::ptr_eq(&a, &b));
+        let names = Interner::new(2);
+        let (x, y) = (names.get("x"), names.get("y"));
+        assert_eq!((&*x, &*y), ("x", "y"));
+        assert_eq!(&*names.get("z"), "other", "past the cap");
+        assert!(Arc::ptr_eq(&names.get("x"), &x), "known names stay");
     }
 
     #[test]
