@@ -1,12 +1,15 @@
 //! The OpenAI REST surface (axum) and gRPC-Web.
 //!
 //! Layer order, outermost first: axum's router (routes below; unknown paths
-//! and methods answer in the OpenAI error shape) → per route: the handler,
+//! and methods answer in the OpenAI error shape) → per route:
+//! [`llmgw_kit::metrics::HttpLayer`] (counts, times, in-flight gauge; reads
+//! the `MatchedPath` extension axum inserts) → the handler,
 //! which checks Content-Type (415), declared length (413), the API key
 //! (401), reads the body under the size limit (413), parses and validates
 //! (400), then runs the [`Pipeline`]. The gRPC `Gateway` service is merged
 //! under its own paths behind `GrpcWebLayer`, so gRPC-Web (HTTP/1.1) and
-//! plain gRPC both work on the HTTP port. No request extensions are used.
+//! plain gRPC both work on the HTTP port. No other request extensions are
+//! used. `GET /metrics` serves the process's Prometheus series.
 
 use std::sync::Arc;
 
@@ -48,25 +51,7 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(track))
-}
-
-/// Counts and times every request by route template and status
-/// (`llmgw_http_requests_total`, `llmgw_http_request_duration_seconds`,
-/// until the response headers) and holds `llmgw_in_flight_requests` up
-/// meanwhile. Reads the `MatchedPath` extension axum's router inserts.
-async fn track(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let m = llmgw_kit::metrics::edge();
-    let route = match req.extensions().get::<axum::extract::MatchedPath>() {
-        Some(p) => llmgw_kit::metrics::name(p.as_str()),
-        None => llmgw_kit::metrics::name("unmatched"),
-    };
-    let started = std::time::Instant::now();
-    let in_flight = llmgw_kit::metrics::GaugeGuard::new(&m.in_flight_requests);
-    let resp = next.run(req).await;
-    drop(in_flight);
-    m.http(route, resp.status().as_u16(), started.elapsed());
-    resp
+        .layer(llmgw_kit::metrics::HttpLayer)
 }
 
 /// `x-llmgw-overhead-ms`: the gateway's own time ([`crate::pipeline::overhead`]).

@@ -516,6 +516,81 @@ impl Edge {
     }
 }
 
+/// A tower layer for the edge's axum router: counts and times every request
+/// by route template and status (`llmgw_http_requests_total`,
+/// `llmgw_http_request_duration_seconds`, until the response headers) and
+/// holds `llmgw_in_flight_requests` up meanwhile. Reads the `MatchedPath`
+/// extension axum's router inserts (add it with `Router::layer`, which runs
+/// after routing); a request no route matched is `unmatched`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HttpLayer;
+
+impl<S> tower::Layer<S> for HttpLayer {
+    type Service = HttpService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpService { inner }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct HttpService<S> {
+    inner: S,
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for HttpService<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = HttpFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let route = match req.extensions().get::<axum::extract::MatchedPath>() {
+            Some(p) => name(p.as_str()),
+            None => name("unmatched"),
+        };
+        HttpFuture {
+            inner: self.inner.call(req),
+            call: Some((route, Instant::now(), GaugeGuard::new(&EDGE.in_flight_requests))),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    pub struct HttpFuture<F> {
+        #[pin]
+        inner: F,
+        call: Option<(Name, Instant, GaugeGuard)>,
+    }
+}
+
+impl<F, RB, E> std::future::Future for HttpFuture<F>
+where
+    F: std::future::Future<Output = Result<http::Response<RB>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let Some((route, started, in_flight)) = this.call.take() {
+            drop(in_flight);
+            let code = result.as_ref().map_or(500, |r| r.status().as_u16());
+            EDGE.http(route, code, started.elapsed());
+        }
+        std::task::Poll::Ready(result)
+    }
+}
+
 // ---- gRPC servers (every service) -------------------------------------------
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
