@@ -51,7 +51,7 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .merge(api)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(llmgw_kit::metrics::HttpLayer)
+        .layer(llmgw_kit::metrics::HttpLayer::default())
 }
 
 /// `x-llmgw-overhead-ms`: the gateway's own time ([`crate::pipeline::overhead`]).

@@ -119,7 +119,7 @@ pub async fn serve(
         // hyper's default (200 streams) would refuse streams under load.
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
         .accept_http1(true)
-        .layer(crate::metrics::GrpcLayer)
+        .layer(crate::metrics::GrpcLayer::default())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal)
         .await

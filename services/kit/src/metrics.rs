@@ -516,81 +516,6 @@ impl Edge {
     }
 }
 
-/// A tower layer for the edge's axum router: counts and times every request
-/// by route template and status (`llmgw_http_requests_total`,
-/// `llmgw_http_request_duration_seconds`, until the response headers) and
-/// holds `llmgw_in_flight_requests` up meanwhile. Reads the `MatchedPath`
-/// extension axum's router inserts (add it with `Router::layer`, which runs
-/// after routing); a request no route matched is `unmatched`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct HttpLayer;
-
-impl<S> tower::Layer<S> for HttpLayer {
-    type Service = HttpService<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        HttpService { inner }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct HttpService<S> {
-    inner: S,
-}
-
-impl<S, B, RB> tower::Service<http::Request<B>> for HttpService<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = HttpFuture<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let route = match req.extensions().get::<axum::extract::MatchedPath>() {
-            Some(p) => name(p.as_str()),
-            None => name("unmatched"),
-        };
-        HttpFuture {
-            inner: self.inner.call(req),
-            call: Some((route, Instant::now(), GaugeGuard::new(&EDGE.in_flight_requests))),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    pub struct HttpFuture<F> {
-        #[pin]
-        inner: F,
-        call: Option<(Name, Instant, GaugeGuard)>,
-    }
-}
-
-impl<F, RB, E> std::future::Future for HttpFuture<F>
-where
-    F: std::future::Future<Output = Result<http::Response<RB>, E>>,
-{
-    type Output = F::Output;
-
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        let this = self.project();
-        let result = std::task::ready!(this.inner.poll(cx));
-        if let Some((route, started, in_flight)) = this.call.take() {
-            drop(in_flight);
-            let code = result.as_ref().map_or(500, |r| r.status().as_u16());
-            EDGE.http(route, code, started.elapsed());
-        }
-        std::task::Poll::Ready(result)
-    }
-}
-
 // ---- gRPC servers (every service) -------------------------------------------
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -648,44 +573,157 @@ const GRPC_CODES: [&str; 17] = [
 /// status is the one at the response's start (`grpc-status` of a
 /// trailers-only answer, else OK). Non-gRPC requests (`/metrics`) pass
 /// untouched.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct GrpcLayer;
+pub type GrpcLayer = Layer<GrpcCall>;
 
-impl<S> tower::Layer<S> for GrpcLayer {
-    type Service = GrpcService<S>;
+/// A tower layer for the edge's axum router: counts and times every request
+/// by route template and status (`llmgw_http_requests_total`,
+/// `llmgw_http_request_duration_seconds`, until the response headers) and
+/// holds `llmgw_in_flight_requests` up meanwhile. Reads the `MatchedPath`
+/// extension axum's router inserts (add it with `Router::layer`, which runs
+/// after routing); a request no route matched is `unmatched`.
+pub type HttpLayer = Layer<HttpCall>;
 
-    fn layer(&self, inner: S) -> Self::Service {
-        // Register at build time, so the series' families show from the start.
+/// What a [`Layer`] observes of one request: taken when it arrives
+/// (`None`: not observed), finished when its response starts.
+pub trait Call: Sized {
+    /// Registers the series (once), when the layer is built.
+    fn register();
+    fn start<B>(req: &http::Request<B>) -> Option<Self>;
+    /// `resp` is `None` when the service failed.
+    fn finish<RB>(self, resp: Option<&http::Response<RB>>);
+}
+
+/// One gRPC call: its path (a `Uri` clone shares its bytes) and start.
+pub struct GrpcCall(http::Uri, Instant);
+
+impl Call for GrpcCall {
+    fn register() {
         LazyLock::force(&GRPC_SERVER);
-        GrpcService { inner }
+    }
+
+    fn start<B>(req: &http::Request<B>) -> Option<Self> {
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        grpc.then(|| Self(req.uri().clone(), Instant::now()))
+    }
+
+    fn finish<RB>(self, resp: Option<&http::Response<RB>>) {
+        let code = match resp {
+            Some(resp) => resp
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
+                .and_then(|v| v.parse::<usize>().ok())
+                .map_or(0, |c| if c < GRPC_CODES.len() { c } else { 2 }),
+            None => 2,
+        };
+        // An unknown method answers UNIMPLEMENTED: its path is the caller's
+        // text, never a label.
+        let method = if code == 12 {
+            name("unknown")
+        } else {
+            name(self.0.path())
+        };
+        let key = GrpcLabels {
+            grpc_method: method,
+            grpc_code: GRPC_CODES[code],
+        };
+        GRPC_SERVER.requests.get_or_create(&key).inc();
+        GRPC_SERVER
+            .duration
+            .get_or_create(&key)
+            .observe(self.1.elapsed().as_secs_f64());
     }
 }
 
-#[derive(Clone, Debug)]
-pub struct GrpcService<S> {
-    inner: S,
+/// One HTTP request to the edge: its route, start, and in-flight count.
+pub struct HttpCall(Name, Instant, GaugeGuard);
+
+impl Call for HttpCall {
+    fn register() {
+        LazyLock::force(&EDGE);
+    }
+
+    fn start<B>(req: &http::Request<B>) -> Option<Self> {
+        let route = match req.extensions().get::<axum::extract::MatchedPath>() {
+            Some(p) => name(p.as_str()),
+            None => name("unmatched"),
+        };
+        Some(Self(
+            route,
+            Instant::now(),
+            GaugeGuard::new(&EDGE.in_flight_requests),
+        ))
+    }
+
+    fn finish<RB>(self, resp: Option<&http::Response<RB>>) {
+        let Self(route, started, in_flight) = self;
+        drop(in_flight);
+        let code = resp.map_or(500, |r| r.status().as_u16());
+        EDGE.http(route, code, started.elapsed());
+    }
 }
 
-impl<S, B, RB> tower::Service<http::Request<B>> for GrpcService<S>
+/// A tower layer observing each request with a [`Call`]; no allocation per
+/// request.
+pub struct Layer<C>(std::marker::PhantomData<fn() -> C>);
+
+impl<C> Default for Layer<C> {
+    fn default() -> Self {
+        Self(std::marker::PhantomData)
+    }
+}
+
+impl<C> Clone for Layer<C> {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+impl<C: Call, S> tower::Layer<S> for Layer<C> {
+    type Service = Observed<S, C>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        C::register();
+        Observed {
+            inner,
+            call: std::marker::PhantomData,
+        }
+    }
+}
+
+pub struct Observed<S, C> {
+    inner: S,
+    call: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<S: Clone, C> Clone for Observed<S, C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            call: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<S, C, B, RB> tower::Service<http::Request<B>> for Observed<S, C>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    C: Call,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = GrpcFuture<S::Future>;
+    type Future = ObservedFuture<S::Future, C>;
 
     fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let grpc = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        // A `Uri` clone shares its bytes: no allocation.
-        let call = grpc.then(|| (req.uri().clone(), Instant::now()));
-        GrpcFuture {
+        let call = C::start(&req);
+        ObservedFuture {
             inner: self.inner.call(req),
             call,
         }
@@ -693,16 +731,17 @@ where
 }
 
 pin_project_lite::pin_project! {
-    pub struct GrpcFuture<F> {
+    pub struct ObservedFuture<F, C> {
         #[pin]
         inner: F,
-        call: Option<(http::Uri, Instant)>,
+        call: Option<C>,
     }
 }
 
-impl<F, RB, E> std::future::Future for GrpcFuture<F>
+impl<F, C, RB, E> std::future::Future for ObservedFuture<F, C>
 where
     F: std::future::Future<Output = Result<http::Response<RB>, E>>,
+    C: Call,
 {
     type Output = F::Output;
 
@@ -712,32 +751,8 @@ where
     ) -> std::task::Poll<Self::Output> {
         let this = self.project();
         let result = std::task::ready!(this.inner.poll(cx));
-        if let Some((uri, started)) = this.call.take() {
-            let code = match &result {
-                Ok(resp) => resp
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-                    .and_then(|v| v.parse::<usize>().ok())
-                    .map_or(0, |c| if c < GRPC_CODES.len() { c } else { 2 }),
-                Err(_) => 2,
-            };
-            // An unknown method answers UNIMPLEMENTED: its path is the
-            // caller's text, never a label.
-            let method = if code == 12 {
-                name("unknown")
-            } else {
-                name(uri.path())
-            };
-            let key = GrpcLabels {
-                grpc_method: method,
-                grpc_code: GRPC_CODES[code],
-            };
-            GRPC_SERVER.requests.get_or_create(&key).inc();
-            GRPC_SERVER
-                .duration
-                .get_or_create(&key)
-                .observe(started.elapsed().as_secs_f64());
+        if let Some(call) = this.call.take() {
+            call.finish(result.as_ref().ok());
         }
         std::task::Poll::Ready(result)
     }
