@@ -596,6 +596,11 @@ async fn split_services_export_their_series_to_a_real_prometheus() {
         Some(1.0),
         "ejected after its second failure in a row"
     );
+    assert_eq!(
+        prom.value(r#"llmgw_router_ejected_targets{job="router"}"#).await,
+        Some(1.0),
+        "and still ejected (30 s)"
+    );
     assert!(
         prom.value(r#"sum(llmgw_auth_cache_requests_total{result="hit"})"#)
             .await

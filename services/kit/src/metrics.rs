@@ -38,6 +38,54 @@ fn register(name: &str, help: &str, metric: impl Metric) {
         .register(name, help, metric);
 }
 
+/// A gauge whose value `read` gives at each scrape (state a service keeps
+/// anyway, such as targets ejected now). Registered once per `name` and
+/// process: later calls are ignored.
+pub fn gauge_fn(name: &'static str, help: &'static str, read: impl Fn() -> i64 + Send + Sync + 'static) {
+    static NAMES: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut names = NAMES.lock().unwrap_or_else(PoisonError::into_inner);
+    if names.contains(&name) {
+        return;
+    }
+    names.push(name);
+    REGISTRY
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .register_collector(Box::new(GaugeFn {
+            name,
+            help,
+            read: Box::new(read),
+        }));
+}
+
+struct GaugeFn {
+    name: &'static str,
+    help: &'static str,
+    read: Box<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for GaugeFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GaugeFn").field("name", &self.name).finish()
+    }
+}
+
+impl prometheus_client::collector::Collector for GaugeFn {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric as _;
+        let metric = encoder.encode_descriptor(
+            self.name,
+            self.help,
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        prometheus_client::metrics::gauge::ConstGauge::new((self.read)()).encode(metric)
+    }
+}
+
 /// Every series of this process, as OpenMetrics text.
 pub fn render() -> String {
     let mut out = String::with_capacity(16 << 10);
@@ -924,6 +972,21 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"llmgw_cost_usd_total{"#), "{text}");
+    }
+
+    #[test]
+    fn a_gauge_fn_is_read_at_each_scrape_and_registered_once() {
+        let value = Arc::new(std::sync::atomic::AtomicI64::new(3));
+        let v = value.clone();
+        gauge_fn("llmgw_test_gauge_fn", "a test", move || {
+            v.load(std::sync::atomic::Ordering::Relaxed)
+        });
+        gauge_fn("llmgw_test_gauge_fn", "a test", || 99);
+        assert!(render().contains("llmgw_test_gauge_fn 3\n"));
+        value.store(5, std::sync::atomic::Ordering::Relaxed);
+        let text = render();
+        assert!(text.contains("llmgw_test_gauge_fn 5\n"), "{text}");
+        assert_eq!(text.matches("# TYPE llmgw_test_gauge_fn gauge").count(), 1);
     }
 
     #[test]
