@@ -26,12 +26,14 @@ down:
 test: test-rust test-python
 
 # The storage tests run on SQLite and on throwaway PostgreSQL servers, whose
-# binaries setup-postgres.sh provides (installing them if needed).
+# binaries setup-postgres.sh provides (installing them if needed); the
+# metrics tests scrape the gateway with a real Prometheus (setup-prometheus.sh).
 test-rust:
 	cargo build -p llmgw -p llmgw-emulators
 	LLMGW_PG_BIN="$$(scripts/setup-postgres.sh)" && export LLMGW_PG_BIN && \
 	LLMGW_REDIS_BIN="$$(scripts/setup-redis.sh)" && export LLMGW_REDIS_BIN && \
 	LLMGW_CONSUL_BIN="$$(scripts/setup-consul.sh)" && export LLMGW_CONSUL_BIN && \
+	LLMGW_PROMETHEUS_BIN="$$(scripts/setup-prometheus.sh)" && export LLMGW_PROMETHEUS_BIN && \
 		cargo test --workspace
 
 test-python:

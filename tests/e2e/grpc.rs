@@ -49,11 +49,13 @@ async fn public_grpc_and_grpc_web() {
         .await
         .unwrap();
 
-    let resp = client
-        .chat(authed(&gw, chat_request("over grpc")))
-        .await
-        .unwrap()
-        .into_inner();
+    let resp = client.chat(authed(&gw, chat_request("over grpc"))).await.unwrap();
+    let overhead = resp
+        .metadata()
+        .get("x-llmgw-overhead-ms")
+        .expect("the gateway's own time");
+    assert!(overhead.to_str().unwrap().parse::<f64>().unwrap() >= 0.0);
+    let resp = resp.into_inner();
     assert_eq!(text_of(&resp), "You said: over grpc");
     assert!(resp.usage.unwrap().cost_usd.unwrap() > 0.0);
     assert_eq!(resp.metadata.unwrap().used_provider, "emu");

@@ -51,6 +51,9 @@ pub struct Gateway {
     /// A client API key (org `acme`).
     pub key: String,
     pub config: PathBuf,
+    /// Where auth, router, adapter and metering listen (split: each its
+    /// own process; `all`: unused).
+    pub services: [SocketAddr; 4],
     pub emu: Emulator,
     pub client: reqwest::Client,
     _dir: tempfile::TempDir,
@@ -229,6 +232,7 @@ providers:
                 grpc,
                 key: key.clone().unwrap_or_default(),
                 config: config.clone(),
+                services: [auth, router, adapter, metering],
                 emu,
                 client: http_client(),
                 _dir: dir,

@@ -12,7 +12,7 @@ use tokio::process::{Child, Command};
 use crate::harness::{EMU_KEY, Gateway, Shape, bin, user};
 
 /// A new key of org `acme` with `policy`; the key.
-async fn key_with_policy(gw: &Gateway, policy: Value) -> String {
+pub(crate) async fn key_with_policy(gw: &Gateway, policy: Value) -> String {
     let out = gw.cli(&["keys", "create", "--org", "acme"]).await;
     let mut lines = out.lines().rev();
     let key = lines.next().unwrap().trim().to_owned();

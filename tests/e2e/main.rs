@@ -22,6 +22,7 @@ mod grpc;
 mod hostile;
 mod limits;
 mod metering;
+mod metrics;
 mod provider_anthropic;
 mod provider_bedrock;
 mod provider_gemini;

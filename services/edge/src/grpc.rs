@@ -4,6 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures_util::{Stream, StreamExt as _};
@@ -13,7 +14,7 @@ use llmgw_proto as pb;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
-use crate::pipeline::{CONFIG_HEADER, ChatOutput, Hints, Pipeline};
+use crate::pipeline::{CONFIG_HEADER, ChatOutput, Hints, OVERHEAD_HEADER, Pipeline, overhead};
 
 pub fn routes(pipeline: Arc<Pipeline>) -> Routes {
     Routes::new(
@@ -24,6 +25,16 @@ pub fn routes(pipeline: Arc<Pipeline>) -> Routes {
 }
 
 struct GatewayGrpc(Arc<Pipeline>);
+
+/// `x-llmgw-overhead-ms` in the response's metadata, as on REST.
+fn with_overhead<T>(mut resp: Response<T>, overhead: Option<Duration>) -> Response<T> {
+    if let Some(own) = overhead
+        && let Ok(v) = format!("{:.3}", own.as_secs_f64() * 1000.0).parse()
+    {
+        resp.metadata_mut().insert(OVERHEAD_HEADER, v);
+    }
+    resp
+}
 
 fn bearer<T>(req: &Request<T>) -> Option<&str> {
     let v = req.metadata().get("authorization")?.to_str().ok()?.trim();
@@ -62,8 +73,12 @@ type ChunkStatusStream = Pin<Box<dyn Stream<Item = Result<pb::ChatChunk, Status>
 #[async_trait]
 impl pb::gateway_server::Gateway for GatewayGrpc {
     async fn chat(&self, req: Request<pb::ChatRequest>) -> Result<Response<pb::ChatResponse>, Status> {
+        let started = Instant::now();
         match self.run(req, false).await? {
-            ChatOutput::Complete(resp, _) => Ok(Response::new(*resp)),
+            ChatOutput::Complete(resp, _) => {
+                let own = resp.metadata.as_ref().map(|m| overhead("chat", started, m));
+                Ok(with_overhead(Response::new(*resp), own))
+            }
             ChatOutput::Stream(_) => Err(GwError::internal("expected a complete response").to_status()),
         }
     }
@@ -74,10 +89,15 @@ impl pb::gateway_server::Gateway for GatewayGrpc {
         &self,
         req: Request<pb::ChatRequest>,
     ) -> Result<Response<Self::ChatStreamStream>, Status> {
+        let started = Instant::now();
         match self.run(req, true).await? {
-            ChatOutput::Stream(s) => Ok(Response::new(Box::pin(
-                s.chunks.map(|c| c.map_err(|e| e.to_status())),
-            ))),
+            ChatOutput::Stream(s) => {
+                let own = overhead("chat_stream", started, &s.metadata);
+                Ok(with_overhead(
+                    Response::new(Box::pin(s.chunks.map(|c| c.map_err(|e| e.to_status())))),
+                    Some(own),
+                ))
+            }
             ChatOutput::Complete(..) => {
                 Err(GwError::new(ErrorCode::Internal, "expected a stream").to_status())
             }
@@ -88,6 +108,7 @@ impl pb::gateway_server::Gateway for GatewayGrpc {
         &self,
         req: Request<pb::EmbeddingsRequest>,
     ) -> Result<Response<pb::EmbeddingsResponse>, Status> {
+        let started = Instant::now();
         let principal = self.0.authenticate(bearer(&req)).await?;
         let hints = hints(&principal, &req);
         let embed = req.into_inner();
@@ -97,7 +118,9 @@ impl pb::gateway_server::Gateway for GatewayGrpc {
         if embed.inputs.is_empty() {
             return Err(GwError::invalid("input", "Invalid 'input': expected at least one input.").into());
         }
-        Ok(Response::new(self.0.embed(principal, embed, hints).await?))
+        let resp = self.0.embed(principal, embed, hints).await?;
+        let own = resp.metadata.as_ref().map(|m| overhead("embeddings", started, m));
+        Ok(with_overhead(Response::new(resp), own))
     }
 
     async fn list_models(

@@ -3,12 +3,15 @@
 //! Layer order, outermost first: only while spans are exported, the
 //! [`server_span`] middleware (a server span per request, continuing the
 //! client's `traceparent`) → axum's router (routes below; unknown paths
-//! and methods answer in the OpenAI error shape) → per route: the handler,
+//! and methods answer in the OpenAI error shape) → per route:
+//! [`llmgw_kit::metrics::HttpLayer`] (counts, times, in-flight gauge; reads
+//! the `MatchedPath` extension axum inserts) → the handler,
 //! which checks Content-Type (415), declared length (413), the API key
 //! (401), reads the body under the size limit (413), parses and validates
 //! (400), then runs the [`Pipeline`]. The gRPC `Gateway` service is merged
 //! under its own paths behind `GrpcWebLayer`, so gRPC-Web (HTTP/1.1) and
-//! plain gRPC both work on the HTTP port. No request extensions are used.
+//! plain gRPC both work on the HTTP port. No other request extensions are
+//! used. `GET /metrics` serves the process's Prometheus series.
 
 use std::sync::Arc;
 
@@ -26,7 +29,7 @@ use llmgw_proto as pb;
 use serde::Serialize;
 
 use crate::grpc;
-use crate::pipeline::{CONFIG_HEADER, ChatOutput, Hints, Pipeline, error_type};
+use crate::pipeline::{CONFIG_HEADER, ChatOutput, Hints, OVERHEAD_HEADER, Pipeline, error_type, overhead};
 
 pub fn router(pipeline: Arc<Pipeline>) -> Router {
     let api = Router::new()
@@ -40,6 +43,7 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .route("/admin/v1/{*rest}", any(admin))
         .route("/health", get(health))
         .route("/", get(health))
+        .route("/metrics", get(llmgw_kit::metrics::handler))
         .with_state(pipeline.clone());
     // tonic's router brings a fallback of its own; ours replaces it after the
     // merge so unknown paths answer in the OpenAI error shape.
@@ -48,11 +52,20 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .layer(tonic_web::GrpcWebLayer::new())
         .merge(api)
         .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed);
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(llmgw_kit::metrics::HttpLayer::default());
     if llmgw_kit::telemetry::enabled() {
         router.layer(axum::middleware::from_fn(server_span))
     } else {
         router
+    }
+}
+
+/// `x-llmgw-overhead-ms`: the gateway's own time ([`crate::pipeline::overhead`]).
+fn overhead_header(resp: &mut Response, overhead: std::time::Duration) {
+    let ms = format!("{:.3}", overhead.as_secs_f64() * 1000.0);
+    if let Ok(v) = HeaderValue::from_str(&ms) {
+        resp.headers_mut().insert(OVERHEAD_HEADER, v);
     }
 }
 
@@ -392,13 +405,19 @@ async fn admin(
 }
 
 async fn chat_completions(State(p): State<Arc<Pipeline>>, headers: HeaderMap, body: Body) -> Response {
-    match chat(&p, &headers, body).await {
+    let started = std::time::Instant::now();
+    match chat(&p, &headers, body, started).await {
         Ok(resp) => resp,
         Err(e) => error_response(&e),
     }
 }
 
-async fn chat(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response, GwError> {
+async fn chat(
+    p: &Pipeline,
+    headers: &HeaderMap,
+    body: Body,
+    started: std::time::Instant,
+) -> Result<Response, GwError> {
     require_json(headers)?;
     let principal = p.authenticate(api_key(headers)).await?;
     let bytes = read_body(headers, body, p.max_body_bytes).await?;
@@ -414,6 +433,7 @@ async fn chat(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response,
                 .into_response();
             if let Some(meta) = &resp.metadata {
                 routing_headers(&mut out, meta);
+                overhead_header(&mut out, overhead("chat", started, meta));
             }
             ratelimit_headers(&mut out, quota);
             Ok(out)
@@ -428,6 +448,7 @@ async fn chat(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response,
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             h.insert("x-accel-buffering", HeaderValue::from_static("no"));
             routing_headers(&mut out, &stream.metadata);
+            overhead_header(&mut out, overhead("chat_stream", started, &stream.metadata));
             ratelimit_headers(&mut out, stream.quota);
             Ok(out)
         }
@@ -478,6 +499,7 @@ fn sse(
 }
 
 async fn embeddings(State(p): State<Arc<Pipeline>>, headers: HeaderMap, body: Body) -> Response {
+    let started = std::time::Instant::now();
     let result = async {
         require_json(&headers)?;
         let principal = p.authenticate(api_key(&headers)).await?;
@@ -494,6 +516,7 @@ async fn embeddings(State(p): State<Arc<Pipeline>>, headers: HeaderMap, body: Bo
             .into_response();
         if let Some(meta) = &resp.metadata {
             routing_headers(&mut out, meta);
+            overhead_header(&mut out, overhead("embeddings", started, meta));
         }
         Ok::<_, GwError>(out)
     }

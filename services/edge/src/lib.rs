@@ -48,6 +48,9 @@ impl Edge {
     /// Builds the edge and starts its metering shipper (which flushes what it
     /// holds and exits once the edge is dropped or has run).
     pub fn build(config: &Config, deps: Deps) -> Result<Self, GwError> {
+        // The edge's series exist (at zero) from the start.
+        llmgw_kit::metrics::edge();
+        llmgw_kit::metrics::gen_ai();
         let limiter = limits::Limiter::new(config.redis_url.as_ref())?;
         let spool_dir = config
             .metering
@@ -85,6 +88,9 @@ impl Edge {
             &["llmgw.v1.Gateway"],
         )
         .await?;
+        // `/metrics` on the gRPC port too, as every service has it there
+        // (whichever port discovery registers, Prometheus finds it).
+        let routes = llmgw_kit::grpc::with_metrics(routes);
         let grpc_task = llmgw_kit::grpc::serve(grpc, routes, health, shutdown.clone());
         // Both servers watch `shutdown`; whichever stops first (an error)
         // stops the other, and both drain their in-flight requests.

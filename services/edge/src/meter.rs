@@ -63,6 +63,7 @@ impl MeterSender {
                 mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev) => ev,
             };
             let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            llmgw_kit::metrics::edge().meter_dropped();
             tracing::error!(
                 request_id = %event.request_id,
                 input_tokens = event.input_tokens,
@@ -241,6 +242,7 @@ impl Shipper {
         match result {
             Ok(closed) => {
                 self.stats.spilled.fetch_add(1, Ordering::Relaxed);
+                self.spool_gauge();
                 if !self.spilling {
                     self.spilling = true;
                     tracing::warn!(dir = %self.spool_dir.display(), "metering unreachable; spilling usage events to disk");
@@ -251,6 +253,7 @@ impl Shipper {
             }
             Err(why) => {
                 let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+                llmgw_kit::metrics::edge().meter_dropped();
                 let spool_bytes = self.spool.as_ref().map_or(0, Spool::bytes);
                 let error = match &why {
                     Refused::Full => "spool full".to_owned(),
@@ -269,6 +272,14 @@ impl Shipper {
                 );
             }
         }
+    }
+
+    /// Publishes the spool's size (`llmgw_meter_spool_bytes`).
+    fn spool_gauge(&self) {
+        let bytes = self.spool.as_ref().map_or(0, Spool::bytes);
+        llmgw_kit::metrics::edge()
+            .meter_spool_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     fn succeeded(&mut self) {
@@ -294,6 +305,7 @@ impl Shipper {
         match self.metering.record(batch.clone()).await {
             Ok(ack) => {
                 self.succeeded();
+                llmgw_kit::metrics::edge().meter_shipped(n as u64);
                 tracing::debug!(
                     accepted = ack.accepted,
                     duplicates = ack.duplicates,
@@ -375,6 +387,7 @@ impl Shipper {
         match result {
             Ok(_) => {
                 self.succeeded();
+                llmgw_kit::metrics::edge().meter_shipped(sent as u64);
                 if let Some(d) = &mut self.draining {
                     d.acked = end;
                 }
@@ -389,6 +402,7 @@ impl Shipper {
                             tracing::info!("metering spool drained");
                         }
                     }
+                    self.spool_gauge();
                 }
             }
             Err(e) => self.failed(&e, sent),

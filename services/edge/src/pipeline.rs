@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use llmgw_kit::config::{Backoff, Config, RetryBudget};
+use llmgw_kit::metrics::{self, GenAiLabels, Rejection};
 use llmgw_kit::pricing::{Tokens, cost_usd};
 use llmgw_kit::services::ChunkStream;
 use llmgw_kit::{ErrorCode, GwError};
@@ -163,9 +164,12 @@ impl Pipeline {
                 ErrorCode::Unauthenticated,
                 "You didn't provide an API key. Provide it in the Authorization header as 'Bearer YOUR_KEY'.",
             )
-        })?;
+        })
+        .inspect_err(count_rejection)?;
         let digest = AuthCache::digest(key);
-        if let Some(principal) = self.auth_cache.get(&digest) {
+        let cached = self.auth_cache.get(&digest);
+        metrics::edge().auth_cache(cached.is_some());
+        if let Some(principal) = cached {
             return Ok(principal);
         }
         let principal = self
@@ -174,7 +178,8 @@ impl Pipeline {
             .authenticate(pb::AuthenticateRequest {
                 api_key: key.to_owned(),
             })
-            .await?;
+            .await
+            .inspect_err(count_rejection)?;
         self.auth_cache.put(digest, principal.clone());
         Ok(principal)
     }
@@ -218,6 +223,17 @@ impl Pipeline {
     /// Runs a chat request to its first byte: a complete response, or a
     /// started stream.
     pub async fn chat(
+        &self,
+        principal: pb::Principal,
+        req: pb::ChatRequest,
+        hints: Hints,
+    ) -> Result<ChatOutput, GwError> {
+        self.run_chat(principal, req, hints)
+            .await
+            .inspect_err(count_rejection)
+    }
+
+    async fn run_chat(
         &self,
         principal: pb::Principal,
         mut req: pb::ChatRequest,
@@ -334,6 +350,17 @@ impl Pipeline {
         req: pb::EmbeddingsRequest,
         hints: Hints,
     ) -> Result<pb::EmbeddingsResponse, GwError> {
+        self.run_embed(principal, req, hints)
+            .await
+            .inspect_err(count_rejection)
+    }
+
+    async fn run_embed(
+        &self,
+        principal: pb::Principal,
+        req: pb::EmbeddingsRequest,
+        hints: Hints,
+    ) -> Result<pb::EmbeddingsResponse, GwError> {
         allow_endpoint(&principal, "embeddings")?;
         let input_chars: usize = req
             .inputs
@@ -372,6 +399,7 @@ impl Pipeline {
             false,
             estimate_tokens(input_chars),
         );
+        guard.operation = "embeddings";
         guard.debt = debt;
         guard.settle = self
             .reserve(
@@ -625,8 +653,10 @@ impl Pipeline {
                 });
                 tries += 1;
                 let latency_ms = attempt_started.elapsed().as_secs_f64() * 1000.0;
+                let provider = provider_name(&target);
                 match result {
                     Ok(value) => {
+                        metrics::edge().attempt(&provider, None);
                         meta.attempts.push(pb::Attempt {
                             provider: target.provider.clone(),
                             model: target.model.clone(),
@@ -642,6 +672,7 @@ impl Pipeline {
                     }
                     Err(e) => {
                         let kind = error_type(&e);
+                        metrics::edge().attempt(&provider, Some(kind));
                         span.record("error.type", kind);
                         span.record("otel.status_code", "ERROR");
                         tracing::info!(
@@ -670,6 +701,7 @@ impl Pipeline {
                         if too_long {
                             min_window = Some(target.context_window);
                             if target.context_window > 0 && i + 1 < attempts {
+                                metrics::edge().fallback(&provider);
                                 continue 'targets;
                             }
                             break 'targets;
@@ -685,6 +717,7 @@ impl Pipeline {
                             continue;
                         }
                         if i + 1 < attempts && tokio::time::Instant::now() < deadline {
+                            metrics::edge().fallback(&provider);
                             continue 'targets;
                         }
                         break 'targets;
@@ -809,6 +842,43 @@ enum Outcome {
     Complete(Box<pb::ChatResponse>),
     Stream(ChunkStream),
 }
+
+/// Counts a refusal of the gateway's own (not a provider's) by its reason.
+fn count_rejection(e: &GwError) {
+    let why = match e.code() {
+        ErrorCode::Unauthenticated => Rejection::Auth,
+        ErrorCode::PermissionDenied => Rejection::Policy,
+        ErrorCode::RateLimited => Rejection::RateLimit,
+        ErrorCode::BudgetExceeded => Rejection::Budget,
+        _ => return,
+    };
+    metrics::edge().rejected(why);
+}
+
+/// A target's provider as a metric label: its config name, or `byok` for
+/// an org's own credential (whose name is the org's text).
+fn provider_name(target: &pb::Target) -> metrics::Name {
+    if target.byok {
+        metrics::name("byok")
+    } else {
+        metrics::name(&target.provider)
+    }
+}
+
+/// The gateway's own time on a request that began at `started`: all of it
+/// but the tries' time with providers (`meta.attempts`); recorded in
+/// `llmgw_gateway_overhead_seconds{kind}` and returned, for the
+/// `x-llmgw-overhead-ms` header.
+pub fn overhead(kind: &'static str, started: Instant, meta: &pb::RoutingMetadata) -> Duration {
+    let upstream_ms: f64 = meta.attempts.iter().map(|a| a.latency_ms).sum();
+    let total = started.elapsed();
+    let own = total.saturating_sub(Duration::from_secs_f64(upstream_ms.max(0.0) / 1000.0));
+    metrics::edge().overhead(kind, own);
+    own
+}
+
+/// The header carrying [`overhead`], in milliseconds.
+pub const OVERHEAD_HEADER: &str = "x-llmgw-overhead-ms";
 
 pub fn cost(price: &pb::Price, usage: &pb::Usage) -> f64 {
     cost_usd(
@@ -942,6 +1012,10 @@ pub struct MeterGuard {
     debt: Option<TokenDebt>,
     /// The budget reservation to settle with the real cost.
     settle: Option<Settle>,
+    /// `chat` or `embeddings` (`gen_ai_operation_name`).
+    operation: &'static str,
+    /// The `gen_ai_*` labels of the target tried last.
+    labels: Option<GenAiLabels>,
 }
 
 /// Output tokens a budget reservation assumes when the request sets no limit.
@@ -1036,10 +1110,18 @@ impl MeterGuard {
             usage: None,
             debt: None,
             settle: None,
+            operation: "chat",
+            labels: None,
         }
     }
 
     fn set_target(&mut self, target: &pb::Target) {
+        self.labels = Some(GenAiLabels {
+            gen_ai_operation_name: self.operation,
+            gen_ai_provider_name: metrics::name(&target.provider_type),
+            gen_ai_request_model: metrics::name(&target.model),
+            llmgw_provider: provider_name(target),
+        });
         if let Some(ev) = self.event.as_mut() {
             ev.provider.clone_from(&target.provider);
             ev.provider_model.clone_from(&target.model);
@@ -1051,6 +1133,13 @@ impl MeterGuard {
     /// A request refused before any attempt: nothing to meter.
     fn forget(&mut self) {
         self.event = None;
+    }
+
+    /// A stream's first chunk: time to first token.
+    pub fn first_chunk(&self) {
+        if let Some(labels) = &self.labels {
+            metrics::gen_ai().first_token(labels, self.started);
+        }
     }
 
     /// Counts streamed output, for the estimate a cancelled stream needs.
@@ -1120,20 +1209,38 @@ impl MeterGuard {
             let real = i64::from(ev.input_tokens) + i64::from(ev.output_tokens);
             debt.limiter.settle(debt.scopes, real - i64::from(debt.estimate));
         }
+        let spent = cost_usd(
+            &ev.price.unwrap_or_default(),
+            Tokens {
+                input: ev.input_tokens,
+                output: ev.output_tokens,
+                cached: ev.cached_tokens,
+            },
+        );
         if let Some(settle) = self.settle.take() {
-            let spent = cost_usd(
-                &ev.price.unwrap_or_default(),
-                Tokens {
-                    input: ev.input_tokens,
-                    output: ev.output_tokens,
-                    cached: ev.cached_tokens,
-                },
-            );
             settle.spend(spent);
+        }
+        let elapsed = self.started.elapsed();
+        if let Some(labels) = &self.labels {
+            let known = ev.input_tokens > 0 || ev.output_tokens > 0;
+            let error_type = match status {
+                "ok" => "",
+                "cancelled" => "cancelled",
+                _ => "error",
+            };
+            // BYOK requests are billed to the org's own account.
+            let cost = if ev.byok { 0.0 } else { spent };
+            metrics::gen_ai().record(
+                labels,
+                known.then_some((ev.input_tokens, ev.output_tokens)),
+                elapsed,
+                error_type,
+                cost,
+            );
         }
         ev.status = status.to_owned();
         ev.http_status = u32::from(http_status);
-        ev.latency_ms = self.started.elapsed().as_secs_f64() * 1000.0;
+        ev.latency_ms = elapsed.as_secs_f64() * 1000.0;
         self.sender.send(ev);
     }
 }

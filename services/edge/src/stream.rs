@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt as _;
+use llmgw_kit::metrics::GaugeGuard;
 use llmgw_kit::services::ChunkStream;
 use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto as pb;
@@ -29,6 +30,10 @@ struct State {
     client_wants_usage: bool,
     idle: Duration,
     done: bool,
+    /// `llmgw_in_flight_streams`, held while the stream lives.
+    _streaming: GaugeGuard,
+    /// Whether a chunk has gone out (time to first token is recorded once).
+    started: bool,
 }
 
 /// What a running stream holds until it ends: its in-flight permit, and
@@ -57,6 +62,8 @@ pub fn metered(
         client_wants_usage,
         idle,
         done: false,
+        _streaming: GaugeGuard::new(&llmgw_kit::metrics::edge().in_flight_streams),
+        started: false,
     };
     Box::pin(futures_util::stream::unfold(state, |mut st| async move {
         if st.done {
@@ -95,6 +102,10 @@ pub fn metered(
                     return Some((Err(err), st));
                 }
                 Some(Ok(mut chunk)) => {
+                    if !st.started {
+                        st.started = true;
+                        st.guard.first_chunk();
+                    }
                     st.guard.count(&chunk);
                     if let Some(mut usage) = chunk.usage.take() {
                         usage.cost_usd = Some(cost(&st.price, &usage));

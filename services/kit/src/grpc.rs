@@ -89,7 +89,19 @@ pub async fn with_health_and_reflection(routes: Routes, names: &[&str]) -> Resul
     Ok((routes.add_service(health_service).add_service(reflection), health))
 }
 
-/// Serves `routes` on `listener` until `shutdown` fires, then drains.
+/// Adds `GET /metrics` (this process's Prometheus series, over HTTP/1.1:
+/// [`serve`] accepts it) to `routes`.
+pub fn with_metrics(routes: Routes) -> Routes {
+    Routes::from(
+        routes
+            .into_axum_router()
+            .route("/metrics", axum::routing::get(crate::metrics::handler)),
+    )
+}
+
+/// Serves `routes` on `listener` until `shutdown` fires, then drains. Every
+/// call is counted and timed ([`crate::metrics::GrpcLayer`]); HTTP/1.1 is
+/// accepted too, for `GET /metrics` (see [`with_metrics`]).
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
@@ -118,6 +130,8 @@ pub async fn serve(
         // Edges multiplex every request over one connection per service:
         // hyper's default (200 streams) would refuse streams under load.
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
+        .accept_http1(true)
+        .layer(crate::metrics::GrpcLayer::default())
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming, signal)
         .await

@@ -10,6 +10,7 @@ pub mod db;
 pub mod discovery;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod openai;
 pub mod pricing;
 pub mod secret;

@@ -465,6 +465,7 @@ async fn serve_one(
     let signal = shutdown_token();
     let listener = bind(what, addr).await?;
     let (routes, health) = grpc::with_health_and_reflection(routes, &[service.grpc_name()]).await?;
+    let routes = grpc::with_metrics(routes);
     let local = listener.local_addr()?;
     tracing::info!(service = what, addr = %local, "llmgw service listening");
     let stop = CancellationToken::new();

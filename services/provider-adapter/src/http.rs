@@ -114,7 +114,11 @@ impl Peer {
     /// error (its body read, bounded, to classify it); the caller applies the
     /// per-try timeout around this.
     pub(crate) async fn send(&self, request: reqwest::RequestBuilder) -> Result<Response, GwError> {
-        let mut response = dispatch(request).await.map_err(|e| self.send_error(&e))?;
+        let started = std::time::Instant::now();
+        let sent = dispatch(request).await;
+        let status = sent.as_ref().map_or(0, |r| r.status().as_u16());
+        llmgw_kit::metrics::adapter().upstream(&self.name, status, started.elapsed());
+        let mut response = sent.map_err(|e| self.send_error(&e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);

@@ -36,11 +36,13 @@ use providers::Provider;
 /// Builds the adapter service over every enabled provider in the config.
 /// BYOK targets are refused: use [`service_with_credentials`].
 pub fn service(config: &Config) -> Result<Adapter, GwError> {
+    llmgw_kit::metrics::adapter();
     Ok(Arc::new(ProviderAdapter::new(config, None)?))
 }
 
 /// [`service`], plus orgs' own provider credentials (BYOK) opened by `auth`.
 pub fn service_with_credentials(config: &Config, auth: Auth) -> Result<Adapter, GwError> {
+    llmgw_kit::metrics::adapter();
     Ok(Arc::new(ProviderAdapter::new(config, Some(auth))?))
 }
 

@@ -51,7 +51,16 @@ pub use configs::HEADER as CONFIG_HEADER;
 
 /// Builds the router over the config's enabled providers and models.
 pub fn service(config: &Config) -> Router {
-    Arc::new(Catalog::new(config))
+    llmgw_kit::metrics::router();
+    let catalog = Arc::new(Catalog::new(config));
+    // The process's first router reports its ejected targets at each scrape.
+    let weak = Arc::downgrade(&catalog);
+    llmgw_kit::metrics::gauge_fn(
+        "llmgw_router_ejected_targets",
+        "Targets ejected now (skipped by routing until their ejection ends)",
+        move || weak.upgrade().map_or(0, |c| c.ejected_now()),
+    );
+    catalog
 }
 
 /// Targets met through `provider/model` addressing are tracked up to this
@@ -462,6 +471,13 @@ impl Catalog {
         (upstream.model == report.model && upstream.provider_name == report.provider)
             .then(|| upstream.clone())
     }
+
+    /// How many targets are ejected now (`llmgw_router_ejected_targets`).
+    fn ejected_now(&self) -> i64 {
+        let now = self.clock.now_ms();
+        let table = self.upstreams.read().unwrap_or_else(|e| e.into_inner());
+        table.list.iter().filter(|u| u.stats.ejected(now)).count() as i64
+    }
 }
 
 /// A BYOK credential's default per-try timeout (config providers' default).
@@ -805,6 +821,7 @@ impl RouterService for Catalog {
             Event::Failed => {
                 stats.ended();
                 if stats.failed(&self.ejection, now) {
+                    llmgw_kit::metrics::router().ejected(&report.provider);
                     tracing::warn!(
                         provider = %report.provider,
                         model = %report.model,

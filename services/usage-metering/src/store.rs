@@ -319,6 +319,7 @@ pub async fn open(config: &Config) -> Result<UsageStore, GwError> {
 
 /// The metering service over `store`, as the one client type callers use.
 pub fn service(store: UsageStore) -> Metering {
+    llmgw_kit::metrics::metering();
     Arc::new(store)
 }
 
@@ -365,8 +366,12 @@ impl MeteringService for UsageStore {
             return Ok(ack);
         }
         let recorded_at = now_ms();
+        llmgw_kit::metrics::metering().batches.inc();
         if let Some(mode) = self.insert_batch {
-            return self.record_batch(mode, &events, recorded_at).await;
+            return self
+                .record_batch(mode, &events, recorded_at)
+                .await
+                .inspect(count_recorded);
         }
         // The first statement is a write, so SQLite takes its write lock at once.
         let mut tx = self.pool.begin().await.map_err(db_error("recording usage"))?;
@@ -422,6 +427,7 @@ impl MeteringService for UsageStore {
                 "usage batch had duplicates"
             );
         }
+        count_recorded(&ack);
         Ok(ack)
     }
 
@@ -526,4 +532,11 @@ pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// `llmgw_metering_events_recorded_total` and `…_duplicate_events_total`.
+fn count_recorded(ack: &pb::RecordAck) {
+    let m = llmgw_kit::metrics::metering();
+    m.events.inc_by(ack.accepted);
+    m.duplicates.inc_by(ack.duplicates);
 }
