@@ -20,6 +20,7 @@ mod errors;
 mod grpc;
 mod hostile;
 mod limits;
+mod messages;
 mod metering;
 mod provider_anthropic;
 mod provider_bedrock;

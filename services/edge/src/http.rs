@@ -1,7 +1,8 @@
 //! The OpenAI REST surface (axum) and gRPC-Web.
 //!
 //! Layer order, outermost first: axum's router (routes below; unknown paths
-//! and methods answer in the OpenAI error shape) → per route: the handler,
+//! and methods answer in the OpenAI error shape, or Anthropic's under
+//! `/v1/messages`, see [`Dialect`]) → per route: the handler,
 //! which checks Content-Type (415), declared length (413), the API key
 //! (401), reads the body under the size limit (413), parses and validates
 //! (400), then runs the [`Pipeline`]. The gRPC `Gateway` service is merged
@@ -29,6 +30,8 @@ use crate::pipeline::{CONFIG_HEADER, ChatOutput, Hints, Pipeline, error_type};
 pub fn router(pipeline: Arc<Pipeline>) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(crate::anthropic::messages))
+        .route("/v1/messages/count_tokens", post(crate::anthropic::count_tokens))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
@@ -49,7 +52,26 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
 }
 
-// ---- errors: the one place the OpenAI error shape is written ---------------
+// ---- errors: the one place error bodies are written ------------------------
+
+/// The error shape a route answers in: OpenAI's, or Anthropic's on
+/// `/v1/messages` (its body from [`crate::anthropic::error_json`]). The
+/// status and headers come from the error's code alone, whatever the shape.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    OpenAi,
+    Anthropic,
+}
+
+impl Dialect {
+    fn of(path: &str) -> Self {
+        if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+            Self::Anthropic
+        } else {
+            Self::OpenAi
+        }
+    }
+}
 
 #[derive(Serialize)]
 struct ErrorEnvelope<'a> {
@@ -101,11 +123,19 @@ pub fn error_json(err: &GwError) -> Vec<u8> {
 }
 
 pub fn error_response(err: &GwError) -> Response {
+    error_response_in(err, Dialect::OpenAi)
+}
+
+pub(crate) fn error_response_in(err: &GwError, dialect: Dialect) -> Response {
     let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = match dialect {
+        Dialect::OpenAi => error_json(err),
+        Dialect::Anthropic => crate::anthropic::error_json(err),
+    };
     let mut resp = (
         status,
         [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        error_json(err),
+        body,
     )
         .into_response();
     if let Some(secs) = err.retry_after_secs() {
@@ -115,25 +145,28 @@ pub fn error_response(err: &GwError) -> Response {
     resp
 }
 
-async fn not_found() -> Response {
-    error_response(&GwError::new(
-        ErrorCode::NotFound,
-        "Unknown request URL. Please check the URL and method.",
-    ))
+async fn not_found(uri: http::Uri) -> Response {
+    error_response_in(
+        &GwError::new(
+            ErrorCode::NotFound,
+            "Unknown request URL. Please check the URL and method.",
+        ),
+        Dialect::of(uri.path()),
+    )
 }
 
-async fn method_not_allowed() -> Response {
-    error_response(&GwError::new(
-        ErrorCode::MethodNotAllowed,
-        "Method not allowed for this URL.",
-    ))
+async fn method_not_allowed(uri: http::Uri) -> Response {
+    error_response_in(
+        &GwError::new(ErrorCode::MethodNotAllowed, "Method not allowed for this URL."),
+        Dialect::of(uri.path()),
+    )
 }
 
 // ---- request plumbing -------------------------------------------------------
 
 /// The API key from `Authorization: Bearer <key>` (or `api-key`, as Azure
 /// OpenAI clients send it).
-fn api_key(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn api_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         return Some(
@@ -145,7 +178,7 @@ fn api_key(headers: &HeaderMap) -> Option<&str> {
     headers.get("api-key").and_then(|v| v.to_str().ok())
 }
 
-fn require_json(headers: &HeaderMap) -> Result<(), GwError> {
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), GwError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -185,7 +218,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Reads the body up to `limit` bytes. Over the limit it is drained (up to
 /// [`DRAIN_CAP`] or [`DRAIN_TIME`]) and refused with 413.
-async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes, GwError> {
+pub(crate) async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes, GwError> {
     let declared = declared_length(headers);
     let mut buf = BytesMut::with_capacity(declared.map_or(8192, |n| n.min(limit as u64) as usize));
     let mut over = declared.is_some_and(|n| n > limit as u64);
@@ -246,7 +279,7 @@ fn ratelimit_headers(resp: &mut Response, quota: Option<crate::limits::Quota>) {
     }
 }
 
-fn hints(principal: &pb::Principal, headers: &HeaderMap) -> Hints {
+pub(crate) fn hints(principal: &pb::Principal, headers: &HeaderMap) -> Hints {
     let config = headers.get(CONFIG_HEADER).and_then(|v| v.to_str().ok());
     Hints::new(principal, config, || {
         headers
@@ -348,31 +381,47 @@ async fn chat(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response,
     match p.chat(principal, req, hints).await? {
         ChatOutput::Complete(resp, quota) => {
             let json = llmgw_kit::openai::response_json(&resp)?;
-            let mut out = (
-                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-                json,
-            )
-                .into_response();
-            if let Some(meta) = &resp.metadata {
-                routing_headers(&mut out, meta);
-            }
-            ratelimit_headers(&mut out, quota);
-            Ok(out)
+            Ok(chat_response(
+                Body::from(json),
+                false,
+                resp.metadata.as_ref(),
+                quota,
+            ))
         }
-        ChatOutput::Stream(stream) => {
-            let mut out = Response::new(Body::from_stream(sse(stream.chunks)));
-            let h = out.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-            routing_headers(&mut out, &stream.metadata);
-            ratelimit_headers(&mut out, stream.quota);
-            Ok(out)
-        }
+        ChatOutput::Stream(stream) => Ok(chat_response(
+            Body::from_stream(sse(stream.chunks)),
+            true,
+            Some(&stream.metadata),
+            stream.quota,
+        )),
     }
+}
+
+/// A chat answer (JSON, or an unbuffered event stream) with the routing
+/// and rate-limit headers; shared by the OpenAI and Anthropic doors.
+pub(crate) fn chat_response(
+    body: Body,
+    stream: bool,
+    meta: Option<&pb::RoutingMetadata>,
+    quota: Option<crate::limits::Quota>,
+) -> Response {
+    let mut out = Response::new(body);
+    let h = out.headers_mut();
+    if stream {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    } else {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    if let Some(meta) = meta {
+        routing_headers(&mut out, meta);
+    }
+    ratelimit_headers(&mut out, quota);
+    out
 }
 
 /// Frames chunks as server-sent events: `data: {json}\n\n` each, then
