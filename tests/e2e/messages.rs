@@ -329,6 +329,28 @@ async fn scenario(shape_: Shape) {
     assert!(!joined(&events, "signature_delta", "signature").is_empty());
     assert_eq!(joined(&events, "text_delta", "text"), "You said: think aloud");
 
+    // ---- output_config.format: structured output as JSON text (OpenAI's
+    // json_schema; the anthropic provider's forced tool), effort as reasoning
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
+    for model in ["gpt-4o-mini", "claude-sonnet"] {
+        let (status, _, body) = create(
+            &gw,
+            &json!({"model": model, "max_tokens": 256,
+                "output_config": {"format": {"type": "json_schema", "schema": schema}},
+                "messages": [{"role": "system", "content": "answer in JSON"}, {"role": "user", "content": "weather?"}]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{model}: {body}");
+        assert_eq!(body["stop_reason"], "end_turn", "{model}: {body}");
+        let parsed: Value = serde_json::from_str(body["content"][0]["text"].as_str().unwrap()).unwrap();
+        assert!(parsed["city"].is_string(), "{model}: {parsed}");
+    }
+    assert_eq!(
+        gw.last_upstream().await["body"]["system"],
+        "answer in JSON",
+        "a system turn in `messages` is a system prompt"
+    );
+
     // ---- count_tokens: the edge's estimate, growing with the prompt
     let count =
         |text: &str| json!({"model": "claude-sonnet", "messages": [{"role": "user", "content": text}]});

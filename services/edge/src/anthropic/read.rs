@@ -52,6 +52,8 @@ struct RequestIn {
     tool_choice: Option<ToolChoiceIn>,
     #[serde(default)]
     thinking: Option<ThinkingIn>,
+    #[serde(default)]
+    output_config: Option<OutputConfigIn>,
     /// Everything else, passed through to providers that understand it.
     #[serde(flatten)]
     extra: Map<String, Value>,
@@ -169,6 +171,22 @@ struct ToolChoiceIn {
 }
 
 #[derive(Deserialize)]
+struct OutputConfigIn {
+    #[serde(default)]
+    effort: Option<String>,
+    #[serde(default)]
+    format: Option<FormatIn>,
+}
+
+#[derive(Deserialize)]
+struct FormatIn {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    schema: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
 struct ThinkingIn {
     #[serde(rename = "type")]
     kind: String,
@@ -264,10 +282,11 @@ fn convert(raw: RequestIn, route: Route) -> Result<pb::ChatRequest, GwError> {
     }
     let max_tokens = match (raw.max_tokens, route) {
         (None, Route::Messages) => return Err(invalid("max_tokens", "Field required")),
-        (Some(0), _) => {
+        // Anthropic takes 0 to warm its prompt cache; no other provider can.
+        (Some(0), Route::Messages) => {
             return Err(invalid(
                 "max_tokens",
-                "Input should be greater than or equal to 1",
+                "the gateway needs at least 1 (0, to warm a prompt cache, is not supported)",
             ));
         }
         (m, _) => m,
@@ -279,32 +298,18 @@ fn convert(raw: RequestIn, route: Route) -> Result<pb::ChatRequest, GwError> {
     range("top_p", raw.top_p, 0.0, 1.0)?;
 
     let mut messages = Vec::with_capacity(raw.messages.len() + 1);
-    match raw.system {
-        Some(TextOrBlocks::Text(t)) if !t.is_empty() => messages.push(text_message(pb::Role::System, t)),
-        None | Some(TextOrBlocks::Text(_)) => {}
-        Some(TextOrBlocks::Blocks(blocks)) => {
-            for (j, b) in blocks.into_iter().enumerate() {
-                if b.kind != "text" {
-                    return Err(invalid(
-                        format!("system.{j}.type"),
-                        format!("system blocks must be `text`, got `{}`", b.kind),
-                    ));
-                }
-                let text = b
-                    .text
-                    .ok_or_else(|| invalid(format!("system.{j}.text"), "Field required"))?;
-                messages.push(text_message(pb::Role::System, text));
-            }
-        }
+    if let Some(system) = raw.system {
+        system_turn(system, "system", &mut messages)?;
     }
     for (i, m) in raw.messages.into_iter().enumerate() {
         match m.role.as_str() {
             "user" => user_turn(m.content, i, &mut messages)?,
             "assistant" => messages.push(assistant_turn(m.content, i)?),
+            "system" => system_turn(m.content, &format!("messages.{i}.content"), &mut messages)?,
             other => {
                 return Err(invalid(
                     format!("messages.{i}.role"),
-                    format!("Input should be 'user' or 'assistant', got '{other}'"),
+                    format!("Input should be 'user', 'assistant' or 'system', got '{other}'"),
                 ));
             }
         }
@@ -390,10 +395,17 @@ fn convert(raw: RequestIn, route: Route) -> Result<pb::ChatRequest, GwError> {
         }
     };
 
+    let (effort_asked, response_format) = match raw.output_config {
+        None => (None, None),
+        Some(c) => output_config(c)?,
+    };
     let reasoning_effort = match raw.thinking {
-        None => None,
+        None => effort_asked,
         Some(t) => match t.kind.as_str() {
             "disabled" => None,
+            // The model decides how much to think: the middle of the scale.
+            "adaptive" => Some(effort_asked.unwrap_or_else(|| "medium".to_owned())),
+            "between_tools" => Some(effort_asked.unwrap_or_else(|| "low".to_owned())),
             "enabled" => {
                 let budget = t
                     .budget_tokens
@@ -409,7 +421,9 @@ fn convert(raw: RequestIn, route: Route) -> Result<pb::ChatRequest, GwError> {
             other => {
                 return Err(invalid(
                     "thinking.type",
-                    format!("Input should be 'enabled' or 'disabled', got '{other}'"),
+                    format!(
+                        "Input should be 'enabled', 'adaptive', 'between_tools' or 'disabled', got '{other}'"
+                    ),
                 ));
             }
         },
@@ -430,6 +444,7 @@ fn convert(raw: RequestIn, route: Route) -> Result<pb::ChatRequest, GwError> {
         messages,
         tools,
         tool_choice,
+        response_format,
         temperature: raw.temperature,
         top_p: raw.top_p,
         max_tokens,
@@ -451,6 +466,69 @@ fn convert(raw: RequestIn, route: Route) -> Result<pb::ChatRequest, GwError> {
         extra_json,
         ..Default::default()
     })
+}
+
+/// `output_config`: its `effort` as a canonical `reasoning_effort` (the
+/// nearest: `xhigh` and `max` are `high`), its `format` as a JSON schema
+/// response format.
+fn output_config(c: OutputConfigIn) -> Result<(Option<String>, Option<pb::ResponseFormat>), GwError> {
+    let effort = match c.effort.as_deref() {
+        None => None,
+        Some(e @ ("low" | "medium" | "high")) => Some(e.to_owned()),
+        Some("xhigh" | "max") => Some("high".to_owned()),
+        Some(other) => {
+            return Err(invalid(
+                "output_config.effort",
+                format!("Input should be 'low', 'medium', 'high', 'xhigh' or 'max', got '{other}'"),
+            ));
+        }
+    };
+    let format = match c.format {
+        None => None,
+        Some(f) if f.kind == "json_schema" => {
+            let schema = f
+                .schema
+                .ok_or_else(|| invalid("output_config.format.schema", "Field required"))?;
+            Some(pb::ResponseFormat {
+                format: Some(pb::response_format::Format::JsonSchema(pb::JsonSchemaFormat {
+                    name: "output".to_owned(),
+                    description: None,
+                    schema_json: Some(schema.get().to_owned()),
+                    strict: Some(true),
+                })),
+            })
+        }
+        Some(f) => {
+            return Err(invalid(
+                "output_config.format.type",
+                format!("Input should be 'json_schema', got '{}'", f.kind),
+            ));
+        }
+    };
+    Ok((effort, format))
+}
+
+/// `system` (or a `system` turn's content) as system messages, one per block.
+fn system_turn(content: TextOrBlocks, at: &str, out: &mut Vec<pb::Message>) -> Result<(), GwError> {
+    match content {
+        TextOrBlocks::Text(t) if t.is_empty() => {}
+        TextOrBlocks::Text(t) => out.push(text_message(pb::Role::System, t)),
+        TextOrBlocks::Blocks(blocks) => {
+            for (j, b) in blocks.into_iter().enumerate() {
+                if b.kind != "text" {
+                    return Err(invalid(
+                        format!("{at}.{j}.type"),
+                        format!("system blocks must be `text`, got `{}`", b.kind),
+                    ));
+                }
+                let text = b
+                    .text
+                    .ok_or_else(|| invalid(format!("{at}.{j}.text"), "Field required"))?;
+                out.push(text_message(pb::Role::System, text));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The canonical `reasoning_effort` nearest a thinking budget (the Anthropic

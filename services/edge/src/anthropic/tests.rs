@@ -92,6 +92,38 @@ fn tool_input_and_schemas_stay_raw_text() {
 }
 
 #[test]
+fn newer_sdk_fields_translate() {
+    let req = parse(json!({
+        "model": "c", "max_tokens": 10,
+        "messages": [{"role": "system", "content": "rules"}, {"role": "user", "content": "hi"}],
+        "thinking": {"type": "adaptive", "display": "summarized"},
+        "output_config": {"format": {"type": "json_schema", "schema": {"type": "object"}}}
+    }));
+    assert_eq!(req.messages[0].role, pb::Role::System as i32);
+    assert_eq!(req.reasoning_effort.as_deref(), Some("medium"));
+    let Some(pb::response_format::Format::JsonSchema(s)) = req.response_format.and_then(|f| f.format) else {
+        panic!("json schema")
+    };
+    assert_eq!(s.schema_json.as_deref(), Some(r#"{"type":"object"}"#));
+    let req = parse(
+        json!({"model": "c", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}],
+        "output_config": {"effort": "max"}}),
+    );
+    assert_eq!(req.reasoning_effort.as_deref(), Some("high"));
+    assert!(
+        refused(
+            json!({"model": "c", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}],
+        "output_config": {"effort": "huge"}})
+        )
+        .starts_with("output_config.effort")
+    );
+    assert!(
+        refused(json!({"model": "c", "max_tokens": 0, "messages": [{"role": "user", "content": "hi"}]}))
+            .starts_with("max_tokens")
+    );
+}
+
+#[test]
 fn errors_name_the_field() {
     let m = json!([{"role": "user", "content": "hi"}]);
     assert_eq!(
@@ -99,7 +131,7 @@ fn errors_name_the_field() {
         "max_tokens: Field required"
     );
     assert!(
-        refused(json!({"model": "c", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}))
+        refused(json!({"model": "c", "max_tokens": 5, "messages": [{"role": "tool", "content": "x"}]}))
             .starts_with("messages.0.role")
     );
     assert!(
