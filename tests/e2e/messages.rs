@@ -175,6 +175,22 @@ async fn scenario(shape_: Shape) {
     assert_eq!(up["body"]["max_tokens"], 64);
     assert_eq!(up["body"]["stop_sequences"], json!(["END"]));
 
+    // ---- a stop sequence the anthropic-type provider names, plain and streamed
+    let ask = json!({"model": "claude-sonnet", "max_tokens": 64, "stop_sequences": ["STOP"],
+        "messages": [{"role": "user", "content": "one two STOP three"}]});
+    let (status, _, body) = create(&gw, &ask).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["stop_reason"], "stop_sequence", "{body}");
+    assert_eq!(body["stop_sequence"], "STOP");
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    let events = stream(&gw, &streamed).await;
+    let delta = &events[events.len() - 2].1["delta"];
+    assert_eq!(
+        *delta,
+        json!({"stop_reason": "stop_sequence", "stop_sequence": "STOP"})
+    );
+
     // ---- image blocks, base64 and url
     let (status, _, body) = create(
         &gw,

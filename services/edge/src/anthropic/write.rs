@@ -125,8 +125,11 @@ fn usage_out(u: &pb::Usage) -> UsageOut {
     }
 }
 
-fn stop_reason(reason: i32) -> &'static str {
+/// Anthropic's `stop_reason` for a finish reason; `stop_sequence` when the
+/// provider named the sequence that matched.
+fn stop_reason(reason: i32, sequence: Option<&str>) -> &'static str {
     match pb::FinishReason::try_from(reason).unwrap_or(pb::FinishReason::Unspecified) {
+        pb::FinishReason::Stop if sequence.is_some() => "stop_sequence",
         pb::FinishReason::Length => "max_tokens",
         pb::FinishReason::ToolCalls | pb::FinishReason::FunctionCall => "tool_use",
         pb::FinishReason::ContentFilter => "refusal",
@@ -218,8 +221,11 @@ pub fn message_json(resp: &pb::ChatResponse) -> Result<Vec<u8>, GwError> {
         role: "assistant",
         content,
         model,
-        stop_reason: Some(stop_reason(choice.map_or(0, |c| c.finish_reason))),
-        stop_sequence: None,
+        stop_reason: Some(stop_reason(
+            choice.map_or(0, |c| c.finish_reason),
+            choice.and_then(|c| c.stop_sequence.as_deref()),
+        )),
+        stop_sequence: choice.and_then(|c| c.stop_sequence.as_deref()),
         usage: resp.usage.as_ref().map(usage_out).unwrap_or_default(),
     };
     serde_json::to_vec(&out).map_err(|e| GwError::internal(format!("cannot write response: {e}")))
@@ -230,14 +236,29 @@ pub fn message_json(resp: &pb::ChatResponse) -> Result<Vec<u8>, GwError> {
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Event<'a> {
-    MessageStart { message: MessageOut<'a> },
-    ContentBlockStart { index: u32, content_block: BlockOut<'a> },
+    MessageStart {
+        message: MessageOut<'a>,
+    },
+    ContentBlockStart {
+        index: u32,
+        content_block: BlockOut<'a>,
+    },
     Ping,
-    ContentBlockDelta { index: u32, delta: DeltaOut<'a> },
-    ContentBlockStop { index: u32 },
-    MessageDelta { delta: MessageDeltaOut, usage: UsageOut },
+    ContentBlockDelta {
+        index: u32,
+        delta: DeltaOut<'a>,
+    },
+    ContentBlockStop {
+        index: u32,
+    },
+    MessageDelta {
+        delta: MessageDeltaOut<'a>,
+        usage: UsageOut,
+    },
     MessageStop,
-    Error { error: ErrorOut<'a> },
+    Error {
+        error: ErrorOut<'a>,
+    },
 }
 
 impl Event<'_> {
@@ -269,9 +290,9 @@ enum DeltaOut<'a> {
 }
 
 #[derive(Serialize)]
-struct MessageDeltaOut {
+struct MessageDeltaOut<'a> {
     stop_reason: &'static str,
-    stop_sequence: Option<&'static str>,
+    stop_sequence: Option<&'a str>,
 }
 
 /// `event: <name>\ndata: <json>\n\n`.
@@ -323,6 +344,7 @@ pub struct StreamWriter {
     /// Tool calls seen: canonical index → block index.
     tools: Vec<(u32, u32)>,
     stop_reason: &'static str,
+    stop_sequence: Option<String>,
     usage: Option<pb::Usage>,
 }
 
@@ -337,6 +359,7 @@ impl StreamWriter {
             next_index: 0,
             tools: Vec::new(),
             stop_reason: "end_turn",
+            stop_sequence: None,
             usage: None,
         }
     }
@@ -529,7 +552,8 @@ impl StreamWriter {
             }
         }
         if choice.finish_reason != pb::FinishReason::Unspecified as i32 {
-            self.stop_reason = stop_reason(choice.finish_reason);
+            self.stop_reason = stop_reason(choice.finish_reason, choice.stop_sequence.as_deref());
+            self.stop_sequence.clone_from(&choice.stop_sequence);
         }
     }
 
@@ -549,7 +573,7 @@ impl StreamWriter {
             &Event::MessageDelta {
                 delta: MessageDeltaOut {
                     stop_reason: self.stop_reason,
-                    stop_sequence: None,
+                    stop_sequence: self.stop_sequence.as_deref(),
                 },
                 usage,
             },

@@ -1424,6 +1424,7 @@ fn response_from(resp: GenerateResponse, model: &str) -> ChatResponse {
                 }),
                 finish_reason: finish as i32,
                 logprobs_json,
+                stop_sequence: None,
             }
         })
         .collect();
@@ -1439,6 +1440,7 @@ fn response_from(resp: GenerateResponse, model: &str) -> ChatResponse {
             }),
             finish_reason: FinishReason::ContentFilter as i32,
             logprobs_json: None,
+            stop_sequence: None,
         });
     }
     choices.sort_by_key(|c| c.index);
@@ -1565,6 +1567,7 @@ impl StreamState {
                 }),
                 finish_reason: FinishReason::ContentFilter as i32,
                 logprobs_json: None,
+                stop_sequence: None,
             });
         }
         for (n, c) in resp.candidates.into_iter().enumerate() {
@@ -1609,6 +1612,7 @@ impl StreamState {
                 }),
                 finish_reason: finish as i32,
                 logprobs_json,
+                stop_sequence: None,
             });
         }
         if choices.is_empty() {
