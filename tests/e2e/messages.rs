@@ -314,6 +314,18 @@ async fn scenario(shape_: Shape) {
     assert_eq!(events[events.len() - 2].1["delta"]["stop_reason"], "tool_use");
     assert_eq!(events.last().unwrap().0, "message_stop");
 
+    // A provider failing mid-stream: one `error` event, no `message_stop`.
+    let events = stream(
+        &gw,
+        &json!({"model": "claude-sonnet", "max_tokens": 64, "stream": true,
+            "messages": [{"role": "user", "content": "[emu:error_mid_stream] fail"}]}),
+    )
+    .await;
+    let (last, data) = events.last().unwrap();
+    assert_eq!(last, "error", "{events:?}");
+    assert_eq!(data["error"]["type"], "api_error", "{data}");
+    assert!(events.iter().all(|(n, _)| n != "message_stop"));
+
     // ---- thinking: a budget becomes extended thinking upstream, and the
     // signed thinking block comes back first, streamed too
     let (status, _, body) = create(
@@ -403,6 +415,19 @@ async fn scenario(shape_: Shape) {
     .await;
     assert_eq!(status, 400);
     assert!(error(status, &text, "invalid_request_error").contains("max_tokens"));
+    let r = gw
+        .client
+        .post(gw.url("/v1/messages"))
+        .json(
+            &json!({"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 401);
+    assert!(error(status, &text, "authentication_error").contains("x-api-key"));
     let (status, _, text) = send(
         &gw,
         "sk-not-a-key",

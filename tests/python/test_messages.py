@@ -107,6 +107,35 @@ def test_stream_forced_tool(target: Target, emu: Emulator, model: str) -> None:
     assert isinstance(call.input["city"], str)
 
 
+def test_thinking_and_stop_sequence(target: Target, emu: Emulator) -> None:
+    client = target.anthropic()
+    with client.messages.stream(
+        model=CLAUDE,
+        max_tokens=4096,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[user("think aloud")],
+    ) as stream:
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"]
+    assert "think aloud" in final.content[0].thinking and final.content[0].signature
+    assert final.content[1].text == "You said: think aloud"
+    msg = client.messages.create(
+        model=CLAUDE, max_tokens=64, stop_sequences=["STOP"], messages=[user("one two STOP three")]
+    )
+    assert msg.stop_reason == "stop_sequence"
+    assert msg.stop_sequence == "STOP"
+
+
+def test_stream_failure_raises(target: Target, emu: Emulator) -> None:
+    with pytest.raises(anthropic.APIStatusError) as e:
+        with target.anthropic().messages.stream(
+            model=CLAUDE, max_tokens=64, messages=[user("[emu:error_mid_stream] fail")]
+        ) as stream:
+            for _ in stream.text_stream:
+                pass
+    assert e.value.body["error"]["type"] == "api_error"
+
+
 def test_errors_raise_the_sdk_exceptions(target: Target, emu: Emulator) -> None:
     ask = {"max_tokens": 16, "messages": [user("x")]}
     with pytest.raises(anthropic.AuthenticationError) as e:

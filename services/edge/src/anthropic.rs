@@ -31,12 +31,20 @@ use crate::pipeline::{ChatOutput, Pipeline, allow_endpoint, prompt_estimate};
 pub use write::error_json;
 
 /// The key from `x-api-key` (what the Anthropic SDKs send), else from
-/// `Authorization: Bearer` (their `auth_token`).
-fn key(headers: &HeaderMap) -> Option<&str> {
+/// `Authorization: Bearer` (their `auth_token`); a 401 in Anthropic's words
+/// when there is none.
+fn key(headers: &HeaderMap) -> Result<&str, GwError> {
     headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
         .or_else(|| api_key(headers))
+        .filter(|k| !k.trim().is_empty())
+        .ok_or_else(|| {
+            GwError::new(
+                llmgw_kit::ErrorCode::Unauthenticated,
+                "x-api-key header is required (or Authorization: Bearer)",
+            )
+        })
 }
 
 /// `request-id`, which the Anthropic SDKs expose as `_request_id`.
@@ -56,7 +64,7 @@ pub async fn messages(State(p): State<Arc<Pipeline>>, headers: HeaderMap, body: 
 
 async fn run(p: &Pipeline, headers: &HeaderMap, body: Body) -> Result<Response, GwError> {
     require_json(headers)?;
-    let principal = p.authenticate(key(headers)).await?;
+    let principal = p.authenticate(Some(key(headers)?)).await?;
     let bytes = read_body(headers, body, p.max_body_bytes).await?;
     let req = read::parse_request(&bytes, read::Route::Messages)?;
     let estimate = if req.stream { prompt_estimate(&req) } else { 0 };
@@ -116,7 +124,7 @@ fn sse(
 pub async fn count_tokens(State(p): State<Arc<Pipeline>>, headers: HeaderMap, body: Body) -> Response {
     let result = async {
         require_json(&headers)?;
-        let principal = p.authenticate(key(&headers)).await?;
+        let principal = p.authenticate(Some(key(&headers)?)).await?;
         allow_endpoint(&principal, "chat")?;
         let bytes = read_body(&headers, body, p.max_body_bytes).await?;
         let req = read::parse_request(&bytes, read::Route::CountTokens)?;

@@ -369,3 +369,83 @@ fn errors_are_in_anthropic_shape() {
         json!({"type": "error", "error": {"type": "authentication_error", "message": "bad key"}})
     );
 }
+
+/// Every value in a full request replaced by each hostile value in turn:
+/// the parser answers (a request or a 400), never panics.
+#[test]
+fn mutated_requests_never_panic() {
+    let base = json!({
+        "model": "c", "max_tokens": 100, "system": [{"type": "text", "text": "s"}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "t"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "x"}},
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "d"}}]},
+            {"role": "assistant", "content": [{"type": "thinking", "thinking": "h", "signature": "s"},
+                {"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "is_error": true,
+                "content": [{"type": "text", "text": "r"}]}]}
+        ],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}}],
+        "tool_choice": {"type": "tool", "name": "f"}, "thinking": {"type": "enabled", "budget_tokens": 2048},
+        "output_config": {"effort": "low"}, "metadata": {"user_id": "u"}, "stop_sequences": ["x"],
+        "temperature": 0.5, "top_p": 0.5, "top_k": 3, "stream": true
+    });
+    let hostile = [
+        Value::Null,
+        json!(0),
+        json!(-1),
+        json!(1e308),
+        json!(18446744073709551615u64),
+        json!(""),
+        json!("\u{0}"),
+        json!([]),
+        json!({}),
+        json!([null]),
+        json!(true),
+    ];
+    fn paths(v: &Value, at: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        out.push(at.clone());
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    at.push(k.clone());
+                    paths(x, at, out);
+                    at.pop();
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    at.push(i.to_string());
+                    paths(x, at, out);
+                    at.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut all = Vec::new();
+    paths(&base, &mut Vec::new(), &mut all);
+    let mut answered = 0;
+    for path in &all {
+        for h in &hostile {
+            let mut v = base.clone();
+            let mut slot = &mut v;
+            for k in path {
+                slot = match slot {
+                    Value::Object(m) => m.get_mut(k).unwrap(),
+                    Value::Array(a) => &mut a[k.parse::<usize>().unwrap()],
+                    _ => unreachable!(),
+                };
+            }
+            *slot = h.clone();
+            let body = v.to_string();
+            for route in [Route::Messages, Route::CountTokens] {
+                if let Err(e) = parse_request(body.as_bytes(), route) {
+                    assert_eq!(e.http_status(), 400, "{body}: {e:?}");
+                }
+                answered += 1;
+            }
+        }
+    }
+    assert!(answered > 500, "{answered}");
+}
