@@ -8,9 +8,8 @@ use serde_json::{Value, json};
 
 use crate::harness::{Gateway, Shape};
 
-const PROVIDERS: &str =
-    "  - name: claude\n    type: anthropic\n    base_url: http://{emu}/v1\n    api_key: ${EMU_KEY}\n";
-const MODELS: &str = "  - name: claude-sonnet\n    target: claude/claude-3-5-sonnet-20241022\n    price: { input_per_mtok: 3.0, output_per_mtok: 15.0 }\n";
+const PROVIDERS: &str = "  - name: claude\n    type: anthropic\n    base_url: http://{emu}/v1\n    api_key: ${EMU_KEY}\n  - name: gem\n    type: google\n    base_url: http://{emu}/v1beta\n    api_key: ${EMU_KEY}\n";
+const MODELS: &str = "  - name: claude-sonnet\n    target: claude/claude-3-5-sonnet-20241022\n    price: { input_per_mtok: 3.0, output_per_mtok: 15.0 }\n  - name: gemini-flash\n    target: gem/gemini-1.5-flash\n";
 
 /// POSTs to `path` as the Anthropic SDK does (`x-api-key`,
 /// `anthropic-version`); status, headers and body text.
@@ -208,8 +207,30 @@ async fn scenario(shape_: Shape) {
     );
     assert_eq!(content[2]["image_url"]["url"], "https://example.com/cat.png");
 
-    // ---- tools round trip: tool_use out, tool_result in (both providers)
-    for model in ["gpt-4o-mini", "claude-sonnet"] {
+    // ---- a Gemini model, plain and streamed
+    let (status, headers, body) = create(
+        &gw,
+        &json!({"model": "gemini-flash", "max_tokens": 64, "system": "be brief",
+            "messages": [{"role": "user", "content": "hello gemini"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["content"],
+        json!([{"type": "text", "text": "You said: hello gemini"}])
+    );
+    assert_eq!(headers["x-llmgw-provider"], "gem");
+    let events = stream(
+        &gw,
+        &json!({"model": "gemini-flash", "max_tokens": 64, "stream": true,
+            "messages": [{"role": "user", "content": "stream gemini"}]}),
+    )
+    .await;
+    assert_eq!(joined(&events, "text_delta", "text"), "You said: stream gemini");
+    assert_eq!(events.last().unwrap().0, "message_stop");
+
+    // ---- tools round trip: tool_use out, tool_result in (each provider type)
+    for model in ["gpt-4o-mini", "claude-sonnet", "gemini-flash"] {
         let question = json!({"role": "user", "content": "weather in Paris?"});
         let (status, _, body) = create(
             &gw,
@@ -241,19 +262,21 @@ async fn scenario(shape_: Shape) {
         assert_eq!(body["stop_reason"], "end_turn", "{model}: {body}");
         assert_eq!(body["content"][0]["type"], "text");
         let up = gw.last_upstream().await["body"].clone();
-        if model == "gpt-4o-mini" {
-            let msgs = up["messages"].as_array().unwrap();
-            assert_eq!(msgs[1]["tool_calls"][0]["id"], call["id"]);
-            assert_eq!(
-                msgs[2],
-                json!({"role": "tool", "tool_call_id": call["id"], "content": "sunny, 21C"})
-            );
-        } else {
-            assert_eq!(
+        match model {
+            "gpt-4o-mini" => {
+                let msgs = up["messages"].as_array().unwrap();
+                assert_eq!(msgs[1]["tool_calls"][0]["id"], call["id"]);
+                assert_eq!(
+                    msgs[2],
+                    json!({"role": "tool", "tool_call_id": call["id"], "content": "sunny, 21C"})
+                );
+            }
+            "claude-sonnet" => assert_eq!(
                 up["messages"][2]["content"][0],
                 json!({"type": "tool_result", "tool_use_id": call["id"],
                     "content": [{"type": "text", "text": "sunny, 21C"}]})
-            );
+            ),
+            _ => assert!(up["contents"].to_string().contains("functionResponse"), "{up}"),
         }
     }
 
