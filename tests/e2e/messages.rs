@@ -422,6 +422,34 @@ async fn scenario(shape_: Shape) {
     );
     assert!(s > 0 && l >= s + 100, "{short} {long}");
 
+    // ---- /v1/models in Anthropic's shape for clients sending anthropic-version
+    let r = gw
+        .client
+        .get(gw.url("/v1/models"))
+        .header("x-api-key", &gw.key)
+        .header("anthropic-version", "2023-06-01")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let list: Value = r.json().await.unwrap();
+    let claude = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "claude-sonnet")
+        .unwrap_or_else(|| panic!("{list}"));
+    assert_eq!(claude["type"], "model");
+    assert!(claude["created_at"].as_str().unwrap().ends_with('Z'), "{claude}");
+    assert_eq!(list["has_more"], false);
+    let (status, text) = gw.call(&gw.key, "GET", "/v1/models", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap()["object"],
+        "list",
+        "OpenAI's shape otherwise"
+    );
+
     // ---- errors, in Anthropic's shape with the right status
     let error = |status: u16, text: &str, kind: &str| {
         let v: Value = serde_json::from_str(text).unwrap_or_else(|_| panic!("not JSON: {text}"));

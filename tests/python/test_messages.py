@@ -160,6 +160,18 @@ def test_count_tokens(target: Target) -> None:
     assert 0 < short.input_tokens < long.input_tokens
 
 
+def test_models_list(target: Target) -> None:
+    client = target.anthropic()
+    models = client.models.list()
+    ids = [m.id for m in models.data]
+    assert MODEL in ids and CLAUDE in ids
+    assert all(m.type == "model" and m.created_at.year >= 1970 for m in models.data)
+    assert client.models.retrieve(CLAUDE).id == CLAUDE
+    with pytest.raises(anthropic.NotFoundError) as e:
+        client.models.retrieve("no-such-model")
+    assert e.value.body["error"]["type"] == "not_found_error"
+
+
 def text_of(content: str | list) -> str:
     if isinstance(content, str):
         return content

@@ -8,7 +8,9 @@
 //! policies, limits, budgets, routing, fallback and metering unchanged — so
 //! an Anthropic client can use any provider. The answer is translated back
 //! ([`write`]): a `message`, or Anthropic's SSE events; errors in Anthropic's
-//! shape, rendered where the OpenAI ones are ([`crate::http`]).
+//! shape, rendered where the OpenAI ones are ([`crate::http`]). `GET
+//! /v1/models` answers in Anthropic's shape to clients that send
+//! `anthropic-version`.
 
 mod read;
 #[cfg(test)]
@@ -139,4 +141,61 @@ pub async fn count_tokens(State(p): State<Arc<Pipeline>>, headers: HeaderMap, bo
     }
     .await;
     result.unwrap_or_else(|e| error_response_in(&e, Dialect::Anthropic))
+}
+
+// ---- models ---------------------------------------------------------------------
+
+#[derive(serde::Serialize)]
+struct ModelOut<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    id: &'a str,
+    display_name: &'a str,
+    created_at: String,
+}
+
+#[derive(serde::Serialize)]
+struct ModelListOut<'a> {
+    data: Vec<ModelOut<'a>>,
+    has_more: bool,
+    first_id: Option<&'a str>,
+    last_id: Option<&'a str>,
+}
+
+/// Unix seconds as RFC 3339 (UTC), as Anthropic writes `created_at`.
+fn rfc3339(secs: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp(secs).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+fn model_out(m: &llmgw_proto::Model) -> ModelOut<'_> {
+    ModelOut {
+        kind: "model",
+        id: &m.id,
+        display_name: &m.id,
+        created_at: rfc3339(m.created),
+    }
+}
+
+/// `GET /v1/models` in Anthropic's shape (one page: every model).
+pub fn models_response(models: &[llmgw_proto::Model]) -> Response {
+    crate::http::json_response(&ModelListOut {
+        data: models.iter().map(model_out).collect(),
+        has_more: false,
+        first_id: models.first().map(|m| m.id.as_str()),
+        last_id: models.last().map(|m| m.id.as_str()),
+    })
+}
+
+/// `GET /v1/models/{id}` in Anthropic's shape.
+pub fn model_response(m: &llmgw_proto::Model) -> Response {
+    crate::http::json_response(&model_out(m))
 }

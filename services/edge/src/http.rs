@@ -71,6 +71,16 @@ impl Dialect {
             Self::OpenAi
         }
     }
+
+    /// On routes both APIs have (`/v1/models`): Anthropic's when the client
+    /// sends `anthropic-version`, as the Anthropic SDKs always do.
+    fn of_client(headers: &HeaderMap) -> Self {
+        if headers.contains_key("anthropic-version") {
+            Self::Anthropic
+        } else {
+            Self::OpenAi
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -165,7 +175,7 @@ async fn method_not_allowed(uri: http::Uri) -> Response {
 // ---- request plumbing -------------------------------------------------------
 
 /// The API key from `Authorization: Bearer <key>` (or `api-key`, as Azure
-/// OpenAI clients send it).
+/// OpenAI clients send it, or `x-api-key`, as Anthropic clients do).
 pub(crate) fn api_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
@@ -175,7 +185,10 @@ pub(crate) fn api_key(headers: &HeaderMap) -> Option<&str> {
                 .unwrap_or(v),
         );
     }
-    headers.get("api-key").and_then(|v| v.to_str().ok())
+    headers
+        .get("api-key")
+        .or_else(|| headers.get("x-api-key"))
+        .and_then(|v| v.to_str().ok())
 }
 
 pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), GwError> {
@@ -514,7 +527,7 @@ fn model_out(m: &pb::Model) -> ModelOut<'_> {
     }
 }
 
-fn json_response<T: Serialize>(value: &T) -> Response {
+pub(crate) fn json_response<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => (
             [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
@@ -531,12 +544,14 @@ async fn list_models(State(p): State<Arc<Pipeline>>, headers: HeaderMap) -> Resp
         p.list_models(principal).await
     }
     .await;
+    let dialect = Dialect::of_client(&headers);
     match result {
+        Ok(list) if dialect == Dialect::Anthropic => crate::anthropic::models_response(&list.data),
         Ok(list) => json_response(&ModelListOut {
             object: "list",
             data: list.data.iter().map(model_out).collect(),
         }),
-        Err(e) => error_response(&e),
+        Err(e) => error_response_in(&e, dialect),
     }
 }
 
@@ -546,18 +561,21 @@ async fn get_model(State(p): State<Arc<Pipeline>>, Path(id): Path<String>, heade
         p.list_models(principal).await
     }
     .await;
+    let dialect = Dialect::of_client(&headers);
     match result {
         Ok(list) => match list.data.iter().find(|m| m.id == id) {
+            Some(m) if dialect == Dialect::Anthropic => crate::anthropic::model_response(m),
             Some(m) => json_response(&model_out(m)),
-            None => error_response(
+            None => error_response_in(
                 &GwError::new(
                     ErrorCode::ModelNotFound,
                     format!("The model `{id}` does not exist or you do not have access to it."),
                 )
                 .with_param("model"),
+                dialect,
             ),
         },
-        Err(e) => error_response(&e),
+        Err(e) => error_response_in(&e, dialect),
     }
 }
 

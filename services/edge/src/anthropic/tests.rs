@@ -449,3 +449,9 @@ fn mutated_requests_never_panic() {
     }
     assert!(answered > 500, "{answered}");
 }
+
+#[test]
+fn created_at_is_rfc3339() {
+    assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+    assert_eq!(super::rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+}
