@@ -32,21 +32,16 @@ use crate::pipeline::{ChatOutput, Pipeline, allow_endpoint, prompt_estimate};
 
 pub use write::error_json;
 
-/// The key from `x-api-key` (what the Anthropic SDKs send), else from
+/// The key from `x-api-key` (what the Anthropic SDKs send) or
 /// `Authorization: Bearer` (their `auth_token`); a 401 in Anthropic's words
 /// when there is none.
 fn key(headers: &HeaderMap) -> Result<&str, GwError> {
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| api_key(headers))
-        .filter(|k| !k.trim().is_empty())
-        .ok_or_else(|| {
-            GwError::new(
-                llmgw_kit::ErrorCode::Unauthenticated,
-                "x-api-key header is required (or Authorization: Bearer)",
-            )
-        })
+    api_key(headers).filter(|k| !k.trim().is_empty()).ok_or_else(|| {
+        GwError::new(
+            llmgw_kit::ErrorCode::Unauthenticated,
+            "x-api-key header is required (or Authorization: Bearer)",
+        )
+    })
 }
 
 /// `request-id`, which the Anthropic SDKs expose as `_request_id`.
