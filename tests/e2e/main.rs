@@ -21,6 +21,7 @@ mod errors;
 mod grpc;
 mod hostile;
 mod limits;
+mod messages;
 mod metering;
 mod metrics;
 mod provider_anthropic;

@@ -32,6 +32,7 @@ import pytest
 
 EMU_KEY = "sk-emu-provider-key-0123456789"
 MODEL = "gpt-4o-mini"
+CLAUDE = "claude-sonnet"  # an anthropic-type provider's model (test_messages.py)
 EMBED_MODEL = "text-embedding-3-small"
 EMBED_PRICE_IN = 0.02
 PRICE_IN = 0.15  # USD per million input tokens, as in the config below
@@ -212,10 +213,17 @@ providers:
     type: openai
     base_url: {emu.url}/_f/{BACKUP}/v1
     api_key: ${{EMU_KEY}}
+  - name: claude
+    type: anthropic
+    base_url: {emu.base_url}
+    api_key: ${{EMU_KEY}}
 models:
   - name: {MODEL}
     target: emu/{MODEL}
     price: {{ input_per_mtok: {PRICE_IN}, output_per_mtok: {PRICE_OUT} }}
+  - name: {CLAUDE}
+    target: claude/claude-3-5-sonnet-20241022
+    price: {{ input_per_mtok: 3.0, output_per_mtok: 15.0 }}
   - name: {EMBED_MODEL}
     target: emu/{EMBED_MODEL}
     price: {{ input_per_mtok: {EMBED_PRICE_IN}, output_per_mtok: 0 }}
@@ -310,6 +318,18 @@ class Target:
         kw.setdefault("max_retries", 0)
         kw.setdefault("timeout", 30)
         return openai.OpenAI(base_url=self.base_url, api_key=kw.pop("api_key", self.api_key), **kw)
+
+    @property
+    def anthropic_base_url(self) -> str:
+        """The Anthropic SDK's base URL (it appends ``/v1/messages``)."""
+        return self.base_url.removesuffix("/v1")
+
+    def anthropic(self, **kw: Any) -> "anthropic.Anthropic":  # noqa: F821
+        import anthropic
+
+        kw.setdefault("max_retries", 0)
+        kw.setdefault("timeout", 30)
+        return anthropic.Anthropic(base_url=self.anthropic_base_url, api_key=kw.pop("api_key", self.api_key), **kw)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

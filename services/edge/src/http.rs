@@ -3,7 +3,8 @@
 //! Layer order, outermost first: only while spans are exported, the
 //! [`server_span`] middleware (a server span per request, continuing the
 //! client's `traceparent`) → axum's router (routes below; unknown paths
-//! and methods answer in the OpenAI error shape) → per route:
+//! and methods answer in the OpenAI error shape, or Anthropic's under
+//! `/v1/messages`, see [`Dialect`]) → per route:
 //! [`llmgw_kit::metrics::HttpLayer`] (counts, times, in-flight gauge; reads
 //! the `MatchedPath` extension axum inserts) → the handler,
 //! which checks Content-Type (415), declared length (413), the API key
@@ -34,6 +35,8 @@ use crate::pipeline::{CONFIG_HEADER, ChatOutput, Hints, OVERHEAD_HEADER, Pipelin
 pub fn router(pipeline: Arc<Pipeline>) -> Router {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/messages", post(crate::anthropic::messages))
+        .route("/v1/messages/count_tokens", post(crate::anthropic::count_tokens))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
@@ -75,6 +78,9 @@ fn overhead_header(resp: &mut Response, overhead: std::time::Duration) {
 fn route_of(path: &str) -> Option<&str> {
     Some(match path {
         "/v1/chat/completions"
+        | "/v1/messages"
+        | "/v1/messages/count_tokens"
+        | "/metrics"
         | "/v1/embeddings"
         | "/v1/models"
         | "/v1/usage"
@@ -121,7 +127,36 @@ async fn server_span(req: axum::extract::Request, next: axum::middleware::Next) 
     resp
 }
 
-// ---- errors: the one place the OpenAI error shape is written ---------------
+// ---- errors: the one place error bodies are written ------------------------
+
+/// The error shape a route answers in: OpenAI's, or Anthropic's on
+/// `/v1/messages` (its body from [`crate::anthropic::error_json`]). The
+/// status and headers come from the error's code alone, whatever the shape.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    OpenAi,
+    Anthropic,
+}
+
+impl Dialect {
+    fn of(path: &str) -> Self {
+        if path == "/v1/messages" || path.starts_with("/v1/messages/") {
+            Self::Anthropic
+        } else {
+            Self::OpenAi
+        }
+    }
+
+    /// On routes both APIs have (`/v1/models`): Anthropic's when the client
+    /// sends `anthropic-version`, as the Anthropic SDKs always do.
+    fn of_client(headers: &HeaderMap) -> Self {
+        if headers.contains_key("anthropic-version") {
+            Self::Anthropic
+        } else {
+            Self::OpenAi
+        }
+    }
+}
 
 #[derive(Serialize)]
 struct ErrorEnvelope<'a> {
@@ -173,11 +208,19 @@ pub fn error_json(err: &GwError) -> Vec<u8> {
 }
 
 pub fn error_response(err: &GwError) -> Response {
+    error_response_in(err, Dialect::OpenAi)
+}
+
+pub(crate) fn error_response_in(err: &GwError, dialect: Dialect) -> Response {
     let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let body = match dialect {
+        Dialect::OpenAi => error_json(err),
+        Dialect::Anthropic => crate::anthropic::error_json(err),
+    };
     let mut resp = (
         status,
         [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        error_json(err),
+        body,
     )
         .into_response();
     if let Some(secs) = err.retry_after_secs() {
@@ -187,25 +230,28 @@ pub fn error_response(err: &GwError) -> Response {
     resp
 }
 
-async fn not_found() -> Response {
-    error_response(&GwError::new(
-        ErrorCode::NotFound,
-        "Unknown request URL. Please check the URL and method.",
-    ))
+async fn not_found(uri: http::Uri) -> Response {
+    error_response_in(
+        &GwError::new(
+            ErrorCode::NotFound,
+            "Unknown request URL. Please check the URL and method.",
+        ),
+        Dialect::of(uri.path()),
+    )
 }
 
-async fn method_not_allowed() -> Response {
-    error_response(&GwError::new(
-        ErrorCode::MethodNotAllowed,
-        "Method not allowed for this URL.",
-    ))
+async fn method_not_allowed(uri: http::Uri) -> Response {
+    error_response_in(
+        &GwError::new(ErrorCode::MethodNotAllowed, "Method not allowed for this URL."),
+        Dialect::of(uri.path()),
+    )
 }
 
 // ---- request plumbing -------------------------------------------------------
 
 /// The API key from `Authorization: Bearer <key>` (or `api-key`, as Azure
-/// OpenAI clients send it).
-fn api_key(headers: &HeaderMap) -> Option<&str> {
+/// OpenAI clients send it, or `x-api-key`, as Anthropic clients do).
+pub(crate) fn api_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         return Some(
@@ -214,10 +260,13 @@ fn api_key(headers: &HeaderMap) -> Option<&str> {
                 .unwrap_or(v),
         );
     }
-    headers.get("api-key").and_then(|v| v.to_str().ok())
+    headers
+        .get("api-key")
+        .or_else(|| headers.get("x-api-key"))
+        .and_then(|v| v.to_str().ok())
 }
 
-fn require_json(headers: &HeaderMap) -> Result<(), GwError> {
+pub(crate) fn require_json(headers: &HeaderMap) -> Result<(), GwError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -257,7 +306,7 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Reads the body up to `limit` bytes. Over the limit it is drained (up to
 /// [`DRAIN_CAP`] or [`DRAIN_TIME`]) and refused with 413.
-async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes, GwError> {
+pub(crate) async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize) -> Result<Bytes, GwError> {
     let declared = declared_length(headers);
     let mut buf = BytesMut::with_capacity(declared.map_or(8192, |n| n.min(limit as u64) as usize));
     let mut over = declared.is_some_and(|n| n > limit as u64);
@@ -318,7 +367,7 @@ fn ratelimit_headers(resp: &mut Response, quota: Option<crate::limits::Quota>) {
     }
 }
 
-fn hints(principal: &pb::Principal, headers: &HeaderMap) -> Hints {
+pub(crate) fn hints(principal: &pb::Principal, headers: &HeaderMap) -> Hints {
     let config = headers.get(CONFIG_HEADER).and_then(|v| v.to_str().ok());
     Hints::new(principal, config, || {
         headers
@@ -426,33 +475,53 @@ async fn chat(
     match p.chat(principal, req, hints).await? {
         ChatOutput::Complete(resp, quota) => {
             let json = llmgw_kit::openai::response_json(&resp)?;
-            let mut out = (
-                [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-                json,
-            )
-                .into_response();
-            if let Some(meta) = &resp.metadata {
-                routing_headers(&mut out, meta);
-                overhead_header(&mut out, overhead("chat", started, meta));
-            }
-            ratelimit_headers(&mut out, quota);
-            Ok(out)
+            Ok(chat_response(
+                Body::from(json),
+                false,
+                resp.metadata.as_ref(),
+                quota,
+                started,
+            ))
         }
-        ChatOutput::Stream(stream) => {
-            let mut out = Response::new(Body::from_stream(sse(stream.chunks)));
-            let h = out.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-            routing_headers(&mut out, &stream.metadata);
-            overhead_header(&mut out, overhead("chat_stream", started, &stream.metadata));
-            ratelimit_headers(&mut out, stream.quota);
-            Ok(out)
-        }
+        ChatOutput::Stream(stream) => Ok(chat_response(
+            Body::from_stream(sse(stream.chunks)),
+            true,
+            Some(&stream.metadata),
+            stream.quota,
+            started,
+        )),
     }
+}
+
+/// A chat answer (JSON, or an unbuffered event stream) with the routing,
+/// overhead (the request began at `started`) and rate-limit headers;
+/// shared by the OpenAI and Anthropic doors.
+pub(crate) fn chat_response(
+    body: Body,
+    stream: bool,
+    meta: Option<&pb::RoutingMetadata>,
+    quota: Option<crate::limits::Quota>,
+    started: std::time::Instant,
+) -> Response {
+    let mut out = Response::new(body);
+    let h = out.headers_mut();
+    if stream {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    } else {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    if let Some(meta) = meta {
+        routing_headers(&mut out, meta);
+        let kind = if stream { "chat_stream" } else { "chat" };
+        overhead_header(&mut out, overhead(kind, started, meta));
+    }
+    ratelimit_headers(&mut out, quota);
+    out
 }
 
 /// Frames chunks as server-sent events: `data: {json}\n\n` each, then
@@ -547,7 +616,7 @@ fn model_out(m: &pb::Model) -> ModelOut<'_> {
     }
 }
 
-fn json_response<T: Serialize>(value: &T) -> Response {
+pub(crate) fn json_response<T: Serialize>(value: &T) -> Response {
     match serde_json::to_vec(value) {
         Ok(body) => (
             [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
@@ -564,12 +633,14 @@ async fn list_models(State(p): State<Arc<Pipeline>>, headers: HeaderMap) -> Resp
         p.list_models(principal).await
     }
     .await;
+    let dialect = Dialect::of_client(&headers);
     match result {
+        Ok(list) if dialect == Dialect::Anthropic => crate::anthropic::models_response(&list.data),
         Ok(list) => json_response(&ModelListOut {
             object: "list",
             data: list.data.iter().map(model_out).collect(),
         }),
-        Err(e) => error_response(&e),
+        Err(e) => error_response_in(&e, dialect),
     }
 }
 
@@ -579,18 +650,21 @@ async fn get_model(State(p): State<Arc<Pipeline>>, Path(id): Path<String>, heade
         p.list_models(principal).await
     }
     .await;
+    let dialect = Dialect::of_client(&headers);
     match result {
         Ok(list) => match list.data.iter().find(|m| m.id == id) {
+            Some(m) if dialect == Dialect::Anthropic => crate::anthropic::model_response(m),
             Some(m) => json_response(&model_out(m)),
-            None => error_response(
+            None => error_response_in(
                 &GwError::new(
                     ErrorCode::ModelNotFound,
                     format!("The model `{id}` does not exist or you do not have access to it."),
                 )
                 .with_param("model"),
+                dialect,
             ),
         },
-        Err(e) => error_response(&e),
+        Err(e) => error_response_in(&e, dialect),
     }
 }
 

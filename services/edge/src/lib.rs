@@ -7,6 +7,7 @@
 //! calling the other services only through their client types, so the edge
 //! never knows whether they run in this process or across the network.
 
+mod anthropic;
 mod auth_cache;
 mod grpc;
 mod http;

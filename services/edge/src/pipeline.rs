@@ -917,6 +917,22 @@ pub fn estimate_tokens(chars: usize) -> u32 {
     u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX)
 }
 
+/// The prompt's token estimate as rate-limit admission makes it, plus the
+/// tools' definitions: what `/v1/messages/count_tokens` answers.
+pub fn prompt_estimate(req: &pb::ChatRequest) -> u32 {
+    let tools: usize = req
+        .tools
+        .iter()
+        .filter_map(|t| t.function.as_ref())
+        .map(|f| {
+            f.name.len()
+                + f.description.as_ref().map_or(0, String::len)
+                + f.parameters_json.as_ref().map_or(0, String::len)
+        })
+        .sum();
+    estimate_tokens(prompt_chars(req) + tools)
+}
+
 /// How a prompt is sized: what an image and a message's framing count, and
 /// whether other parts (audio, files) and participant names count.
 struct Measure {

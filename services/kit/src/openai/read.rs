@@ -815,6 +815,7 @@ pub fn parse_response(body: &[u8]) -> Result<pb::ChatResponse, String> {
                 message: Some(convert_message(c.message)),
                 finish_reason: finish(c.finish_reason),
                 logprobs_json: c.logprobs.map(|l| l.get().to_owned()),
+                stop_sequence: None,
             })
             .collect(),
         usage: raw.usage.map(Into::into),
@@ -929,6 +930,7 @@ pub fn parse_chunk(data: &[u8]) -> Result<pb::ChatChunk, String> {
                     }),
                     finish_reason: finish(c.finish_reason),
                     logprobs_json: c.logprobs.map(|l| l.get().to_owned()),
+                    stop_sequence: None,
                 }
             })
             .collect(),

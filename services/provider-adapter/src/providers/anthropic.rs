@@ -770,6 +770,8 @@ struct WireResponse<'a> {
     #[serde(default)]
     stop_reason: Option<String>,
     #[serde(default)]
+    stop_sequence: Option<String>,
+    #[serde(default)]
     usage: WireUsage,
 }
 
@@ -957,6 +959,7 @@ pub(crate) fn parse_response(body: &[u8], json_mode: bool) -> Result<ChatRespons
             }),
             finish_reason: finish_reason(wire.stop_reason.as_deref(), json_mode) as i32,
             logprobs_json: None,
+            stop_sequence: wire.stop_sequence,
         }],
         usage: Some(wire.usage.canonical()),
         ..ChatResponse::default()
@@ -1052,6 +1055,8 @@ enum BlockDelta {
 struct MessageDelta {
     #[serde(default)]
     stop_reason: Option<String>,
+    #[serde(default)]
+    stop_sequence: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -1271,6 +1276,7 @@ impl Translator {
                             delta: Some(Delta::default()),
                             finish_reason: finish_reason(delta.stop_reason.as_deref(), self.json_mode) as i32,
                             logprobs_json: None,
+                            stop_sequence: delta.stop_sequence,
                         }],
                         None,
                     ));

@@ -1047,6 +1047,7 @@ pub(crate) fn parse_response(
             }),
             finish_reason: finish_reason(wire.stop_reason.as_deref(), json_mode) as i32,
             logprobs_json: None,
+            stop_sequence: None,
         }],
         usage: Some(wire.usage.canonical()),
         ..ChatResponse::default()
@@ -1312,6 +1313,7 @@ impl Translator {
                         delta: Some(Delta::default()),
                         finish_reason: finish_reason(stop.stop_reason.as_deref(), self.json_mode) as i32,
                         logprobs_json: None,
+                        stop_sequence: None,
                     }],
                     None,
                 ));

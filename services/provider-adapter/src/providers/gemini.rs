@@ -1426,6 +1426,7 @@ fn response_from(resp: GenerateResponse, model: &str) -> ChatResponse {
                 }),
                 finish_reason: finish as i32,
                 logprobs_json,
+                stop_sequence: None,
             }
         })
         .collect();
@@ -1441,6 +1442,7 @@ fn response_from(resp: GenerateResponse, model: &str) -> ChatResponse {
             }),
             finish_reason: FinishReason::ContentFilter as i32,
             logprobs_json: None,
+            stop_sequence: None,
         });
     }
     choices.sort_by_key(|c| c.index);
@@ -1567,6 +1569,7 @@ impl StreamState {
                 }),
                 finish_reason: FinishReason::ContentFilter as i32,
                 logprobs_json: None,
+                stop_sequence: None,
             });
         }
         for (n, c) in resp.candidates.into_iter().enumerate() {
@@ -1611,6 +1614,7 @@ impl StreamState {
                 }),
                 finish_reason: finish as i32,
                 logprobs_json,
+                stop_sequence: None,
             });
         }
         if choices.is_empty() {

@@ -582,6 +582,7 @@ fn response(body: &[u8]) -> Result<ChatResponse, String> {
             }),
             finish_reason: finish as i32,
             logprobs_json: None,
+            stop_sequence: None,
         }],
         usage: Some(usage(&c)),
         ..ChatResponse::default()
@@ -770,6 +771,7 @@ impl StreamState {
                 delta: Some(delta),
                 finish_reason: finish as i32,
                 logprobs_json: None,
+                stop_sequence: None,
             }],
             ..ChatChunk::default()
         }

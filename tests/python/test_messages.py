@@ -1,0 +1,197 @@
+"""The official ``anthropic`` SDK and LangChain's ``ChatAnthropic`` against the gateway's
+``/v1/messages``: each test runs to an OpenAI-type model and to an anthropic-type one
+(the emulator serves both wire formats), through one process and five."""
+
+from __future__ import annotations
+
+import anthropic
+import pytest
+from langchain_anthropic import ChatAnthropic
+from langchain_core.messages import AIMessage
+
+from conftest import CLAUDE, MODEL, Emulator, Target
+
+pytestmark = pytest.mark.gateway
+
+MODELS = pytest.mark.parametrize("model", [MODEL, CLAUDE])
+
+WEATHER = [
+    {
+        "name": "get_weather",
+        "description": "Current weather in a city.",
+        "input_schema": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "description": "the city"}},
+            "required": ["city"],
+        },
+    }
+]
+
+
+def user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+@MODELS
+def test_create(target: Target, emu: Emulator, model: str) -> None:
+    msg = target.anthropic().messages.create(
+        model=model,
+        max_tokens=64,
+        system=[{"type": "text", "text": "be brief"}],
+        messages=[user("hello sdk")],
+        metadata={"user_id": "u-1"},
+    )
+    assert msg.type == "message"
+    assert msg.role == "assistant"
+    assert msg.id.startswith("msg_")
+    assert [b.type for b in msg.content] == ["text"]
+    assert msg.content[0].text == "You said: hello sdk"
+    assert msg.stop_reason == "end_turn"
+    assert msg.usage.input_tokens > 0 and msg.usage.output_tokens > 0
+    assert msg._request_id and msg._request_id.startswith("req_")
+
+
+@MODELS
+def test_stream(target: Target, emu: Emulator, model: str) -> None:
+    with target.anthropic().messages.stream(
+        model=model, max_tokens=64, messages=[user("stream [emu:words=7] this")]
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "lorem ipsum dolor sit amet consectetur adipiscing"
+    assert final.content[0].type == "text" and final.content[0].text == text
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens == 7
+    assert final.usage.input_tokens > 0
+
+
+@MODELS
+def test_tools_round_trip(target: Target, emu: Emulator, model: str) -> None:
+    client = target.anthropic()
+    question = user("weather in Paris?")
+    first = client.messages.create(model=model, max_tokens=256, tools=WEATHER, messages=[question])
+    assert first.stop_reason == "tool_use"
+    calls = [b for b in first.content if b.type == "tool_use"]
+    assert len(calls) == 1
+    call = calls[0]
+    assert call.name == "get_weather"
+    assert isinstance(call.input["city"], str)
+    second = client.messages.create(
+        model=model,
+        max_tokens=256,
+        tools=WEATHER,
+        messages=[
+            question,
+            {"role": "assistant", "content": first.content},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id, "content": "sunny"}]},
+        ],
+    )
+    assert second.stop_reason == "end_turn"
+    assert second.content[0].type == "text"
+    assert not [b for b in second.content if b.type == "tool_use"]
+
+
+@MODELS
+def test_stream_forced_tool(target: Target, emu: Emulator, model: str) -> None:
+    with target.anthropic().messages.stream(
+        model=model,
+        max_tokens=256,
+        tools=WEATHER,
+        tool_choice={"type": "tool", "name": "get_weather"},
+        messages=[user("stream a tool call")],
+    ) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "tool_use"
+    call = next(b for b in final.content if b.type == "tool_use")
+    assert call.name == "get_weather"
+    assert isinstance(call.input["city"], str)
+
+
+def test_thinking_and_stop_sequence(target: Target, emu: Emulator) -> None:
+    client = target.anthropic()
+    with client.messages.stream(
+        model=CLAUDE,
+        max_tokens=4096,
+        thinking={"type": "enabled", "budget_tokens": 1024},
+        messages=[user("think aloud")],
+    ) as stream:
+        final = stream.get_final_message()
+    assert [b.type for b in final.content] == ["thinking", "text"]
+    assert "think aloud" in final.content[0].thinking and final.content[0].signature
+    assert final.content[1].text == "You said: think aloud"
+    msg = client.messages.create(
+        model=CLAUDE, max_tokens=64, stop_sequences=["STOP"], messages=[user("one two STOP three")]
+    )
+    assert msg.stop_reason == "stop_sequence"
+    assert msg.stop_sequence == "STOP"
+
+
+def test_stream_failure_raises(target: Target, emu: Emulator) -> None:
+    with pytest.raises(anthropic.APIStatusError) as e:
+        with target.anthropic().messages.stream(
+            model=CLAUDE, max_tokens=64, messages=[user("[emu:error_mid_stream] fail")]
+        ) as stream:
+            for _ in stream.text_stream:
+                pass
+    assert e.value.body["error"]["type"] == "api_error"
+
+
+def test_errors_raise_the_sdk_exceptions(target: Target, emu: Emulator) -> None:
+    ask = {"max_tokens": 16, "messages": [user("x")]}
+    with pytest.raises(anthropic.AuthenticationError) as e:
+        target.anthropic(api_key="sk-not-a-key").messages.create(model=MODEL, **ask)
+    assert e.value.status_code == 401
+    assert e.value.body["error"]["type"] == "authentication_error"
+    with pytest.raises(anthropic.NotFoundError) as e:
+        target.anthropic().messages.create(model="no-such-model", **ask)
+    assert e.value.body["error"]["type"] == "not_found_error"
+    with pytest.raises(anthropic.BadRequestError) as e:
+        target.anthropic().messages.create(model=MODEL, max_tokens=16, messages=[user("x")], extra_body={"temperature": 1.5})
+    assert e.value.body["error"]["type"] == "invalid_request_error"
+    assert e.value.body["error"]["message"].startswith("temperature")
+    with pytest.raises(anthropic.RateLimitError):
+        target.anthropic().messages.create(model=CLAUDE, max_tokens=16, messages=[user("[emu:status=429] x")])
+
+
+def test_count_tokens(target: Target) -> None:
+    client = target.anthropic()
+    short = client.messages.count_tokens(model=CLAUDE, messages=[user("hi")])
+    long = client.messages.count_tokens(model=CLAUDE, messages=[user("word " * 100)], tools=WEATHER)
+    assert 0 < short.input_tokens < long.input_tokens
+
+
+def test_models_list(target: Target) -> None:
+    client = target.anthropic()
+    models = client.models.list()
+    ids = [m.id for m in models.data]
+    assert MODEL in ids and CLAUDE in ids
+    assert all(m.type == "model" and m.created_at.year >= 1970 for m in models.data)
+    assert client.models.retrieve(CLAUDE).id == CLAUDE
+    with pytest.raises(anthropic.NotFoundError) as e:
+        client.models.retrieve("no-such-model")
+    assert e.value.body["error"]["type"] == "not_found_error"
+
+
+def text_of(content: str | list) -> str:
+    if isinstance(content, str):
+        return content
+    return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+
+
+@MODELS
+def test_langchain_invoke_and_stream(target: Target, emu: Emulator, model: str) -> None:
+    llm = ChatAnthropic(
+        model=model,
+        base_url=target.anthropic_base_url,
+        api_key=target.api_key,
+        max_retries=0,
+        timeout=30,
+        max_tokens=64,
+    )
+    msg = llm.invoke("hello langchain")
+    assert isinstance(msg, AIMessage)
+    assert text_of(msg.content) == "You said: hello langchain"
+    assert msg.usage_metadata is not None and msg.usage_metadata["output_tokens"] > 0
+    pieces = list(llm.stream("stream [emu:words=7] this"))
+    assert len(pieces) >= 7
+    assert "".join(text_of(p.content) for p in pieces) == "lorem ipsum dolor sit amet consectetur adipiscing"
