@@ -341,15 +341,42 @@ impl Default for ConsulConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceAddr {
-    pub addr: SocketAddr,
+    /// `host:port`: an IP, or a DNS name (a Kubernetes headless Service),
+    /// which clients re-resolve and balance over (static discovery).
+    pub addr: String,
 }
 
 impl ServiceAddr {
     fn port(port: u16) -> Self {
         Self {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: format!("127.0.0.1:{port}"),
         }
     }
+
+    /// `addr` as an IP socket address, when it is one (not a DNS name).
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        self.addr.parse().ok()
+    }
+}
+
+/// Checks a `host:port` (an IP address or a DNS name; no scheme, no path).
+fn valid_host_port(addr: &str) -> bool {
+    if addr.parse::<SocketAddr>().is_ok() {
+        return true;
+    }
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    port.parse::<u16>().is_ok()
+        && !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// How the edge ships usage events to `usage-metering`, and how long
@@ -788,6 +815,19 @@ impl Config {
             ));
         }
 
+        for (name, service) in [
+            ("auth", &raw.services.auth),
+            ("router", &raw.services.router),
+            ("adapter", &raw.services.adapter),
+            ("metering", &raw.services.metering),
+        ] {
+            if !valid_host_port(&service.addr) {
+                return Err(err(format!(
+                    "`services.{name}.addr` must be host:port (an IP address or a DNS name), got `{}`",
+                    service.addr
+                )));
+            }
+        }
         let consul = &raw.services.consul;
         if !(consul.addr.starts_with("http://") || consul.addr.starts_with("https://")) {
             return Err(err(format!(

@@ -66,20 +66,21 @@ impl Service {
 
     /// Where it listens per the config (the edge: its public gRPC address
     /// is not in `services:`, so `None`).
-    fn static_addr(self, services: &ServicesConfig) -> Option<SocketAddr> {
+    fn static_addr(self, services: &ServicesConfig) -> Option<&str> {
         match self {
             Self::Edge => None,
-            Self::Auth => Some(services.auth.addr),
-            Self::Router => Some(services.router.addr),
-            Self::Adapter => Some(services.adapter.addr),
-            Self::Metering => Some(services.metering.addr),
+            Self::Auth => Some(&services.auth.addr),
+            Self::Router => Some(&services.router.addr),
+            Self::Adapter => Some(&services.adapter.addr),
+            Self::Metering => Some(&services.metering.addr),
         }
     }
 }
 
-/// A channel to `service`: to its configured address (static), or balanced
+/// A channel to `service`: to its configured address (static; a DNS name
+/// is re-resolved and balanced over every address it has), or balanced
 /// over its passing instances in Consul. Must be called within a Tokio
-/// runtime (the Consul watch is a task).
+/// runtime (the watches are tasks).
 pub fn channel(services: &ServicesConfig, service: Service) -> Result<Channel, GwError> {
     match services.discovery {
         Discovery::Consul => Ok(watch(&services.consul, service)),
@@ -87,9 +88,74 @@ pub fn channel(services: &ServicesConfig, service: Service) -> Result<Channel, G
             let addr = service.static_addr(services).ok_or_else(|| {
                 GwError::internal(format!("{} has no static address", service.consul_name()))
             })?;
-            grpc::channel(&addr.to_string())
+            if addr.parse::<SocketAddr>().is_ok() {
+                grpc::channel(addr)
+            } else {
+                Ok(resolve(addr.to_owned(), service.consul_name()))
+            }
         }
     }
+}
+
+/// How often a DNS name in `services:` is resolved again (a headless
+/// Service's pods come and go).
+const RESOLVE_EVERY: Duration = Duration::from_secs(5);
+
+/// A balanced channel over every address `host_port` resolves to, resolved
+/// again every [`RESOLVE_EVERY`]. A failed lookup keeps the last known set.
+fn resolve(host_port: String, name: &'static str) -> Channel {
+    let (channel, changes) = Channel::balance_channel::<SocketAddr>(CHANGE_QUEUE);
+    tokio::spawn(async move {
+        let mut known = HashSet::new();
+        loop {
+            match tokio::net::lookup_host(host_port.as_str()).await {
+                Ok(addrs) => {
+                    if !apply(name, &mut known, addrs.collect(), &changes).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(service = name, host = %host_port, error = %e, "cannot resolve; keeping the last known addresses");
+                }
+            }
+            tokio::time::sleep(RESOLVE_EVERY).await;
+            if changes.is_closed() {
+                return;
+            }
+        }
+    });
+    channel
+}
+
+/// Sends the difference between `known` and `now` to a balanced channel
+/// and makes `now` the known set; false once the channel is gone.
+async fn apply(
+    name: &str,
+    known: &mut HashSet<SocketAddr>,
+    now: HashSet<SocketAddr>,
+    changes: &Sender<Change<SocketAddr, tonic::transport::Endpoint>>,
+) -> bool {
+    for gone in known.difference(&now) {
+        tracing::info!(service = name, addr = %gone, "instance left");
+        if changes.send(Change::Remove(*gone)).await.is_err() {
+            return false;
+        }
+    }
+    for new in now.difference(known) {
+        let endpoint = match grpc::endpoint(&new.to_string()) {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                tracing::warn!(service = name, error = %e, "instance skipped");
+                continue;
+            }
+        };
+        tracing::info!(service = name, addr = %new, "instance joined");
+        if changes.send(Change::Insert(*new, endpoint)).await.is_err() {
+            return false;
+        }
+    }
+    *known = now;
+    !changes.is_closed()
 }
 
 /// Endpoints a balanced channel's discovery queue holds before the watch
@@ -159,27 +225,7 @@ async fn watch_loop(
             _ => Some(reply.index.max(1)),
         };
         let now: HashSet<SocketAddr> = reply.response.iter().filter_map(instance_addr).collect();
-        for gone in known.difference(&now) {
-            tracing::info!(service = name, addr = %gone, "instance left");
-            if changes.send(Change::Remove(*gone)).await.is_err() {
-                return;
-            }
-        }
-        for new in now.difference(&known) {
-            let endpoint = match grpc::endpoint(&new.to_string()) {
-                Ok(endpoint) => endpoint,
-                Err(e) => {
-                    tracing::warn!(service = name, error = %e, "instance skipped");
-                    continue;
-                }
-            };
-            tracing::info!(service = name, addr = %new, "instance joined");
-            if changes.send(Change::Insert(*new, endpoint)).await.is_err() {
-                return;
-            }
-        }
-        known = now;
-        if changes.is_closed() {
+        if !apply(name, &mut known, now, &changes).await {
             return;
         }
         // Consul's advice: rate-limit a watch whose queries come back at
@@ -451,6 +497,40 @@ mod tests {
             Some("10.0.0.1:50063".parse().unwrap())
         );
         assert_eq!(instance_addr(&node("adapter.local", "10.0.0.1", 1)), None);
+    }
+
+    /// A DNS name in `services:` (static discovery) is resolved, balanced
+    /// over and called like an address.
+    #[tokio::test]
+    async fn a_dns_name_is_resolved_into_a_balanced_channel() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        let config = crate::config::Config::parse(
+            &format!("services:\n  auth: {{addr: \"localhost:{port}\"}}\n"),
+            "g.yaml",
+            &std::collections::HashMap::new(),
+        )
+        .unwrap();
+        assert_eq!(config.services.auth.socket_addr(), None);
+        let channel = channel(&config.services, Service::Auth).unwrap();
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let reply = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.check(tonic_health::pb::HealthCheckRequest::default()),
+        )
+        .await
+        .expect("answered in time")
+        .unwrap();
+        assert_eq!(
+            reply.into_inner().status(),
+            tonic_health::pb::health_check_response::ServingStatus::Serving
+        );
     }
 
     #[test]

@@ -211,7 +211,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 pb::auth_server::AuthServer::new(AuthGrpcServer(llmgw_auth::service(store)))
                     .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
             );
-            serve_one(&config, Service::Auth, config.services.auth.addr, routes).await
+            serve_one(&config, Service::Auth, &config.services.auth.addr, routes).await
         }
         Command::Router(c) => {
             let config = load(&c.config, Some("router"))?;
@@ -219,7 +219,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 pb::router_server::RouterServer::new(RouterGrpcServer(llmgw_router::service(&config)))
                     .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
             );
-            serve_one(&config, Service::Router, config.services.router.addr, routes).await
+            serve_one(&config, Service::Router, &config.services.router.addr, routes).await
         }
         Command::Adapter(c) => {
             let config = load(&c.config, Some("adapter"))?;
@@ -231,7 +231,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES)
                     .max_encoding_message_size(grpc::MAX_MESSAGE_BYTES),
             );
-            serve_one(&config, Service::Adapter, config.services.adapter.addr, routes).await
+            serve_one(&config, Service::Adapter, &config.services.adapter.addr, routes).await
         }
         Command::Metering(c) => {
             let config = load(&c.config, Some("metering"))?;
@@ -245,7 +245,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 )))
                 .max_decoding_message_size(grpc::MAX_MESSAGE_BYTES),
             );
-            let served = serve_one(&config, Service::Metering, config.services.metering.addr, routes).await;
+            let served = serve_one(&config, Service::Metering, &config.services.metering.addr, routes).await;
             stop.cancel();
             if let Some(task) = retention {
                 let _ = task.await;
@@ -385,8 +385,11 @@ async fn open_auth(config: &Config) -> anyhow::Result<llmgw_auth::AuthStore> {
     Ok(store)
 }
 
-async fn bind(what: &str, addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
+async fn bind<A>(what: &str, addr: A) -> anyhow::Result<TcpListener>
+where
+    A: tokio::net::ToSocketAddrs + std::fmt::Display,
+{
+    TcpListener::bind(&addr)
         .await
         .with_context(|| format!("cannot bind {what} on {addr}"))
 }
@@ -455,12 +458,7 @@ async fn run_edge(config: &Config, deps: Deps, shutdown: CancellationToken) -> a
 
 /// Serves one internal service on `addr` (registered in Consul with
 /// Consul discovery) until SIGTERM, then stops gracefully.
-async fn serve_one(
-    config: &Config,
-    service: Service,
-    addr: std::net::SocketAddr,
-    routes: Routes,
-) -> anyhow::Result<()> {
+async fn serve_one(config: &Config, service: Service, addr: &str, routes: Routes) -> anyhow::Result<()> {
     let what = service.consul_name();
     let signal = shutdown_token();
     let listener = bind(what, addr).await?;

@@ -439,6 +439,37 @@ fn telemetry_errors_name_the_key() {
 }
 
 #[test]
+fn service_addresses_are_ips_or_dns_names() {
+    let parse = |addr: &str| {
+        Config::parse(
+            &format!("services:\n  router: {{addr: \"{addr}\"}}\n"),
+            "g.yaml",
+            &env(&[]),
+        )
+    };
+    for good in [
+        "10.0.0.5:50062",
+        "[::1]:50062",
+        "llmgw-router.llmgw.svc.cluster.local:50062",
+        "router:1",
+    ] {
+        assert_eq!(parse(good).unwrap().services.router.addr, good);
+    }
+    for bad in [
+        "router",
+        "http://router:50062",
+        "router:99999",
+        ":50062",
+        "a b:1",
+        "router:50062/x",
+        "-x:1",
+    ] {
+        let e = parse(bad).unwrap_err().to_string();
+        assert!(e.contains("services.router.addr"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn consul_discovery_and_shutdown_settings() {
     let c = Config::parse("", "g.yaml", &env(&[])).unwrap();
     assert_eq!(c.services.discovery, Discovery::Static);
