@@ -30,7 +30,7 @@ down() {
     [[ -d "$state" ]] || return 0
     # The edge first (no new requests), Consul last (so every service can
     # deregister).
-    for role in edge adapter router auth metering prometheus consul; do
+    for role in edge adapter router auth metering prometheus prom-sd consul; do
         stop_pid "$role"
     done
     echo "cluster stopped"
@@ -52,8 +52,41 @@ wait_http() { # URL WHAT PIDFILE
     exit 1
 }
 
+# Prometheus (Debian's package, scripts/setup-prometheus.sh) scraping every
+# service's /metrics. Debian builds Prometheus without Consul discovery, so
+# a loop writes the passing instances Consul knows (with static discovery:
+# the config's addresses) into a file_sd file every 5 s; replicas that join
+# or leave are picked up without a restart. deploy/prometheus.yml is the
+# consul_sd_configs equivalent for an upstream Prometheus build.
+targets() {
+    local from="$config"
+    [[ "$LLMGW_DISCOVERY" == consul ]] && from="$CONSUL_HTTP_ADDR"
+    "$root/scripts/prom-targets.py" "$LLMGW_DISCOVERY" "$from" >"$state/prom-targets.tmp" &&
+        mv "$state/prom-targets.tmp" "$state/prom-targets.json"
+}
+
+prometheus() {
+    local prom addr="${PROMETHEUS_ADDR:-127.0.0.1:9090}"
+    prom="$("$root/scripts/setup-prometheus.sh")"
+    printf '%s\n' \
+        'global: {scrape_interval: 5s, evaluation_interval: 5s}' \
+        'scrape_configs:' \
+        '  - job_name: llmgw' \
+        '    metrics_path: /metrics' \
+        '    file_sd_configs:' \
+        "      - {files: [\"$state/prom-targets.json\"], refresh_interval: 5s}" >"$state/prometheus.yml"
+    targets
+    (while sleep 5; do targets 2>/dev/null || true; done) &
+    echo $! >"$state/prom-sd.pid"
+    "$prom" --config.file="$state/prometheus.yml" --storage.tsdb.path="$state/prometheus" \
+        --web.listen-address="$addr" >"$state/prometheus.log" 2>&1 &
+    echo $! >"$state/prometheus.pid"
+    wait_http "http://$addr/-/ready" prometheus "$state/prometheus.pid"
+    echo "prometheus: http://$addr (scraping every service's /metrics)"
+}
+
 up() {
-    local config="$1"
+    config="$1"
     down >/dev/null
     mkdir -p "$state"
     if [[ "$LLMGW_DISCOVERY" == consul ]]; then
@@ -65,20 +98,6 @@ up() {
         wait_http "$CONSUL_HTTP_ADDR/v1/status/leader" consul "$state/consul.pid"
         echo "consul: $CONSUL_HTTP_ADDR/ui"
     fi
-
-    # ---- Prometheus ---------------------------------------------------------
-    # Scrapes every service's /metrics (found through Consul). Started when
-    # scripts/setup-prometheus.sh and deploy/prometheus.yml are present.
-    if [[ -x "$root/scripts/setup-prometheus.sh" && -f "$root/deploy/prometheus.yml" ]]; then
-        local prom
-        prom="$("$root/scripts/setup-prometheus.sh")"
-        "$prom" --config.file="$root/deploy/prometheus.yml" \
-            --storage.tsdb.path="$state/prometheus" \
-            --web.listen-address=127.0.0.1:9090 >"$state/prometheus.log" 2>&1 &
-        echo $! >"$state/prometheus.pid"
-        echo "prometheus: http://127.0.0.1:9090"
-    fi
-    # -------------------------------------------------------------------------
 
     # auth first: on an empty store it creates the default org and prints its key.
     for role in "${roles[@]}"; do
@@ -98,6 +117,7 @@ up() {
         grep -q "edge listening" "$state/edge.log" && break
         sleep 0.1
     done
+    prometheus
     cat "$state/auth.out"
     echo "cluster running ($LLMGW_DISCOVERY discovery): logs in $state/*.log; stop with 'make down'"
 }
