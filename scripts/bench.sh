@@ -13,8 +13,9 @@
 #   scripts/bench.sh --rounds 3        # extra arguments go to llmgw-bench (--help)
 #   scripts/bench.sh --only R          # just the router scenario (or e.g. --only s1,r)
 #   scripts/bench.sh --only G          # just governance
-#   scripts/bench.sh --consul "$(scripts/setup-consul.sh)"
-#                                      # the split cluster finds its services through Consul
+# The split cluster finds its services through a Consul dev agent
+# (scripts/setup-consul.sh), as deployed; BENCH_STATIC=1 uses static
+# addresses instead.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,6 +24,10 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/llmgw/target}"
 cd "$root"
 LLMGW_REDIS_BIN="${LLMGW_REDIS_BIN:-$(scripts/setup-redis.sh)}"
 export LLMGW_REDIS_BIN
+if [[ -z "${BENCH_STATIC:-}" && -z "${BENCH_CONSUL:-}" ]]; then
+    BENCH_CONSUL="$(scripts/setup-consul.sh)"
+    export BENCH_CONSUL
+fi
 cargo build --release -p llmgw -p llmgw-emulators -p llmgw-bench
 bin="$CARGO_TARGET_DIR/release"
 exec "$bin/llmgw-bench" --llmgw "$bin/llmgw" --emulator "$bin/openai-emulator" "$@"
