@@ -154,7 +154,7 @@ async fn per_request(gw: &Gateway) {
     let mut broken = ask("[emu:words=30] [emu:abort_mid_stream] broken");
     broken["stream"] = json!(true);
     let _ = stream(gw, &key, &broken, "max-age=60").await;
-    let (_, h, _) = stream(gw, &key, &broken, "max-age=60").await;
+    let (h, _) = stream(gw, &key, &broken, "max-age=60").await;
     assert_eq!(cache_header(&h), "miss");
 
     // ---- TTL: an entry expires

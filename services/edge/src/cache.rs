@@ -224,7 +224,14 @@ impl Cache {
         }?;
         let now = now_ms();
         let age_ms = now.saturating_sub(entry.stored_at_ms);
-        if now >= entry.expires_at_ms || age_ms > max_age.as_millis() as u64 {
+        if now >= entry.expires_at_ms {
+            // Expired entries leave at once rather than when evicted.
+            if let Some(local) = &self.local {
+                local.remove(&lookup.key);
+            }
+            return None;
+        }
+        if age_ms > max_age.as_millis() as u64 {
             return None;
         }
         let response = match pb::ChatResponse::decode(entry.body.as_ref()) {
