@@ -83,7 +83,10 @@ async fn per_request(gw: &Gateway) {
     assert_eq!(hit["metadata"]["used_provider"], "emu");
     assert_eq!(content(&hit), content(&first));
     assert_eq!(hit["usage"]["cost_usd"].as_f64(), Some(0.0), "{hit}");
-    assert_eq!(hit["usage"]["completion_tokens"], first["usage"]["completion_tokens"]);
+    assert_eq!(
+        hit["usage"]["completion_tokens"],
+        first["usage"]["completion_tokens"]
+    );
     assert_eq!(upstream(gw).await, 1, "a hit never reaches the provider");
 
     // ---- what does not change the answer does not change the key
@@ -132,7 +135,10 @@ async fn per_request(gw: &Gateway) {
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let cs = chunks(&events);
     assert_eq!(joined(&cs, "content"), content(&first));
-    assert!(cs.iter().all(|c| c["object"] == "chat.completion.chunk"), "{cs:?}");
+    assert!(
+        cs.iter().all(|c| c["object"] == "chat.completion.chunk"),
+        "{cs:?}"
+    );
     assert!(cs.iter().any(|c| c["choices"][0]["finish_reason"] == "stop"));
     let last = cs.last().unwrap();
     assert_eq!(last["usage"]["cost_usd"].as_f64(), Some(0.0), "{last}");

@@ -11,7 +11,10 @@ use crate::limits::redis;
 
 async fn health(gw: &Gateway, path: &str) -> (u16, Value) {
     let (status, text) = gw.get_text(path).await;
-    (status, serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}")),
+    )
 }
 
 /// Polls `path` until it answers `status`, for up to 15 s.
@@ -22,16 +25,31 @@ async fn until(gw: &Gateway, path: &str, status: u16) -> Value {
         if s == status {
             return body;
         }
-        assert!(Instant::now() < deadline, "{path} never answered {status}: {s} {body}");
+        assert!(
+            Instant::now() < deadline,
+            "{path} never answered {status}: {s} {body}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 fn names(body: &Value) -> Vec<&str> {
-    body["checks"].as_object().unwrap().keys().map(String::as_str).collect()
+    body["checks"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect()
 }
 
-const SERVICES: [&str; 6] = ["adapter", "auth", "auth_store", "metering", "metering_store", "router"];
+const SERVICES: [&str; 6] = [
+    "adapter",
+    "auth",
+    "auth_store",
+    "metering",
+    "metering_store",
+    "router",
+];
 
 async fn all_ok(gw: &Gateway) {
     for path in ["/health", "/"] {

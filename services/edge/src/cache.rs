@@ -146,7 +146,9 @@ impl Cache {
         let redis = redis.map(RedisCache::new).transpose()?;
         let local = (redis.is_none() && config.max_bytes > 0).then(|| {
             // quick_cache sizes its shards from an item estimate: ~4 KiB each.
-            let items = usize::try_from(config.max_bytes / 4096).unwrap_or(usize::MAX).max(16);
+            let items = usize::try_from(config.max_bytes / 4096)
+                .unwrap_or(usize::MAX)
+                .max(16);
             Local::with_weighter(items, config.max_bytes, Weigh)
         });
         Ok(Self {
@@ -344,11 +346,7 @@ fn key(principal: &pb::Principal, meta: &pb::RoutingMetadata, req: &pb::ChatRequ
 /// A stored completion as a stream: per choice, one chunk with the role and
 /// the whole content (text, reasoning, tool calls), then one finishing chunk
 /// carrying `meta`; then the usage chunk when the client asked for it.
-pub fn replay(
-    resp: pb::ChatResponse,
-    meta: &pb::RoutingMetadata,
-    with_usage: bool,
-) -> ChunkStream {
+pub fn replay(resp: pb::ChatResponse, meta: &pb::RoutingMetadata, with_usage: bool) -> ChunkStream {
     let chunk = |choices: Vec<pb::ChunkChoice>| pb::ChatChunk {
         id: resp.id.clone(),
         created: resp.created,

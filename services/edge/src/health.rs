@@ -95,30 +95,31 @@ impl Health {
         if let Some(addr) = &self.consul {
             probes.push(("consul", Box::pin(consul_leader(addr))));
         }
-        let runs = probes
-            .into_iter()
-            .filter(|(name, _)| !skip.contains(name))
-            .map(|(name, probe)| async move {
-                let started = Instant::now();
-                let result = match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
-                    Ok(r) => r,
-                    Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
-                };
-                let latency_ms = (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
-                let check = match result {
-                    Ok(()) => Check {
-                        status: "ok",
-                        latency_ms,
-                        error: None,
-                    },
-                    Err(e) => Check {
-                        status: "down",
-                        latency_ms,
-                        error: Some(e),
-                    },
-                };
-                (name, check)
-            });
+        let runs =
+            probes
+                .into_iter()
+                .filter(|(name, _)| !skip.contains(name))
+                .map(|(name, probe)| async move {
+                    let started = Instant::now();
+                    let result = match tokio::time::timeout(CHECK_TIMEOUT, probe).await {
+                        Ok(r) => r,
+                        Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+                    };
+                    let latency_ms = (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0;
+                    let check = match result {
+                        Ok(()) => Check {
+                            status: "ok",
+                            latency_ms,
+                            error: None,
+                        },
+                        Err(e) => Check {
+                            status: "down",
+                            latency_ms,
+                            error: Some(e),
+                        },
+                    };
+                    (name, check)
+                });
         let checks: std::collections::BTreeMap<_, _> = join_all(runs).await.into_iter().collect();
         let failed = |optional: bool| {
             checks

@@ -22,8 +22,8 @@ use crate::secret::Secret;
 mod routing;
 use routing::RawModel;
 pub use routing::{
-    Backoff, Capabilities, Capability, Choice, ConfigCache, Ejection, ModelConfig, Params, RetryBudget, RoutingConfig,
-    RoutingPolicy, Sticky, Strategy, TargetConfig, Variant, When,
+    Backoff, Capabilities, Capability, Choice, ConfigCache, Ejection, ModelConfig, Params, RetryBudget,
+    RoutingConfig, RoutingPolicy, Sticky, Strategy, TargetConfig, Variant, When,
 };
 
 /// A configuration error, naming the file.
@@ -899,7 +899,7 @@ impl Config {
         }
         if raw.cache.default_ttl > raw.cache.max_ttl {
             return Err(err(
-                "`cache.default_ttl` must not be longer than `cache.max_ttl`".to_owned(),
+                "`cache.default_ttl` must not be longer than `cache.max_ttl`".to_owned()
             ));
         }
 

@@ -49,10 +49,7 @@ async fn stored(store: UsageStore) {
     .await
     .unwrap();
     let got: Vec<(String, i64, f64)> = rows.iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect();
-    assert_eq!(
-        got,
-        [("hit".to_owned(), 1, 0.0), ("miss".to_owned(), 0, 2.0)]
-    );
+    assert_eq!(got, [("hit".to_owned(), 1, 0.0), ("miss".to_owned(), 0, 2.0)]);
     let report = m
         .query_usage(pb::UsageQueryRequest {
             org_id: "org_a".to_owned(),

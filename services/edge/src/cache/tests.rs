@@ -114,11 +114,17 @@ fn only_an_opt_in_involves_the_cache() {
     let none = principal("o", None);
     assert!(plan(&none, None, "").is_none(), "nothing asked");
     assert!(matches!(plan(&none, None, "no-cache"), Some(Plan::Bypass)));
-    assert!(matches!(plan(&principal("o", Some(60)), None, "no-store"), Some(Plan::Bypass)));
+    assert!(matches!(
+        plan(&principal("o", Some(60)), None, "no-store"),
+        Some(Plan::Bypass)
+    ));
     assert!(matches!(plan(&none, None, "max-age=0"), Some(Plan::Bypass)));
 
     let l = lookup(plan(&none, None, "max-age=60"));
-    assert_eq!((l.read, l.write), (Some(Duration::from_secs(60)), Some(Duration::from_secs(60))));
+    assert_eq!(
+        (l.read, l.write),
+        (Some(Duration::from_secs(60)), Some(Duration::from_secs(60)))
+    );
     // A policy's 0 is the default TTL; the config's TTL when no policy.
     let l = lookup(plan(&principal("o", Some(0)), None, ""));
     assert_eq!(l.write, Some(Duration::from_secs(300)));
@@ -157,7 +163,11 @@ fn the_key_is_the_org_and_what_changes_the_answer() {
     same.stream_options = Some(pb::StreamOptions {
         include_usage: Some(true),
     });
-    assert_eq!(k("a", &base), k("a", &same), "stream, user, metadata do not count");
+    assert_eq!(
+        k("a", &base),
+        k("a", &same),
+        "stream, user, metadata do not count"
+    );
     assert_ne!(k("a", &base), k("b", &base), "orgs never share");
     let mut hotter = base.clone();
     hotter.temperature = Some(0.9);
@@ -171,7 +181,14 @@ fn the_key_is_the_org_and_what_changes_the_answer() {
         variant: Some("v".to_owned()),
         ..Default::default()
     };
-    let kv = lookup(cache.plan(&principal("a", Some(0)), &variant, None, Directive::default(), &base)).key;
+    let kv = lookup(cache.plan(
+        &principal("a", Some(0)),
+        &variant,
+        None,
+        Directive::default(),
+        &base,
+    ))
+    .key;
     assert_ne!(k("a", &base), kv, "config and variant count");
 }
 
