@@ -220,6 +220,19 @@ async fn cache_in_one_process() {
     per_request(&gw).await;
     orgs_never_share(&gw).await;
     metered_at_zero_cost(&gw).await;
+    // Outcomes are counted by result.
+    let (_, metrics) = gw.get_text("/metrics").await;
+    let count = |result: &str| -> f64 {
+        let series = format!("llmgw_response_cache_requests_total{{result=\"{result}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in /metrics"))
+    };
+    assert!(count("hit") >= 10.0, "{}", count("hit"));
+    assert!(count("miss") >= 10.0);
+    assert_eq!(count("bypass"), 1.0, "the one no-store request");
 }
 
 #[tokio::test]
