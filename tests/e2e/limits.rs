@@ -105,7 +105,7 @@ async fn requests_and_tokens_per_minute_in_process() {
 }
 
 /// Starts a throwaway Redis on a free port; killed on drop.
-async fn redis() -> (Child, u16, tempfile::TempDir) {
+pub(crate) async fn redis() -> (Child, u16, tempfile::TempDir) {
     let bin = std::env::var("LLMGW_REDIS_BIN").unwrap_or_else(|_| "redis-server".to_owned());
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -230,7 +230,9 @@ def test_probes_on_every_container(name: str) -> None:
                 if kind == "readinessProbe":
                     assert probe["grpc"]["service"] == GRPC_SERVICES[r]
             else:
-                assert probe["httpGet"] == {"path": "/health", "port": "http"}
+                # Readiness: every dependency up; liveness only the process.
+                path = "/health" if kind == "readinessProbe" else "/livez"
+                assert probe["httpGet"] == {"path": path, "port": "http"}
 
 
 # ---------------------------------------------------------------------------------------

@@ -55,6 +55,17 @@ pub struct PolicyBody {
     pub tpm: Option<u32>,
     /// Spend limits per period.
     pub budgets: Vec<BudgetBody>,
+    /// Opts the scope's chat requests into the response cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheBody>,
+}
+
+/// `cache: {ttl: "10m"}` (absent `ttl`: the gateway's `cache.default_ttl`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheBody {
+    #[serde(default, with = "humantime_serde", skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<std::time::Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -130,6 +141,11 @@ impl PolicyBody {
                 ));
             }
         }
+        if let Some(CacheBody { ttl: Some(ttl) }) = self.cache
+            && ttl.as_secs() == 0
+        {
+            return Err(GwError::invalid("cache", "cache.ttl must be at least 1s"));
+        }
         Ok(())
     }
 
@@ -148,6 +164,10 @@ impl PolicyBody {
             max_tokens: self.max_tokens,
             rpm: self.rpm,
             tpm: self.tpm,
+            cache_ttl_secs: self.cache.map(|c| {
+                c.ttl
+                    .map_or(0, |t| u32::try_from(t.as_secs()).unwrap_or(u32::MAX))
+            }),
             budgets: self
                 .budgets
                 .into_iter()

@@ -235,7 +235,7 @@ async fn policies_reach_the_principal(db: TestDb) {
         AdminOp::PolicyPut,
         "org",
         &created.org_id,
-        json!({"denied_providers": ["x*"], "rpm": 60}),
+        json!({"denied_providers": ["x*"], "rpm": 60, "cache": {}}),
     )
     .await
     .unwrap();
@@ -245,7 +245,7 @@ async fn policies_reach_the_principal(db: TestDb) {
         AdminOp::PolicyPut,
         "key",
         &created.key_id,
-        json!({"allowed_models": ["gpt-*"], "max_tokens": 10, "budgets": [{"period": "daily", "limit_usd": 2.5}]}),
+        json!({"allowed_models": ["gpt-*"], "max_tokens": 10, "budgets": [{"period": "daily", "limit_usd": 2.5}], "cache": {"ttl": "10m"}}),
     )
     .await
     .unwrap();
@@ -267,7 +267,9 @@ async fn policies_reach_the_principal(db: TestDb) {
     assert_eq!(scopes, ["key", "org"]);
     let key = p.policies.iter().find(|p| p.scope == "key").unwrap();
     assert_eq!((key.max_tokens, key.budgets[0].limit_usd), (Some(10), 2.5));
+    assert_eq!(key.cache_ttl_secs, Some(600), "the key's cache TTL");
     let org = p.policies.iter().find(|p| p.scope == "org").unwrap();
+    assert_eq!(org.cache_ttl_secs, Some(0), "cache: {{}} is the default TTL");
     assert_eq!(
         (org.rpm, org.denied_providers.as_slice()),
         (Some(60), &["x*".to_owned()][..])
@@ -283,6 +285,17 @@ async fn policies_reach_the_principal(db: TestDb) {
     .await
     .unwrap_err();
     assert_eq!(e.param(), Some("budgets"));
+    let e = admin(
+        &store,
+        &admin_of,
+        AdminOp::PolicyPut,
+        "key",
+        &created.key_id,
+        json!({"cache": {"ttl": "0s"}}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.param(), Some("cache"));
 }
 
 async fn policy_patches_change_only_what_they_name(db: TestDb) {

@@ -49,12 +49,16 @@ fn bearer<T>(req: &Request<T>) -> Option<&str> {
 fn hints<T>(principal: &pb::Principal, req: &Request<T>) -> Hints {
     let metadata = req.metadata();
     let config = metadata.get(CONFIG_HEADER).and_then(|v| v.to_str().ok());
-    Hints::new(principal, config, || {
+    let mut hints = Hints::new(principal, config, || {
         metadata.iter().filter_map(|entry| match entry {
             tonic::metadata::KeyAndValueRef::Ascii(k, v) => Some((k.as_str(), v.to_str().ok())),
             tonic::metadata::KeyAndValueRef::Binary(..) => None,
         })
-    })
+    });
+    if let Some(v) = metadata.get("cache-control").and_then(|v| v.to_str().ok()) {
+        hints.cache = crate::cache::Directive::from_value(v);
+    }
+    hints
 }
 
 impl GatewayGrpc {

@@ -46,6 +46,7 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .route("/admin/v1/{*rest}", any(admin))
         .route("/health", get(health))
         .route("/", get(health))
+        .route("/livez", get(livez))
         .route("/metrics", get(llmgw_kit::metrics::handler))
         .with_state(pipeline.clone());
     // tonic's router brings a fallback of its own; ours replaces it after the
@@ -87,6 +88,7 @@ fn route_of(path: &str) -> Option<&str> {
         | "/admin/v1/usage"
         | "/admin/v1"
         | "/health"
+        | "/livez"
         | "/" => path,
         p if p.starts_with("/v1/models/") => "/v1/models/{*id}",
         p if p.starts_with("/admin/v1/") => "/admin/v1/{*rest}",
@@ -369,11 +371,13 @@ fn ratelimit_headers(resp: &mut Response, quota: Option<crate::limits::Quota>) {
 
 pub(crate) fn hints(principal: &pb::Principal, headers: &HeaderMap) -> Hints {
     let config = headers.get(CONFIG_HEADER).and_then(|v| v.to_str().ok());
-    Hints::new(principal, config, || {
+    let mut hints = Hints::new(principal, config, || {
         headers
             .iter()
             .map(|(name, value)| (name.as_str(), value.to_str().ok()))
-    })
+    });
+    hints.cache = crate::cache::Directive::from_headers(headers);
+    hints
 }
 
 /// The routing metadata as response headers: what was used, how many tries
@@ -396,6 +400,14 @@ fn routing_headers(resp: &mut Response, meta: &pb::RoutingMetadata) {
         }
     }
     h.insert("x-llmgw-attempts", HeaderValue::from(meta.attempts.len()));
+    // The response cache: `x-llmgw-cache: hit|miss|bypass`, and on a hit
+    // the entry's `age` in seconds (as HTTP caches say it).
+    if let Some(v) = meta.cache.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {
+        h.insert("x-llmgw-cache", v);
+    }
+    if let Some(age) = meta.cache_age_secs {
+        h.insert(header::AGE, HeaderValue::from(age));
+    }
     if meta.attempts.len() > 1 {
         // `provider/model=status;…`, e.g. `a/gpt-4o=upstream_error;b/gpt-4o=ok`.
         let trail: Vec<String> = meta
@@ -684,6 +696,36 @@ async fn usage_admin(State(p): State<Arc<Pipeline>>, uri: http::Uri, headers: He
     }
 }
 
-async fn health() -> Response {
+/// `GET /` and `/health`: every dependency, checked ([`crate::health`]);
+/// `?skip=redis,consul` leaves named checks out.
+async fn health(State(p): State<Arc<Pipeline>>, uri: http::Uri) -> Response {
+    // `skip=a,b` (a comma may come percent-encoded), or `skip` repeated.
+    let skip: Vec<String> = uri
+        .query()
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|pair| pair.strip_prefix("skip="))
+        .flat_map(|v| {
+            v.replace("%2C", ",")
+                .replace("%2c", ",")
+                .split(',')
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let skip: Vec<&str> = skip.iter().map(String::as_str).collect();
+    let report = p.health.report(&skip).await;
+    let mut resp = json_response(&report);
+    if report.status == "down" {
+        *resp.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `GET /livez`: the edge process answers (for liveness probes, which
+/// should not restart the edge when a dependency is down).
+async fn livez() -> Response {
     json_response(&serde_json::json!({"status": "ok"}))
 }

@@ -9,7 +9,9 @@
 
 mod anthropic;
 mod auth_cache;
+mod cache;
 mod grpc;
+mod health;
 mod http;
 mod limits;
 mod meter;
@@ -37,6 +39,10 @@ pub struct Deps {
     pub router: Router,
     pub adapter: Adapter,
     pub metering: Metering,
+    /// The gRPC channels to remote services (`auth`, `router`, `adapter`,
+    /// `metering`), for `/health`'s `grpc.health.v1` checks; empty when
+    /// they run in this process.
+    pub channels: Vec<(&'static str, tonic::transport::Channel)>,
 }
 
 /// A built edge, ready to serve on listeners its caller bound.
@@ -59,7 +65,8 @@ impl Edge {
             .clone()
             .unwrap_or_else(|| config.data_dir.join("meter-spool").join("edge"));
         let (meter, meter_task) = meter::spawn(deps.metering.clone(), config.metering.clone(), spool_dir);
-        let inner = Arc::new(pipeline::Pipeline::new(config, deps, meter, limiter));
+        let cache = Arc::new(cache::Cache::new(&config.cache, config.redis_url.as_ref())?);
+        let inner = Arc::new(pipeline::Pipeline::new(config, deps, meter, limiter, cache));
         Ok(Self { inner, meter_task })
     }
 

@@ -19,6 +19,7 @@ pub use llmgw_kit::error::error_type;
 
 use crate::Deps;
 use crate::auth_cache::AuthCache;
+use crate::cache::{self, Cache, Directive, Plan};
 use crate::limits::{self, Limiter, Quota};
 use crate::meter::MeterSender;
 use crate::report::{Release, Try};
@@ -38,6 +39,10 @@ pub struct Pipeline {
     budget: Budget,
     backoff: Backoff,
     limiter: Arc<Limiter>,
+    /// The response cache ([`crate::cache`]).
+    cache: Arc<Cache>,
+    /// What `/health` checks.
+    pub health: crate::health::Health,
 }
 
 /// What a request says about routing besides its model: the routing config
@@ -47,6 +52,8 @@ pub struct Pipeline {
 pub struct Hints {
     pub config: Option<String>,
     pub headers: HashMap<String, String>,
+    /// What the request's `cache-control` asks of the response cache.
+    pub cache: Directive,
 }
 
 /// Headers never handed to routing rules: credentials.
@@ -77,7 +84,11 @@ impl Hints {
             .filter(|(name, _)| !PRIVATE_HEADERS.contains(&name.as_str()))
             .take(MAX_HINT_HEADERS)
             .collect();
-        Self { config, headers }
+        Self {
+            config,
+            headers,
+            cache: Directive::default(),
+        }
     }
 }
 
@@ -141,8 +152,15 @@ pub struct ChatStream {
 }
 
 impl Pipeline {
-    pub fn new(config: &Config, deps: Deps, meter: MeterSender, limiter: Arc<Limiter>) -> Self {
+    pub fn new(
+        config: &Config,
+        deps: Deps,
+        meter: MeterSender,
+        limiter: Arc<Limiter>,
+        cache: Arc<Cache>,
+    ) -> Self {
         Self {
+            health: crate::health::Health::new(config, deps.clone(), config.redis_url.as_ref()),
             deps,
             meter,
             auth_cache: AuthCache::new(config.edge.auth_cache_ttl),
@@ -153,6 +171,7 @@ impl Pipeline {
             budget: Budget::new(&config.routing.retry_budget),
             backoff: config.routing.backoff.clone(),
             limiter,
+            cache,
         }
     }
 
@@ -251,6 +270,7 @@ impl Pipeline {
                 .as_ref()
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false);
+        let directive = hints.cache;
         let Begun {
             permit,
             deadline,
@@ -259,6 +279,7 @@ impl Pipeline {
             mut meta,
             params,
             system,
+            cache_ttl_secs,
         } = self
             .begin(
                 &principal,
@@ -269,6 +290,32 @@ impl Pipeline {
             )
             .await?;
         apply_variant(&mut req, params, system);
+        let lookup = match self
+            .cache
+            .plan(&principal, &meta, cache_ttl_secs, directive, &req)
+        {
+            None => None,
+            Some(Plan::Bypass) => {
+                meta.cache = Some("bypass".to_owned());
+                metrics::edge().response_cache("bypass");
+                None
+            }
+            Some(Plan::Use(lookup)) => {
+                if let Some(hit) = self.cache.get(&lookup).await {
+                    // The router counted the plan's first try as started.
+                    if let Some(first) = targets.first() {
+                        drop(crate::report::Try::begin(&self.deps.router, first, false));
+                    }
+                    let mut guard =
+                        MeterGuard::new(self.meter.clone(), &principal, &request_id, &req, streaming);
+                    guard.debt = debt;
+                    return Ok(serve_hit(hit, meta, guard, streaming, client_wants_usage, quota));
+                }
+                meta.cache = Some("miss".to_owned());
+                metrics::edge().response_cache("miss");
+                Some(lookup)
+            }
+        };
         let mut guard = MeterGuard::new(self.meter.clone(), &principal, &request_id, &req, streaming);
         guard.debt = debt;
         let max_output = req
@@ -320,9 +367,24 @@ impl Pipeline {
                 guard.record("ok", 200, Some(usage));
                 drop(release);
                 resp.metadata = Some(meta);
+                if let Some(lookup) = &lookup {
+                    self.cache.put(lookup, &resp);
+                }
                 ChatOutput::Complete(resp, quota)
             }
             Outcome::Stream(chunks) => {
+                // A miss is stored once the provider's stream ended cleanly.
+                let chunks = match lookup {
+                    Some(lookup) => {
+                        let used = pb::RoutingMetadata {
+                            used_provider: meta.used_provider.clone(),
+                            used_model: meta.used_model.clone(),
+                            ..Default::default()
+                        };
+                        cache::store_when_done(chunks, self.cache.clone(), lookup, used)
+                    }
+                    None => chunks,
+                };
                 let metadata = Arc::new(meta);
                 let chunks = metered(
                     chunks,
@@ -564,6 +626,7 @@ impl Pipeline {
             meta,
             params: plan.params,
             system: plan.system,
+            cache_ttl_secs: plan.cache_ttl_secs,
         })
     }
 
@@ -756,6 +819,45 @@ struct Begun {
     /// What a routing config's variant sets over the request.
     params: Option<pb::ChatRequest>,
     system: Option<String>,
+    /// The routing config opts the request into the response cache.
+    cache_ttl_secs: Option<u32>,
+}
+
+/// A chat answer from the response cache: no upstream call, metered at
+/// zero cost (`cache_hit`), streamed again when the client streams.
+fn serve_hit(
+    hit: cache::Hit,
+    mut meta: pb::RoutingMetadata,
+    mut guard: MeterGuard,
+    streaming: bool,
+    with_usage: bool,
+    quota: Option<Quota>,
+) -> ChatOutput {
+    let mut resp = hit.response;
+    if let Some(used) = resp.metadata.take() {
+        meta.used_provider = used.used_provider;
+        meta.used_model = used.used_model;
+    }
+    meta.cache = Some("hit".to_owned());
+    meta.cache_age_secs = Some(hit.age_secs);
+    if let Some(u) = resp.usage.as_mut() {
+        u.cost_usd = Some(0.0);
+    }
+    guard.cache_hit(&meta.used_provider, &meta.used_model);
+    guard.record("ok", 200, resp.usage.as_ref());
+    metrics::edge().response_cache("hit");
+    if streaming {
+        let metadata = Arc::new(meta);
+        let chunks = cache::replay(resp, &metadata, with_usage);
+        ChatOutput::Stream(ChatStream {
+            metadata,
+            chunks,
+            quota,
+        })
+    } else {
+        resp.metadata = Some(meta);
+        ChatOutput::Complete(Box::new(resp), quota)
+    }
 }
 
 /// 403 unless every policy of the key that names endpoints names this one.
@@ -1143,6 +1245,16 @@ impl MeterGuard {
             ev.provider_model.clone_from(&target.model);
             ev.price = target.price;
             ev.byok = target.byok;
+        }
+    }
+
+    /// Served from the response cache: what answered it, at no cost.
+    fn cache_hit(&mut self, provider: &str, model: &str) {
+        if let Some(ev) = self.event.as_mut() {
+            ev.cache_hit = true;
+            provider.clone_into(&mut ev.provider);
+            model.clone_into(&mut ev.provider_model);
+            ev.price = None;
         }
     }
 

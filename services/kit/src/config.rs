@@ -22,8 +22,8 @@ use crate::secret::Secret;
 mod routing;
 use routing::RawModel;
 pub use routing::{
-    Backoff, Capabilities, Capability, Choice, Ejection, ModelConfig, Params, RetryBudget, RoutingConfig,
-    RoutingPolicy, Sticky, Strategy, TargetConfig, Variant, When,
+    Backoff, Capabilities, Capability, Choice, ConfigCache, Ejection, ModelConfig, Params, RetryBudget,
+    RoutingConfig, RoutingPolicy, Sticky, Strategy, TargetConfig, Variant, When,
 };
 
 /// A configuration error, naming the file.
@@ -69,6 +69,38 @@ struct RawConfig {
     telemetry: TelemetryConfig,
     #[serde(default)]
     shutdown: ShutdownConfig,
+    #[serde(default)]
+    cache: CacheConfig,
+}
+
+/// The response cache (exact match, opt-in per request, key policy or
+/// routing config): in process, bounded by bytes, or in Redis when `redis:`
+/// is configured.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Bytes the in-process cache holds at most (entries are evicted, least
+    /// recently and least often used first); 0 turns the cache off.
+    pub max_bytes: u64,
+    /// Largest single answer stored (bigger ones are served, not stored).
+    pub max_entry_bytes: u64,
+    /// The TTL of an entry when what opted in gave none.
+    #[serde(with = "humantime_serde")]
+    pub default_ttl: Duration,
+    /// The longest TTL anything may ask for (longer ones are cut to it).
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 64 << 20,
+            max_entry_bytes: 1 << 20,
+            default_ttl: Duration::from_secs(300),
+            max_ttl: Duration::from_secs(86_400),
+        }
+    }
 }
 
 /// Trace export. Without an endpoint (here or in
@@ -714,6 +746,8 @@ pub struct Config {
     /// `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub telemetry: TelemetryConfig,
     pub shutdown: ShutdownConfig,
+    /// The response cache.
+    pub cache: CacheConfig,
 }
 
 const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(600);
@@ -860,6 +894,14 @@ impl Config {
         });
         let database = database.transpose()?;
         let telemetry = telemetry_config(raw.telemetry, env).map_err(err)?;
+        if raw.cache.max_ttl.is_zero() {
+            return Err(err("`cache.max_ttl` must be above 0".to_owned()));
+        }
+        if raw.cache.default_ttl > raw.cache.max_ttl {
+            return Err(err(
+                "`cache.default_ttl` must not be longer than `cache.max_ttl`".to_owned()
+            ));
+        }
 
         Ok(Self {
             file: file.to_owned(),
@@ -891,6 +933,7 @@ impl Config {
             byok: raw.byok,
             telemetry,
             shutdown: raw.shutdown,
+            cache: raw.cache,
         })
     }
 

@@ -390,6 +390,7 @@ pub struct Edge {
     /// Streams being passed on to clients.
     pub in_flight_streams: Gauge,
     auth_cache: [Counter; 2],
+    response_cache: [Counter; 3],
     /// Bytes of usage events spooled to disk while metering is down.
     pub meter_spool_bytes: Gauge,
     meter_shipped: Counter,
@@ -399,6 +400,7 @@ pub struct Edge {
 static EDGE: LazyLock<Edge> = LazyLock::new(|| {
     let rejections = Family::<ReasonLabels, Counter>::default();
     let auth_cache = Family::<[(&'static str, &'static str); 1], Counter>::default();
+    let response_cache = Family::<[(&'static str, &'static str); 1], Counter>::default();
     let m = Edge {
         http_requests: Family::default(),
         http_duration: histograms(REQUEST_BUCKETS),
@@ -412,6 +414,8 @@ static EDGE: LazyLock<Edge> = LazyLock::new(|| {
         in_flight_requests: Gauge::default(),
         in_flight_streams: Gauge::default(),
         auth_cache: ["hit", "miss"].map(|r| auth_cache.get_or_create_owned(&[("result", r)])),
+        response_cache: ["hit", "miss", "bypass"]
+            .map(|r| response_cache.get_or_create_owned(&[("result", r)])),
         meter_spool_bytes: Gauge::default(),
         meter_shipped: Counter::default(),
         meter_dropped: Counter::default(),
@@ -465,6 +469,11 @@ static EDGE: LazyLock<Edge> = LazyLock::new(|| {
         "llmgw_auth_cache_requests",
         "API key lookups by the edge's auth cache (hit, miss)",
         auth_cache,
+    );
+    register(
+        "llmgw_response_cache_requests",
+        "Chat requests the response cache was asked about (hit, miss, bypass)",
+        response_cache,
     );
     register(
         "llmgw_meter_spool_bytes",
@@ -553,6 +562,16 @@ impl Edge {
 
     pub fn auth_cache(&self, hit: bool) {
         self.auth_cache[usize::from(!hit)].inc();
+    }
+
+    /// A response cache outcome: `hit`, `miss` or `bypass`.
+    pub fn response_cache(&self, result: &str) {
+        let i = match result {
+            "hit" => 0,
+            "miss" => 1,
+            _ => 2,
+        };
+        self.response_cache[i].inc();
     }
 
     pub fn meter_shipped(&self, events: u64) {

@@ -412,6 +412,7 @@ async fn all(config: &Config) -> anyhow::Result<()> {
         router: llmgw_router::service(config),
         adapter: llmgw_provider_adapter::service_with_credentials(config, auth)?,
         metering: llmgw_usage_metering::service(metering),
+        channels: Vec::new(),
     };
     run_edge(config, deps, shutdown).await
 }
@@ -419,11 +420,26 @@ async fn all(config: &Config) -> anyhow::Result<()> {
 async fn edge(config: &Config) -> anyhow::Result<()> {
     let shutdown = shutdown_token();
     let s = &config.services;
+    let [auth, router, adapter, metering] = [
+        Service::Auth,
+        Service::Router,
+        Service::Adapter,
+        Service::Metering,
+    ]
+    .map(|service| discovery::channel(s, service));
+    let (auth, router, adapter, metering) = (auth?, router?, adapter?, metering?);
     let deps = Deps {
-        auth: GrpcAuth::client(discovery::channel(s, Service::Auth)?),
-        router: GrpcRouter::client(discovery::channel(s, Service::Router)?),
-        adapter: GrpcAdapter::client(discovery::channel(s, Service::Adapter)?),
-        metering: GrpcMetering::client(discovery::channel(s, Service::Metering)?),
+        auth: GrpcAuth::client(auth.clone()),
+        router: GrpcRouter::client(router.clone()),
+        adapter: GrpcAdapter::client(adapter.clone()),
+        metering: GrpcMetering::client(metering.clone()),
+        // `/health` checks each service over the same channels.
+        channels: vec![
+            ("auth", auth),
+            ("router", router),
+            ("adapter", adapter),
+            ("metering", metering),
+        ],
     };
     run_edge(config, deps, shutdown).await
 }

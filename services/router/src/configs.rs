@@ -134,6 +134,15 @@ fn matches(when: &When, req: &pb::RouteRequest) -> bool {
             .all(|(name, value)| req.headers.get(name) == Some(value))
 }
 
+/// The TTL a routing config caches its answers for, in seconds (0: the
+/// cache's default); `None`: the config does not cache.
+pub fn cache_ttl_secs(config: &RoutingConfig) -> Option<u32> {
+    config.cache.map(|c| {
+        c.ttl
+            .map_or(0, |t| u32::try_from(t.as_secs().max(1)).unwrap_or(u32::MAX))
+    })
+}
+
 /// The variant's parameters as the request fields they set.
 pub fn params(variant: &Variant) -> Option<pb::ChatRequest> {
     let p = &variant.params;

@@ -21,4 +21,6 @@ pub use store::{UsageStore, open, service};
 #[cfg(test)]
 mod byok_tests;
 #[cfg(test)]
+mod cache_hit_tests;
+#[cfg(test)]
 mod tests;

@@ -30,6 +30,11 @@ pub(crate) const MIGRATIONS: &[MigrationSpec] = &[
         "byok in the roll-ups",
         include_str!("../migrations/0004_usage_daily_byok.sql"),
     ),
+    (
+        5,
+        "response cache hits",
+        include_str!("../migrations/0005_cache_hit.sql"),
+    ),
 ];
 
 /// The `usage_events` column list every insert names, in the order of
@@ -38,13 +43,13 @@ macro_rules! insert_events {
     () => {
         "INSERT INTO usage_events (request_id, org_id, project_id, key_id, model, provider, \
          provider_model, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd, \
-         estimated, streamed, status, http_status, started_at, latency_ms, recorded_at, byok) "
+         estimated, streamed, status, http_status, started_at, latency_ms, recorded_at, byok, cache_hit) "
     };
 }
 
 const INSERT_EVENT: &str = concat!(
     insert_events!(),
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21) \
      ON CONFLICT (request_id) DO NOTHING"
 );
 
@@ -83,11 +88,11 @@ enum BatchInsert {
     Json(&'static str),
 }
 
-/// Rows per multi-row insert at most: 64 × 20 columns bound, far below
+/// Rows per multi-row insert at most: 64 × 21 columns bound, far below
 /// SQLite's limit of 32,766 parameters.
 const VALUES_CHUNK: usize = 64;
 /// Columns per row of [`insert_values`].
-const EVENT_COLUMNS: usize = 20;
+const EVENT_COLUMNS: usize = 21;
 
 /// The multi-row insert of `rows` events (a power of two up to
 /// [`VALUES_CHUNK`]), built once per size.
@@ -119,7 +124,7 @@ const INSERT_EVENTS_POSTGRES: &str = concat!(
     "SELECT e->>0, e->>1, e->>2, e->>3, e->>4, e->>5, e->>6, \
      (e->>7)::BIGINT, (e->>8)::BIGINT, (e->>9)::BIGINT, (e->>10)::BIGINT, (e->>11)::DOUBLE PRECISION, \
      (e->>12)::BOOLEAN, (e->>13)::BOOLEAN, e->>14, (e->>15)::INTEGER, (e->>16)::BIGINT, \
-     (e->>17)::DOUBLE PRECISION, $2, (e->>18)::BOOLEAN \
+     (e->>17)::DOUBLE PRECISION, $2, (e->>18)::BOOLEAN, (e->>19)::BOOLEAN \
      FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS batch (e, i) ORDER BY i \
      ON CONFLICT (request_id) DO NOTHING RETURNING request_id"
 );
@@ -146,6 +151,7 @@ struct EventRow<'a>(
     u32,
     i64,
     f64,
+    bool,
     bool,
 );
 
@@ -177,6 +183,7 @@ impl<'a> EventRow<'a> {
             .bind(self.17)
             .bind(recorded_at)
             .bind(self.18)
+            .bind(self.19)
     }
 }
 
@@ -225,6 +232,7 @@ impl UsageStore {
                     e.started_at_ms,
                     e.latency_ms,
                     e.byok,
+                    e.cache_hit,
                 )
             })
             .collect();
@@ -407,6 +415,7 @@ impl MeteringService for UsageStore {
                 .bind(event.latency_ms)
                 .bind(recorded_at)
                 .bind(event.byok)
+                .bind(event.cache_hit)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error("recording usage"))?

@@ -79,6 +79,7 @@ fn event(request_id: &str, org_id: &str, model: &str, input: u32, output: u32) -
         latency_ms: 12.5,
         byok: false,
         traceparent: String::new(),
+        cache_hit: false,
     }
 }
 

@@ -395,6 +395,18 @@ struct RawRoutingConfig {
     #[serde(default)]
     sticky: Sticky,
     variants: Vec<RawVariant>,
+    /// Caches the answers of requests routed by this config.
+    #[serde(default)]
+    cache: Option<ConfigCache>,
+}
+
+/// A routing config's response cache setting: `cache: {ttl: 10m}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigCache {
+    /// How long an answer is served from the cache; absent: `cache.default_ttl`.
+    #[serde(default, with = "humantime_serde")]
+    pub ttl: Option<Duration>,
 }
 
 fn one() -> u32 {
@@ -474,6 +486,8 @@ pub struct RoutingConfig {
     pub version: u32,
     pub sticky: Sticky,
     pub variants: Vec<Variant>,
+    /// Answers of requests this config routes are cached (opt-in).
+    pub cache: Option<ConfigCache>,
 }
 
 #[derive(Debug, Clone)]
@@ -581,6 +595,7 @@ impl RoutingPolicy {
                 version: c.version,
                 sticky: c.sticky,
                 variants,
+                cache: c.cache,
             });
         }
         Ok(())

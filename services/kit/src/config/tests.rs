@@ -519,3 +519,65 @@ shutdown:
     }
     assert!(error("shutdown:\n  drian: 1s\n").contains("`drain`"));
 }
+
+#[test]
+fn cache_settings_defaults_and_errors_name_the_key() {
+    let c = Config::parse("", "g.yaml", &env(&[])).unwrap();
+    assert_eq!(c.cache, CacheConfig::default());
+    assert_eq!(c.cache.default_ttl, Duration::from_secs(300));
+
+    let text = "cache:\n  max_bytes: 1048576\n  max_entry_bytes: 4096\n  default_ttl: 10m\n  max_ttl: 1h\n";
+    let c = Config::parse(text, "g.yaml", &env(&[])).unwrap();
+    assert_eq!(c.cache.max_bytes, 1 << 20);
+    assert_eq!(c.cache.max_entry_bytes, 4096);
+    assert_eq!(c.cache.default_ttl, Duration::from_secs(600));
+    assert_eq!(c.cache.max_ttl, Duration::from_secs(3600));
+
+    let error = |yaml: &str| Config::parse(yaml, "g.yaml", &env(&[])).unwrap_err().to_string();
+    for (yaml, names) in [
+        ("cache:\n  max_byte: 1\n", "cache.max_byte"),
+        ("cache:\n  default_ttl: 2h\n  max_ttl: 1h\n", "cache.default_ttl"),
+        ("cache:\n  max_ttl: 0s\n", "cache.max_ttl"),
+        ("cache:\n  default_ttl: soon\n", "cache.default_ttl"),
+    ] {
+        let e = error(yaml);
+        assert!(e.contains(names), "{yaml}: {e}");
+    }
+    assert!(error("cache:\n  max_byte: 1\n").contains("`max_bytes`"));
+}
+
+#[test]
+fn a_routing_config_may_cache_its_answers() {
+    let text = r#"
+routing:
+  configs:
+    - name: cached
+      cache: { ttl: 10m }
+      variants: [{ name: only }]
+    - name: default-ttl
+      cache: {}
+      variants: [{ name: only }]
+    - name: plain
+      variants: [{ name: only }]
+"#;
+    let c = Config::parse(text, "g.yaml", &env(&[])).unwrap();
+    let cache: Vec<_> = c.routing.configs.iter().map(|c| c.cache).collect();
+    assert_eq!(
+        cache,
+        [
+            Some(ConfigCache {
+                ttl: Some(Duration::from_secs(600))
+            }),
+            Some(ConfigCache { ttl: None }),
+            None
+        ]
+    );
+    let e = Config::parse(
+        "routing:\n  configs:\n    - name: c\n      cache: { tll: 1m }\n      variants: [{ name: v }]\n",
+        "g.yaml",
+        &env(&[]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("tll"), "{e}");
+}

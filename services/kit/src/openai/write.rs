@@ -542,6 +542,10 @@ pub(super) struct MetadataOut<'a> {
     variant: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     strategy: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_age_secs: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -579,6 +583,8 @@ pub(super) fn metadata_out(m: &pb::RoutingMetadata) -> MetadataOut<'_> {
         config_version: m.config_version,
         variant: m.variant.as_deref(),
         strategy: m.strategy.as_deref(),
+        cache: m.cache.as_deref(),
+        cache_age_secs: m.cache_age_secs,
     }
 }
 
