@@ -30,5 +30,6 @@ mod provider_gemini;
 mod provider_misc;
 mod routing;
 mod secrets;
+mod surface;
 mod tracing;
 mod usage;

@@ -17,6 +17,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use llmgw_kit::error::error_type;
 
+mod forward;
+pub use forward::{Forward, Meter};
+
 use crate::Deps;
 use crate::auth_cache::AuthCache;
 use crate::limits::{self, Limiter, Quota};
