@@ -13,8 +13,11 @@ use crate::harness::{Gateway, Shape, sse_data};
 const PROVIDERS: &str = "  - name: az\n    type: azure-openai\n    base_url: http://{emu}\n    api_key: ${EMU_KEY}\n  - name: claude\n    type: anthropic\n    base_url: http://{emu}/v1\n    api_key: ${EMU_KEY}\n";
 const MODELS: &str = "  - name: instruct\n    target: emu/gpt-3.5-turbo-instruct\n    price: { input_per_mtok: 1.5, output_per_mtok: 2.0 }\n  - name: dall-e-2\n    target: emu/dall-e-2\n    price: { input_per_mtok: 0, output_per_mtok: 20000 }\n  - name: whisper-1\n    target: emu/whisper-1\n    price: { input_per_mtok: 100, output_per_mtok: 0 }\n  - name: tts-1\n    target: emu/tts-1\n    price: { input_per_mtok: 15, output_per_mtok: 0 }\n";
 
-/// A multipart body by hand: `(name, filename, content type, bytes)`.
-fn form(parts: &[(&str, Option<&str>, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+/// One multipart field: `(name, filename, content type, bytes)`.
+type Field<'a> = (&'a str, Option<&'a str>, Option<&'a str>, &'a [u8]);
+
+/// A multipart body by hand.
+fn form(parts: &[Field<'_>]) -> (String, Vec<u8>) {
     let boundary = "e2e-boundary-7d1f";
     let mut out = Vec::new();
     for (name, filename, ct, data) in parts {
@@ -47,12 +50,7 @@ fn wav(secs: usize) -> Vec<u8> {
 
 const PNG: &[u8] = b"\x89PNG\r\n\x1a\n0000";
 
-async fn post_form(
-    gw: &Gateway,
-    key: &str,
-    path: &str,
-    parts: &[(&str, Option<&str>, Option<&str>, &[u8])],
-) -> (u16, String, String) {
+async fn post_form(gw: &Gateway, key: &str, path: &str, parts: &[Field<'_>]) -> (u16, String, String) {
     let (ct, body) = form(parts);
     let r = gw
         .client
