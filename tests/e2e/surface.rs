@@ -392,7 +392,7 @@ async fn surface(shape: Shape) {
             &admin,
             "PUT",
             &format!("/admin/v1/keys/{}/policy", k["id"].as_str().unwrap()),
-            Some(json!({"allowed_endpoints": ["chat", "completions"]})),
+            Some(json!({"allowed_endpoints": ["chat", "completions"], "max_tokens": 50})),
         )
         .await;
     assert_eq!(s, 200, "{p}");
@@ -427,6 +427,15 @@ async fn surface(shape: Shape) {
         )
         .await;
     assert_eq!(s, 200, "{text}");
+    let (s, text) = gw
+        .call(
+            member,
+            "POST",
+            "/v1/completions",
+            Some(json!({"model": "instruct", "prompt": "x", "max_tokens": 51})),
+        )
+        .await;
+    assert_eq!((s, param(&text).as_deref()), (403, Some("max_tokens")), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

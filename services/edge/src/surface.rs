@@ -52,7 +52,8 @@ pub(crate) async fn completions(State(p): State<Arc<Pipeline>>, headers: HeaderM
         };
         let suffix = body.get("suffix").and_then(Value::as_str).map_or(0, str::len);
         let streaming = flag(&body, "stream")?;
-        let max_tokens = count(&body, "max_tokens")?.unwrap_or(COMPLETION_DEFAULT_MAX_TOKENS);
+        let asked = count(&body, "max_tokens")?;
+        let max_tokens = asked.unwrap_or(COMPLETION_DEFAULT_MAX_TOKENS);
         let choices = count(&body, "n")?.unwrap_or(1).max(count(&body, "best_of")?.unwrap_or(1));
         let prompts = match body.get("prompt") {
             Some(Value::Array(items)) if items.iter().all(|i| i.is_string() || i.is_array()) => items.len().max(1),
@@ -71,6 +72,7 @@ pub(crate) async fn completions(State(p): State<Arc<Pipeline>>, headers: HeaderM
             max_output: max_tokens
                 .saturating_mul(choices)
                 .saturating_mul(u32::try_from(prompts).unwrap_or(u32::MAX)),
+            max_tokens: asked,
             meter: Meter::Tokens,
         };
         run(&p, &headers, principal, forward, raw, started).await
@@ -109,6 +111,7 @@ pub(crate) async fn image_generations(
             streaming: false,
             input_chars: prompt.len(),
             max_output: n,
+            max_tokens: None,
             meter: Meter::Images { requested: n },
         };
         run(&p, &headers, principal, forward, raw, started).await
@@ -154,6 +157,7 @@ pub(crate) async fn image_edits(State(p): State<Arc<Pipeline>>, headers: HeaderM
             form,
             streaming: false,
             max_output: n,
+            max_tokens: None,
             meter: Meter::Images { requested: n },
         };
         run(&p, &headers, principal, forward, String::new(), started).await
@@ -217,6 +221,7 @@ async fn audio_in(p: &Pipeline, headers: HeaderMap, body: Body, path: &'static s
             streaming: false,
             input_chars: 0,
             max_output: 0,
+            max_tokens: None,
             meter: Meter::Seconds,
         };
         run(p, &headers, principal, forward, String::new(), started).await
@@ -259,6 +264,7 @@ pub(crate) async fn speech(State(p): State<Arc<Pipeline>>, headers: HeaderMap, b
             streaming: false,
             input_chars: input.len(),
             max_output: 0,
+            max_tokens: None,
             meter: Meter::Characters(chars),
         };
         run(&p, &headers, principal, forward, raw, started).await

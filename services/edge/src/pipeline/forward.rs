@@ -26,7 +26,10 @@ use llmgw_proto as pb;
 use serde_json::Value;
 use tokio::sync::OwnedSemaphorePermit;
 
-use super::{Begun, Hints, MeterGuard, Pipeline, allow_endpoint, cost, count_rejection, estimate_tokens};
+use super::{
+    Begun, Hints, MeterGuard, Pipeline, allow_endpoint, cost, count_rejection, estimate_tokens,
+    policy_max_tokens,
+};
 use crate::limits::Quota;
 use crate::report::Release;
 
@@ -62,6 +65,9 @@ pub struct Forward {
     pub input_chars: usize,
     /// The most output units the request can cost (budget reservation).
     pub max_output: u32,
+    /// `max_tokens` as the client set it (completions), checked against
+    /// the policies' limit.
+    pub max_tokens: Option<u32>,
     pub meter: Meter,
 }
 
@@ -98,6 +104,17 @@ impl Pipeline {
         hints: Hints,
     ) -> Result<Forwarded, GwError> {
         allow_endpoint(&principal, req.endpoint)?;
+        if let (Some(asked), Some((limit, scope))) = (req.max_tokens, policy_max_tokens(&principal))
+            && asked > limit
+        {
+            return Err(GwError::new(
+                ErrorCode::PermissionDenied,
+                format!(
+                    "max_tokens {asked} is above the {scope} policy's limit of {limit} tokens per request"
+                ),
+            )
+            .with_param("max_tokens"));
+        }
         let estimate = match req.meter {
             Meter::Tokens => estimate_tokens(req.input_chars),
             _ => 0,
