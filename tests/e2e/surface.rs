@@ -333,6 +333,53 @@ async fn surface(shape: Shape) {
         .await;
     assert_eq!((s, e["error"]["param"].as_str()), (400, Some("voice")), "{e}");
 
+    // ---- Azure: images, transcriptions and speech at the deployment's URL
+    let (s, _, v) = gw
+        .post(
+            "/v1/images/generations",
+            &json!({"model": "az/dall-e-3", "prompt": "a cat"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert!(v["data"][0]["revised_prompt"].is_string(), "{v}");
+    let (s, _, text) = post_form(
+        &gw,
+        &gw.key,
+        "/v1/audio/transcriptions",
+        &[
+            ("file", Some("a.wav"), Some("audio/wav"), &audio),
+            ("model", None, None, b"az/whisper"),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200, "{text}");
+    let up = gw.last_upstream().await;
+    assert!(
+        up["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/openai/deployments/whisper/audio/transcriptions?api-version="),
+        "{up}"
+    );
+    assert!(up["body"]["fields"].get("model").is_none(), "{up}");
+    let r = gw
+        .client
+        .post(gw.url("/v1/audio/speech"))
+        .bearer_auth(&gw.key)
+        .json(&json!({"model": "az/tts", "input": "hi", "voice": "alloy", "response_format": "wav"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "audio/wav");
+    assert!(r.bytes().await.unwrap().starts_with(b"RIFF"));
+    assert!(
+        gw.last_upstream().await["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/openai/deployments/tts/audio/speech?"),
+    );
+
     // ---- metering, in each endpoint's units
     let usage = gw
         .usage_until("acme", |u| {
