@@ -19,6 +19,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
     // It carries a BYOK credential's secrets: its Debug (in `lib.rs`) hides them.
     config.skip_debug(["llmgw.v1.ProviderCredential"]);
+    // Passed-through bodies (uploads, audio) move as `Bytes`: no copy per piece.
+    config.bytes([".llmgw.v1.ForwardChunk.data", ".llmgw.v1.FormField.data"]);
     for file in PROTOS {
         println!("cargo:rerun-if-changed={file}");
     }

@@ -32,5 +32,6 @@ mod provider_gemini;
 mod provider_misc;
 mod routing;
 mod secrets;
+mod surface;
 mod tracing;
 mod usage;

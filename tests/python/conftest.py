@@ -227,6 +227,20 @@ models:
   - name: {EMBED_MODEL}
     target: emu/{EMBED_MODEL}
     price: {{ input_per_mtok: {EMBED_PRICE_IN}, output_per_mtok: 0 }}
+  # test_surface.py: legacy completions, images and audio (prices per
+  # million tokens, images, seconds and characters).
+  - name: gpt-3.5-turbo-instruct
+    target: emu/gpt-3.5-turbo-instruct
+    price: {{ input_per_mtok: 1.5, output_per_mtok: 2.0 }}
+  - name: dall-e-2
+    target: emu/dall-e-2
+    price: {{ input_per_mtok: 0, output_per_mtok: 20000 }}
+  - name: whisper-1
+    target: emu/whisper-1
+    price: {{ input_per_mtok: 100, output_per_mtok: 0 }}
+  - name: tts-1
+    target: emu/tts-1
+    price: {{ input_per_mtok: 15, output_per_mtok: 0 }}
   # test_routing.py: a pool over two fault profiles of the emulator.
   - name: {POOL}
     strategy: priority

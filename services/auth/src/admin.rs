@@ -37,7 +37,15 @@ const MAX_PATTERN_CHARS: usize = 256;
 const MAX_METADATA: usize = 64;
 const MAX_METADATA_CHARS: usize = 512;
 /// The endpoints a policy may allow.
-pub const ENDPOINTS: [&str; 4] = ["chat", "embeddings", "models", "usage"];
+pub const ENDPOINTS: [&str; 7] = [
+    "chat",
+    "embeddings",
+    "completions",
+    "images",
+    "audio",
+    "models",
+    "usage",
+];
 
 /// A scope's policy as the admin API reads and writes it.
 #[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]

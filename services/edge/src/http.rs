@@ -12,7 +12,9 @@
 //! (400), then runs the [`Pipeline`]. The gRPC `Gateway` service is merged
 //! under its own paths behind `GrpcWebLayer`, so gRPC-Web (HTTP/1.1) and
 //! plain gRPC both work on the HTTP port. No other request extensions are
-//! used. `GET /metrics` serves the process's Prometheus series.
+//! used. `GET /metrics` serves the process's Prometheus series. The
+//! pass-through endpoints (legacy completions, images, audio) have their
+//! handlers in [`crate::surface`].
 
 use std::sync::Arc;
 
@@ -38,6 +40,12 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .route("/v1/messages", post(crate::anthropic::messages))
         .route("/v1/messages/count_tokens", post(crate::anthropic::count_tokens))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/completions", post(crate::surface::completions))
+        .route("/v1/images/generations", post(crate::surface::image_generations))
+        .route("/v1/images/edits", post(crate::surface::image_edits))
+        .route("/v1/audio/transcriptions", post(crate::surface::transcriptions))
+        .route("/v1/audio/translations", post(crate::surface::translations))
+        .route("/v1/audio/speech", post(crate::surface::speech))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/v1/usage", get(usage_own))
@@ -66,7 +74,7 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
 }
 
 /// `x-llmgw-overhead-ms`: the gateway's own time ([`crate::pipeline::overhead`]).
-fn overhead_header(resp: &mut Response, overhead: std::time::Duration) {
+pub(crate) fn overhead_header(resp: &mut Response, overhead: std::time::Duration) {
     let ms = format!("{:.3}", overhead.as_secs_f64() * 1000.0);
     if let Ok(v) = HeaderValue::from_str(&ms) {
         resp.headers_mut().insert(OVERHEAD_HEADER, v);
@@ -83,6 +91,12 @@ fn route_of(path: &str) -> Option<&str> {
         | "/v1/messages/count_tokens"
         | "/metrics"
         | "/v1/embeddings"
+        | "/v1/completions"
+        | "/v1/images/generations"
+        | "/v1/images/edits"
+        | "/v1/audio/transcriptions"
+        | "/v1/audio/translations"
+        | "/v1/audio/speech"
         | "/v1/models"
         | "/v1/usage"
         | "/admin/v1/usage"
@@ -346,7 +360,7 @@ pub(crate) async fn read_body(headers: &HeaderMap, mut body: Body, limit: usize)
 }
 
 /// OpenAI's `x-ratelimit-*` headers, for the tightest limit that applies.
-fn ratelimit_headers(resp: &mut Response, quota: Option<crate::limits::Quota>) {
+pub(crate) fn ratelimit_headers(resp: &mut Response, quota: Option<crate::limits::Quota>) {
     let Some(q) = quota else { return };
     let h = resp.headers_mut();
     let reset =
@@ -382,7 +396,7 @@ pub(crate) fn hints(principal: &pb::Principal, headers: &HeaderMap) -> Hints {
 
 /// The routing metadata as response headers: what was used, how many tries
 /// it took (and each, compactly), the config and variant.
-fn routing_headers(resp: &mut Response, meta: &pb::RoutingMetadata) {
+pub(crate) fn routing_headers(resp: &mut Response, meta: &pb::RoutingMetadata) {
     let h = resp.headers_mut();
     let version = meta.config_version.map(|v| v.to_string());
     for (name, value) in [

@@ -18,6 +18,7 @@ mod meter;
 mod pipeline;
 mod report;
 mod stream;
+mod surface;
 mod usage;
 
 use std::sync::Arc;

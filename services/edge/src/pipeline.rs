@@ -17,6 +17,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use llmgw_kit::error::error_type;
 
+mod forward;
+pub use forward::{Forward, Meter};
+
 use crate::Deps;
 use crate::auth_cache::AuthCache;
 use crate::cache::{self, Cache, Directive, Plan};
@@ -881,12 +884,7 @@ pub(crate) fn allow_endpoint(principal: &pb::Principal, endpoint: &str) -> Resul
 /// Applies the policies' max tokens per request: a request asking for more
 /// is refused (403 naming `max_tokens`); one asking for none gets the limit.
 fn cap_max_tokens(principal: &pb::Principal, req: &mut pb::ChatRequest) -> Result<(), GwError> {
-    let Some((limit, scope)) = principal
-        .policies
-        .iter()
-        .filter_map(|p| p.max_tokens.map(|m| (m, p.scope.as_str())))
-        .min_by_key(|(m, _)| *m)
-    else {
+    let Some((limit, scope)) = policy_max_tokens(principal) else {
         return Ok(());
     };
     let (asked, param) = match (req.max_completion_tokens, req.max_tokens) {
@@ -906,6 +904,15 @@ fn cap_max_tokens(principal: &pb::Principal, req: &mut pb::ChatRequest) -> Resul
             Ok(())
         }
     }
+}
+
+/// The tightest max tokens per request of the key's policies, and its scope.
+fn policy_max_tokens(principal: &pb::Principal) -> Option<(u32, &str)> {
+    principal
+        .policies
+        .iter()
+        .filter_map(|p| p.max_tokens.map(|m| (m, p.scope.as_str())))
+        .min_by_key(|(m, _)| *m)
 }
 
 /// Puts a variant's parameters over the request's, and its system prompt

@@ -543,6 +543,11 @@ pub struct CompatHost {
     pub stream_usage: bool,
     /// Whether the host accepts `n` > 1.
     pub multiple_choices: bool,
+    /// Whether the host serves the legacy `POST /completions`.
+    pub completions: bool,
+    /// Whether the host serves `audio/transcriptions`, `audio/translations`
+    /// and `audio/speech`.
+    pub audio: bool,
 }
 
 /// OpenAI-compatible hosts, each with its default base URL and quirks.
@@ -552,48 +557,64 @@ pub const COMPAT_HOSTS: &[CompatHost] = &[
         default_base_url: Some("https://api.groq.com/openai/v1"),
         stream_usage: true,
         multiple_choices: false,
+        completions: false,
+        audio: true,
     },
     CompatHost {
         type_name: "together",
         default_base_url: Some("https://api.together.xyz/v1"),
         stream_usage: true,
         multiple_choices: true,
+        completions: true,
+        audio: true,
     },
     CompatHost {
         type_name: "fireworks",
         default_base_url: Some("https://api.fireworks.ai/inference/v1"),
         stream_usage: true,
         multiple_choices: true,
+        completions: true,
+        audio: false,
     },
     CompatHost {
         type_name: "deepseek",
         default_base_url: Some("https://api.deepseek.com/v1"),
         stream_usage: true,
         multiple_choices: false,
+        completions: false,
+        audio: false,
     },
     CompatHost {
         type_name: "xai",
         default_base_url: Some("https://api.x.ai/v1"),
         stream_usage: true,
         multiple_choices: true,
+        completions: true,
+        audio: false,
     },
     CompatHost {
         type_name: "cerebras",
         default_base_url: Some("https://api.cerebras.ai/v1"),
         stream_usage: true,
         multiple_choices: false,
+        completions: true,
+        audio: false,
     },
     CompatHost {
         type_name: "meta",
         default_base_url: Some("https://api.llama.com/compat/v1"),
         stream_usage: true,
         multiple_choices: false,
+        completions: false,
+        audio: false,
     },
     CompatHost {
         type_name: "openai-compatible",
         default_base_url: None,
         stream_usage: true,
         multiple_choices: true,
+        completions: true,
+        audio: true,
     },
 ];
 

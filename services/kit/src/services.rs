@@ -32,6 +32,10 @@ type Traced = InterceptedService<Channel, TraceInterceptor>;
 /// A stream of chat chunks, as every hop passes it on.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<pb::ChatChunk, GwError>> + Send + 'static>>;
 
+/// A passed-through answer (see `Adapter.Forward`): the first item carries
+/// the upstream status and content type, every item may carry body bytes.
+pub type ForwardStream = Pin<Box<dyn Stream<Item = Result<pb::ForwardChunk, GwError>> + Send + 'static>>;
+
 /// "Who are you, and may you?"
 #[async_trait]
 pub trait AuthService: Send + Sync + 'static {
@@ -76,6 +80,10 @@ pub trait AdapterService: Send + Sync + 'static {
     /// arrived), so errors before the first byte are still retryable.
     async fn stream(&self, req: pb::AdapterRequest) -> Result<ChunkStream, GwError>;
     async fn embed(&self, req: pb::AdapterEmbeddingsRequest) -> Result<pb::EmbeddingsResponse, GwError>;
+    /// An OpenAI-shaped request passed through (legacy completions, images,
+    /// audio). Resolves once the provider answered 2xx, so every error
+    /// before the first byte is still retryable.
+    async fn forward(&self, req: pb::ForwardRequest) -> Result<ForwardStream, GwError>;
 }
 
 /// "What did it cost, and who spent it?"
@@ -280,6 +288,17 @@ impl AdapterService for GrpcAdapter {
     async fn embed(&self, req: pb::AdapterEmbeddingsRequest) -> Result<pb::EmbeddingsResponse, GwError> {
         Ok(self.0.clone().embed(req).await?.into_inner())
     }
+
+    async fn forward(&self, req: pb::ForwardRequest) -> Result<ForwardStream, GwError> {
+        let mut stream = self.0.clone().forward(req).await?.into_inner();
+        // As for `stream`: the first message comes once the provider answered.
+        let first = stream.message().await?;
+        let rest = stream.map(|item| item.map_err(GwError::from));
+        Ok(match first {
+            Some(first) => Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(rest)),
+            None => Box::pin(futures_util::stream::empty()),
+        })
+    }
 }
 
 /// [`MeteringService`] over gRPC: a batch is sent as one client stream.
@@ -397,6 +416,18 @@ impl pb::adapter_server::Adapter for AdapterGrpcServer {
         req: Request<pb::AdapterEmbeddingsRequest>,
     ) -> Result<Response<pb::EmbeddingsResponse>, Status> {
         Ok(Response::new(self.0.embed(req.into_inner()).await?))
+    }
+
+    type ForwardStream = Pin<Box<dyn Stream<Item = Result<pb::ForwardChunk, Status>> + Send + 'static>>;
+
+    async fn forward(
+        &self,
+        req: Request<pb::ForwardRequest>,
+    ) -> Result<Response<Self::ForwardStream>, Status> {
+        let stream = self.0.forward(req.into_inner()).await?;
+        Ok(Response::new(Box::pin(
+            stream.map(|item| item.map_err(|e| e.to_status())),
+        )))
     }
 }
 

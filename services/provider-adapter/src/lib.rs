@@ -21,9 +21,10 @@ use async_trait::async_trait;
 use futures_util::StreamExt as _;
 use llmgw_kit::GwError;
 use llmgw_kit::config::{Config, ProviderKind, ProviderSpec, provider_config};
-use llmgw_kit::services::{Adapter, AdapterService, Auth, ChunkStream};
+use llmgw_kit::services::{Adapter, AdapterService, Auth, ChunkStream, ForwardStream};
 use llmgw_proto::{
-    AdapterEmbeddingsRequest, AdapterRequest, ChatRequest, ChatResponse, EmbeddingsResponse, Target,
+    AdapterEmbeddingsRequest, AdapterRequest, ChatRequest, ChatResponse, EmbeddingsResponse, ForwardRequest,
+    Target,
 };
 use tracing::Instrument as _;
 
@@ -343,6 +344,21 @@ impl AdapterService for ProviderAdapter {
             match &result {
                 Ok(resp) => record_answer(&client, "", &resp.model, resp.usage.as_ref()),
                 Err(e) => record_error(&client, e),
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn forward(&self, req: ForwardRequest) -> Result<ForwardStream, GwError> {
+        let span = span("forward", &req.request_id, req.target.as_ref());
+        async {
+            let (provider, target) = self.provider(&req.org_id, req.target.as_ref()).await?;
+            let client = client_span("forward", target, None);
+            let result = provider.forward(target, &req).instrument(client.clone()).await;
+            if let Err(e) = &result {
+                record_error(&client, e);
             }
             result
         }

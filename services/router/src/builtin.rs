@@ -34,6 +34,12 @@ pub struct BuiltinModel {
 pub enum ModelKind {
     Chat,
     Embedding,
+    /// Legacy `/v1/completions` only.
+    Completion,
+    /// `/v1/images/*`: priced per image made (output units).
+    Image,
+    /// `/v1/audio/*`: priced per second heard or character spoken (input units).
+    Audio,
 }
 
 /// The parsed catalog with its indexes.
@@ -210,7 +216,7 @@ mod tests {
     fn the_compiled_in_catalog_parses() {
         let builtin = Builtin::parse(CATALOG).unwrap();
         assert!(
-            (45..=70).contains(&builtin.models().len()),
+            (45..=80).contains(&builtin.models().len()),
             "{}",
             builtin.models().len()
         );
@@ -285,6 +291,30 @@ mod tests {
             assert!(m.context_window > 0 && m.price.input_per_mtok >= 0.0, "{}", m.id);
             assert_eq!(m.price.output_per_mtok, 0.0, "{}", m.id);
         }
+    }
+
+    #[test]
+    fn pass_through_models_are_offered_by_the_openai_family() {
+        let builtin = Builtin::load();
+        for (id, kind) in [
+            ("gpt-3.5-turbo-instruct", ModelKind::Completion),
+            ("dall-e-3", ModelKind::Image),
+            ("whisper-1", ModelKind::Audio),
+            ("tts-1", ModelKind::Audio),
+        ] {
+            let m = builtin.get(id).unwrap();
+            assert_eq!(m.kind, kind, "{id}");
+            assert!(!m.capabilities.embeddings && !m.capabilities.tools, "{id}");
+            assert!(
+                m.offered_by
+                    .iter()
+                    .all(|(p, _)| p == "openai" || p == "azure-openai"),
+                "{id}"
+            );
+        }
+        // Units per million: $0.04 an image, $0.006 a minute.
+        assert_eq!(builtin.get("dall-e-3").unwrap().price.output_per_mtok, 40_000.0);
+        assert_eq!(builtin.get("whisper-1").unwrap().price.input_per_mtok, 100.0);
     }
 
     #[test]

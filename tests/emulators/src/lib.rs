@@ -3,6 +3,7 @@
 //! Several wire formats on one router, each built from its provider's API reference:
 //! OpenAI's Chat Completions API (`/v1/chat/completions`, `/v1/models`) — completion and
 //! chunk objects, usage details, tool calls streamed as argument fragments, the error object —
+//! and its legacy Completions, Images and Audio APIs ([`surface`]),
 //! with Azure OpenAI and Mistral flavours beside it ([`flavours`]), Ollama's native
 //! `/api/chat` ([`ollama`]), and Anthropic's Messages API (`/v1/messages`, see `anthropic`),
 //! each as strict as the real one. Test behaviour is steered by `[emu:...]` directives in the
@@ -71,6 +72,7 @@ mod ollama;
 mod record;
 mod routes;
 mod schema;
+mod surface;
 mod wire;
 
 /// How an emulator behaves.
@@ -131,6 +133,17 @@ pub fn router(opts: Options) -> Router {
     let routes = Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
+        .route("/v1/completions", post(surface::completions))
+        .route("/v1/images/generations", post(surface::image_generations))
+        .route("/v1/images/edits", post(surface::image_edits))
+        .route("/v1/audio/transcriptions", post(surface::transcriptions))
+        .route("/v1/audio/translations", post(surface::translations))
+        .route("/v1/audio/speech", post(surface::speech))
+        .route(
+            "/openai/deployments/{deployment}/completions",
+            post(surface::azure_completions),
+        )
+        .route("/openai/deployments/{deployment}/{a}/{b}", post(surface::azure))
         .route("/v1/models", get(routes::list_models))
         .route("/v1/messages", post(anthropic::messages))
         .route(

@@ -10,16 +10,19 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use llmgw_kit::GwError;
 use llmgw_kit::config::{ProviderConfig, ProviderKind};
-use llmgw_kit::services::ChunkStream;
+use llmgw_kit::services::{ChunkStream, ForwardStream};
 use llmgw_proto::content::Value as ContentValue;
 use llmgw_proto::content_part::Part;
-use llmgw_proto::{ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Message, Target};
+use llmgw_proto::{
+    ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ForwardRequest, Message, Target,
+};
 
 pub(crate) mod anthropic;
 pub(crate) mod bedrock;
 pub(crate) mod gemini;
 pub(crate) mod ollama;
 pub(crate) mod openai;
+mod passthrough;
 mod upstream;
 pub(crate) mod vertex;
 
@@ -46,6 +49,25 @@ pub(crate) trait Provider: Send + Sync + 'static {
         )
         .with_provider(&target.provider))
     }
+
+    /// An OpenAI-shaped request passed through (`req.path`: legacy
+    /// completions, images, audio). A provider without that endpoint says
+    /// so: a 400 naming `model` and the provider.
+    async fn forward(&self, target: &Target, req: &ForwardRequest) -> Result<ForwardStream, GwError> {
+        Err(no_endpoint(target, &req.path))
+    }
+}
+
+/// The 400 of a provider that has no `path` endpoint.
+pub(crate) fn no_endpoint(target: &Target, path: &str) -> GwError {
+    GwError::invalid(
+        "model",
+        format!(
+            "provider `{}` ({}) does not offer `/v1/{path}` through llmgw",
+            target.provider, target.provider_type
+        ),
+    )
+    .with_provider(&target.provider)
 }
 
 /// Builds the provider for `config`, sharing `client`. OpenAI-compatible

@@ -27,13 +27,15 @@ use llmgw_kit::openai::{
     embeddings_request_json, parse_chunk, parse_embeddings_response, parse_response, parse_upstream_error,
     request_json,
 };
-use llmgw_kit::services::ChunkStream;
+use llmgw_kit::services::{ChunkStream, ForwardStream};
 use llmgw_kit::{ErrorCode, GwError};
-use llmgw_proto::{ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, Target};
+use llmgw_proto::{
+    ChatChunk, ChatRequest, ChatResponse, EmbeddingsRequest, EmbeddingsResponse, ForwardRequest, Target,
+};
 use pin_project_lite::pin_project;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 
-use super::{Provider, upstream};
+use super::{Provider, no_endpoint, passthrough, upstream};
 use crate::http::Peer;
 
 const ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
@@ -474,6 +476,48 @@ impl Provider for OpenAi {
                 ),
             )
         })
+    }
+
+    async fn forward(&self, target: &Target, req: &ForwardRequest) -> Result<ForwardStream, GwError> {
+        let path = passthrough::known_path(&req.path)?;
+        let offered = match (self.flavour, self.host) {
+            (Flavour::Mistral, _) => false,
+            (Flavour::Azure, _) | (Flavour::OpenAi, None) => true,
+            (Flavour::OpenAi, Some(host)) => {
+                (path == "completions" && host.completions) || (path.starts_with("audio/") && host.audio)
+            }
+        };
+        if !offered {
+            return Err(no_endpoint(target, path));
+        }
+        let tail: Vec<&str> = path.split('/').collect();
+        // Azure names the deployment (the target model) in the URL.
+        let (url, model) = match self.flavour {
+            Flavour::Azure => (self.azure_url(&target.model, &tail)?, None),
+            _ => {
+                let base = self.embeddings_url.as_str();
+                let base = base.strip_suffix("/embeddings").unwrap_or(base);
+                let url = reqwest::Url::parse(&format!("{base}/{path}"))
+                    .map_err(|e| GwError::internal(format!("invalid url for `{path}`: {e}")))?;
+                (url, Some(target.model.as_str()))
+            }
+        };
+        let mut headers = self.headers.clone();
+        let body = if req.form.is_empty() {
+            passthrough::json_body(&req.json, model)?
+        } else {
+            let (content_type, body) = passthrough::multipart_body(&req.form, model)?;
+            let value = HeaderValue::try_from(content_type)
+                .map_err(|_| GwError::internal("invalid multipart content type"))?;
+            headers.insert(CONTENT_TYPE, value);
+            body
+        };
+        let request = self.client.post(url).headers(headers).body(body);
+        let timeout = self.timeout(target);
+        let response = tokio::time::timeout(timeout, self.send(request))
+            .await
+            .map_err(|_| self.peer.timeout_error(timeout))??;
+        Ok(passthrough::answer(&self.peer, response))
     }
 }
 

@@ -1,0 +1,141 @@
+"""Legacy completions, images and audio through the official openai SDK: the
+emulator directly, then through the gateway in one process and split."""
+
+from __future__ import annotations
+
+import base64
+import io
+import struct
+
+import openai
+import pytest
+
+from conftest import Target
+
+INSTRUCT = "gpt-3.5-turbo-instruct"
+
+
+def wav(secs: int) -> bytes:
+    """``secs`` seconds of silence: 16 kHz, 8-bit mono WAV."""
+    data = bytes(16_000 * secs)
+    fmt = struct.pack("<HHIIHH", 1, 1, 16_000, 16_000, 1, 8)
+    return (
+        b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+        + b"data" + struct.pack("<I", len(data)) + data
+    )
+
+
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGMAAQAABQABDQottAAAAABJRU5ErkJggg=="
+)
+
+
+def test_completions_plain(target: Target) -> None:
+    resp = target.client().completions.create(model=INSTRUCT, prompt="Say this is a test", max_tokens=5)
+    assert resp.object == "text_completion"
+    assert resp.choices[0].text == "This is a test of"
+    assert resp.choices[0].finish_reason == "length"
+    assert resp.usage is not None and resp.usage.completion_tokens == 5
+
+
+def test_completions_several_prompts_echo_suffix(target: Target) -> None:
+    resp = target.client().completions.create(
+        model=INSTRUCT, prompt=["a ", "b "], max_tokens=2, echo=True, suffix="!", logprobs=1
+    )
+    assert [c.text for c in resp.choices] == ["a This is!", "b This is!"]
+    assert resp.choices[0].logprobs is not None and resp.choices[0].logprobs.tokens
+
+
+def test_completions_stream(target: Target) -> None:
+    stream = target.client().completions.create(
+        model=INSTRUCT, prompt="x", max_tokens=3, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(stream)
+    assert all(c.object == "text_completion" for c in chunks)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == "This is a"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3
+
+
+def test_completions_chat_model_is_refused(target: Target) -> None:
+    # OpenAI answers 404; the gateway passes the provider's refusal on.
+    with pytest.raises(openai.NotFoundError) as e:
+        target.client().completions.create(model="gpt-4o-mini", prompt="x")
+    assert "chat model" in str(e.value)
+
+
+def test_images_generate(target: Target) -> None:
+    client = target.client()
+    urls = client.images.generate(model="dall-e-2", prompt="a cat", n=2, size="256x256")
+    assert len(urls.data) == 2 and urls.data[0].url
+    b64 = client.images.generate(model="dall-e-2", prompt="a cat", response_format="b64_json")
+    assert base64.b64decode(b64.data[0].b64_json).startswith(b"\x89PNG")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.generate(model="dall-e-2", prompt="a cat", size="7x7")  # type: ignore[arg-type]
+    assert e.value.body["param"] == "size"  # type: ignore[index]
+
+
+def test_images_edit(target: Target) -> None:
+    resp = target.client().images.edit(
+        model="dall-e-2",
+        image=("cat.png", io.BytesIO(PNG), "image/png"),
+        mask=("mask.png", io.BytesIO(PNG), "image/png"),
+        prompt="add a hat",
+        n=1,
+        size="512x512",
+        response_format="b64_json",
+    )
+    assert resp.data[0].b64_json
+    up = target.emu.requests("/v1/images/edits")[-1]
+    assert up["body"]["files"]["image"]["filename"] == "cat.png"
+    assert up["body"]["fields"]["prompt"] == "add a hat"
+
+
+@pytest.mark.parametrize("fmt", ["json", "text", "srt", "vtt", "verbose_json"])
+def test_transcriptions(target: Target, fmt: str) -> None:
+    client = target.client()
+    out = client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", wav(2), "audio/wav"), response_format=fmt  # type: ignore[arg-type]
+    )
+    if fmt == "json":
+        assert out.text == "hello from the emulator"
+    elif fmt == "verbose_json":
+        assert out.text == "hello from the emulator" and out.duration == 2.0  # type: ignore[union-attr]
+    elif fmt == "text":
+        assert out == "hello from the emulator\n"
+    elif fmt == "srt":
+        assert "00:00:00,000 --> 00:00:02,000" in out  # type: ignore[operator]
+    else:
+        assert str(out).startswith("WEBVTT")
+
+
+def test_translations(target: Target) -> None:
+    out = target.client().audio.translations.create(model="whisper-1", file=("a.wav", wav(1), "audio/wav"))
+    assert out.text == "hello from the emulator"
+
+
+def test_transcription_without_model_is_refused(target: Target) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        target.client().audio.transcriptions.create(model="", file=("a.wav", wav(1), "audio/wav"))
+    assert e.value.body["param"] == "model"  # type: ignore[index]
+
+
+def test_speech(target: Target) -> None:
+    client = target.client()
+    resp = client.audio.speech.create(model="tts-1", voice="alloy", input="Hello there")
+    body = resp.read()
+    assert body.startswith(b"ID3") and len(body) == 6 + 8 * 64 * len("Hello there")
+    assert resp.response.headers["content-type"] == "audio/mpeg"
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input="Hi", response_format="wav"
+    ) as streamed:
+        assert streamed.headers["content-type"] == "audio/wav"
+        pieces = list(streamed.iter_bytes())
+    joined = b"".join(pieces)
+    assert joined.startswith(b"RIFF") and len(joined) == 12 + 8 * 64 * 2
+
+
+@pytest.mark.gateway
+def test_gateway_headers_on_audio(target: Target) -> None:
+    resp = target.client().audio.speech.with_raw_response.create(model="tts-1", voice="alloy", input="x")
+    assert resp.headers["x-llmgw-provider"] == "emu"
+    assert resp.headers["x-llmgw-model"] == "tts-1"
