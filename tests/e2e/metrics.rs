@@ -614,6 +614,18 @@ async fn split_services_export_their_series_to_a_real_prometheus() {
     )
     .await;
     assert!(prom.value(r#"sum(llmgw_metering_batches_total)"#).await >= Some(1.0));
+    // Per org: every request of this one org, and its spend.
+    prom.until(r#"count(llmgw_org_requests_total{job="metering"})"#, |v| v == 1.0)
+        .await;
+    prom.until(r#"sum(llmgw_org_requests_total{job="metering"})"#, |v| {
+        v >= (ok + 1) as f64
+    })
+    .await;
+    assert!(
+        prom.value(r#"sum(llmgw_org_cost_usd_total{job="metering"})"#)
+            .await
+            > Some(0.0)
+    );
 
     // ---- the dashboards query only what these processes export.
     let mut exported = BTreeSet::new();

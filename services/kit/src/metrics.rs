@@ -827,11 +827,31 @@ where
 
 // ---- the other services ----------------------------------------------------
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OrgLabels {
+    org_id: Name,
+}
+
 /// The usage-metering service's series.
 pub struct Metering {
     pub events: Counter,
     pub batches: Counter,
     pub duplicates: Counter,
+    /// Per org (its opaque id: as many series as orgs, bounded by the name
+    /// cap), what the ledger recorded: the spend dashboard's per-org panels.
+    org_cost: Family<OrgLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    org_requests: Family<OrgLabels, Counter>,
+}
+
+impl Metering {
+    /// Counts `requests` newly recorded for `org_id`, costing `cost_usd`.
+    pub fn org_spend(&self, org_id: &str, requests: u64, cost_usd: f64) {
+        let labels = OrgLabels { org_id: name(org_id) };
+        self.org_requests.get_or_create(&labels).inc_by(requests);
+        if cost_usd > 0.0 && cost_usd.is_finite() {
+            self.org_cost.get_or_create(&labels).inc_by(cost_usd);
+        }
+    }
 }
 
 static METERING: LazyLock<Metering> = LazyLock::new(|| {
@@ -839,7 +859,19 @@ static METERING: LazyLock<Metering> = LazyLock::new(|| {
         events: Counter::default(),
         batches: Counter::default(),
         duplicates: Counter::default(),
+        org_cost: Family::default(),
+        org_requests: Family::default(),
     };
+    register(
+        "llmgw_org_cost_usd",
+        "Spend recorded by metering per org, USD at list price (BYOK included)",
+        m.org_cost.clone(),
+    );
+    register(
+        "llmgw_org_requests",
+        "Requests recorded by metering per org",
+        m.org_requests.clone(),
+    );
     register(
         "llmgw_metering_events_recorded",
         "Usage events written to the ledger",

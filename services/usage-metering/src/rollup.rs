@@ -78,6 +78,25 @@ impl<'a> Rollups<'a> {
         }
     }
 
+    /// Adds the batch to the per-org series (once its transaction committed).
+    pub fn count(&self) {
+        let metrics = llmgw_kit::metrics::metering();
+        let mut groups = self.0.iter().peekable();
+        // Groups are ordered by day, then org: sum each run of one org.
+        while let Some(((_, org, ..), s)) = groups.next() {
+            let (mut requests, mut cost) = (s.requests, s.cost);
+            while let Some(((_, next, ..), more)) = groups.peek() {
+                if next != org {
+                    break;
+                }
+                requests += more.requests;
+                cost += more.cost;
+                groups.next();
+            }
+            metrics.org_spend(org, u64::try_from(requests).unwrap_or(0), cost);
+        }
+    }
+
     /// One upsert per group, on the caller's transaction.
     pub async fn write(&self, tx: &mut AnyConnection) -> Result<(), GwError> {
         for ((day, org, project, key, model), s) in &self.0 {

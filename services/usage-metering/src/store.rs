@@ -289,6 +289,7 @@ impl UsageStore {
         }
         rollups.write(&mut tx).await?;
         tx.commit().await.map_err(db_error("recording usage"))?;
+        rollups.count();
         let inserted = ids.len() as u64;
         let ack = pb::RecordAck {
             accepted: inserted,
@@ -429,6 +430,7 @@ impl MeteringService for UsageStore {
         }
         rollups.write(&mut tx).await?;
         tx.commit().await.map_err(db_error("recording usage"))?;
+        rollups.count();
         if ack.duplicates > 0 {
             tracing::debug!(
                 accepted = ack.accepted,
