@@ -212,6 +212,15 @@ async fn metered_at_zero_cost(gw: &Gateway) {
         (four["cost_usd"].as_f64().unwrap() - cost).abs() < 1e-12,
         "hits cost nothing: {one} then {four}"
     );
+    // The usage API (daily roll-ups) counts the hits apart.
+    let (status, text) = gw.call(&key, "GET", "/v1/usage", None).await;
+    assert_eq!(status, 200, "{text}");
+    let totals = &serde_json::from_str::<serde_json::Value>(&text).unwrap()["totals"];
+    assert_eq!(
+        (totals["requests"].as_u64(), totals["cache_hits"].as_u64()),
+        (Some(4), Some(3)),
+        "{text}"
+    );
 }
 
 #[tokio::test]

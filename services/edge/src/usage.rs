@@ -239,6 +239,7 @@ fn row_json(r: &pb::UsageRow) -> Value {
     // Of which billed to the org's own provider accounts (BYOK).
     m.insert("byok_requests".into(), r.byok_requests.into());
     m.insert("byok_cost_usd".into(), json!(r.byok_cost_usd));
+    m.insert("cache_hits".into(), r.cache_hits.into());
     Value::Object(m)
 }
 

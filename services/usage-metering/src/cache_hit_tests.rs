@@ -59,6 +59,7 @@ async fn stored(store: UsageStore) {
         .unwrap();
     let totals = report.totals.unwrap();
     assert_eq!(totals.requests, 2, "a hit is a request");
+    assert_eq!(totals.cache_hits, 1, "counted apart in the roll-ups");
     assert!((totals.cost_usd - 2.0).abs() < 1e-9, "{totals:?}");
 }
 

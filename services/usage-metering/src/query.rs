@@ -29,7 +29,8 @@ const SUMS: &str = "CAST(COALESCE(SUM(requests), 0) AS BIGINT), \
      CAST(COALESCE(SUM(reasoning_tokens), 0) AS BIGINT), \
      CAST(COALESCE(SUM(cost_usd), 0) AS DOUBLE PRECISION), \
      CAST(COALESCE(SUM(byok_requests), 0) AS BIGINT), \
-     CAST(COALESCE(SUM(byok_cost_usd), 0) AS DOUBLE PRECISION)";
+     CAST(COALESCE(SUM(byok_cost_usd), 0) AS DOUBLE PRECISION), \
+     CAST(COALESCE(SUM(cache_hits), 0) AS BIGINT)";
 
 /// Rows per report at most (a year of days × 50 models, say); a query that
 /// would return more is refused rather than truncated.
@@ -103,6 +104,7 @@ impl UsageStore {
             totals.cost_usd += r.cost_usd;
             totals.byok_requests += r.byok_requests;
             totals.byok_cost_usd += r.byok_cost_usd;
+            totals.cache_hits += r.cache_hits;
             report.rows.push(r);
         }
         report.totals = Some(totals);
@@ -132,6 +134,7 @@ fn read(row: &AnyRow, columns: &[&str]) -> Result<pb::UsageRow, sqlx::Error> {
     out.cost_usd = row.try_get(at + 5)?;
     out.byok_requests = count(6)?;
     out.byok_cost_usd = row.try_get(at + 7)?;
+    out.cache_hits = count(8)?;
     Ok(out)
 }
 

@@ -16,8 +16,8 @@ pub const DAY_MS: i64 = 86_400_000;
 /// Adds an event's counts to its day's row; the per-column sums on conflict.
 const UPSERT_DAILY: &str = "INSERT INTO usage_daily (day, org_id, project_id, key_id, model, \
      requests, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd, \
-     byok_requests, byok_cost_usd) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+     byok_requests, byok_cost_usd, cache_hits) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
      ON CONFLICT (day, org_id, project_id, key_id, model) DO UPDATE SET \
      requests = usage_daily.requests + excluded.requests, \
      input_tokens = usage_daily.input_tokens + excluded.input_tokens, \
@@ -26,7 +26,8 @@ const UPSERT_DAILY: &str = "INSERT INTO usage_daily (day, org_id, project_id, ke
      reasoning_tokens = usage_daily.reasoning_tokens + excluded.reasoning_tokens, \
      cost_usd = usage_daily.cost_usd + excluded.cost_usd, \
      byok_requests = usage_daily.byok_requests + excluded.byok_requests, \
-     byok_cost_usd = usage_daily.byok_cost_usd + excluded.byok_cost_usd";
+     byok_cost_usd = usage_daily.byok_cost_usd + excluded.byok_cost_usd, \
+     cache_hits = usage_daily.cache_hits + excluded.cache_hits";
 
 /// The UTC day start of `ms` (Unix epoch milliseconds).
 pub fn day_of(ms: i64) -> i64 {
@@ -47,6 +48,8 @@ struct Sums {
     /// Of which through the org's own credentials.
     byok_requests: i64,
     byok_cost: f64,
+    /// Of which answered from the edge's response cache.
+    cache_hits: i64,
 }
 
 /// A batch's newly inserted events, summed per group. Ordered, so every
@@ -75,6 +78,9 @@ impl<'a> Rollups<'a> {
         if event.byok {
             sums.byok_requests += 1;
             sums.byok_cost += cost;
+        }
+        if event.cache_hit {
+            sums.cache_hits += 1;
         }
     }
 
@@ -114,6 +120,7 @@ impl<'a> Rollups<'a> {
                 .bind(s.cost)
                 .bind(s.byok_requests)
                 .bind(s.byok_cost)
+                .bind(s.cache_hits)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error("rolling up usage"))?;

@@ -35,6 +35,11 @@ pub(crate) const MIGRATIONS: &[MigrationSpec] = &[
         "response cache hits",
         include_str!("../migrations/0005_cache_hit.sql"),
     ),
+    (
+        6,
+        "cache hits in the roll-ups",
+        include_str!("../migrations/0006_usage_daily_cache_hits.sql"),
+    ),
 ];
 
 /// The `usage_events` column list every insert names, in the order of

@@ -766,7 +766,7 @@ async fn the_rollup_migration_backfills_stored_events(db: TestDb) {
     for undo in [
         "DROP TABLE usage_daily",
         "DROP INDEX usage_events_started",
-        "DELETE FROM _sqlx_migrations WHERE version IN (3, 4)",
+        "DELETE FROM _sqlx_migrations WHERE version IN (3, 4, 6)",
     ] {
         sqlx::query(undo).execute(&before.pool).await.unwrap();
     }
