@@ -9,6 +9,26 @@ use tonic::metadata::MetadataValue;
 
 use crate::harness::{Gateway, Shape};
 
+/// A gRPC-Web `Gateway/Chat` call of `text` over HTTP/1.1 with the
+/// gateway's key, ready to send (or to add headers to).
+pub fn grpc_web_chat(gw: &Gateway, text: &str) -> reqwest::RequestBuilder {
+    let msg = chat_request(text).encode_to_vec();
+    let mut frame = BytesMut::with_capacity(5 + msg.len());
+    frame.put_u8(0);
+    frame.put_u32(u32::try_from(msg.len()).unwrap());
+    frame.put_slice(&msg);
+    reqwest::Client::builder()
+        .http1_only()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .post(gw.url("/llmgw.v1.Gateway/Chat"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .bearer_auth(&gw.key)
+        .body(frame.freeze())
+}
+
 pub fn chat_request(text: &str) -> pb::ChatRequest {
     pb::ChatRequest {
         model: "gpt-4o-mini".into(),
@@ -133,25 +153,7 @@ async fn public_grpc_and_grpc_web() {
     );
 
     // gRPC-Web: one HTTP/1.1 POST on the HTTP port.
-    let msg = chat_request("over grpc-web").encode_to_vec();
-    let mut frame = BytesMut::with_capacity(5 + msg.len());
-    frame.put_u8(0);
-    frame.put_u32(msg.len() as u32);
-    frame.put_slice(&msg);
-    let http1 = reqwest::Client::builder()
-        .http1_only()
-        .no_proxy()
-        .build()
-        .unwrap();
-    let r = http1
-        .post(gw.url("/llmgw.v1.Gateway/Chat"))
-        .header("content-type", "application/grpc-web+proto")
-        .header("x-grpc-web", "1")
-        .bearer_auth(&gw.key)
-        .body(frame.freeze())
-        .send()
-        .await
-        .unwrap();
+    let r = grpc_web_chat(&gw, "over grpc-web").send().await.unwrap();
     assert_eq!(r.status().as_u16(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_11);
     let mut body = r.bytes().await.unwrap();

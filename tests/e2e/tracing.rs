@@ -507,22 +507,8 @@ async fn one_process_traces_rest_and_public_grpc() {
 
     // ---- gRPC-Web: the trace context comes in the HTTP/1.1 headers
     let trace_id = "9e4c2b7a1d3f5e6a8b0c2d4e6f8a0b1c";
-    let msg = prost::Message::encode_to_vec(&crate::grpc::chat_request("tell me a traced secret"));
-    let mut frame = vec![0u8];
-    frame.extend_from_slice(&u32::try_from(msg.len()).unwrap().to_be_bytes());
-    frame.extend_from_slice(&msg);
-    let http1 = reqwest::Client::builder()
-        .http1_only()
-        .no_proxy()
-        .build()
-        .unwrap();
-    let r = http1
-        .post(gw.url("/llmgw.v1.Gateway/Chat"))
-        .header("content-type", "application/grpc-web+proto")
-        .header("x-grpc-web", "1")
+    let r = crate::grpc::grpc_web_chat(&gw, "tell me a traced secret")
         .header("traceparent", format!("00-{trace_id}-{CLIENT_SPAN}-01"))
-        .bearer_auth(&gw.key)
-        .body(frame)
         .send()
         .await
         .unwrap();
