@@ -246,7 +246,15 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 pub(crate) fn body<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, GwError> {
-    let text = if text.trim().is_empty() { "{}" } else { text };
+    let text = if text.trim().is_empty() {
+        "{}"
+    } else {
+        text.trim_start()
+    };
+    // serde would also read a struct from an array of its fields in order.
+    if !text.starts_with('{') {
+        return Err(GwError::invalid("body", "the request body must be a JSON object"));
+    }
     serde_json::from_str(text).map_err(|e| {
         // serde names the field in its message; no input is echoed beyond it.
         let msg = e.to_string();
@@ -729,9 +737,6 @@ impl AuthStore {
         patch: &str,
     ) -> Result<PolicyBody, GwError> {
         let patch: Value = body(patch)?;
-        if !patch.is_object() {
-            return Err(GwError::invalid("body", "a policy patch is a JSON object"));
-        }
         const ATTEMPTS: usize = 16;
         for _ in 0..ATTEMPTS {
             let stored: Option<String> =

@@ -325,6 +325,17 @@ async fn policy_patches_change_only_what_they_name(db: TestDb) {
     assert_eq!((p["rpm"].clone(), p["tpm"].clone()), (Value::Null, json!(1000)));
     let e = patch(json!({"rpn": 5})).await.unwrap_err();
     assert_eq!(e.param(), Some("rpn"));
+    // Only objects: serde would read a struct from an array of its fields.
+    for not_an_object in [json!(["gpt-*"]), json!([null, null]), json!("x")] {
+        let e = patch(not_an_object.clone()).await.unwrap_err();
+        assert_eq!(e.param(), Some("body"), "{not_an_object}");
+        for op in [AdminOp::KeyCreate, AdminOp::ProjectCreate] {
+            let e = admin(&store, &admin_of, op, "", &created.org_id, not_an_object.clone())
+                .await
+                .unwrap_err();
+            assert_eq!(e.param(), Some("body"), "{op:?} {not_an_object}");
+        }
+    }
     let e = patch(json!({"budgets": [{"period": "weekly", "limit_usd": 1}]}))
         .await
         .unwrap_err();

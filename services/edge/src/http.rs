@@ -56,6 +56,7 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
         .route("/", get(health))
         .route("/livez", get(livez))
         .route("/metrics", get(llmgw_kit::metrics::handler))
+        .route("/openapi.json", get(crate::openapi::handler))
         .with_state(pipeline.clone());
     // tonic's router brings a fallback of its own; ours replaces it after the
     // merge so unknown paths answer in the OpenAI error shape.
@@ -81,29 +82,36 @@ pub(crate) fn overhead_header(resp: &mut Response, overhead: std::time::Duration
     }
 }
 
+/// The fixed paths [`router`] serves (besides `/v1/models/{id}` and the
+/// admin API's paths under `/admin/v1/`); `openapi.yaml` describes each.
+pub(crate) const ROUTES: &[&str] = &[
+    "/v1/chat/completions",
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/v1/embeddings",
+    "/v1/completions",
+    "/v1/images/generations",
+    "/v1/images/edits",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/audio/speech",
+    "/v1/models",
+    "/v1/usage",
+    "/admin/v1/usage",
+    "/admin/v1",
+    "/health",
+    "/",
+    "/livez",
+    "/metrics",
+    "/openapi.json",
+];
+
 /// `http.route` of a path: the route template of [`router`] it matches
 /// (axum's `MatchedPath` would cost every request an extension, traced or
 /// not). gRPC-Web paths name a method of the one `Gateway` service.
 fn route_of(path: &str) -> Option<&str> {
     Some(match path {
-        "/v1/chat/completions"
-        | "/v1/messages"
-        | "/v1/messages/count_tokens"
-        | "/metrics"
-        | "/v1/embeddings"
-        | "/v1/completions"
-        | "/v1/images/generations"
-        | "/v1/images/edits"
-        | "/v1/audio/transcriptions"
-        | "/v1/audio/translations"
-        | "/v1/audio/speech"
-        | "/v1/models"
-        | "/v1/usage"
-        | "/admin/v1/usage"
-        | "/admin/v1"
-        | "/health"
-        | "/livez"
-        | "/" => path,
+        p if ROUTES.contains(&p) => p,
         p if p.starts_with("/v1/models/") => "/v1/models/{*id}",
         p if p.starts_with("/admin/v1/") => "/admin/v1/{*rest}",
         p if p.starts_with("/llmgw.v1.Gateway/") && p.len() < 64 => p,
@@ -476,7 +484,16 @@ async fn admin(
         )
     }
     .await;
-    result.unwrap_or_else(|e| error_response(&e))
+    result.unwrap_or_else(|e| {
+        let mut resp = error_response(&e);
+        if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+            let allowed = llmgw_kit::admin::allowed(uri.path()).join(",");
+            if let Ok(v) = HeaderValue::from_str(&allowed) {
+                resp.headers_mut().insert(header::ALLOW, v);
+            }
+        }
+        resp
+    })
 }
 
 async fn chat_completions(State(p): State<Arc<Pipeline>>, headers: HeaderMap, body: Body) -> Response {

@@ -15,6 +15,7 @@ mod health;
 mod http;
 mod limits;
 mod meter;
+mod openapi;
 mod pipeline;
 mod report;
 mod stream;

@@ -64,7 +64,7 @@ pub(crate) async fn completions(State(p): State<Arc<Pipeline>>, headers: HeaderM
             path: "completions",
             operation: "text_completion",
             model,
-            user: user_of(&body),
+            user: user_of(&body)?,
             json: String::new(),
             form: Vec::new(),
             streaming,
@@ -105,7 +105,7 @@ pub(crate) async fn image_generations(
             path: "images/generations",
             operation: "image_generation",
             model,
-            user: user_of(&body),
+            user: user_of(&body)?,
             json: String::new(),
             form: Vec::new(),
             streaming: false,
@@ -180,6 +180,9 @@ pub(crate) async fn translations(State(p): State<Arc<Pipeline>>, headers: Header
     audio_in(&p, headers, body, "audio/translations").await
 }
 
+/// The audio formats of speech.
+const SPEECH_FORMATS: [&str; 6] = ["mp3", "opus", "aac", "flac", "wav", "pcm"];
+
 /// The response formats of transcriptions and translations.
 const AUDIO_FORMATS: [&str; 6] = ["json", "text", "srt", "verbose_json", "vtt", "diarized_json"];
 
@@ -205,6 +208,9 @@ async fn audio_in(p: &Pipeline, headers: HeaderMap, body: Body, path: &'static s
                     AUDIO_FORMATS.join(", ")
                 ),
             ));
+        }
+        if let Some(t) = text_field(&form, "temperature")? {
+            check_number("temperature", t.trim().parse().ok(), 0.0, 1.0)?;
         }
         let forward = Forward {
             endpoint: "audio",
@@ -251,6 +257,20 @@ pub(crate) async fn speech(State(p): State<Arc<Pipeline>>, headers: HeaderMap, b
             Some(Value::String(v)) if !v.is_empty() => {}
             Some(Value::Object(v)) if v.get("id").is_some_and(Value::is_string) => {}
             _ => return Err(GwError::invalid("voice", "you must provide a `voice`")),
+        }
+        match body.get("speed") {
+            None | Some(Value::Null) => {}
+            speed => check_number("speed", speed.and_then(Value::as_f64), 0.25, 4.0)?,
+        }
+        match body.get("response_format") {
+            None | Some(Value::Null) => {}
+            Some(Value::String(f)) if SPEECH_FORMATS.contains(&f.as_str()) => {}
+            Some(_) => {
+                return Err(GwError::invalid(
+                    "response_format",
+                    format!("`response_format` must be one of {}", SPEECH_FORMATS.join(", ")),
+                ));
+            }
         }
         let chars = u32::try_from(chars).unwrap_or(u32::MAX);
         let forward = Forward {
@@ -336,8 +356,24 @@ fn model_of(body: &Map<String, Value>) -> Result<String, GwError> {
     }
 }
 
-fn user_of(body: &Map<String, Value>) -> Option<String> {
-    body.get("user").and_then(Value::as_str).map(str::to_owned)
+fn user_of(body: &Map<String, Value>) -> Result<Option<String>, GwError> {
+    match body.get("user") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(u)) => Ok(Some(u.clone())),
+        Some(_) => Err(GwError::invalid("user", "`user` must be a string")),
+    }
+}
+
+/// A number given for `param` (a JSON number, or a form field's text;
+/// `None`: not a number) must be within `[min, max]`.
+fn check_number(param: &'static str, value: Option<f64>, min: f64, max: f64) -> Result<(), GwError> {
+    match value {
+        Some(v) if (min..=max).contains(&v) => Ok(()),
+        _ => Err(GwError::invalid(
+            param,
+            format!("`{param}` must be a number from {min} to {max}"),
+        )),
+    }
 }
 
 /// A boolean field (absent: false).

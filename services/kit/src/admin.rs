@@ -37,13 +37,35 @@ pub struct Route {
 /// Maps `method` and `path` (with the `/admin/v1` prefix) to an operation:
 /// 404 for an unknown path, 405 for a known path with another method.
 pub fn route(method: &str, path: &str) -> Result<Route, GwError> {
+    match resolve(method, path)? {
+        (_, Some((op, scope, id))) => Ok(Route { op, scope, id }),
+        (methods, None) => Err(GwError::new(
+            ErrorCode::MethodNotAllowed,
+            format!(
+                "{method} is not allowed on {path}; allowed: {}",
+                methods.join(", ")
+            ),
+        )),
+    }
+}
+
+/// The methods an admin `path` answers (empty for an unknown path): the
+/// `Allow` header of a 405.
+pub fn allowed(path: &str) -> &'static [&'static str] {
+    resolve("", path).map_or(&[], |(methods, _)| methods)
+}
+
+type Found = Option<(AdminOp, &'static str, String)>;
+
+/// The methods `path` answers, and the operation `method` names there.
+fn resolve(method: &str, path: &str) -> Result<(&'static [&'static str], Found), GwError> {
     let rest = path
         .strip_prefix(PREFIX)
         .ok_or_else(|| not_found(path))?
         .trim_end_matches('/');
     let parts: Vec<&str> = rest.split('/').skip(1).collect();
     let id = |s: &str| s.to_owned();
-    let (methods, found): (&[&str], Option<(AdminOp, &'static str, String)>) = match parts.as_slice() {
+    let (methods, found): (&'static [&'static str], Found) = match parts.as_slice() {
         ["orgs"] => (
             &["GET", "POST"],
             match method {
@@ -121,16 +143,7 @@ pub fn route(method: &str, path: &str) -> Result<Route, GwError> {
         }
         _ => return Err(not_found(path)),
     };
-    match found {
-        Some((op, scope, id)) => Ok(Route { op, scope, id }),
-        None => Err(GwError::new(
-            ErrorCode::MethodNotAllowed,
-            format!(
-                "{method} is not allowed on {path}; allowed: {}",
-                methods.join(", ")
-            ),
-        )),
-    }
+    Ok((methods, found))
 }
 
 fn scope_of(kind: &str) -> &'static str {

@@ -52,6 +52,25 @@ fn missing(param: &'static str) -> ApiError {
     invalid(format!("'{param}' is a required property"), param)
 }
 
+/// OpenAI's 400 for an optional field of the wrong type: `fields` must be
+/// strings when present and not null.
+fn expect_strings(req: &Map<String, Value>, fields: &[&'static str]) -> Result<(), ApiError> {
+    for &f in fields {
+        let kind = match req.get(f) {
+            None | Some(Value::Null | Value::String(_)) => continue,
+            Some(Value::Bool(_)) => "a boolean",
+            Some(Value::Number(_)) => "a number",
+            Some(Value::Array(_)) => "an array",
+            Some(Value::Object(_)) => "an object",
+        };
+        return Err(invalid(
+            format!("Invalid type for '{f}': expected a string, but got {kind} instead."),
+            f,
+        ));
+    }
+    Ok(())
+}
+
 /// Where the model comes from: the body, or Azure's deployment.
 #[derive(Clone)]
 enum Model {
@@ -462,6 +481,19 @@ fn generations_for(state: &State, path: String, headers: HeaderMap, body: Bytes,
 
 fn generation(state: &State, headers: &HeaderMap, body: &[u8], model: &Model) -> Result<Response, ApiError> {
     let req = authorized_json(state, headers, body, model)?;
+    expect_strings(
+        &req,
+        &[
+            "model",
+            "size",
+            "quality",
+            "style",
+            "response_format",
+            "user",
+            "background",
+            "output_format",
+        ],
+    )?;
     let n = req.get("n").map(|v| v.to_string());
     let model = match model {
         Model::Deployment(d) => d.as_str(),
@@ -711,6 +743,7 @@ fn speech_for(state: &State, path: String, headers: HeaderMap, body: Bytes, mode
 
 fn spoken(state: &State, headers: &HeaderMap, body: &[u8], model: &Model) -> Result<Response, ApiError> {
     let req = authorized_json(state, headers, body, model)?;
+    expect_strings(&req, &["instructions", "response_format", "stream_format"])?;
     if matches!(model, Model::Body) && req.get("model").and_then(Value::as_str).is_none() {
         return Err(missing("model"));
     }
