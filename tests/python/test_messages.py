@@ -4,12 +4,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import anthropic
 import pytest
 from langchain_anthropic import ChatAnthropic
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
+from pydantic import BaseModel, Field
 
-from conftest import CLAUDE, MODEL, Emulator, Target
+from conftest import CLAUDE, MAX_BODY_BYTES, MODEL, Emulator, Target
 
 pytestmark = pytest.mark.gateway
 
@@ -107,6 +110,67 @@ def test_stream_forced_tool(target: Target, emu: Emulator, model: str) -> None:
     assert isinstance(call.input["city"], str)
 
 
+@MODELS
+def test_raw_stream_event_order(target: Target, emu: Emulator, model: str) -> None:
+    """``create(stream=True)`` yields Anthropic's events in their order: one message_start,
+    then per block a start, its deltas and a stop, then message_delta and message_stop."""
+    events = list(
+        target.anthropic().messages.create(
+            model=model, max_tokens=64, messages=[user("[emu:words=4] raw")], stream=True
+        )
+    )
+    kinds = [e.type for e in events]
+    assert kinds[0] == "message_start" and kinds[-2:] == ["message_delta", "message_stop"]
+    body = kinds[1:-2]
+    body = [k for k in body if k != "ping"]
+    assert body[0] == "content_block_start" and body[-1] == "content_block_stop"
+    assert set(body[1:-1]) == {"content_block_delta"} and len(body) >= 2 + 4
+    assert events[0].message.role == "assistant" and events[0].message.content == []
+    text = "".join(e.delta.text for e in events if e.type == "content_block_delta")
+    assert text == "lorem ipsum dolor sit"
+    delta = events[-2]
+    assert delta.delta.stop_reason == "end_turn" and delta.usage.output_tokens == 4
+
+
+@MODELS
+def test_async_create_and_stream(target: Target, emu: Emulator, aio: Any, model: str) -> None:
+    async def run() -> tuple[Any, str, Any]:
+        async with target.async_anthropic() as client:
+            msg = await client.messages.create(model=model, max_tokens=64, messages=[user("hello async")])
+            async with client.messages.stream(
+                model=model, max_tokens=64, messages=[user("[emu:words=5] async stream")]
+            ) as stream:
+                text = "".join([t async for t in stream.text_stream])
+                final = await stream.get_final_message()
+        return msg, text, final
+
+    msg, text, final = aio(run())
+    assert msg.content[0].text == "You said: hello async"
+    assert text == "lorem ipsum dolor sit amet"
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens == 5
+
+
+PNG_B64 = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
+
+
+@MODELS
+def test_image_block(target: Target, emu: Emulator, model: str) -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG_B64}}
+    msg = target.anthropic().messages.create(
+        model=model,
+        max_tokens=64,
+        messages=[{"role": "user", "content": [image, {"type": "text", "text": "what is this?"}]}],
+    )
+    assert msg.content[0].text == "You said: what is this?"
+    if model == CLAUDE:
+        sent = emu.requests("/v1/messages")[-1]["body"]["messages"][0]["content"]
+        assert sent[0] == image
+    else:
+        sent = emu.last_request()["body"]["messages"][0]["content"]
+        assert sent[0] == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}}
+        assert sent[1] == {"type": "text", "text": "what is this?"}
+
+
 def test_thinking_and_stop_sequence(target: Target, emu: Emulator) -> None:
     client = target.anthropic()
     with client.messages.stream(
@@ -151,6 +215,10 @@ def test_errors_raise_the_sdk_exceptions(target: Target, emu: Emulator) -> None:
     assert e.value.body["error"]["message"].startswith("temperature")
     with pytest.raises(anthropic.RateLimitError):
         target.anthropic().messages.create(model=CLAUDE, max_tokens=16, messages=[user("[emu:status=429] x")])
+    with pytest.raises(anthropic.ContentTooLargeError) as e:
+        target.anthropic().messages.create(model=CLAUDE, max_tokens=16, messages=[user("x" * MAX_BODY_BYTES)])
+    assert e.value.status_code == 413
+    assert e.value.body["error"]["type"] == "request_too_large"
 
 
 def test_count_tokens(target: Target) -> None:
@@ -176,6 +244,49 @@ def text_of(content: str | list) -> str:
     if isinstance(content, str):
         return content
     return "".join(b.get("text", "") for b in content if isinstance(b, dict) and b.get("type") == "text")
+
+
+def chat_anthropic(target: Target, model: str) -> ChatAnthropic:
+    return ChatAnthropic(
+        model=model,
+        base_url=target.anthropic_base_url,
+        api_key=target.api_key,
+        max_retries=0,
+        timeout=30,
+        max_tokens=256,
+    )
+
+
+class GetWeather(BaseModel):
+    """Current weather in a city."""
+
+    city: str = Field(description="the city")
+
+
+@MODELS
+def test_langchain_bind_tools_round_trip(target: Target, emu: Emulator, model: str) -> None:
+    llm = chat_anthropic(target, model).bind_tools([GetWeather])
+    question = HumanMessage("weather in Paris?")
+    first = llm.invoke([question])
+    assert [c["name"] for c in first.tool_calls] == ["GetWeather"]
+    call = first.tool_calls[0]
+    assert isinstance(call["args"]["city"], str) and call["id"]
+    second = llm.invoke([question, first, ToolMessage("sunny", tool_call_id=call["id"])])
+    assert not second.tool_calls
+    assert text_of(second.content)
+
+
+@MODELS
+def test_langchain_async(target: Target, emu: Emulator, aio: Any, model: str) -> None:
+    llm = chat_anthropic(target, model)
+
+    async def run() -> tuple[AIMessage, list[Any]]:
+        return await llm.ainvoke("hello async"), [p async for p in llm.astream("[emu:words=6] astream")]
+
+    msg, pieces = aio(run())
+    assert text_of(msg.content) == "You said: hello async"
+    assert len(pieces) >= 6
+    assert "".join(text_of(p.content) for p in pieces) == "lorem ipsum dolor sit amet consectetur"
 
 
 @MODELS
