@@ -383,6 +383,29 @@ def test_n_choices(target: Target, emu: Emulator) -> None:
     assert resp.usage is not None and resp.usage.completion_tokens == 2 * 3
 
 
+def test_logprobs(target: Target, emu: Emulator) -> None:
+    """Token log-probabilities, plain and streamed, reach the client as the provider sent them."""
+    client = target.client()
+    resp = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "rate me"}], logprobs=True, top_logprobs=2
+    )
+    lp = resp.choices[0].logprobs
+    assert lp is not None and lp.content is not None
+    assert [t.token for t in lp.content] == ["You", " said:", " rate", " me"]
+    assert all(t.logprob == -0.25 and bytes(t.bytes or []) == t.token.encode() for t in lp.content)
+    assert [a.token for a in lp.content[2].top_logprobs] == [" rate", " rate~1"]
+    assert [a.logprob for a in lp.content[2].top_logprobs] == [-0.25, -1.25]
+
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "[emu:words=3] x"}], logprobs=True, stream=True
+    )
+    tokens = [t.token for c in stream if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or []]
+    assert tokens == ["lorem", " ipsum", " dolor"]
+
+    plain = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "no logprobs"}])
+    assert plain.choices[0].logprobs is None
+
+
 def test_max_tokens_truncates(target: Target, emu: Emulator) -> None:
     client = target.client()
     for kwargs in ({"max_tokens": 3}, {"max_completion_tokens": 3}):

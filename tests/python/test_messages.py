@@ -221,10 +221,11 @@ def test_errors_raise_the_sdk_exceptions(target: Target, emu: Emulator) -> None:
     assert e.value.body["error"]["type"] == "request_too_large"
 
 
-def test_count_tokens(target: Target) -> None:
+@MODELS
+def test_count_tokens(target: Target, model: str) -> None:
     client = target.anthropic()
-    short = client.messages.count_tokens(model=CLAUDE, messages=[user("hi")])
-    long = client.messages.count_tokens(model=CLAUDE, messages=[user("word " * 100)], tools=WEATHER)
+    short = client.messages.count_tokens(model=model, messages=[user("hi")])
+    long = client.messages.count_tokens(model=model, messages=[user("word " * 100)], tools=WEATHER)
     assert 0 < short.input_tokens < long.input_tokens
 
 
@@ -274,6 +275,12 @@ def test_langchain_bind_tools_round_trip(target: Target, emu: Emulator, model: s
     second = llm.invoke([question, first, ToolMessage("sunny", tool_call_id=call["id"])])
     assert not second.tool_calls
     assert text_of(second.content)
+
+
+@MODELS
+def test_langchain_structured_output(target: Target, emu: Emulator, model: str) -> None:
+    out = chat_anthropic(target, model).with_structured_output(GetWeather).invoke("weather in Paris?")
+    assert isinstance(out, GetWeather) and isinstance(out.city, str) and out.city
 
 
 @MODELS
