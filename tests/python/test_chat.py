@@ -406,6 +406,37 @@ def test_logprobs(target: Target, emu: Emulator) -> None:
     assert plain.choices[0].logprobs is None
 
 
+def test_stream_n_choices(target: Target, emu: Emulator) -> None:
+    stream = target.client().chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "[emu:words=3] twice"}],
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text: dict[int, str] = {0: "", 1: ""}
+    finishes: dict[int, str] = {}
+    chunks = list(stream)
+    for c in chunks[:-1]:
+        for choice in c.choices:
+            text[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert text == {0: "lorem ipsum dolor", 1: "lorem ipsum dolor"}
+    assert finishes == {0: "stop", 1: "stop"}
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+
+
+@pytest.mark.gateway
+def test_stream_to_unknown_model_is_not_found(target: Target) -> None:
+    with pytest.raises(openai.NotFoundError) as e:
+        for _ in target.client().chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "hi"}], stream=True
+        ):
+            pass
+    assert e.value.param == "model"
+
+
 def test_max_tokens_truncates(target: Target, emu: Emulator) -> None:
     client = target.client()
     for kwargs in ({"max_tokens": 3}, {"max_completion_tokens": 3}):

@@ -11,7 +11,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_openai import ChatOpenAI, OpenAI, OpenAIEmbeddings
 from pydantic import BaseModel, Field
 
-from conftest import EMBED_MODEL, MODEL, Emulator, Target
+from conftest import CLAUDE, EMBED_MODEL, MODEL, Emulator, Target
 
 
 class GetWeather(BaseModel):
@@ -134,3 +134,16 @@ def test_legacy_completions_llm(target: Target, emu: Emulator) -> None:
     pieces = list(llm.stream("Say this is a test"))
     assert len(pieces) >= 5
     assert "".join(pieces) == "This is a test of"
+
+
+@pytest.mark.gateway
+def test_chat_openai_to_an_anthropic_model(target: Target, emu: Emulator) -> None:
+    """ChatOpenAI speaks OpenAI's format to the gateway; the model behind it is an
+    Anthropic-type provider's."""
+    llm = ChatOpenAI(model=CLAUDE, base_url=target.base_url, api_key=target.api_key, max_retries=0, timeout=30)
+    assert llm.invoke("hello claude").content == "You said: hello claude"
+    pieces = list(llm.stream("[emu:words=5] stream"))
+    assert "".join(p.content for p in pieces if isinstance(p.content, str)) == "lorem ipsum dolor sit amet"
+    call = llm.bind_tools([GetWeather], tool_choice="GetWeather").invoke("weather?").tool_calls[0]
+    assert call["name"] == "GetWeather" and isinstance(call["args"]["city"], str)
+    assert emu.requests("/v1/messages")[-1]["body"]["tools"][0]["name"] == "GetWeather"

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import anthropic
@@ -169,6 +170,40 @@ def test_image_block(target: Target, emu: Emulator, model: str) -> None:
         sent = emu.last_request()["body"]["messages"][0]["content"]
         assert sent[0] == {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PNG_B64}"}}
         assert sent[1] == {"type": "text", "text": "what is this?"}
+
+
+@MODELS
+def test_max_tokens_stop_reason(target: Target, emu: Emulator, model: str) -> None:
+    client = target.anthropic()
+    msg = client.messages.create(model=model, max_tokens=2, messages=[user("one two three four")])
+    assert msg.stop_reason == "max_tokens"
+    assert msg.content[0].text == "You said:" and msg.usage.output_tokens == 2
+    with client.messages.stream(model=model, max_tokens=3, messages=[user("[emu:words=9] x")]) as stream:
+        final = stream.get_final_message()
+    assert final.stop_reason == "max_tokens" and final.content[0].text == "lorem ipsum dolor"
+
+
+@MODELS
+def test_stream_two_tool_blocks(target: Target, emu: Emulator, model: str) -> None:
+    """Two tool calls in one streamed answer arrive as two tool_use blocks, each opened,
+    filled with input_json deltas and closed before the next."""
+    tools = [*WEATHER, {"name": "get_time", "input_schema": {"type": "object", "properties": {"tz": {"type": "string"}}}}]
+    events = list(
+        target.anthropic().messages.create(
+            model=model, max_tokens=256, tools=tools, messages=[user("[emu:parallel] both")], stream=True
+        )
+    )
+    blocks = [e for e in events if e.type in ("content_block_start", "content_block_stop")]
+    tool_starts = [e for e in blocks if e.type == "content_block_start" and e.content_block.type == "tool_use"]
+    assert [e.content_block.name for e in tool_starts] == ["get_weather", "get_time"]
+    order = [(e.type, e.index) for e in blocks]
+    assert order == [(k, i) for i in sorted({e.index for e in blocks}) for k in ("content_block_start", "content_block_stop")]
+    parts: dict[int, str] = {}
+    for e in events:
+        if e.type == "content_block_delta" and e.delta.type == "input_json_delta":
+            parts[e.index] = parts.get(e.index, "") + e.delta.partial_json
+    assert json.loads(parts[tool_starts[0].index])["city"]
+    assert events[-2].delta.stop_reason == "tool_use"
 
 
 def test_thinking_and_stop_sequence(target: Target, emu: Emulator) -> None:
