@@ -225,14 +225,21 @@ def test_thinking_and_stop_sequence(target: Target, emu: Emulator) -> None:
     assert msg.stop_sequence == "STOP"
 
 
-def test_stream_failure_raises(target: Target, emu: Emulator) -> None:
+@pytest.mark.parametrize(
+    "model,directive", [(CLAUDE, "[emu:error_mid_stream]"), (MODEL, "[emu:words=40][emu:abort_mid_stream]")]
+)
+def test_stream_failure_raises(target: Target, emu: Emulator, model: str, directive: str) -> None:
+    """An upstream error event (Anthropic) or a broken-off stream (OpenAI) mid-answer
+    reaches the SDK as an ``error`` event, which it raises."""
+    text = ""
     with pytest.raises(anthropic.APIStatusError) as e:
         with target.anthropic().messages.stream(
-            model=CLAUDE, max_tokens=64, messages=[user("[emu:error_mid_stream] fail")]
+            model=model, max_tokens=64, messages=[user(f"{directive} fail")]
         ) as stream:
-            for _ in stream.text_stream:
-                pass
+            for piece in stream.text_stream:
+                text += piece
     assert e.value.body["error"]["type"] == "api_error"
+    assert len(text.split()) < 40
 
 
 def test_errors_raise_the_sdk_exceptions(target: Target, emu: Emulator) -> None:
