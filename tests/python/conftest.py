@@ -16,6 +16,7 @@ with a reason saying so, only when ``LLMGW_BIN`` is unset; ``make test`` always 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import select
@@ -25,7 +26,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Awaitable, Callable, Iterator, TypeVar
 
 import httpx
 import pytest
@@ -38,6 +39,7 @@ EMBED_PRICE_IN = 0.02
 PRICE_IN = 0.15  # USD per million input tokens, as in the config below
 PRICE_OUT = 0.60
 READY_TIMEOUT_S = 30.0
+MAX_BODY_BYTES = 1 << 20  # the gateway's request size limit (edge.max_body_bytes)
 SPLIT_SERVICES = ("auth", "router", "adapter", "metering")
 POOL = "sdk-pool"  # test_routing.py: primary, then backup
 CONFIG = "sdk-config"
@@ -199,6 +201,7 @@ def write_config(path: Path, data_dir: Path, emu: Emulator, mode: str) -> str:
 data_dir: {data_dir}
 edge:
   http_addr: {http_addr}
+  max_body_bytes: {MAX_BODY_BYTES}  # test_errors.py/test_messages.py: 413 above it
   grpc_addr: 127.0.0.1:{free_port()}
 providers:
   - name: emu
@@ -333,6 +336,13 @@ class Target:
         kw.setdefault("timeout", 30)
         return openai.OpenAI(base_url=self.base_url, api_key=kw.pop("api_key", self.api_key), **kw)
 
+    def async_client(self, **kw: Any) -> "openai.AsyncOpenAI":  # noqa: F821
+        import openai
+
+        kw.setdefault("max_retries", 0)
+        kw.setdefault("timeout", 30)
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=kw.pop("api_key", self.api_key), **kw)
+
     @property
     def anthropic_base_url(self) -> str:
         """The Anthropic SDK's base URL (it appends ``/v1/messages``)."""
@@ -344,6 +354,15 @@ class Target:
         kw.setdefault("max_retries", 0)
         kw.setdefault("timeout", 30)
         return anthropic.Anthropic(base_url=self.anthropic_base_url, api_key=kw.pop("api_key", self.api_key), **kw)
+
+    def async_anthropic(self, **kw: Any) -> "anthropic.AsyncAnthropic":  # noqa: F821
+        import anthropic
+
+        kw.setdefault("max_retries", 0)
+        kw.setdefault("timeout", 30)
+        return anthropic.AsyncAnthropic(
+            base_url=self.anthropic_base_url, api_key=kw.pop("api_key", self.api_key), **kw
+        )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -377,6 +396,17 @@ def target(request: pytest.FixtureRequest, emulator: Emulator, tmp_path_factory:
             stop(proc)
         if os.environ.get("LLMGW_KEEP_TMP") is None:
             shutil.rmtree(tmp / "data", ignore_errors=True)
+
+
+T = TypeVar("T")
+
+
+@pytest.fixture(scope="session")
+def aio() -> Iterator[Callable[[Awaitable[T]], T]]:
+    """Runs a coroutine on one event loop for the whole session: LangChain caches its async
+    HTTP clients per base URL, and a client bound to a closed loop fails."""
+    with asyncio.Runner() as runner:
+        yield runner.run  # type: ignore[misc]
 
 
 @pytest.fixture

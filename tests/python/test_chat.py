@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
 import openai
 import pytest
+from pydantic import BaseModel
 
 from conftest import EMU_KEY, MODEL, Emulator, Target, expected_cost, prompt_tokens
 
@@ -284,6 +285,82 @@ def test_response_format_json_schema(target: Target, emu: Emulator) -> None:
     assert emu.last_request()["body"]["response_format"]["json_schema"]["schema"] == schema
 
 
+class City(BaseModel):
+    city: str
+    population: int
+    capital: bool
+    tags: list[str]
+    size: Literal["small", "large"]
+
+
+PARIS = City(city="Paris", population=1, capital=True, tags=[], size="small")
+
+
+def test_parse_pydantic_model(target: Target, emu: Emulator) -> None:
+    """``chat.completions.parse`` (and its older ``beta`` spelling) sends the model's strict
+    JSON schema and parses the answer back into the model."""
+    client = target.client()
+    for parse in (client.chat.completions.parse, client.beta.chat.completions.parse):
+        resp = parse(model=MODEL, messages=[{"role": "user", "content": "describe a city"}], response_format=City)
+        assert resp.choices[0].message.parsed == PARIS
+        sent = emu.last_request()["body"]["response_format"]
+        assert sent["type"] == "json_schema"
+        assert sent["json_schema"]["name"] == "City" and sent["json_schema"]["strict"] is True
+        assert sent["json_schema"]["schema"]["required"] == ["city", "population", "capital", "tags", "size"]
+
+
+class GetWeather(BaseModel):
+    city: str
+    unit: Literal["celsius", "fahrenheit"]
+
+
+def test_parse_strict_tool_and_stream(target: Target, emu: Emulator) -> None:
+    """A strict pydantic tool comes back as ``parsed_arguments``; the streaming helper
+    (``chat.completions.stream``) emits content deltas in order and parses the final text."""
+    client = target.client()
+    resp = client.chat.completions.parse(
+        model=MODEL,
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=[openai.pydantic_function_tool(GetWeather)],
+    )
+    call = resp.choices[0].message.tool_calls[0]
+    assert call.function.name == "GetWeather"
+    assert call.function.parsed_arguments == GetWeather(city="Paris", unit="celsius")
+    assert emu.last_request()["body"]["tools"][0]["function"]["strict"] is True
+
+    with client.chat.completions.stream(
+        model=MODEL, messages=[{"role": "user", "content": "a city, streamed"}], response_format=City
+    ) as stream:
+        deltas = [e.delta for e in stream if e.type == "content.delta"]
+        final = stream.get_final_completion()
+    assert len(deltas) > 1
+    assert City.model_validate_json("".join(deltas)) == PARIS
+    assert final.choices[0].message.parsed == PARIS
+
+
+def test_async_client_plain_and_stream(target: Target, emu: Emulator, aio: Any) -> None:
+    async def run() -> tuple[Any, list[Any]]:
+        async with target.async_client() as client:
+            plain = await client.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": "hello async"}]
+            )
+            stream = await client.chat.completions.create(
+                model=MODEL,
+                messages=[{"role": "user", "content": "[emu:words=5] async stream"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            return plain, [c async for c in stream]
+
+    plain, chunks = aio(run())
+    assert plain.choices[0].message.content == "You said: hello async"
+    assert plain.usage is not None and plain.usage.completion_tokens == 4
+    *deltas, last = chunks
+    assert "".join(c.choices[0].delta.content or "" for c in deltas) == "lorem ipsum dolor sit amet"
+    assert deltas[-1].choices[0].finish_reason == "stop"
+    assert last.choices == [] and last.usage is not None and last.usage.completion_tokens == 5
+
+
 PIXEL = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 
 
@@ -304,6 +381,60 @@ def test_n_choices(target: Target, emu: Emulator) -> None:
     assert [c.index for c in resp.choices] == [0, 1]
     assert [c.message.content for c in resp.choices] == ["You said: twice"] * 2
     assert resp.usage is not None and resp.usage.completion_tokens == 2 * 3
+
+
+def test_logprobs(target: Target, emu: Emulator) -> None:
+    """Token log-probabilities, plain and streamed, reach the client as the provider sent them."""
+    client = target.client()
+    resp = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "rate me"}], logprobs=True, top_logprobs=2
+    )
+    lp = resp.choices[0].logprobs
+    assert lp is not None and lp.content is not None
+    assert [t.token for t in lp.content] == ["You", " said:", " rate", " me"]
+    assert all(t.logprob == -0.25 and bytes(t.bytes or []) == t.token.encode() for t in lp.content)
+    assert [a.token for a in lp.content[2].top_logprobs] == [" rate", " rate~1"]
+    assert [a.logprob for a in lp.content[2].top_logprobs] == [-0.25, -1.25]
+
+    stream = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "[emu:words=3] x"}], logprobs=True, stream=True
+    )
+    tokens = [t.token for c in stream if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.content or []]
+    assert tokens == ["lorem", " ipsum", " dolor"]
+
+    plain = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "no logprobs"}])
+    assert plain.choices[0].logprobs is None
+
+
+def test_stream_n_choices(target: Target, emu: Emulator) -> None:
+    stream = target.client().chat.completions.create(
+        model=MODEL,
+        messages=[{"role": "user", "content": "[emu:words=3] twice"}],
+        n=2,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text: dict[int, str] = {0: "", 1: ""}
+    finishes: dict[int, str] = {}
+    chunks = list(stream)
+    for c in chunks[:-1]:
+        for choice in c.choices:
+            text[choice.index] += choice.delta.content or ""
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert text == {0: "lorem ipsum dolor", 1: "lorem ipsum dolor"}
+    assert finishes == {0: "stop", 1: "stop"}
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+
+
+@pytest.mark.gateway
+def test_stream_to_unknown_model_is_not_found(target: Target) -> None:
+    with pytest.raises(openai.NotFoundError) as e:
+        for _ in target.client().chat.completions.create(
+            model="no-such-model", messages=[{"role": "user", "content": "hi"}], stream=True
+        ):
+            pass
+    assert e.value.param == "model"
 
 
 def test_max_tokens_truncates(target: Target, emu: Emulator) -> None:
@@ -329,6 +460,15 @@ def test_stop(target: Target, emu: Emulator, stop: Any) -> None:
 def test_models_list(target: Target) -> None:
     ids = [m.id for m in target.client().models.list()]
     assert MODEL in ids
+
+
+def test_models_retrieve(target: Target) -> None:
+    client = target.client()
+    model = client.models.retrieve(MODEL)
+    assert model.id == MODEL and model.object == "model"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.models.retrieve("no-such-model")
+    assert e.value.status_code == 404
 
 
 @pytest.mark.gateway

@@ -3,7 +3,9 @@ default, which it decodes itself), dimensions, usage and cost, and errors."""
 
 from __future__ import annotations
 
+import base64
 import math
+import struct
 
 import openai
 import pytest
@@ -27,6 +29,29 @@ def test_embeddings_float_and_base64_agree(target: Target) -> None:
     norm = math.sqrt(sum(x * x for x in floats.data[0].embedding))
     assert abs(norm - 1.0) < 1e-3
     assert floats.usage.prompt_tokens > 0
+
+
+def test_embeddings_explicit_base64_is_left_encoded(target: Target) -> None:
+    """Asked for base64 explicitly, the SDK hands the string over undecoded: little-endian
+    f32s, the same values as the float encoding."""
+    client = target.client()
+    b64 = client.embeddings.create(model=EMBED_MODEL, input="hello world", encoding_format="base64")
+    floats = client.embeddings.create(model=EMBED_MODEL, input="hello world", encoding_format="float")
+    raw = base64.b64decode(b64.data[0].embedding)  # type: ignore[arg-type]
+    assert len(raw) == 4 * 1536
+    assert list(struct.unpack(f"<{1536}f", raw)) == [struct.unpack("<f", struct.pack("<f", x))[0] for x in floats.data[0].embedding]
+
+
+def test_embeddings_token_inputs(target: Target) -> None:
+    """Token arrays (one list, or a list of lists) are inputs too, as LangChain sends them."""
+    client = target.client()
+    one = client.embeddings.create(model=EMBED_MODEL, input=[9906, 1917], encoding_format="float")
+    many = client.embeddings.create(model=EMBED_MODEL, input=[[9906, 1917], [15339]], encoding_format="float")
+    assert len(one.data) == 1 and len(many.data) == 2
+    assert one.data[0].embedding == many.data[0].embedding
+    assert many.data[0].embedding != many.data[1].embedding
+    assert 0 < one.usage.prompt_tokens < many.usage.prompt_tokens
+    assert target.emu.requests("/v1/embeddings")[-1]["body"]["input"] == [[9906, 1917], [15339]]
 
 
 def test_embeddings_dimensions_and_single_input(target: Target) -> None:

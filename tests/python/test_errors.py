@@ -8,7 +8,7 @@ import httpx
 import openai
 import pytest
 
-from conftest import MODEL, Emulator, Target
+from conftest import EMBED_MODEL, MAX_BODY_BYTES, MODEL, Emulator, Target
 
 
 def raw_post(target: Target, body: bytes | dict[str, Any]) -> httpx.Response:
@@ -99,3 +99,37 @@ def test_upstream_error_in_stream_request(target: Target, emu: Emulator) -> None
         )
         for _ in stream:
             pass
+
+
+@pytest.mark.gateway
+def test_invalid_parameter_is_bad_request_error(target: Target) -> None:
+    with pytest.raises(openai.BadRequestError) as e:
+        target.client().chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "hi"}], temperature=5
+        )
+    assert e.value.status_code == 400
+    assert e.value.param == "temperature"
+    assert e.value.type == "invalid_request_error"
+
+
+@pytest.mark.gateway
+@pytest.mark.parametrize("route", ["chat", "embeddings", "transcription"])
+def test_request_too_large(target: Target, route: str) -> None:
+    """A body above ``edge.max_body_bytes`` is a 413 in OpenAI's error shape; the SDK has
+    no subclass for 413, so it raises its ``APIStatusError`` itself."""
+    client = target.client()
+    big = "x" * MAX_BODY_BYTES
+    with pytest.raises(openai.APIStatusError) as e:
+        if route == "chat":
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": big}])
+        elif route == "embeddings":
+            client.embeddings.create(model=EMBED_MODEL, input=big)
+        else:
+            client.audio.transcriptions.create(model="whisper-1", file=("a.wav", big.encode(), "audio/wav"))
+    assert type(e.value) is openai.APIStatusError
+    assert e.value.status_code == 413
+    assert e.value.type == "invalid_request_error"
+    assert e.value.code == "payload_too_large"
+    assert "larger than the limit of 1048576 bytes" in e.value.message
+    if route == "transcription":
+        assert e.value.body["param"] == "file"  # type: ignore[index]

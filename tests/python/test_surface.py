@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import struct
+from typing import Any
 
 import openai
 import pytest
@@ -109,8 +110,36 @@ def test_transcriptions(target: Target, fmt: str) -> None:
 
 
 def test_translations(target: Target) -> None:
-    out = target.client().audio.translations.create(model="whisper-1", file=("a.wav", wav(1), "audio/wav"))
+    client = target.client()
+    out = client.audio.translations.create(model="whisper-1", file=("a.wav", wav(1), "audio/wav"))
     assert out.text == "hello from the emulator"
+    text = client.audio.translations.create(
+        model="whisper-1", file=("a.wav", wav(1), "audio/wav"), response_format="text"
+    )
+    assert text == "hello from the emulator\n"
+
+
+def test_async_client(target: Target, aio: Any) -> None:
+    """The async client on the non-chat routes: a completions stream, images, a
+    transcription and speech streamed in pieces."""
+
+    async def run() -> tuple[str, Any, Any, bytes]:
+        async with target.async_client() as client:
+            stream = await client.completions.create(model=INSTRUCT, prompt="x", max_tokens=3, stream=True)
+            text = "".join([c.choices[0].text async for c in stream if c.choices])
+            image = await client.images.generate(model="dall-e-2", prompt="a cat", response_format="b64_json")
+            heard = await client.audio.transcriptions.create(model="whisper-1", file=("a.wav", wav(1), "audio/wav"))
+            async with client.audio.speech.with_streaming_response.create(
+                model="tts-1", voice="alloy", input="Hi"
+            ) as speech:
+                audio = b"".join([piece async for piece in speech.iter_bytes()])
+        return text, image, heard, audio
+
+    text, image, heard, audio = aio(run())
+    assert text == "This is a"
+    assert base64.b64decode(image.data[0].b64_json).startswith(b"\x89PNG")
+    assert heard.text == "hello from the emulator"
+    assert audio.startswith(b"ID3") and len(audio) == 6 + 8 * 64 * 2
 
 
 def test_transcription_without_model_is_refused(target: Target) -> None:

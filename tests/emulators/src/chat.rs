@@ -68,6 +68,10 @@ pub struct ChatRequest<'a> {
     pub parallel_tool_calls: Option<bool>,
     #[serde(borrow, default)]
     pub response_format: Option<&'a RawValue>,
+    #[serde(default)]
+    pub logprobs: Option<bool>,
+    #[serde(default)]
+    pub top_logprobs: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -338,6 +342,8 @@ pub struct Plan<'r> {
     pub include_usage: bool,
     /// OpenAI pads delta chunks with an `obfuscation` string unless told not to.
     pub obfuscate: bool,
+    /// With `logprobs: true`: how many `top_logprobs` each text token carries.
+    pub logprobs: Option<usize>,
     pub choices: Vec<Choice<'r>>,
     pub usage: Usage,
 }
@@ -378,6 +384,26 @@ pub fn plan<'r>(req: &'r ChatRequest<'_>, ids: &IdGen) -> Result<Plan<'r>, ApiEr
             Some("integer_out_of_range"),
         ));
     }
+    let logprobs = match (req.logprobs, req.top_logprobs) {
+        (_, Some(top)) if top > 20 => {
+            return Err(ApiError::invalid(
+                format!(
+                    "Invalid 'top_logprobs': integer above maximum value. Expected a value <= 20, but got {top} instead."
+                ),
+                Some("top_logprobs"),
+                Some("integer_above_max_value"),
+            ));
+        }
+        (Some(true), top) => Some(top.unwrap_or(0) as usize),
+        (_, Some(_)) => {
+            return Err(ApiError::invalid(
+                "Invalid value for 'logprobs': must be true when 'top_logprobs' is set.",
+                Some("logprobs"),
+                None,
+            ));
+        }
+        _ => None,
+    };
 
     let user_text = messages
         .iter()
@@ -499,6 +525,7 @@ pub fn plan<'r>(req: &'r ChatRequest<'_>, ids: &IdGen) -> Result<Plan<'r>, ApiEr
         stream,
         include_usage,
         obfuscate,
+        logprobs,
         choices,
         usage: Usage {
             prompt_tokens,

@@ -1,8 +1,8 @@
 //! Provider emulators for end-to-end tests and benchmarks.
 //!
 //! Several wire formats on one router, each built from its provider's API reference:
-//! OpenAI's Chat Completions API (`/v1/chat/completions`, `/v1/models`) — completion and
-//! chunk objects, usage details, tool calls streamed as argument fragments, the error object —
+//! OpenAI's Chat Completions API (`/v1/chat/completions`, `/v1/models`, `/v1/models/{id}`) — completion and
+//! chunk objects, usage details, logprobs, tool calls streamed as argument fragments, the error object —
 //! and its legacy Completions, Images and Audio APIs ([`surface`]),
 //! with Azure OpenAI and Mistral flavours beside it ([`flavours`]), Ollama's native
 //! `/api/chat` ([`ollama`]), and Anthropic's Messages API (`/v1/messages`, see `anthropic`),
@@ -145,6 +145,7 @@ pub fn router(opts: Options) -> Router {
         )
         .route("/openai/deployments/{deployment}/{a}/{b}", post(surface::azure))
         .route("/v1/models", get(routes::list_models))
+        .route("/v1/models/{id}", get(routes::get_model))
         .route("/v1/messages", post(anthropic::messages))
         .route(
             "/openai/deployments/{deployment}/chat/completions",

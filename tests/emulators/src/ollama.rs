@@ -207,6 +207,8 @@ async fn answer(state: &State, headers: &HeaderMap, body: &[u8], tracker: &mut T
             .and_then(|o| o.num_predict)
             .and_then(|n| u64::try_from(n).ok()),
         max_completion_tokens: None,
+        logprobs: None,
+        top_logprobs: None,
         stop: options.and_then(|o| o.stop.clone()).map(|s| json!(s)),
         tools: req.tools.as_ref().map(|tools| {
             tools

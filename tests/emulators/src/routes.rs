@@ -280,6 +280,39 @@ pub async fn list_models(Extract(state): Extract<Arc<State>>, headers: HeaderMap
     json(StatusCode::OK, MODELS)
 }
 
+/// `GET /v1/models/{id}`: one model of [`MODELS`], or OpenAI's 404 naming it.
+pub async fn get_model(
+    Extract(state): Extract<Arc<State>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let mut tracker = state.track("GET", &format!("/v1/models/{id}"), &headers, None);
+    if let Err(e) = state.check_auth(&headers) {
+        tracker.finish(Outcome::Error);
+        return error_response(&e);
+    }
+    let list: serde_json::Value = serde_json::from_str(MODELS).unwrap_or_default();
+    let found = list["data"]
+        .as_array()
+        .and_then(|models| models.iter().find(|m| m["id"] == id.as_str()));
+    match found {
+        Some(model) => {
+            tracker.finish(Outcome::Completed);
+            json(StatusCode::OK, model.to_string())
+        }
+        None => {
+            tracker.finish(Outcome::Error);
+            error_response(&ApiError {
+                status: 404,
+                message: format!("The model '{id}' does not exist"),
+                kind: "invalid_request_error",
+                param: Some("model"),
+                code: Some("model_not_found"),
+            })
+        }
+    }
+}
+
 /// `GET /_emu/requests`.
 pub async fn recorded(Extract(state): Extract<Arc<State>>) -> Response {
     let list = state

@@ -2,6 +2,7 @@
 //! the chunk stream (`data: <json>\n\n` events ending in `data: [DONE]\n\n`) and the error.
 
 use serde::Serialize;
+use serde_json::{Value, json};
 
 use crate::chat::{ApiError, Plan, Reply, Usage, pieces};
 
@@ -52,7 +53,7 @@ struct Completion<'a> {
 struct ChoiceOut<'a> {
     index: usize,
     message: MessageOut<'a>,
-    logprobs: Option<()>,
+    logprobs: Option<Value>,
     finish_reason: &'a str,
 }
 
@@ -80,6 +81,27 @@ struct FunctionOut<'a> {
     arguments: &'a str,
 }
 
+/// A choice's `logprobs` object: one entry per token (a word with its leading space),
+/// each with `top` alternatives, the token itself first.
+fn logprobs_json<'t>(tokens: impl Iterator<Item = &'t str>, top: usize) -> Value {
+    let content: Vec<Value> = tokens
+        .map(|token| {
+            let alternatives: Vec<Value> = (0..top)
+                .map(|rank| {
+                    let alt = if rank == 0 { token.to_owned() } else { format!("{token}~{rank}") };
+                    let bytes = alt.as_bytes().to_vec();
+                    json!({"token": alt, "logprob": LOGPROB - rank as f64, "bytes": bytes})
+                })
+                .collect();
+            json!({"token": token, "logprob": LOGPROB, "bytes": token.as_bytes(), "top_logprobs": alternatives})
+        })
+        .collect();
+    json!({"content": content, "refusal": null})
+}
+
+/// The log-probability of every token the emulator answers with.
+const LOGPROB: f64 = -0.25;
+
 /// A `chat.completion` object.
 pub fn completion_json(id: &str, created: u64, plan: &Plan<'_>) -> Vec<u8> {
     let choices = plan
@@ -87,6 +109,11 @@ pub fn completion_json(id: &str, created: u64, plan: &Plan<'_>) -> Vec<u8> {
         .iter()
         .enumerate()
         .map(|(index, c)| {
+            let logprobs = match (&c.reply, plan.logprobs) {
+                (Reply::Text(t), Some(top)) => Some(logprobs_json(pieces(t), top)),
+                (Reply::Tools(_), Some(_)) => Some(json!({"content": null, "refusal": null})),
+                (_, None) => None,
+            };
             let (content, tool_calls) = match &c.reply {
                 Reply::Text(t) => (Some(t.as_str()), None),
                 Reply::Tools(calls) => (
@@ -115,7 +142,7 @@ pub fn completion_json(id: &str, created: u64, plan: &Plan<'_>) -> Vec<u8> {
                     tool_calls,
                     annotations: [],
                 },
-                logprobs: None,
+                logprobs,
                 finish_reason: c.finish_reason,
             }
         })
@@ -156,7 +183,7 @@ const PADDING: &str = "k3Xq9ZpL0vB7mT2w";
 struct ChunkChoice<'a> {
     index: usize,
     delta: Delta<'a>,
-    logprobs: Option<()>,
+    logprobs: Option<Value>,
     finish_reason: Option<&'a str>,
 }
 
@@ -229,11 +256,21 @@ impl<'a> Encoder<'a> {
     }
 
     fn delta(&mut self, index: usize, delta: Delta<'_>, finish_reason: Option<&str>) {
+        self.delta_with(index, delta, None, finish_reason);
+    }
+
+    fn delta_with(
+        &mut self,
+        index: usize,
+        delta: Delta<'_>,
+        logprobs: Option<Value>,
+        finish_reason: Option<&str>,
+    ) {
         self.event(
             &[ChunkChoice {
                 index,
                 delta,
-                logprobs: None,
+                logprobs,
                 finish_reason,
             }],
             None,
@@ -270,7 +307,10 @@ pub fn stream_events(id: &str, created: u64, plan: &Plan<'_>) -> EncodedStream {
                         content: Some(Some(piece)),
                         ..Delta::default()
                     };
-                    enc.delta(index, delta, None);
+                    let logprobs = plan
+                        .logprobs
+                        .map(|top| logprobs_json(std::iter::once(piece), top));
+                    enc.delta_with(index, delta, logprobs, None);
                 }
             }
             Reply::Tools(calls) => {
