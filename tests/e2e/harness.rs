@@ -66,9 +66,30 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_llmgw")
 }
 
+/// A loopback address no other caller of this process was given, with a
+/// port below the kernel's ephemeral range (32768 and up), so neither a
+/// parallel test nor an outgoing connection's local port takes it between
+/// this check and the child process binding it. Each test process starts at
+/// its own offset, from its pid.
 pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind :0");
-    l.local_addr().expect("local addr")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id() * 97 % SPAN,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    for _ in 0..SPAN {
+        let port = FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN;
+        let addr = SocketAddr::from(([127, 0, 0, 1], u16::try_from(port).expect("port")));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN)
 }
 
 fn install_crypto() {

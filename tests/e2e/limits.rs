@@ -108,11 +108,7 @@ async fn requests_and_tokens_per_minute_in_process() {
 pub(crate) async fn redis() -> (Child, u16, tempfile::TempDir) {
     let bin = std::env::var("LLMGW_REDIS_BIN").unwrap_or_else(|_| "redis-server".to_owned());
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = crate::harness::free_addr().port();
     let child = Command::new(&bin)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .arg("--dir")
@@ -135,13 +131,7 @@ pub(crate) async fn redis() -> (Child, u16, tempfile::TempDir) {
 /// HTTP and gRPC ports.
 async fn second_edge(gw: &Gateway) -> (Child, SocketAddr) {
     let text = std::fs::read_to_string(&gw.config).unwrap();
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let (http, grpc) = (free(), free());
+    let (http, grpc) = (crate::harness::free_addr(), crate::harness::free_addr());
     let text = text
         .replace(&format!("http_addr: {}", gw.http), &format!("http_addr: {http}"))
         .replace(&format!("grpc_addr: {}", gw.grpc), &format!("grpc_addr: {grpc}"));

@@ -70,10 +70,25 @@ def _binary(var: str) -> str:
     return path
 
 
+_PORT_FIRST, _PORT_SPAN = 20000, 12000
+_next_port = os.getpid() * 97 % _PORT_SPAN
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port not handed out before in this process, below the kernel's ephemeral
+    range (32768 and up), so no outgoing connection's local port takes it before the child
+    process binds it."""
+    global _next_port
+    for _ in range(_PORT_SPAN):
+        port = _PORT_FIRST + _next_port % _PORT_SPAN
+        _next_port += 1
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {_PORT_FIRST}..{_PORT_FIRST + _PORT_SPAN}")
 
 
 def stop(proc: subprocess.Popen[Any]) -> None:
