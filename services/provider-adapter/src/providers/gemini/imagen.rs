@@ -315,7 +315,7 @@ pub(super) fn predict_body(json: &str, model: &str, who: Who<'_>, vertex: bool) 
                 who,
                 from,
                 &format!(
-                    "`{model}` makes 1K images only (2K needs imagen-4.0-generate-001 or imagen-4.0-ultra-generate-001)"
+                    "`{from}` asks for a 2K image, but `{model}` makes 1K images only (2K needs imagen-4.0-generate-001 or imagen-4.0-ultra-generate-001)"
                 ),
             ));
         }
