@@ -174,6 +174,18 @@ async fn imagen(shape: Shape) {
         .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(images(&v).len(), 2);
+    // An answer too large for the edge to keep (4 x 400 KiB) is still metered by what it holds.
+    let (s, _, v) = gw
+        .post(
+            GENERATIONS,
+            &json!({"model": "imagen", "prompt": "big [emu:image_kb=400] [emu:rai_filtered=1]", "n": 4}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let imgs = images(&v);
+    assert_eq!(imgs.len(), 3);
+    assert!(imgs.iter().all(|i| i.len() > 400 << 10));
+    assert!(says(&imgs[2], "image=3/4 prompt=big"));
     let (s, _, e) = gw
         .post(
             GENERATIONS,
@@ -288,14 +300,15 @@ async fn imagen(shape: Shape) {
     };
     let usage = gw
         .usage_until("acme", |u| {
-            find(u, "imagen")["output_tokens"] == 5
+            find(u, "imagen")["output_tokens"] == 8
                 && find(u, "imagen-vx")["output_tokens"] == 1
                 && find(u, "google/imagen-3.0-generate-002")["output_tokens"] == 1
         })
         .await;
     let cost = |name: &str| find(&usage, name)["cost_usd"].as_f64().unwrap_or(-1.0);
-    assert_eq!(find(&usage, "imagen")["output_tokens"], 5, "{usage}");
-    assert!((cost("imagen") - 5.0 * 0.04).abs() < 1e-9, "{usage}");
+    // 2 + 1 + 2 (one blocked) + 3 (one blocked, counted as the answer passed).
+    assert_eq!(find(&usage, "imagen")["output_tokens"], 8, "{usage}");
+    assert!((cost("imagen") - 8.0 * 0.04).abs() < 1e-9, "{usage}");
     assert!((cost("imagen-vx") - 0.02).abs() < 1e-9, "{usage}");
     assert!(
         (cost("google/imagen-3.0-generate-002") - 0.03).abs() < 1e-9,

@@ -21,7 +21,8 @@
 //! Directives in the prompt: `[emu:status=N]` and `[emu:delay_ms=N]` as elsewhere, and
 //! `[emu:rai_filtered=K]`: the last K images are blocked by the safety filters, reported as
 //! `{"raiFilteredReason"}` predictions when `includeRaiReason` is true and left out otherwise
-//! (all blocked without reasons: `{}`, as the API answers).
+//! (all blocked without reasons: `{}`, as the API answers); `[emu:image_kb=N]`: each image
+//! carries N KiB more (a padded comment), for answers too large to keep whole.
 
 use std::time::Duration;
 
@@ -191,13 +192,14 @@ pub(crate) async fn predict(model: &str, body: &[u8], vertex: bool) -> Result<St
     if let Some(status) = d.status.filter(|s| (400..=599).contains(s)) {
         return Err(GoogleError::for_status(status, model));
     }
-    let filtered = rai_filtered(&instance.prompt).min(n as usize);
+    let filtered = number(&instance.prompt, "rai_filtered").min(n as usize);
+    let padding = "x".repeat(number(&instance.prompt, "image_kb").min(16 << 10) << 10);
     let reasons = p.include_rai_reason == Some(true);
     let made = n as usize - filtered;
     let mut predictions = Vec::with_capacity(n as usize);
     for i in 0..made {
         let comment = format!(
-            "imagen model={model} aspect={aspect} size={size} image={}/{n} prompt={prompt}",
+            "imagen model={model} aspect={aspect} size={size} image={}/{n} prompt={prompt}{padding}",
             i + 1
         );
         let bytes = if mime == "image/jpeg" {
@@ -220,13 +222,13 @@ pub(crate) async fn predict(model: &str, body: &[u8], vertex: bool) -> Result<St
     Ok(json!({ "predictions": predictions }).to_string())
 }
 
-/// `K` of `[emu:rai_filtered=K]` in the prompt, else 0.
-fn rai_filtered(prompt: &str) -> usize {
-    const OPEN: &str = "[emu:rai_filtered=";
+/// `K` of `[emu:{name}=K]` in the prompt, else 0.
+fn number(prompt: &str, name: &str) -> usize {
+    let open = format!("[emu:{name}=");
     prompt
-        .find(OPEN)
+        .find(&open)
         .and_then(|at| {
-            let rest = &prompt[at + OPEN.len()..];
+            let rest = &prompt[at + open.len()..];
             rest[..rest.find(']')?].trim().parse().ok()
         })
         .unwrap_or(0)
@@ -290,8 +292,8 @@ mod tests {
         assert!(img.ends_with(&[0x49, 0x45, 0x4e, 0x44, 0xae, 0x42, 0x60, 0x82]));
         let text = b"tEXtComment\0imagen aspect=16:9";
         assert!(img.windows(text.len()).any(|w| w == text));
-        assert_eq!(rai_filtered("x [emu:rai_filtered=2]"), 2);
-        assert_eq!(rai_filtered("x"), 0);
+        assert_eq!(number("x [emu:rai_filtered=2]", "rai_filtered"), 2);
+        assert_eq!(number("x [emu:image_kb=3]", "rai_filtered"), 0);
     }
 
     #[tokio::test]
