@@ -451,11 +451,7 @@ pub(super) fn openai_images(answer: &[u8], who: Who<'_>) -> Result<Vec<u8>, GwEr
                     revised_prompt: p.prompt.as_deref(),
                 });
             }
-            (_, Some(reason)) => {
-                if !reasons.contains(&reason.as_ref()) {
-                    reasons.push(reason);
-                }
-            }
+            (_, Some(reason)) if !reasons.contains(&reason.as_ref()) => reasons.push(reason),
             _ => {}
         }
     }
