@@ -2,8 +2,9 @@
 //! through the same pipeline as chat: policy (`allowed_endpoints`), rate
 //! limits, budgets, routing, attempts with fallback, metering. The body
 //! goes to the provider as the client wrote it (its `model` replaced by the
-//! target's, in the adapter) and the answer comes back byte for byte,
-//! streamed, while a small tap reads what metering needs:
+//! target's, in the adapter; Google's providers translate images to Imagen
+//! and back) and the answer comes back byte for byte, streamed, while a
+//! small tap reads what metering needs:
 //!
 //! - completions: `usage` from the JSON answer or from an SSE chunk, else
 //!   an estimate from the prompt and the streamed text;
