@@ -22,6 +22,7 @@ mod errors;
 mod grpc;
 mod health;
 mod hostile;
+mod imagen;
 mod limits;
 mod messages;
 mod metering;

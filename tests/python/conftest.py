@@ -45,6 +45,7 @@ POOL = "sdk-pool"  # test_routing.py: primary, then backup
 CONFIG = "sdk-config"
 PRIMARY = "sdk-primary"  # fault profiles of the emulator behind the pool
 BACKUP = "sdk-backup"
+IMAGEN = "gemini-imagen"  # test_surface.py: a google-type provider's Imagen model
 
 NEEDS_GATEWAY = "LLMGW_BIN is not set: gateway tests need the built llmgw binary (make test sets it)"
 
@@ -235,6 +236,11 @@ providers:
     type: anthropic
     base_url: {emu.base_url}
     api_key: ${{EMU_KEY}}
+  # test_surface.py: images through Imagen (Gemini API, the emulator's /v1beta).
+  - name: gem
+    type: google
+    base_url: {emu.url}/v1beta
+    api_key: ${{EMU_KEY}}
 models:
   - name: {MODEL}
     target: emu/{MODEL}
@@ -259,6 +265,9 @@ models:
   - name: tts-1
     target: emu/tts-1
     price: {{ input_per_mtok: 15, output_per_mtok: 0 }}
+  - name: {IMAGEN}
+    target: gem/imagen-4.0-generate-001
+    price: {{ input_per_mtok: 0, output_per_mtok: 40000 }}
   # test_routing.py: a pool over two fault profiles of the emulator.
   - name: {POOL}
     strategy: priority

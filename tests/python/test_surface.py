@@ -11,7 +11,7 @@ from typing import Any
 import openai
 import pytest
 
-from conftest import Target
+from conftest import EMU_KEY, IMAGEN, Target
 
 INSTRUCT = "gpt-3.5-turbo-instruct"
 
@@ -73,6 +73,33 @@ def test_images_generate(target: Target) -> None:
     with pytest.raises(openai.BadRequestError) as e:
         client.images.generate(model="dall-e-2", prompt="a cat", size="7x7")  # type: ignore[arg-type]
     assert e.value.body["param"] == "size"  # type: ignore[index]
+
+
+@pytest.mark.gateway
+def test_images_generate_on_imagen(target: Target) -> None:
+    """OpenAI's SDK, a Gemini-backed model: Imagen's :predict behind the gateway."""
+    target.emu.clear()
+    client = target.client()
+    resp = client.images.generate(model=IMAGEN, prompt="a lighthouse", n=2, size="1792x1024")
+    assert len(resp.data) == 2
+    for i, image in enumerate(resp.data, start=1):
+        assert image.b64_json and image.url is None
+        png = base64.b64decode(image.b64_json)
+        assert png.startswith(b"\x89PNG")
+        assert f"aspect=16:9 size=1K image={i}/2 prompt=a lighthouse".encode() in png
+    up = target.emu.requests("/v1beta/models/imagen-4.0-generate-001:predict")[-1]
+    assert up["headers"]["x-goog-api-key"] == EMU_KEY
+    assert up["body"]["parameters"] == {"sampleCount": 2, "aspectRatio": "16:9", "includeRaiReason": True}
+    raw = client.images.with_raw_response.generate(model=IMAGEN, prompt="a boat", response_format="b64_json")
+    assert raw.headers["x-llmgw-provider"] == "gem"
+    assert EMU_KEY not in raw.text
+    # Imagen returns bytes only: a link cannot be made, and says so by name.
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.generate(model=IMAGEN, prompt="a cat", response_format="url")
+    assert e.value.body["param"] == "response_format"  # type: ignore[index]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.generate(model=IMAGEN, prompt="a cat", n=5)
+    assert e.value.body["param"] == "n"  # type: ignore[index]
 
 
 def test_images_edit(target: Target) -> None:

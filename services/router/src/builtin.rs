@@ -314,6 +314,24 @@ mod tests {
         }
         // Units per million: $0.04 an image, $0.006 a minute.
         assert_eq!(builtin.get("dall-e-3").unwrap().price.output_per_mtok, 40_000.0);
+        // Imagen: per image, offered by both Google provider types.
+        for (id, per_image) in [
+            ("imagen-4.0-generate-001", 0.04),
+            ("imagen-4.0-ultra-generate-001", 0.06),
+            ("imagen-4.0-fast-generate-001", 0.02),
+            ("imagen-3.0-generate-002", 0.03),
+        ] {
+            let m = builtin.get(id).unwrap();
+            assert_eq!(m.kind, ModelKind::Image, "{id}");
+            assert!((m.price.output_per_mtok - per_image * 1e6).abs() < 1e-6, "{id}");
+            for provider in ["google", "vertex-ai"] {
+                assert_eq!(
+                    builtin.for_upstream(provider, id).map(|m| m.id.as_str()),
+                    Some(id)
+                );
+            }
+        }
+        assert_eq!(builtin.get("imagen-4").unwrap().id, "imagen-4.0-generate-001");
         assert_eq!(builtin.get("whisper-1").unwrap().price.input_per_mtok, 100.0);
     }
 

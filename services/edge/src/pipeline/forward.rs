@@ -2,13 +2,16 @@
 //! through the same pipeline as chat: policy (`allowed_endpoints`), rate
 //! limits, budgets, routing, attempts with fallback, metering. The body
 //! goes to the provider as the client wrote it (its `model` replaced by the
-//! target's, in the adapter) and the answer comes back byte for byte,
-//! streamed, while a small tap reads what metering needs:
+//! target's, in the adapter; Google's providers translate images to Imagen
+//! and back) and the answer comes back byte for byte, streamed, while a
+//! small tap reads what metering needs:
 //!
 //! - completions: `usage` from the JSON answer or from an SSE chunk, else
 //!   an estimate from the prompt and the streamed text;
-//! - images: the number of images (`data` in the answer, else `n`) as
-//!   output units — a catalog price for an image model is per million images;
+//! - images: the number of images (`data` in the answer; in an answer too
+//!   large to keep, its `b64_json`/`url` keys counted as it passes; else
+//!   `n`) as output units — a catalog price for an image model is per
+//!   million images;
 //! - transcriptions and translations: the audio's seconds (`duration` of
 //!   `verbose_json`, `usage.seconds`, or the last `srt`/`vtt` cue's end) as
 //!   input units — a price is per million seconds;
@@ -199,6 +202,7 @@ impl Pipeline {
             line: Vec::new(),
             text_chars: 0,
             usage: None,
+            images: 0,
         };
         let body = tapped(
             rest,
@@ -263,7 +267,7 @@ fn tapped(
                 }
                 Some(Err(e)) => {
                     st.done = true;
-                    let usage = st.tap.usage(&st.guard);
+                    let usage = st.tap.usage(st.guard.prompt_estimate);
                     st.guard.record("error", e.http_status(), Some(&usage));
                     if let Some(r) = st.release.take() {
                         r.failed();
@@ -272,7 +276,7 @@ fn tapped(
                 }
                 None => {
                     st.done = true;
-                    let mut usage = st.tap.usage(&st.guard);
+                    let mut usage = st.tap.usage(st.guard.prompt_estimate);
                     usage.cost_usd = Some(cost(&st.price, &usage));
                     st.guard.record("ok", 200, Some(&usage));
                     drop(st.release.take());
@@ -298,7 +302,14 @@ struct Tap {
     text_chars: usize,
     /// Usage a stream's chunk reported.
     usage: Option<(u32, u32)>,
+    /// Images seen in an image answer (its `b64_json` and `url` keys).
+    images: u32,
 }
+
+/// The keys of an image in OpenAI's images answer; one per image.
+const IMAGE_KEYS: [&[u8]; 2] = [b"\"b64_json\"", b"\"url\""];
+/// Bytes carried from one piece to the next, where a key may be split.
+const KEY_CARRY: usize = 9;
 
 impl Tap {
     fn feed(&mut self, data: &[u8]) {
@@ -307,6 +318,9 @@ impl Tap {
             return;
         }
         if !self.streaming {
+            if matches!(self.meter, Meter::Images { .. }) {
+                self.count_images(data);
+            }
             if self.overflow {
                 return;
             }
@@ -329,6 +343,42 @@ impl Tap {
         }
     }
 
+    /// Counts image keys in `data`, also those split across pieces (the
+    /// last bytes are carried in `line`, unused by non-streaming answers).
+    /// Quotes are rare in base64, so this is a scan for `"`, no copy.
+    fn count_images(&mut self, data: &[u8]) {
+        let keys_at = |buf: &[u8], i: usize| {
+            IMAGE_KEYS
+                .iter()
+                .filter(|k| buf[i..].starts_with(k))
+                .map(|k| k.len())
+                .next()
+        };
+        let mut found = 0u32;
+        // Keys that start in the carried bytes and end in this piece.
+        let carried = std::mem::take(&mut self.line);
+        let mut joint = carried.clone();
+        joint.extend_from_slice(&data[..data.len().min(KEY_CARRY)]);
+        for i in (0..carried.len()).filter(|i| joint[*i] == b'"') {
+            if keys_at(&joint, i).is_some_and(|len| i + len > carried.len()) {
+                found += 1;
+            }
+        }
+        for (i, _) in data.iter().enumerate().filter(|(_, b)| **b == b'"') {
+            if keys_at(data, i).is_some() {
+                found += 1;
+            }
+        }
+        self.images = self.images.saturating_add(found);
+        self.line = if data.len() >= KEY_CARRY {
+            data[data.len() - KEY_CARRY..].to_vec()
+        } else {
+            let mut rest = carried;
+            rest.extend_from_slice(data);
+            rest[rest.len().saturating_sub(KEY_CARRY)..].to_vec()
+        };
+    }
+
     /// One SSE line of a completions stream.
     fn event(&mut self, line: &[u8]) {
         let Some(json) = line.strip_prefix(b"data:") else {
@@ -349,8 +399,9 @@ impl Tap {
         }
     }
 
-    /// The usage of the answer so far, in the meter's units.
-    fn usage(&self, guard: &MeterGuard) -> pb::Usage {
+    /// The usage of the answer so far, in the meter's units
+    /// (`prompt_estimate`: the guard's, for completions without usage).
+    fn usage(&self, prompt_estimate: u32) -> pb::Usage {
         let json = if self.streaming || self.overflow {
             None
         } else {
@@ -367,7 +418,7 @@ impl Tap {
                             c.iter().filter_map(|c| c["text"].as_str()).map(str::len).sum()
                         });
                     (
-                        guard.prompt_estimate.max(estimate_tokens(self.input_chars)),
+                        prompt_estimate.max(estimate_tokens(self.input_chars)),
                         estimate_tokens(text),
                         true,
                     )
@@ -375,6 +426,7 @@ impl Tap {
             },
             Meter::Images { requested } => match json.as_ref().and_then(|v| v["data"].as_array()) {
                 Some(d) => (0, u32::try_from(d.len()).unwrap_or(u32::MAX), false),
+                None if self.overflow && self.images > 0 => (0, self.images, false),
                 None => (0, requested, true),
             },
             Meter::Seconds => match json.as_ref().and_then(seconds_of_json).or_else(|| {
@@ -455,10 +507,39 @@ mod tests {
             line: Vec::new(),
             text_chars: 0,
             usage: None,
+            images: 0,
         };
         tap.feed(b"data: {\"choices\":[{\"text\":\"hel");
         tap.feed(b"lo\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n");
         assert_eq!(tap.text_chars, 5);
         assert_eq!(tap.usage, Some((3, 2)));
+    }
+
+    #[test]
+    fn images_of_an_answer_too_large_to_keep_are_counted_as_they_pass() {
+        let mut tap = Tap {
+            meter: Meter::Images { requested: 4 },
+            streaming: false,
+            input_chars: 0,
+            kept: Vec::new(),
+            overflow: false,
+            line: Vec::new(),
+            text_chars: 0,
+            usage: None,
+            images: 0,
+        };
+        let image = "A".repeat(600_000);
+        let answer = format!(
+            r#"{{"created":1,"data":[{{"b64_json":"{image}","revised_prompt":"say \"url\" "}},{{"b64_json":"{image}"}},{{"url":"https://x"}}]}}"#
+        );
+        // Pieces of 7 bytes near the keys split them every way, then large ones.
+        let bytes = answer.as_bytes();
+        let (head, rest) = bytes.split_at(40);
+        for piece in head.chunks(7).chain(rest.chunks(65_536)) {
+            tap.feed(piece);
+        }
+        assert!(tap.overflow);
+        let usage = tap.usage(0);
+        assert_eq!((usage.completion_tokens, usage.estimated), (3, false));
     }
 }

@@ -39,6 +39,10 @@
 //! `{instances: [{content}], parameters: {outputDimensionality}}` (extra fields, such as
 //! `task_type`, go into each instance) answers `{predictions: [{embeddings: {values,
 //! statistics: {token_count}}}]}`. Text only: token-id inputs are a 400 naming `input`.
+//!
+//! Images: `POST /v1/images/generations` goes to Imagen's `{model}:predict`
+//! on both (see [`imagen`]); other pass-through endpoints are a 400 naming
+//! `model`.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -53,12 +57,12 @@ use eventsource_stream::{Event, EventStream, EventStreamError};
 use futures_util::Stream;
 use llmgw_kit::config::{ProviderConfig, ProviderKind};
 use llmgw_kit::openai::parse_upstream_error;
-use llmgw_kit::services::ChunkStream;
+use llmgw_kit::services::{ChunkStream, ForwardStream};
 use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto::{
     ChatChunk, ChatRequest, ChatResponse, Choice, ChunkChoice, Delta, Embedding, EmbeddingsRequest,
-    EmbeddingsResponse, FinishReason, FunctionCall, Message, Role, Target, ToolCall, ToolCallDelta, Usage,
-    content, content_part, embedding_input, response_format, tool_choice,
+    EmbeddingsResponse, FinishReason, ForwardRequest, FunctionCall, Message, Role, Target, ToolCall,
+    ToolCallDelta, Usage, content, content_part, embedding_input, response_format, tool_choice,
 };
 use pin_project_lite::pin_project;
 use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -66,8 +70,8 @@ use reqwest::{Response, StatusCode};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::Provider;
 use super::vertex::TokenSource;
+use super::{Provider, no_endpoint};
 use crate::fetch::{self, Fetcher};
 use crate::http::Peer;
 
@@ -448,6 +452,13 @@ impl Provider for Gemini {
             )
         })?;
         Ok(response_from(parsed, &target.model))
+    }
+
+    async fn forward(&self, target: &Target, req: &ForwardRequest) -> Result<ForwardStream, GwError> {
+        match req.path.as_str() {
+            "images/generations" => self.images(target, req).await,
+            other => Err(no_endpoint(target, other)),
+        }
     }
 
     async fn stream(&self, target: &Target, req: &ChatRequest) -> Result<ChunkStream, GwError> {
@@ -1713,6 +1724,7 @@ where
     }
 }
 
+mod imagen;
 #[cfg(test)]
 #[path = "gemini_tests.rs"]
 mod tests;

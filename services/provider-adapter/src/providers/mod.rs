@@ -50,9 +50,11 @@ pub(crate) trait Provider: Send + Sync + 'static {
         .with_provider(&target.provider))
     }
 
-    /// An OpenAI-shaped request passed through (`req.path`: legacy
-    /// completions, images, audio). A provider without that endpoint says
-    /// so: a 400 naming `model` and the provider.
+    /// An OpenAI-shaped request of a pass-through endpoint (`req.path`:
+    /// legacy completions, images, audio), passed through (the OpenAI
+    /// family) or translated (Imagen behind `images/generations` on Google's
+    /// providers). A provider without that endpoint says so: a 400 naming
+    /// `model` and the provider.
     async fn forward(&self, target: &Target, req: &ForwardRequest) -> Result<ForwardStream, GwError> {
         Err(no_endpoint(target, &req.path))
     }

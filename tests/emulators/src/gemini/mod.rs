@@ -1,6 +1,7 @@
 //! A Gemini API (AI Studio, `v1beta`) emulator: `POST /v1beta/models/{model}:generateContent`
 //! and `:streamGenerateContent?alt=sse`, built from Google's API reference. Embeddings
-//! (`:batchEmbedContents`, and Vertex AI's `:predict`) are answered by [`crate::embeddings`].
+//! (`:batchEmbedContents`, and Vertex AI's `:predict`) are answered by [`crate::embeddings`],
+//! Imagen's `:predict` (on both APIs) by [`imagen`].
 //!
 //! As strict as the real API where it matters to a gateway: the key must come in the
 //! `x-goog-api-key` header (a key in the query string is refused, to prove the gateway never
@@ -34,6 +35,7 @@ use crate::record::{Outcome, Tracker};
 use crate::routes::State;
 use crate::schema;
 
+mod imagen;
 mod request;
 mod vertex;
 
@@ -236,6 +238,11 @@ async fn answer(
 ) -> Result<Response, GoogleError> {
     check_auth(state, auth, query, headers)?;
     let (model, action) = model_action.split_once(':').unwrap_or((model_action, ""));
+    if action == "predict" && model.starts_with("imagen-") {
+        let resp = imagen::predict(model, body, matches!(auth, Auth::OAuth)).await?;
+        tracker.finish(Outcome::Completed);
+        return Ok(json_response(StatusCode::OK, resp));
+    }
     if action == "batchEmbedContents" || (action == "predict" && matches!(auth, Auth::OAuth)) {
         let resp = if action == "predict" {
             crate::embeddings::vertex_predict(model, body)
