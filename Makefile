@@ -5,7 +5,7 @@ CONFIG ?= deploy/gateway.yaml
 DEBUG_BIN := $(CARGO_TARGET_DIR)/debug
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: up up-cluster down test test-rust test-python bench lint fmt build
+.PHONY: up up-cluster down test test-rust test-python bench soak lint fmt build
 
 ## up: build and run every service in one process with deploy/gateway.yaml
 up:
@@ -45,6 +45,14 @@ test-python:
 ## bench: direct vs gateway (one process and split), in one run
 bench:
 	scripts/bench.sh
+
+## soak: the soak test for SOAK_SECS (600 by default): mixed traffic with faults, then
+## memory, upstream connections, cancellations and metering are checked (make test runs 12 s)
+SOAK_SECS ?= 600
+soak:
+	LLMGW_PG_BIN="$$(scripts/setup-postgres.sh)" && export LLMGW_PG_BIN && \
+	LLMGW_REDIS_BIN="$$(scripts/setup-redis.sh)" && export LLMGW_REDIS_BIN && \
+		LLMGW_SOAK_SECS=$(SOAK_SECS) cargo test -p llmgw --test e2e soak -- --nocapture
 
 lint:
 	cargo fmt --all --check

@@ -33,6 +33,7 @@ mod provider_gemini;
 mod provider_misc;
 mod routing;
 mod secrets;
+mod soak;
 mod surface;
 mod tracing;
 mod usage;

@@ -72,6 +72,9 @@ pub struct ChatRequest<'a> {
     pub logprobs: Option<bool>,
     #[serde(default)]
     pub top_logprobs: Option<u32>,
+    /// Tallied by class in the ledger (`GET /_emu/ledger`) when set.
+    #[serde(borrow, default)]
+    pub user: Option<Text<'a>>,
 }
 
 #[derive(Deserialize)]

@@ -47,16 +47,29 @@
 //! body is deserialised borrowing from the received bytes, responses are serialised straight
 //! from borrowed structs, and a stream is encoded into one buffer that is then sent slice by
 //! slice. Nothing is recorded unless [`Options::record`] is set.
+//!
+//! ## The ledger
+//!
+//! `GET /_emu/ledger` tallies chat completions (OpenAI format) that name a `user`, by the
+//! `user` up to its last `-`: completed ones with their prompt and completion tokens,
+//! cancelled ones (the client left first) with the tokens the answer would have had and
+//! the time each was cancelled, and aborted ones; plus `open_connections`, the TCP
+//! connections open now. `DELETE /_emu/ledger` starts it over. Soak tests hold the
+//! gateway's metering and its connection handling against it.
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::task::{Context, Poll};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
 use axum::routing::{delete, get, post, put};
 use axum::serve::ListenerExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -119,17 +132,92 @@ pub async fn spawn(opts: Options) -> io::Result<Emulator> {
 }
 
 /// Serves the emulator on `listener` until the task is dropped or the listener fails.
+/// Open connections are counted (`open_connections` in `GET /_emu/ledger`).
 pub async fn serve(listener: TcpListener, opts: Options) -> io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        // Best effort: a socket that refuses NODELAY still works, only slower.
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(opts)).await
+    let open = Arc::new(AtomicI64::new(0));
+    let listener = Counted {
+        inner: listener.tap_io(|tcp| {
+            // Best effort: a socket that refuses NODELAY still works, only slower.
+            let _ = tcp.set_nodelay(true);
+        }),
+        open: Arc::clone(&open),
+    };
+    axum::serve(listener, app(opts, open)).await
 }
 
-/// The emulator's routes, for callers that want to mount it themselves.
+/// A listener whose connections count themselves in `open` while they live.
+struct Counted<L> {
+    inner: L,
+    open: Arc<AtomicI64>,
+}
+
+impl<L: axum::serve::Listener> axum::serve::Listener for Counted<L> {
+    type Io = CountedIo<L::Io>;
+    type Addr = L::Addr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (io, addr) = self.inner.accept().await;
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let open = Arc::clone(&self.open);
+        (CountedIo { io, open }, addr)
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+struct CountedIo<T> {
+    io: T,
+    open: Arc<AtomicI64>,
+}
+
+impl<T> Drop for CountedIo<T> {
+    fn drop(&mut self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for CountedIo<T> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for CountedIo<T> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// The emulator's routes, for callers that want to mount it themselves (connections are
+/// not counted then).
 pub fn router(opts: Options) -> Router {
-    let state = Arc::new(routes::State::new(opts));
+    app(opts, Arc::default())
+}
+
+fn app(opts: Options, open_connections: Arc<AtomicI64>) -> Router {
+    let state = Arc::new(routes::State::new(opts, open_connections));
     let routes = Router::new()
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/embeddings", post(embeddings::embeddings))
@@ -175,6 +263,7 @@ pub fn router(opts: Options) -> Router {
             "/_emu/requests",
             get(routes::recorded).delete(routes::clear_recorded),
         )
+        .route("/_emu/ledger", get(routes::ledger).delete(routes::clear_ledger))
         .route("/_emu/faults", delete(faults::clear))
         .route("/_emu/faults/{profile}", put(faults::put).get(faults::get))
         .fallback(routes::not_found)

@@ -209,6 +209,7 @@ async fn answer(state: &State, headers: &HeaderMap, body: &[u8], tracker: &mut T
         max_completion_tokens: None,
         logprobs: None,
         top_logprobs: None,
+        user: None,
         stop: options.and_then(|o| o.stop.clone()).map(|s| json!(s)),
         tools: req.tools.as_ref().map(|tools| {
             tools

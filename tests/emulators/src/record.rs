@@ -95,6 +95,7 @@ impl Recorder {
         Tracker {
             recorder: Some(Arc::clone(self)),
             seq,
+            tally: None,
         }
     }
 
@@ -151,10 +152,12 @@ impl Recorder {
 }
 
 /// Writes a request's outcome once; if dropped first (the client went away, or the stream
-/// was dropped before its end), the outcome is `cancelled`. A no-op when not recording.
+/// was dropped before its end), the outcome is `cancelled`. A no-op when not recording and
+/// not [`Tracker::tally`]ing.
 pub struct Tracker {
     recorder: Option<Arc<Recorder>>,
     seq: u64,
+    tally: Option<(Arc<Ledger>, Ticket)>,
 }
 
 impl Tracker {
@@ -163,13 +166,115 @@ impl Tracker {
         Self {
             recorder: None,
             seq: 0,
+            tally: None,
         }
+    }
+
+    /// Also counts the request in `ledger` under `user` when it ends.
+    pub fn tally(&mut self, ledger: &Arc<Ledger>, user: &str, prompt_tokens: u64, completion_tokens: u64) {
+        self.tally = Some((
+            Arc::clone(ledger),
+            Ticket {
+                user: user.to_owned(),
+                prompt_tokens,
+                completion_tokens,
+            },
+        ));
     }
 
     pub fn finish(&mut self, outcome: Outcome) {
         if let Some(recorder) = self.recorder.take() {
             recorder.set_outcome(self.seq, outcome);
         }
+        if let Some((ledger, ticket)) = self.tally.take() {
+            ledger.count(ticket, outcome);
+        }
+    }
+}
+
+/// What the ledger counts of one request.
+struct Ticket {
+    user: String,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+}
+
+/// Chat completions that named a `user`, tallied by its class (the `user` up to its last
+/// `-`: `soak-ok-17` counts under `soak-ok`), for soak tests to hold the gateway's metering
+/// against: `GET /_emu/ledger`. Cancelled requests also keep the time they were cancelled
+/// (Unix milliseconds) under their full `user`, up to [`MAX_CANCELS`] of them.
+#[derive(Default)]
+pub struct Ledger {
+    inner: Mutex<LedgerInner>,
+}
+
+/// Most cancel times kept.
+pub const MAX_CANCELS: usize = 200_000;
+
+#[derive(Default)]
+struct LedgerInner {
+    classes: std::collections::BTreeMap<String, Tally>,
+    cancelled_at_ms: std::collections::HashMap<String, u64>,
+}
+
+#[derive(Default, serde::Serialize)]
+struct Tally {
+    /// Answered in full.
+    completed: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    /// The client went away first; their tokens are what the answer would have had.
+    cancelled: u64,
+    cancelled_prompt_tokens: u64,
+    cancelled_completion_tokens: u64,
+    /// Broken off by the emulator (`[emu:abort_mid_stream]`).
+    aborted: u64,
+}
+
+impl Ledger {
+    fn lock(&self) -> MutexGuard<'_, LedgerInner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn count(&self, ticket: Ticket, outcome: Outcome) {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut inner = self.lock();
+        let class = ticket
+            .user
+            .rsplit_once('-')
+            .map_or(ticket.user.as_str(), |(c, _)| c);
+        let tally = match inner.classes.get_mut(class) {
+            Some(t) => t,
+            None => inner.classes.entry(class.to_owned()).or_default(),
+        };
+        match outcome {
+            Outcome::Completed => {
+                tally.completed += 1;
+                tally.prompt_tokens += ticket.prompt_tokens;
+                tally.completion_tokens += ticket.completion_tokens;
+            }
+            Outcome::Cancelled => {
+                tally.cancelled += 1;
+                tally.cancelled_prompt_tokens += ticket.prompt_tokens;
+                tally.cancelled_completion_tokens += ticket.completion_tokens;
+                if inner.cancelled_at_ms.len() < MAX_CANCELS {
+                    inner.cancelled_at_ms.insert(ticket.user, now_ms);
+                }
+            }
+            Outcome::Error | Outcome::Pending => tally.aborted += 1,
+        }
+    }
+
+    pub fn clear(&self) {
+        *self.lock() = LedgerInner::default();
+    }
+
+    /// `{"classes": {class: tally}, "cancelled_at_ms": {user: ms}}`.
+    pub fn to_json(&self) -> Value {
+        let inner = self.lock();
+        serde_json::json!({"classes": inner.classes, "cancelled_at_ms": inner.cancelled_at_ms})
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -14,7 +15,7 @@ use bytes::Bytes;
 
 use crate::Options;
 use crate::chat::{self, ApiError, ChatRequest, IdGen};
-use crate::record::{Outcome, Recorder, Tracker};
+use crate::record::{Ledger, Outcome, Recorder, Tracker};
 use crate::wire;
 
 const MODELS: &str = r#"{"object":"list","data":[{"id":"gpt-4o-mini","object":"model","created":1721172741,"owned_by":"system"},{"id":"gpt-4o","object":"model","created":1715367049,"owned_by":"system"},{"id":"gpt-4.1-mini","object":"model","created":1744318173,"owned_by":"system"},{"id":"o4-mini","object":"model","created":1744225351,"owned_by":"system"}]}"#;
@@ -26,11 +27,17 @@ pub struct State {
     pub(crate) ids: IdGen,
     /// Fault profiles for `/_f/{profile}/...`, set by tests through `/_emu/faults`.
     pub(crate) faults: crate::faults::Faults,
+    /// Chat completions that named a `user`, by class (`GET /_emu/ledger`).
+    pub(crate) ledger: Arc<Ledger>,
+    /// Connections open now (counted by [`crate::serve`]'s listener).
+    pub(crate) open_connections: Arc<AtomicI64>,
 }
 
 impl State {
-    pub fn new(opts: Options) -> Self {
+    pub fn new(opts: Options, open_connections: Arc<AtomicI64>) -> Self {
         Self {
+            ledger: Arc::default(),
+            open_connections,
             expected_auth: opts.api_key.map(|k| format!("Bearer {k}")),
             recorder: opts.record.then(|| Arc::new(Recorder::default())),
             ids: IdGen::new(),
@@ -160,6 +167,14 @@ async fn answer(
         }
     })?;
     let plan = chat::plan(&req, &state.ids)?;
+    if let Some(user) = &req.user {
+        tracker.tally(
+            &state.ledger,
+            &user.0,
+            plan.usage.prompt_tokens,
+            plan.usage.completion_tokens,
+        );
+    }
     let d = &plan.directives;
     if d.delay_ms > 0 {
         tokio::time::sleep(Duration::from_millis(d.delay_ms)).await;
@@ -341,4 +356,17 @@ pub async fn not_found(method: Method, uri: Uri) -> Response {
         code: None,
     };
     error_response(&e)
+}
+
+/// `GET /_emu/ledger`: the ledger ([`Ledger::to_json`]) and `open_connections`.
+pub async fn ledger(Extract(state): Extract<Arc<State>>) -> Response {
+    let mut v = state.ledger.to_json();
+    v["open_connections"] = state.open_connections.load(Ordering::Relaxed).into();
+    json(StatusCode::OK, v.to_string())
+}
+
+/// `DELETE /_emu/ledger`: forgets every tally and cancel time.
+pub async fn clear_ledger(Extract(state): Extract<Arc<State>>) -> StatusCode {
+    state.ledger.clear();
+    StatusCode::NO_CONTENT
 }

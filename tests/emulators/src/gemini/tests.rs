@@ -68,10 +68,13 @@ fn calls_a_declared_function_and_streams_it() -> Result<(), Box<dyn std::error::
 
 #[test]
 fn keys_only_in_the_header() {
-    let state = State::new(crate::Options {
-        api_key: Some("k".into()),
-        record: false,
-    });
+    let state = State::new(
+        crate::Options {
+            api_key: Some("k".into()),
+            record: false,
+        },
+        Default::default(),
+    );
     let mut h = HeaderMap::new();
     assert_eq!(
         check_auth(&state, Auth::ApiKey, None, &h).unwrap_err().status,
