@@ -20,6 +20,18 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 flow-control windows of every connection and stream, both ways.
+/// Fixed and large rather than adaptive: h2 closes a connection with
+/// `ENHANCE_YOUR_CALM` ("too_many_data_frames") once small DATA frames it
+/// holds unread add up past half the connection window, and an adaptive
+/// window starts at 64 KiB and grows only with bandwidth. A burst of a few
+/// hundred small replies (`auth.Admit`) that a busy edge had not read yet
+/// was enough to break the connection and fail every call on it. Half of
+/// 16 MiB covers ~35,000 such replies; the window only grants credit, the
+/// peer sends no more than it has. A stream's own window (what one stalled
+/// stream may hold unread) stays at 1 MiB.
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+const STREAM_WINDOW: u32 = 1 << 20;
 
 /// A lazily connecting channel to `addr` (`host:port` or a full `http://` URI).
 /// The channel reconnects with backoff on its own; calls fail fast with
@@ -48,7 +60,8 @@ fn configure(endpoint: Endpoint) -> Endpoint {
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
-        .http2_adaptive_window(true)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
 }
 
 /// Health reporting for one server: every named service starts SERVING and
@@ -126,7 +139,8 @@ pub async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .http2_adaptive_window(Some(true))
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
         // Edges multiplex every request over one connection per service:
         // hyper's default (200 streams) would refuse streams under load.
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))

@@ -51,6 +51,12 @@ pub(crate) fn client() -> Result<reqwest::Client, GwError> {
         .connect_timeout(CONNECT_TIMEOUT)
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        // Over HTTP/2, streams to one provider share a connection; h2 closes it
+        // (`ENHANCE_YOUR_CALM`) once the small SSE frames held unread for slow
+        // clients exceed half the connection window. A large connection window
+        // keeps one stalled stream from taking the others down; each stream
+        // still holds at most its own 64 KiB window.
+        .http2_initial_connection_window_size(llmgw_kit::grpc::CONNECTION_WINDOW)
         .user_agent(concat!("llmgw/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| GwError::internal(format!("cannot build the http client: {}", root_cause(&e))))
