@@ -1,8 +1,9 @@
-//! Open-loop load (S3, S6): requests sent at a fixed rate whatever the
-//! answers do, each on an idle keep-alive connection (a new one when none
-//! is idle), each timed from when it was due, not from when it left, so a
-//! stalled target shows its queueing in the latency (no coordinated
-//! omission).
+//! Open-loop load (S3, S6): requests sent on a fixed schedule whatever the
+//! answers do (a slow target never holds the next request back, so there
+//! is no coordinated omission), each on an idle keep-alive connection (a
+//! new one when none is idle). A request is timed from when the load
+//! generator issues it: the timer wakes up to a millisecond late, and
+//! requests that fell behind go out at once, in a burst.
 //!
 //! - S3 raises the rate step by step until a step's p99 reaches
 //!   [`S3_P99_MS`] or any request fails; the ceiling is the last clean step.
@@ -92,8 +93,13 @@ impl Pool {
     }
 }
 
-/// One request due at `due`: its outcome and its latency from `due`.
-async fn one(target: Arc<Target>, pool: Arc<Pool>, body: Bytes, due: Instant) -> Option<(Outcome, Duration)> {
+/// One request issued at `issued`: its outcome and its latency.
+async fn one(
+    target: Arc<Target>,
+    pool: Arc<Pool>,
+    body: Bytes,
+    issued: Instant,
+) -> Option<(Outcome, Duration)> {
     let conn = match pool.take() {
         Some(c) => Some(c),
         None if pool.reserve() => None,
@@ -125,12 +131,17 @@ async fn one(target: Arc<Target>, pool: Arc<Pool>, body: Bytes, due: Instant) ->
             Outcome::Failed(format!("no answer within {OPEN_TIMEOUT:?}"))
         }
     };
-    Some((outcome, due.elapsed()))
+    Some((outcome, issued.elapsed()))
 }
 
 /// Sends `body` to `target` at `rate` per second for `duration`, then
 /// waits for every answer.
-pub async fn open_loop(target: &Arc<Target>, body: &Bytes, rate: f64, duration: Duration) -> anyhow::Result<OpenRun> {
+pub async fn open_loop(
+    target: &Arc<Target>,
+    body: &Bytes,
+    rate: f64,
+    duration: Duration,
+) -> anyhow::Result<OpenRun> {
     let pool = Arc::new(Pool {
         idle: Mutex::new(Vec::new()),
         open: Mutex::new(0),
@@ -174,7 +185,7 @@ pub async fn open_loop(target: &Arc<Target>, body: &Bytes, rate: f64, duration: 
         if due > Instant::now() {
             tokio::time::sleep_until(due.into()).await;
         }
-        set.spawn(one(target.clone(), pool.clone(), body.clone(), due));
+        set.spawn(one(target.clone(), pool.clone(), body.clone(), Instant::now()));
         sent += 1;
         // Collect what has finished, so the set stays small.
         while let Some(done) = set.try_join_next() {
@@ -223,7 +234,8 @@ impl OpenRun {
 }
 
 /// S3: from `start` requests a second, each step `s3_factor` times the
-/// last, until a step fails.
+/// last, until a step fails twice in a row (once may be a hiccup of a
+/// shared host).
 pub async fn s3(target: &Arc<Target>, body: &Bytes, start: f64, p: &Params) -> anyhow::Result<S3Round> {
     let mut round = S3Round {
         ceiling_rps: 0.0,
@@ -232,15 +244,22 @@ pub async fn s3(target: &Arc<Target>, body: &Bytes, start: f64, p: &Params) -> a
         steps: Vec::new(),
     };
     let mut rate = start;
+    let mut retried = false;
     while rate <= S3_MAX_RPS {
         let step = open_loop(target, body, rate, p.s3_step).await?;
         let failure = step.s3_failure();
         let achieved = step.ok as f64 / p.s3_step.as_secs_f64();
         round.steps.push(step);
         if let Some(why) = failure {
+            if !retried {
+                retried = true;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
             round.stopped_by = why;
             break;
         }
+        retried = false;
         round.ceiling_rps = rate;
         round.achieved_rps = achieved;
         rate *= p.s3_factor;

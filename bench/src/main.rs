@@ -246,7 +246,7 @@ struct Rounds {
     s4a: [Vec<S4Round>; 4],
     s4b: [Vec<S4Round>; 4],
     /// S5 by target: every process's memory, and the streams.
-    s5: Vec<(usize, Vec<Rss>, S4Round)>,
+    s5: Vec<S5Run>,
     /// S6 by gateway: the rate sent and the run.
     s6: Vec<(usize, S6Run)>,
     /// S1's overhead as the gateways report it, by target: the mean of
@@ -264,6 +264,9 @@ struct Rounds {
     r1_pool: [Vec<RouterRound>; 4],
     r2_pool: [Vec<RouterRound>; 4],
 }
+
+/// S5 against one target (its index): every process's memory, and the streams.
+type S5Run = (usize, Vec<Rss>, S4Round);
 
 /// One S2 case: the upstream's delay and the clients.
 struct S2Case {
@@ -397,7 +400,11 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
     );
 
     let mut r = Rounds {
-        gateway_cores: if pinning.gateway_core.is_some() { 1 } else { pinning.cores },
+        gateway_cores: if pinning.gateway_core.is_some() {
+            1
+        } else {
+            pinning.cores
+        },
         overhead_metric_ms: [f64::NAN; 4],
         ..Rounds::default()
     };
@@ -425,7 +432,11 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         for i in 0..4 {
             let (s0, c0) = before[i];
             let (s1, c1) = after[i];
-            r.overhead_metric_ms[i] = if c1 > c0 { (s1 - s0) / (c1 - c0) * 1e3 } else { f64::NAN };
+            r.overhead_metric_ms[i] = if c1 > c0 {
+                (s1 - s0) / (c1 - c0) * 1e3
+            } else {
+                f64::NAN
+            };
         }
     }
     if args.runs(Scenario::S2) {
@@ -442,7 +453,8 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
                     for i in order(round, n) {
                         let x = scenarios::s2(&targets[i], &body, clients, &p).await?;
                         procs.check_alive()?;
-                        let what = format!("{:.0} req/s p50 {:.2} ms p99 {:.2} ms", x.rps, x.p50_ms, x.p99_ms);
+                        let what =
+                            format!("{:.0} req/s p50 {:.2} ms p99 {:.2} ms", x.rps, x.p50_ms, x.p99_ms);
                         progress(&name, round, &p, i, &what, &x.errors);
                         case.rounds[i].push(x);
                     }
@@ -583,10 +595,15 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         let faults = Faults::new(targets[0].clone());
         let body = Bodies::chat(S6_MODEL);
         for i in [1, 2] {
-            let ceiling = spread(&r.s3[i].iter().map(|x| x.ceiling_rps).collect::<Vec<_>>()).median;
+            let mut ceiling = spread(&r.s3[i].iter().map(|x| x.ceiling_rps).collect::<Vec<_>>()).median;
             if ceiling.is_nan() || ceiling <= 0.0 {
-                eprintln!("S6 {:<11} skipped: no S3 ceiling", TARGETS[i]);
-                continue;
+                // Not even S3's first step passed (a busy host): overload
+                // from there all the same.
+                eprintln!(
+                    "S6 {:<11} no S3 ceiling; taking S3's first rate, {:.0} req/s",
+                    TARGETS[i], p.s3_start_rps
+                );
+                ceiling = p.s3_start_rps;
             }
             let x = load::s6(&targets[i], &body, 2.0 * ceiling, &faults, &p).await?;
             procs.check_alive()?;
@@ -604,7 +621,7 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
                 x.upstream,
                 x.metered
             );
-            progress("S6", 0, &p, i, &what, &x.run.errors);
+            note("S6", i, &what, &x.run.errors);
             r.s6.push((i, x));
         }
     }
@@ -656,53 +673,75 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         }
     );
     println!("{}", pinning.note);
-    // The S lines only when an S scenario ran (`--only`).
-    if args.only.iter().any(|s| *s != Scenario::R) || args.only.is_empty() {
+    // A line for each scenario that ran (`--only`).
+    let ran = |s: Scenario| args.runs(s);
+    if ran(Scenario::S1) {
         println!(
-            "S1: up to {} sequential requests a round ({} B request, {} B answer content); S2: {:?} clients \
-             against an upstream waiting {:?} ms, {:.1} s a round; \
-             S4: up to {} sequential streams of {} chunks a round (rounds of S1 and S4 stop after {:.0} s and {:.0} s), \
-             then paced ({} chunks {S4P_GAP_MS} ms apart): {} streams one at a time and {} at once",
+            "S1: up to {} sequential requests a round ({} B request, {} B answer content; a round stops after {:.0} s); \
+             x-llmgw-overhead-ms is the gateway's own account of its time",
             p.s1_requests,
             bodies.chat.len(),
             reference.content.len(),
+            p.s1_max.as_secs_f64(),
+        );
+    }
+    if ran(Scenario::S2) {
+        println!(
+            "S2: {:?} keep-alive clients sending back to back, the upstream waiting {:?} ms before it answers; \
+             {:.1} s measured a round",
             p.s2_clients,
             p.s2_delays_ms,
             p.s2_duration.as_secs_f64(),
-            p.s4_streams,
-            reference.deltas.len(),
-            p.s1_max.as_secs_f64(),
-            p.s4_max.as_secs_f64(),
-            STREAM_CHUNKS,
-            p.s4p_streams,
-            p.s4p_clients,
         );
+    }
+    if s3_rounds > 0 {
         println!(
-            "S3: open loop from {:.0} req/s, x{} every {:.1} s, until p99 >= {S3_P99_MS} ms or a failure ({} rounds); \
-             S5: {} streams at once, {S5_CHUNKS} chunks {S5_GAP_MS} ms apart, RSS of every process (split: summed); \
-             S6: twice each gateway's median S3 ceiling for {:.0} s (edge.max_in_flight {MAX_IN_FLIGHT})",
+            "S3: open loop (a fixed schedule, whatever the answers) from {:.0} req/s, x{} every {:.1} s, until a step \
+             has p99 >= {S3_P99_MS} ms or any failure twice running; the ceiling is the last clean step ({s3_rounds} rounds)",
             p.s3_start_rps,
             p.s3_factor,
             p.s3_step.as_secs_f64(),
-            p.s3_rounds.min(p.rounds),
+        );
+    }
+    if ran(Scenario::S4) {
+        println!(
+            "S4: up to {} sequential streams of {} chunks a round, sent back to back by the upstream (a round stops \
+             after {:.0} s): direct gaps are ~0 (one read), gateway gaps show how it paces chunks it forwards; \
+             S4 paced: {STREAM_CHUNKS} chunks {S4P_GAP_MS} ms apart, {} streams one at a time and {} at once, \
+             every chunk checked in order",
+            p.s4_streams,
+            reference.deltas.len(),
+            p.s4_max.as_secs_f64(),
+            p.s4p_streams,
+            p.s4p_clients,
+        );
+    }
+    if ran(Scenario::S4a) || ran(Scenario::S4b) {
+        println!(
+            "S4a / S4b: direct is the emulator in the provider's own format (Anthropic /v1/messages SSE; Bedrock ConverseStream frames, \
+             unsigned: that emulator checks no signature, the gateway still signs); the gateways stream OpenAI chunks translated by the \
+             anthropic / bedrock adapter; \"to end\" is message_stop / the metadata frame direct, [DONE] through the gateway"
+        );
+    }
+    if ran(Scenario::S5) {
+        println!(
+            "S5: {} streams at once, {S5_CHUNKS} chunks {S5_GAP_MS} ms apart; VmRSS of every process (direct: the emulator; \
+             split: the five summed, each below) at start-up (idle), before, at the peak while streaming, 2 s after",
             p.s5_streams,
+        );
+    }
+    if ran(Scenario::S6) {
+        println!(
+            "S6: twice each gateway's median S3 ceiling for {:.0} s, open loop; edge.max_in_flight {MAX_IN_FLIGHT}: beyond it \
+             the edge answers 503 at once; the usage API's request count (model `{S6_MODEL}`) against the emulator's",
             p.s6_duration.as_secs_f64(),
         );
-        if n > 3 {
-            println!(
-                "peer: LiteLLM's proxy (scripts/setup-litellm.sh), one worker on the gateway's core, \
-                 same emulator, in S1, S2 and S4"
-            );
-        }
+    }
+    if n > 3 {
         println!(
-            "chunk gaps: the emulator sends a stream's chunks back to back, so direct gaps are ~0 \
-             (one read); gateway gaps show how it paces chunks it forwards"
-        );
-        println!(
-            "S4a / S4b: direct is the emulator in the provider's own format (Anthropic /v1/messages SSE; \
-             Bedrock ConverseStream frames, unsigned: that emulator checks no signature, the gateway still signs); \
-             the gateways stream OpenAI chunks translated by the anthropic / bedrock adapter; \
-             \"to end\" is message_stop / the metadata frame direct, [DONE] through the gateway"
+            "peer: LiteLLM's proxy {} (scripts/setup-litellm.sh), one worker on the gateway's core, the same emulator, \
+             in S1, S2 and S4",
+            peer::VERSION
         );
     }
     if args.runs(Scenario::R) {
@@ -763,7 +802,7 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
             "s4_paced": {"chunks": STREAM_CHUNKS, "upstream_gap_ms": S4P_GAP_MS, "sequential_streams": p.s4p_streams, "concurrent_streams": p.s4p_clients},
             "s5": {"streams": p.s5_streams, "chunks": S5_CHUNKS, "upstream_gap_ms": S5_GAP_MS},
             "s6": {"duration_s": p.s6_duration.as_secs_f64(), "model": S6_MODEL, "max_in_flight": MAX_IN_FLIGHT},
-            "peer": if n > 3 { json!({"name": "litellm", "version": "1.82.6", "workers": 1}) } else { serde_json::Value::Null },
+            "peer": if n > 3 { json!({"name": "litellm", "version": peer::VERSION, "workers": 1}) } else { serde_json::Value::Null },
             "s4": {"warmup": p.s4_warmup, "streams": p.s4_streams, "max_s": p.s4_max.as_secs_f64(), "chunks": reference.deltas.len()},
             "s4a": {
                 "direct": "POST /v1/messages (Anthropic SSE), x-api-key checked",
@@ -822,10 +861,11 @@ async fn s5(
     i: usize,
     p: &Params,
     procs: &mut Procs,
-) -> anyhow::Result<(usize, Vec<Rss>, S4Round)> {
+) -> anyhow::Result<S5Run> {
     let labels = process_labels(i);
     let pids: Vec<Option<u32>> = labels.iter().map(|l| procs.pid(l)).collect();
-    let read = |pids: &[Option<u32>]| -> Vec<f64> { pids.iter().map(|p| p.map_or(f64::NAN, rss::rss_mb)).collect() };
+    let read =
+        |pids: &[Option<u32>]| -> Vec<f64> { pids.iter().map(|p| p.map_or(f64::NAN, rss::rss_mb)).collect() };
     let before = read(&pids);
     let (t, b, w, pp) = (target.clone(), body.clone(), want.clone(), p.clone());
     let run = tokio::spawn(async move { scenarios::streams(&t, &b, &w, pp.s5_streams, 1, &pp).await });
@@ -862,7 +902,7 @@ async fn s5(
         sum(|r| r.load_mb),
         sum(|r| r.after_mb)
     );
-    progress("S5", 0, p, i, &what, &x.errors);
+    note("S5", i, &what, &x.errors);
     Ok((i, rss, x))
 }
 
@@ -1102,6 +1142,16 @@ fn progress(scenario: &str, round: usize, p: &Params, i: usize, what: &str, erro
     );
 }
 
+/// A line of progress for a scenario that runs once per target.
+fn note(scenario: &str, i: usize, what: &str, errors: &Errors) {
+    let errs = if errors.count > 0 {
+        format!(", {} errors", errors.count)
+    } else {
+        String::new()
+    };
+    eprintln!("{scenario} {:<11} {what}{errs}", TARGETS[i]);
+}
+
 fn per_target<T>(rounds: &[Vec<T>; 4], f: impl Fn(&T) -> f64) -> [Vec<f64>; 4] {
     [0, 1, 2, 3].map(|i| rounds[i].iter().map(&f).collect())
 }
@@ -1184,7 +1234,10 @@ fn rows(r: &Rounds, p: &Params) -> Vec<Row> {
     }
     let paced = [
         (format!("S4 paced ({S4P_GAP_MS} ms), 1 at a time"), &r.s4p_one),
-        (format!("S4 paced ({S4P_GAP_MS} ms), {} at once", p.s4p_clients), &r.s4p_many),
+        (
+            format!("S4 paced ({S4P_GAP_MS} ms), {} at once", p.s4p_clients),
+            &r.s4p_many,
+        ),
     ];
     for (scenario, rounds) in paced {
         for (metric, unit, compare, f) in s4 {
@@ -1354,47 +1407,50 @@ fn s3_rows(r: &Rounds, rows: &mut Vec<Row>) {
 /// the JSON).
 fn s5_rows(r: &Rounds, rows: &mut Vec<Row>) {
     use Compare::{Plain, Total};
-    let figures: [(&'static str, fn(&Rss) -> f64); 4] = [
-        ("RSS idle", |x| x.idle_mb),
-        ("RSS before", |x| x.before_mb),
-        ("RSS under load", |x| x.load_mb),
-        ("RSS after", |x| x.after_mb),
-    ];
-    let one = |f: &dyn Fn(&(usize, Vec<Rss>, S4Round)) -> f64| {
+    let plain = Plain { signed: false };
+    let one = |f: &dyn Fn(&S5Run) -> f64| {
         let mut v: [Vec<f64>; 4] = Default::default();
         for x in &r.s5 {
             v[x.0] = vec![f(x)];
         }
         v
     };
-    for (metric, f) in figures {
+    let memory: [Metric<Rss>; 4] = [
+        ("RSS idle", "MB", plain, |x| x.idle_mb),
+        ("RSS before", "MB", plain, |x| x.before_mb),
+        ("RSS under load", "MB", plain, |x| x.load_mb),
+        ("RSS after", "MB", plain, |x| x.after_mb),
+    ];
+    for (metric, unit, compare, f) in memory {
         rows.push(Row {
             scenario: "S5 concurrent streams".into(),
             metric,
-            unit: "MB",
+            unit,
             values: one(&|x| x.1.iter().map(f).sum()),
-            compare: Plain { signed: false },
+            compare,
         });
     }
     rows.push(Row {
         scenario: "S5 concurrent streams".into(),
         metric: "after / idle",
         unit: "x",
-        values: one(&|x| x.1.iter().map(|m| m.after_mb).sum::<f64>() / x.1.iter().map(|m| m.idle_mb).sum::<f64>()),
-        compare: Plain { signed: false },
+        values: one(&|x| {
+            x.1.iter().map(|m| m.after_mb).sum::<f64>() / x.1.iter().map(|m| m.idle_mb).sum::<f64>()
+        }),
+        compare: plain,
     });
-    let counts: [(&'static str, fn(&S4Round) -> f64); 3] = [
-        ("streams", |x| x.measured as f64),
-        ("bad streams", |x| x.errors.count as f64),
-        ("TTFT p99", |x| x.ttft_p99_ms),
+    let streams: [Metric<S4Round>; 3] = [
+        ("streams", "count", Total, |x| x.measured as f64),
+        ("bad streams", "count", Total, |x| x.errors.count as f64),
+        ("TTFT p99", "ms", plain, |x| x.ttft_p99_ms),
     ];
-    for (metric, f) in counts {
+    for (metric, unit, compare, f) in streams {
         rows.push(Row {
             scenario: "S5 concurrent streams".into(),
             metric,
-            unit: if metric == "TTFT p99" { "ms" } else { "count" },
+            unit,
             values: one(&|x| f(&x.2)),
-            compare: if metric == "TTFT p99" { Plain { signed: false } } else { Total },
+            compare,
         });
     }
 }
@@ -1402,19 +1458,27 @@ fn s5_rows(r: &Rounds, rows: &mut Vec<Row>) {
 /// S6: what twice the ceiling did to each gateway.
 fn s6_rows(r: &Rounds, rows: &mut Vec<Row>) {
     use Compare::{Plain, Total};
-    let figures: [(&'static str, &'static str, Compare, fn(&S6Run) -> f64); 12] = [
+    let figures: [Metric<S6Run>; 12] = [
         ("rate sent", "req/s", Plain { signed: false }, |x| x.run.rate),
         ("sent", "count", Total, |x| x.run.sent as f64),
         ("answered 200", "count", Total, |x| x.run.ok as f64),
         ("refused 429/503", "count", Total, |x| x.run.refused as f64),
-        ("refused p99", "ms", Plain { signed: false }, |x| x.run.refused_p99_ms),
+        ("refused p99", "ms", Plain { signed: false }, |x| {
+            x.run.refused_p99_ms
+        }),
         ("answered p50", "ms", Plain { signed: false }, |x| x.run.ok_p50_ms),
         ("answered p99", "ms", Plain { signed: false }, |x| x.run.ok_p99_ms),
-        ("timeouts, other errors", "count", Total, |x| x.run.errors.count as f64),
-        ("no free client connection", "count", Total, |x| x.run.client_saturated as f64),
+        ("timeouts, other errors", "count", Total, |x| {
+            x.run.errors.count as f64
+        }),
+        ("no free client connection", "count", Total, |x| {
+            x.run.client_saturated as f64
+        }),
         ("upstream calls (emulator)", "count", Total, |x| x.upstream as f64),
         ("metered (usage API)", "count", Total, |x| x.metered as f64),
-        ("lost in metering", "count", Total, |x| x.upstream as f64 - x.metered as f64),
+        ("lost in metering", "count", Total, |x| {
+            x.upstream as f64 - x.metered as f64
+        }),
     ];
     for (metric, unit, compare, f) in figures {
         let mut values: [Vec<f64>; 4] = Default::default();
@@ -1449,7 +1513,11 @@ fn checks(r: &Rounds) -> Vec<Check> {
         if r.s1[i].is_empty() || r.s1[0].is_empty() {
             continue;
         }
-        let added: Vec<f64> = r.s1[i].iter().zip(&r.s1[0]).map(|(g, d)| g.p50_ms - d.p50_ms).collect();
+        let added: Vec<f64> = r.s1[i]
+            .iter()
+            .zip(&r.s1[0])
+            .map(|(g, d)| g.p50_ms - d.p50_ms)
+            .collect();
         let added = spread(&added).median;
         let header = spread(&r.s1[i].iter().map(|x| x.overhead_p50_ms).collect::<Vec<_>>()).median;
         let tolerance = OVERHEAD_TOLERANCE_MS.max(added.abs() / 2.0);
@@ -1496,8 +1564,16 @@ fn error_samples(r: &Rounds) -> Vec<(&'static str, &'static str, Errors)> {
             out.push((*target, "S2", merged(case.rounds[i].iter().map(|x| &x.errors))));
         }
         out.push((*target, "S4", merged(r.s4[i].iter().map(|x| &x.errors))));
-        out.push((*target, "S4 paced", merged(r.s4p_one[i].iter().map(|x| &x.errors))));
-        out.push((*target, "S4 paced", merged(r.s4p_many[i].iter().map(|x| &x.errors))));
+        out.push((
+            *target,
+            "S4 paced",
+            merged(r.s4p_one[i].iter().map(|x| &x.errors)),
+        ));
+        out.push((
+            *target,
+            "S4 paced",
+            merged(r.s4p_many[i].iter().map(|x| &x.errors)),
+        ));
         out.push((
             *target,
             "S5",
@@ -1559,4 +1635,28 @@ fn meta(pinning: &Pinning, args: &Args, elapsed: f64) -> serde_json::Value {
         "quick": args.quick,
         "elapsed_s": elapsed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_rotate_every_target() {
+        assert_eq!(order(0, 3), [0, 1, 2]);
+        assert_eq!(order(1, 4), [1, 2, 3, 0]);
+        assert_eq!(order(5, 3), [2, 0, 1]);
+    }
+
+    #[test]
+    fn overhead_is_read_from_the_chat_series() {
+        let page = "# TYPE llmgw_gateway_overhead_seconds histogram\n\
+            llmgw_gateway_overhead_seconds_bucket{kind=\"chat\",le=\"0.001\"} 9\n\
+            llmgw_gateway_overhead_seconds_sum{kind=\"chat\"} 0.002\n\
+            llmgw_gateway_overhead_seconds_count{kind=\"chat\"} 10\n\
+            llmgw_gateway_overhead_seconds_sum{kind=\"chat_stream\"} 5\n\
+            llmgw_gateway_overhead_seconds_count{kind=\"chat_stream\"} 7\n";
+        assert_eq!(overhead_sum_count(page), (0.002, 10.0));
+        assert_eq!(overhead_sum_count(""), (0.0, 0.0));
+    }
 }

@@ -14,6 +14,8 @@ use crate::client::Target;
 use crate::procs::{MODEL, Procs};
 use crate::report::PEER;
 
+/// The version scripts/setup-litellm.sh installs.
+pub const VERSION: &str = "1.82.6";
 /// The process label and the key LiteLLM checks (its `master_key`).
 pub const LABEL: &str = "litellm";
 const MASTER_KEY: &str = "sk-bench-litellm";

@@ -126,6 +126,9 @@ fn cell(values: &[f64], sign: bool, prefix: &str) -> String {
 }
 
 fn value_cell(row: &Row, i: usize) -> String {
+    if row.values[i].is_empty() {
+        return String::new();
+    }
     match row.compare {
         Compare::Total => format!("{}", row.values[i].iter().sum::<f64>()),
         Compare::Plain { signed } => cell(&row.values[i], signed, ""),
@@ -134,6 +137,9 @@ fn value_cell(row: &Row, i: usize) -> String {
 }
 
 fn vs_cell(row: &Row, i: usize) -> String {
+    if row.values[i].is_empty() {
+        return String::new();
+    }
     match row.compare {
         Compare::Total | Compare::Plain { .. } => String::new(),
         Compare::Added => cell(&added(row, i), true, ""),
@@ -182,9 +188,8 @@ pub fn table(rows: &[Row]) -> String {
             vs_cell(row, 2),
         ];
         if peer {
-            let ran = !row.values[3].is_empty();
-            line.push(if ran { value_cell(row, 3) } else { String::new() });
-            line.push(if ran { vs_cell(row, 3) } else { String::new() });
+            line.push(value_cell(row, 3));
+            line.push(vs_cell(row, 3));
         }
         lines.push(line);
     }
@@ -220,7 +225,7 @@ pub fn rows_json(rows: &[Row]) -> Value {
         .map(|row| {
             let mut entry = json!({"scenario": row.scenario, "metric": row.metric, "unit": row.unit});
             for (i, name) in TARGETS.iter().enumerate() {
-                if i == 3 && row.values[3].is_empty() {
+                if row.values[i].is_empty() {
                     continue;
                 }
                 let mut v = match row.compare {
