@@ -280,14 +280,44 @@ pub struct S6Run {
     pub run: OpenRun,
     /// Upstream calls the emulator counted.
     pub upstream: u64,
-    /// Requests the gateway metered (its usage API, model [`S6_MODEL`]).
-    pub metered: u64,
+    /// What the gateway metered (its usage API, model [`S6_MODEL`]).
+    pub metered: Metered,
+    /// Output tokens of one answer (every answer is the same).
+    pub answer_tokens: u64,
     /// How long metering took to catch up after the load.
     pub metered_after_s: f64,
 }
 
+impl S6Run {
+    /// Upstream answers the gateway did not meter (negative: metered more
+    /// than the upstream answered). Requests the gateway failed or refused
+    /// may count as metered requests with no tokens, so the check is on
+    /// tokens: every upstream answer's must be metered.
+    pub fn unmetered_answers(&self) -> f64 {
+        self.upstream as f64 - self.metered.output_tokens as f64 / self.answer_tokens.max(1) as f64
+    }
+}
+
+/// The usage API's totals for [`S6_MODEL`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Metered {
+    pub requests: u64,
+    pub output_tokens: u64,
+}
+
+impl std::ops::Sub for Metered {
+    type Output = Self;
+    fn sub(self, b: Self) -> Self {
+        Self {
+            requests: self.requests.saturating_sub(b.requests),
+            output_tokens: self.output_tokens.saturating_sub(b.output_tokens),
+        }
+    }
+}
+
 /// S6: `rate` requests a second of `body` (model [`S6_MODEL`]) for
-/// `s6_duration`, then the usage count compared with the emulator's.
+/// `s6_duration`, then what the gateway metered compared with what the
+/// emulator answered.
 pub async fn s6(
     target: &Arc<Target>,
     body: &Bytes,
@@ -297,12 +327,27 @@ pub async fn s6(
 ) -> anyhow::Result<S6Run> {
     faults.set(S6_PROFILE, &serde_json::json!({})).await?;
     let before = metered(target).await?;
+    // One answer first, for its token count (counted on both sides, like
+    // the load's).
+    let answer = Conn::open(target.addr)
+        .await?
+        .post_answer(target, body.clone())
+        .await?;
+    if answer.status != StatusCode::OK {
+        bail!("S6's probe answered {}: {}", answer.status, snippet(&answer.body));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&answer.body)?;
+    let answer_tokens = v
+        .pointer("/usage/completion_tokens")
+        .and_then(serde_json::Value::as_u64)
+        .with_context(|| format!("no usage.completion_tokens in {}", snippet(&answer.body)))?;
     let run = open_loop(target, body, rate, p.s6_duration).await?;
     let upstream = faults.counts(S6_PROFILE).await?.requests;
     // Metering is batched: wait (bounded) for the count to settle.
     let done = Instant::now();
+    let want = upstream * answer_tokens;
     let mut count = metered(target).await? - before;
-    while count < upstream && done.elapsed() < Duration::from_secs(20) {
+    while count.output_tokens < want && done.elapsed() < Duration::from_secs(20) {
         tokio::time::sleep(Duration::from_millis(250)).await;
         count = metered(target).await? - before;
     }
@@ -310,12 +355,13 @@ pub async fn s6(
         run,
         upstream,
         metered: count,
+        answer_tokens,
         metered_after_s: done.elapsed().as_secs_f64(),
     })
 }
 
-/// Requests the gateway metered for [`S6_MODEL`], all time.
-async fn metered(target: &Target) -> anyhow::Result<u64> {
+/// What the gateway metered for [`S6_MODEL`], all time.
+async fn metered(target: &Target) -> anyhow::Result<Metered> {
     let mut conn = Conn::open(target.addr).await?;
     let path = format!("/v1/usage?start=2000-01-01&end=2100-01-01&model={S6_MODEL}");
     let (status, body) = conn.get(target, &path).await?;
@@ -323,7 +369,13 @@ async fn metered(target: &Target) -> anyhow::Result<u64> {
         bail!("GET {path} answered {status}: {}", snippet(&body));
     }
     let v: serde_json::Value = serde_json::from_slice(&body)?;
-    v.pointer("/totals/requests")
-        .and_then(serde_json::Value::as_u64)
-        .with_context(|| format!("GET {path}: no totals.requests in {}", snippet(&body)))
+    let field = |name: &str| {
+        v.pointer(&format!("/totals/{name}"))
+            .and_then(serde_json::Value::as_u64)
+            .with_context(|| format!("GET {path}: no totals.{name} in {}", snippet(&body)))
+    };
+    Ok(Metered {
+        requests: field("requests")?,
+        output_tokens: field("output_tokens")?,
+    })
 }

@@ -609,7 +609,7 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
             procs.check_alive()?;
             let what = format!(
                 "{:.0} req/s for {:.0} s: {} sent, {} answered (p99 {:.2} ms), {} refused (p99 {:.2} ms), \
-                 {} no free connection; upstream {} calls, metered {}",
+                 {} no free connection; upstream {} calls, metered {} requests and {} answers' tokens",
                 x.run.rate,
                 p.s6_duration.as_secs_f64(),
                 x.run.sent,
@@ -619,7 +619,8 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
                 x.run.refused_p99_ms,
                 x.run.client_saturated,
                 x.upstream,
-                x.metered
+                x.metered.requests,
+                x.upstream as f64 - x.unmetered_answers(),
             );
             note("S6", i, &what, &x.run.errors);
             r.s6.push((i, x));
@@ -1475,9 +1476,11 @@ fn s6_rows(r: &Rounds, rows: &mut Vec<Row>) {
             x.run.client_saturated as f64
         }),
         ("upstream calls (emulator)", "count", Total, |x| x.upstream as f64),
-        ("metered (usage API)", "count", Total, |x| x.metered as f64),
-        ("lost in metering", "count", Total, |x| {
-            x.upstream as f64 - x.metered as f64
+        ("metered requests (usage API)", "count", Total, |x| {
+            x.metered.requests as f64
+        }),
+        ("upstream answers not metered", "count", Total, |x| {
+            x.unmetered_answers()
         }),
     ];
     for (metric, unit, compare, f) in figures {
@@ -1531,12 +1534,20 @@ fn checks(r: &Rounds) -> Vec<Check> {
         });
     }
     for (i, x) in &r.s6 {
-        let lost = x.upstream.abs_diff(x.metered);
+        let unmetered = x.unmetered_answers();
         out.push(Check {
-            ok: lost == 0 && x.run.ok <= x.upstream,
+            ok: unmetered == 0.0 && x.run.ok <= x.upstream,
             what: format!(
-                "{} S6: {} answered, {} upstream calls, {} metered ({lost} apart, counted {:.1} s after the load)",
-                TARGETS[*i], x.run.ok, x.upstream, x.metered, x.metered_after_s
+                "{} S6: {} answered, {} upstream calls; metered {} requests, {} output tokens = {:.0} answers \
+                 of {} tokens ({unmetered:.0} upstream answers not metered; counted {:.1} s after the load)",
+                TARGETS[*i],
+                x.run.ok,
+                x.upstream,
+                x.metered.requests,
+                x.metered.output_tokens,
+                x.metered.output_tokens as f64 / x.answer_tokens.max(1) as f64,
+                x.answer_tokens,
+                x.metered_after_s
             ),
         });
     }
