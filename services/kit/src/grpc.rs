@@ -20,6 +20,15 @@ pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP/2 flow-control windows, fixed (not hyper's adaptive window, which
+/// starts the connection at 64 KiB). h2 (>= 0.4.16) closes a connection with
+/// GOAWAY ENHANCE_YOUR_CALM "too_many_data_frames" once the small DATA
+/// frames it holds unread exceed half the connection window: every unary
+/// call is one small frame, so a busy service holding a few hundred calls
+/// from an edge dropped the whole connection and every call on it (seen in
+/// `make bench` S2 and S6, split). Half of 64 MiB is room for ~170,000.
+const CONNECTION_WINDOW: u32 = 64 << 20;
+const STREAM_WINDOW: u32 = 8 << 20;
 
 /// A lazily connecting channel to `addr` (`host:port` or a full `http://` URI).
 /// The channel reconnects with backoff on its own; calls fail fast with
@@ -48,7 +57,8 @@ fn configure(endpoint: Endpoint) -> Endpoint {
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
         .keep_alive_timeout(KEEPALIVE_TIMEOUT)
         .keep_alive_while_idle(true)
-        .http2_adaptive_window(true)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
 }
 
 /// Health reporting for one server: every named service starts SERVING and
@@ -126,7 +136,8 @@ pub async fn serve(
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .http2_adaptive_window(Some(true))
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
         // Edges multiplex every request over one connection per service:
         // hyper's default (200 streams) would refuse streams under load.
         .max_concurrent_streams(Some(MAX_CONCURRENT_STREAMS))
