@@ -63,6 +63,7 @@ pub struct Target {
 const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const X_LLMGW_ATTEMPTS: HeaderName = HeaderName::from_static("x-llmgw-attempts");
+const X_LLMGW_OVERHEAD_MS: HeaderName = HeaderName::from_static("x-llmgw-overhead-ms");
 
 impl Target {
     /// An OpenAI-compatible endpoint with a bearer key.
@@ -160,26 +161,25 @@ impl Conn {
 
     /// POSTs `body` and reads the whole answer.
     pub async fn post(&mut self, target: &Target, body: Bytes) -> anyhow::Result<(StatusCode, Bytes)> {
-        let (status, _, bytes) = self.post_attempts(target, body).await?;
-        Ok((status, bytes))
+        let a = self.post_answer(target, body).await?;
+        Ok((a.status, a.body))
     }
 
-    /// [`Conn::post`], also returning the gateway's `x-llmgw-attempts`
-    /// header (tries it made, fallbacks included); `None` when absent.
-    pub async fn post_attempts(
-        &mut self,
-        target: &Target,
-        body: Bytes,
-    ) -> anyhow::Result<(StatusCode, Option<u32>, Bytes)> {
+    /// [`Conn::post`], also returning the gateway's `x-llmgw-attempts` and
+    /// `x-llmgw-overhead-ms` headers.
+    pub async fn post_answer(&mut self, target: &Target, body: Bytes) -> anyhow::Result<Answer> {
         let resp = self.send(target, Method::POST, &target.path, body).await?;
         let status = resp.status();
-        let attempts = resp
-            .headers()
-            .get(X_LLMGW_ATTEMPTS)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let bytes = resp.into_body().collect().await?.to_bytes();
-        Ok((status, attempts, bytes))
+        let header = |name: &HeaderName| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        let attempts = header(&X_LLMGW_ATTEMPTS).and_then(|v| v.parse().ok());
+        let overhead_ms = header(&X_LLMGW_OVERHEAD_MS).and_then(|v| v.parse().ok());
+        let body = resp.into_body().collect().await?.to_bytes();
+        Ok(Answer {
+            status,
+            attempts,
+            overhead_ms,
+            body,
+        })
     }
 
     /// PUTs `body` to `path` (the emulator's `/_emu/faults/{profile}`).
@@ -249,6 +249,16 @@ impl Conn {
         decoder.finish()?;
         Ok(out)
     }
+}
+
+/// A whole non-streamed answer.
+pub struct Answer {
+    pub status: StatusCode,
+    /// `x-llmgw-attempts`: the tries the gateway made, fallbacks included.
+    pub attempts: Option<u32>,
+    /// `x-llmgw-overhead-ms`: the gateway's own time, by its own account.
+    pub overhead_ms: Option<f64>,
+    pub body: Bytes,
 }
 
 /// What a decoder found in a stream.

@@ -12,14 +12,26 @@
 //! R measures the router: a one-target model vs a pool of three (R1), and
 //! the pool with one target failing every fifth request (R2), which the
 //! gateway answers by falling back; `--only R` runs just that.
+//! S2 runs closed-loop clients (16 / 64 / 256) against an upstream that
+//! waits 20 or 60 ms; S3 raises an open-loop rate until p99 reaches 10 ms;
+//! S4 also streams 64 chunks 20 ms apart, one stream and 256 at once; S5
+//! holds 1,000 six-second streams and reads every process's RSS; S6 sends
+//! twice each gateway's S3 ceiling and checks the excess is refused at once
+//! and every answered request metered. S1 also compares the gateway's own
+//! `x-llmgw-overhead-ms` (and `llmgw_gateway_overhead_seconds`) with the
+//! added latency the client sees. The peer, LiteLLM's proxy, runs S1, S2
+//! and S4 beside the gateway against the same emulator (`--no-peer` skips).
 //! Results go to `bench/results/latest.json`; `scripts/bench.sh` builds and
-//! runs it (`make bench`). `BENCH_QUICK=1` is a ~30 s smoke run.
+//! runs it (`make bench`). `BENCH_QUICK=1` is a short smoke run.
 #![expect(clippy::print_stdout, reason = "the bench prints its report")]
 
 mod client;
 mod governance;
+mod load;
+mod peer;
 mod procs;
 mod report;
+mod rss;
 mod scenarios;
 
 use std::path::{Path, PathBuf};
@@ -32,11 +44,14 @@ use clap::Parser;
 use serde_json::json;
 
 use crate::client::{CHAT_PATH, Target};
-use crate::procs::{BEDROCK_UPSTREAM, MODEL, Pinning, Procs, ROUTER_POOL, ROUTER_SINGLE};
-use crate::report::{Compare, Row, TARGETS};
+use crate::load::{S3_P99_MS, S3Round, S6_MODEL, S6Run};
+use crate::procs::{BEDROCK_UPSTREAM, MAX_IN_FLIGHT, MODEL, Pinning, Procs, ROUTER_POOL, ROUTER_SINGLE};
+use crate::report::{Compare, Row, TARGETS, spread};
+use crate::rss::Rss;
 use crate::scenarios::{
     Bodies, Errors, Faults, PACED_CHUNKS, PACED_GAP_MS, PACED_STREAMS, Paced, Params, R2_FAIL_EVERY,
-    R2_STATUS, ROUTER_PROFILES, Reference, RouterRound, S1Round, S2Round, S4Round,
+    R2_STATUS, ROUTER_PROFILES, Reference, RouterRound, S1Round, S2Round, S4P_GAP_MS, S4Round, S5_CHUNKS,
+    S5_GAP_MS, STREAM_CHUNKS,
 };
 
 /// The scenarios `--only` can pick.
@@ -44,6 +59,9 @@ use crate::scenarios::{
 enum Scenario {
     S1,
     S2,
+    /// The open-loop ceiling.
+    S3,
+    /// Back-to-back streams, and paced ones (1 and 256 at once).
     S4,
     /// S4a and its paced check.
     S4a,
@@ -53,6 +71,12 @@ enum Scenario {
     R,
     /// Governance: rate limits and budgets on the hot path, in process and Redis.
     G,
+    /// 1,000 concurrent streams: memory.
+    S5,
+    /// Overload at twice the S3 ceiling (runs S3 first when it is not chosen).
+    S6,
+    /// S1, S2 and S4, which the peer runs too.
+    Peer,
 }
 
 #[derive(Parser, Debug)]
@@ -83,9 +107,22 @@ struct Args {
     /// S2 measured seconds per target per round.
     #[arg(long)]
     s2_seconds: Option<f64>,
-    /// S2 concurrent clients (one connection each).
+    /// S2 concurrent clients (one connection each), e.g. `16,64,256`.
+    #[arg(long, value_delimiter = ',')]
+    clients: Vec<usize>,
+    /// S2 upstream delays in ms, e.g. `20,60`.
+    #[arg(long, value_delimiter = ',')]
+    delays: Vec<u64>,
+    /// S6's length in seconds.
     #[arg(long)]
-    clients: Option<usize>,
+    s6_seconds: Option<f64>,
+    /// LiteLLM's `litellm` command (scripts/setup-litellm.sh prints it);
+    /// without it there is no peer.
+    #[arg(long, env = "BENCH_LITELLM")]
+    litellm: Option<PathBuf>,
+    /// Run no peer even when `--litellm` is given.
+    #[arg(long)]
+    no_peer: bool,
     /// S4 streams per target per round.
     #[arg(long)]
     s4_streams: Option<usize>,
@@ -105,7 +142,19 @@ struct Args {
 
 impl Args {
     fn runs(&self, scenario: Scenario) -> bool {
-        self.only.is_empty() || self.only.contains(&scenario)
+        let peer = self.only.contains(&Scenario::Peer)
+            && matches!(scenario, Scenario::S1 | Scenario::S2 | Scenario::S4);
+        self.only.is_empty() || self.only.contains(&scenario) || peer
+    }
+
+    /// Whether the peer runs: a `litellm` given, not `--no-peer`, and a
+    /// scenario it takes part in chosen.
+    fn peer(&self) -> bool {
+        self.litellm.is_some()
+            && !self.no_peer
+            && [Scenario::S1, Scenario::S2, Scenario::S4]
+                .into_iter()
+                .any(|s| self.runs(s))
     }
 }
 
@@ -169,8 +218,14 @@ fn params(args: &Args) -> Params {
     if let Some(s) = args.s2_seconds {
         p.s2_duration = Duration::from_secs_f64(s.max(0.1));
     }
-    if let Some(n) = args.clients {
-        p.s2_clients = n.max(1);
+    if !args.clients.is_empty() {
+        p.s2_clients = args.clients.iter().map(|n| (*n).max(1)).collect();
+    }
+    if !args.delays.is_empty() {
+        p.s2_delays_ms = args.delays.clone();
+    }
+    if let Some(s) = args.s6_seconds {
+        p.s6_duration = Duration::from_secs_f64(s.max(0.5));
     }
     if let Some(n) = args.s4_streams {
         p.s4_streams = n.max(1);
@@ -181,20 +236,43 @@ fn params(args: &Args) -> Params {
 /// Per target (in [`TARGETS`] order), the rounds of each scenario.
 #[derive(Default)]
 struct Rounds {
-    s1: [Vec<S1Round>; 3],
-    s2: [Vec<S2Round>; 3],
-    s4: [Vec<S4Round>; 3],
-    s4a: [Vec<S4Round>; 3],
-    s4b: [Vec<S4Round>; 3],
+    s1: [Vec<S1Round>; 4],
+    s2: Vec<S2Case>,
+    s3: [Vec<S3Round>; 4],
+    s4: [Vec<S4Round>; 4],
+    /// S4 paced: one stream at a time, and `s4p_clients` at once.
+    s4p_one: [Vec<S4Round>; 4],
+    s4p_many: [Vec<S4Round>; 4],
+    s4a: [Vec<S4Round>; 4],
+    s4b: [Vec<S4Round>; 4],
+    /// S5 by target: every process's memory, and the streams.
+    s5: Vec<S5Run>,
+    /// S6 by gateway: the rate sent and the run.
+    s6: Vec<(usize, S6Run)>,
+    /// S1's overhead as the gateways report it, by target: the mean of
+    /// `llmgw_gateway_overhead_seconds{kind="chat"}` over S1.
+    overhead_metric_ms: [f64; 4],
+    /// Cores the gateway runs on (1 when pinned).
+    gateway_cores: usize,
     /// The paced (buffering) checks, by target.
     s4a_paced: Vec<Paced>,
     s4b_paced: Vec<Paced>,
     /// R1: model `single`, and `pool3` all healthy; R2: `pool3` with p2
     /// failing. The direct slot holds one run (the emulator's p1 profile),
     /// the baseline of all three.
-    r1_single: [Vec<RouterRound>; 3],
-    r1_pool: [Vec<RouterRound>; 3],
-    r2_pool: [Vec<RouterRound>; 3],
+    r1_single: [Vec<RouterRound>; 4],
+    r1_pool: [Vec<RouterRound>; 4],
+    r2_pool: [Vec<RouterRound>; 4],
+}
+
+/// S5 against one target (its index): every process's memory, and the streams.
+type S5Run = (usize, Vec<Rss>, S4Round);
+
+/// One S2 case: the upstream's delay and the clients.
+struct S2Case {
+    delay_ms: u64,
+    clients: usize,
+    rounds: [Vec<S2Round>; 4],
 }
 
 /// Runs the bench; `Ok(false)` when it ran but saw errors.
@@ -283,72 +361,154 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         )?;
     }
 
-    let targets = [
+    let mut targets = vec![
         Arc::new(Target::new(TARGETS[0], emu_addr, &emu_key)?),
         Arc::new(Target::new(TARGETS[1], ports[0], &one_key)?),
         Arc::new(Target::new(TARGETS[2], ports[2], &split_key)?),
     ];
+    if let (true, Some(bin)) = (args.peer(), &args.litellm) {
+        targets.push(peer::start(&mut procs, bin, &dir, core, emu_addr, &emu_key)?);
+    }
+    // Targets of S1, S2 and S4 (the peer's too); of the other scenarios, the first three.
+    let n = targets.len();
     let anthropic_direct = Arc::new(Target::anthropic(TARGETS[0], emu_addr, &emu_key)?);
     let bedrock_direct = Arc::new(Target::bedrock(TARGETS[0], unsigned_addr, BEDROCK_UPSTREAM)?);
     let bodies = Bodies::new(MODEL);
     for (i, t) in targets.iter().enumerate() {
-        procs.wait_ready(t, &bodies.chat, i > 0).await?;
+        // The gateways' /health first; the peer's /health calls its models.
+        procs.wait_ready(t, &bodies.chat, i == 1 || i == 2).await?;
     }
     let reference = Reference::capture(&targets[0], &anthropic_direct, &bedrock_direct, &bodies).await?;
+    // Every process ready, nothing measured yet: idle memory.
+    let idle_rss: Vec<Vec<f64>> = (0..n)
+        .map(|i| {
+            process_labels(i)
+                .iter()
+                .map(|l| procs.pid(l).map_or(f64::NAN, rss::rss_mb))
+                .collect()
+        })
+        .collect();
     eprintln!(
-        "ready in {:.1}s; request {} B, answer content {} B, stream {} chunks; {} rounds{}",
+        "ready in {:.1}s; request {} B, answer content {} B, stream {} chunks; {} rounds{}{}",
         started.elapsed().as_secs_f64(),
         bodies.chat.len(),
         reference.content.len(),
         reference.deltas.len(),
         p.rounds,
-        if args.quick { " (quick)" } else { "" }
+        if args.quick { " (quick)" } else { "" },
+        if n > 3 { "; peer: LiteLLM" } else { "" },
     );
 
-    let mut r = Rounds::default();
-    for round in 0..p.rounds {
-        if !args.runs(Scenario::S1) {
-            break;
+    let mut r = Rounds {
+        gateway_cores: if pinning.gateway_core.is_some() {
+            1
+        } else {
+            pinning.cores
+        },
+        overhead_metric_ms: [f64::NAN; 4],
+        ..Rounds::default()
+    };
+    if args.runs(Scenario::S1) {
+        let before = overhead_metrics(&targets).await;
+        for round in 0..p.rounds {
+            for i in order(round, n) {
+                let x = scenarios::s1(&targets[i], &bodies.chat, &reference.content, &p, None).await?;
+                procs.check_alive()?;
+                progress(
+                    "S1",
+                    round,
+                    &p,
+                    i,
+                    &format!(
+                        "{} requests, p50 {:.4} ms p99 {:.4} ms",
+                        x.measured, x.p50_ms, x.p99_ms
+                    ),
+                    &x.errors,
+                );
+                r.s1[i].push(x);
+            }
         }
-        for i in order(round) {
-            let x = scenarios::s1(&targets[i], &bodies.chat, &reference.content, &p, None).await?;
-            procs.check_alive()?;
-            progress(
-                "S1",
-                round,
-                &p,
-                i,
-                &format!(
-                    "{} requests, p50 {:.4} ms p99 {:.4} ms",
-                    x.measured, x.p50_ms, x.p99_ms
-                ),
-                &x.errors,
-            );
-            r.s1[i].push(x);
+        let after = overhead_metrics(&targets).await;
+        for i in 0..4 {
+            let (s0, c0) = before[i];
+            let (s1, c1) = after[i];
+            r.overhead_metric_ms[i] = if c1 > c0 {
+                (s1 - s0) / (c1 - c0) * 1e3
+            } else {
+                f64::NAN
+            };
         }
     }
-    for round in 0..p.rounds {
-        if !args.runs(Scenario::S2) {
-            break;
-        }
-        for i in order(round) {
-            let x = scenarios::s2(&targets[i], &bodies, &p).await?;
-            procs.check_alive()?;
-            progress(
-                "S2",
-                round,
-                &p,
-                i,
-                &format!("{:.0} req/s p99 {:.2} ms", x.rps, x.p99_ms),
-                &x.errors,
-            );
-            r.s2[i].push(x);
+    if args.runs(Scenario::S2) {
+        for &delay_ms in &p.s2_delays_ms {
+            let body = Bodies::chat_delayed(MODEL, delay_ms);
+            for &clients in &p.s2_clients {
+                let mut case = S2Case {
+                    delay_ms,
+                    clients,
+                    rounds: Default::default(),
+                };
+                let name = format!("S2 {delay_ms} ms x{clients}");
+                for round in 0..p.rounds {
+                    for i in order(round, n) {
+                        let x = scenarios::s2(&targets[i], &body, clients, &p).await?;
+                        procs.check_alive()?;
+                        let what =
+                            format!("{:.0} req/s p50 {:.2} ms p99 {:.2} ms", x.rps, x.p50_ms, x.p99_ms);
+                        progress(&name, round, &p, i, &what, &x.errors);
+                        case.rounds[i].push(x);
+                    }
+                }
+                r.s2.push(case);
+            }
         }
     }
-    let s4_targets = targets.clone();
-    let s4_bodies = [&bodies.stream, &bodies.stream, &bodies.stream];
+    // S6 needs each gateway's ceiling: one ramp when S3 itself is not chosen.
+    let s3_rounds = if args.runs(Scenario::S3) {
+        p.s3_rounds.min(p.rounds)
+    } else if args.runs(Scenario::S6) {
+        1
+    } else {
+        0
+    };
+    for round in 0..s3_rounds {
+        for i in order(round, 3) {
+            // From half the last ceiling, so later rounds climb fewer steps.
+            let last = r.s3[i].last().map_or(0.0, |x: &S3Round| x.ceiling_rps / 2.0);
+            let x = load::s3(&targets[i], &bodies.chat, last.max(p.s3_start_rps), &p).await?;
+            procs.check_alive()?;
+            let what = format!(
+                "ceiling {:.0} req/s ({:.0} answered/s), {} steps; stopped: {}",
+                x.ceiling_rps,
+                x.achieved_rps,
+                x.steps.len(),
+                x.stopped_by
+            );
+            progress("S3", round, &p, i, &what, &Errors::default());
+            r.s3[i].push(x);
+        }
+    }
     if args.runs(Scenario::S4) {
-        r.s4 = stream_rounds("S4", &s4_targets, s4_bodies, &reference.deltas, &p, &mut procs).await?;
+        let s4_bodies = vec![&bodies.stream; n];
+        r.s4 = stream_rounds("S4", &targets, &s4_bodies, &reference.deltas, &p, &mut procs).await?;
+        let paced = Bodies::stream_paced(MODEL, STREAM_CHUNKS, S4P_GAP_MS);
+        let want = Arc::new(scenarios::stream_reference(&targets[0], paced.clone()).await?);
+        for round in 0..p.rounds {
+            for i in order(round, n) {
+                let one = scenarios::streams(&targets[i], &paced, &want, 1, p.s4p_streams, &p).await?;
+                let many = scenarios::streams(&targets[i], &paced, &want, p.s4p_clients, 1, &p).await?;
+                procs.check_alive()?;
+                for (what, x) in [("1 at a time", &one), ("at once", &many)] {
+                    let line = format!(
+                        "{} streams {what}, TTFT p99 {:.2} ms, gap p99 {:.2} ms",
+                        x.measured, x.ttft_p99_ms, x.gap_p99_ms
+                    );
+                    progress("S4 paced", round, &p, i, &line, &x.errors);
+                }
+                r.s4p_one[i].push(one);
+                r.s4p_many[i].push(many);
+            }
+        }
     }
     let s4a_targets = [anthropic_direct, targets[1].clone(), targets[2].clone()];
     let s4a_bodies = [
@@ -360,7 +520,7 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         r.s4a = stream_rounds(
             "S4a",
             &s4a_targets,
-            s4a_bodies,
+            &s4a_bodies,
             &reference.anthropic_deltas,
             &p,
             &mut procs,
@@ -377,7 +537,7 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         r.s4b = stream_rounds(
             "S4b",
             &s4b_targets,
-            s4b_bodies,
+            &s4b_bodies,
             &reference.bedrock_deltas,
             &p,
             &mut procs,
@@ -421,6 +581,52 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         .await?;
     }
 
+    if args.runs(Scenario::S5) {
+        // The direct stream's first S5_CHUNKS chunks: the emulator's words
+        // are the same whatever their number.
+        let want = Arc::new(reference.deltas[..S5_CHUNKS.min(reference.deltas.len())].to_vec());
+        let body = Bodies::stream_paced(MODEL, S5_CHUNKS, S5_GAP_MS);
+        for i in 0..3 {
+            let x = s5(&targets[i], &body, &want, &idle_rss[i], i, &p, &mut procs).await?;
+            r.s5.push(x);
+        }
+    }
+    if args.runs(Scenario::S6) {
+        let faults = Faults::new(targets[0].clone());
+        let body = Bodies::chat(S6_MODEL);
+        for i in [1, 2] {
+            let mut ceiling = spread(&r.s3[i].iter().map(|x| x.ceiling_rps).collect::<Vec<_>>()).median;
+            if ceiling.is_nan() || ceiling <= 0.0 {
+                // Not even S3's first step passed (a busy host): overload
+                // from there all the same.
+                eprintln!(
+                    "S6 {:<11} no S3 ceiling; taking S3's first rate, {:.0} req/s",
+                    TARGETS[i], p.s3_start_rps
+                );
+                ceiling = p.s3_start_rps;
+            }
+            let x = load::s6(&targets[i], &body, 2.0 * ceiling, &faults, &p).await?;
+            procs.check_alive()?;
+            let what = format!(
+                "{:.0} req/s for {:.0} s: {} sent, {} answered (p99 {:.2} ms), {} refused (p99 {:.2} ms), \
+                 {} no free connection; upstream {} calls, metered {} requests and {} answers' tokens",
+                x.run.rate,
+                p.s6_duration.as_secs_f64(),
+                x.run.sent,
+                x.run.ok,
+                x.run.ok_p99_ms,
+                x.run.refused,
+                x.run.refused_p99_ms,
+                x.run.client_saturated,
+                x.upstream,
+                x.metered.requests,
+                x.upstream as f64 - x.unmetered_answers(),
+            );
+            note("S6", i, &what, &x.run.errors);
+            r.s6.push((i, x));
+        }
+    }
+
     let mut gov = None;
     if args.runs(Scenario::G) {
         let t = governance::targets(
@@ -445,7 +651,8 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         .flat_map(|g| g.iter().flatten())
         .map(|x| x.errors.count)
         .sum();
-    let clean = errors.iter().all(|(_, _, e)| e.count == 0) && gov_errors == 0;
+    let checks = checks(&r);
+    let clean = errors.iter().all(|(_, _, e)| e.count == 0) && gov_errors == 0 && checks.iter().all(|c| c.ok);
     let (gov_lines, gov_json) = gov.as_ref().map(governance::report).unzip();
     let logs: Vec<(String, usize, Vec<String>)> = procs
         .logs()
@@ -467,30 +674,75 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         }
     );
     println!("{}", pinning.note);
-    // The S lines only when an S scenario ran (`--only`).
-    if args.only.iter().any(|s| *s != Scenario::R) || args.only.is_empty() {
+    // A line for each scenario that ran (`--only`).
+    let ran = |s: Scenario| args.runs(s);
+    if ran(Scenario::S1) {
         println!(
-            "S1: up to {} sequential requests a round ({} B request, {} B answer content); S2: {} clients for {:.1} s a round; \
-             S4: up to {} sequential streams of {} chunks a round (rounds of S1 and S4 stop after {:.0} s and {:.0} s)",
+            "S1: up to {} sequential requests a round ({} B request, {} B answer content; a round stops after {:.0} s); \
+             x-llmgw-overhead-ms is the gateway's own account of its time",
             p.s1_requests,
             bodies.chat.len(),
             reference.content.len(),
+            p.s1_max.as_secs_f64(),
+        );
+    }
+    if ran(Scenario::S2) {
+        println!(
+            "S2: {:?} keep-alive clients sending back to back, the upstream waiting {:?} ms before it answers; \
+             {:.1} s measured a round",
             p.s2_clients,
+            p.s2_delays_ms,
             p.s2_duration.as_secs_f64(),
+        );
+    }
+    if s3_rounds > 0 {
+        println!(
+            "S3: open loop (a fixed schedule, whatever the answers) from {:.0} req/s, x{} every {:.1} s, until a step \
+             has p99 >= {S3_P99_MS} ms or any failure twice running; the ceiling is the last clean step ({s3_rounds} rounds)",
+            p.s3_start_rps,
+            p.s3_factor,
+            p.s3_step.as_secs_f64(),
+        );
+    }
+    if ran(Scenario::S4) {
+        println!(
+            "S4: up to {} sequential streams of {} chunks a round, sent back to back by the upstream (a round stops \
+             after {:.0} s): direct gaps are ~0 (one read), gateway gaps show how it paces chunks it forwards; \
+             S4 paced: {STREAM_CHUNKS} chunks {S4P_GAP_MS} ms apart, {} streams one at a time and {} at once, \
+             every chunk checked in order",
             p.s4_streams,
             reference.deltas.len(),
-            p.s1_max.as_secs_f64(),
             p.s4_max.as_secs_f64(),
+            p.s4p_streams,
+            p.s4p_clients,
         );
+    }
+    if ran(Scenario::S4a) || ran(Scenario::S4b) {
         println!(
-            "chunk gaps: the emulator sends a stream's chunks back to back, so direct gaps are ~0 \
-             (one read); gateway gaps show how it paces chunks it forwards"
+            "S4a / S4b: direct is the emulator in the provider's own format (Anthropic /v1/messages SSE; Bedrock ConverseStream frames, \
+             unsigned: that emulator checks no signature, the gateway still signs); the gateways stream OpenAI chunks translated by the \
+             anthropic / bedrock adapter; \"to end\" is message_stop / the metadata frame direct, [DONE] through the gateway"
         );
+    }
+    if ran(Scenario::S5) {
         println!(
-            "S4a / S4b: direct is the emulator in the provider's own format (Anthropic /v1/messages SSE; \
-             Bedrock ConverseStream frames, unsigned: that emulator checks no signature, the gateway still signs); \
-             the gateways stream OpenAI chunks translated by the anthropic / bedrock adapter; \
-             \"to end\" is message_stop / the metadata frame direct, [DONE] through the gateway"
+            "S5: {} streams at once, {S5_CHUNKS} chunks {S5_GAP_MS} ms apart; VmRSS of every process (direct: the emulator; \
+             split: the five summed, each below) at start-up (idle), before, at the peak while streaming, 2 s after",
+            p.s5_streams,
+        );
+    }
+    if ran(Scenario::S6) {
+        println!(
+            "S6: twice each gateway's median S3 ceiling for {:.0} s, open loop; edge.max_in_flight {MAX_IN_FLIGHT}: beyond it \
+             the edge answers 503 at once; the usage API's request count (model `{S6_MODEL}`) against the emulator's",
+            p.s6_duration.as_secs_f64(),
+        );
+    }
+    if n > 3 {
+        println!(
+            "peer: LiteLLM's proxy {} (scripts/setup-litellm.sh), one worker on the gateway's core, the same emulator, \
+             in S1, S2 and S4",
+            peer::VERSION
         );
     }
     if args.runs(Scenario::R) {
@@ -509,6 +761,15 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
     }
     if !r.s4b_paced.is_empty() {
         println!("{}", paced_line("S4b", &r.s4b_paced));
+    }
+    for (k, x) in r.s5.iter().flat_map(|x| x.1.iter().map(move |m| (x.0, m))) {
+        println!(
+            "S5 {} {}: RSS idle {:.1} MB, before {:.1}, under load {:.1}, after {:.1}",
+            TARGETS[k], x.process, x.idle_mb, x.before_mb, x.load_mb, x.after_mb
+        );
+    }
+    for c in &checks {
+        println!("check {}: {}", if c.ok { "ok" } else { "FAILED" }, c.what);
     }
     for (target, scenario, e) in &errors {
         if e.count > 0 {
@@ -537,7 +798,12 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         "params": {
             "rounds": p.rounds,
             "s1": {"warmup": p.s1_warmup, "requests": p.s1_requests, "max_s": p.s1_max.as_secs_f64()},
-            "s2": {"clients": p.s2_clients, "warmup_s": p.s2_warmup.as_secs_f64(), "duration_s": p.s2_duration.as_secs_f64()},
+            "s2": {"clients": p.s2_clients, "upstream_delays_ms": p.s2_delays_ms, "warmup_s": p.s2_warmup.as_secs_f64(), "duration_s": p.s2_duration.as_secs_f64()},
+            "s3": {"p99_bound_ms": S3_P99_MS, "start_rps": p.s3_start_rps, "factor": p.s3_factor, "step_s": p.s3_step.as_secs_f64(), "rounds": p.s3_rounds.min(p.rounds), "gateway_cores": r.gateway_cores},
+            "s4_paced": {"chunks": STREAM_CHUNKS, "upstream_gap_ms": S4P_GAP_MS, "sequential_streams": p.s4p_streams, "concurrent_streams": p.s4p_clients},
+            "s5": {"streams": p.s5_streams, "chunks": S5_CHUNKS, "upstream_gap_ms": S5_GAP_MS},
+            "s6": {"duration_s": p.s6_duration.as_secs_f64(), "model": S6_MODEL, "max_in_flight": MAX_IN_FLIGHT},
+            "peer": if n > 3 { json!({"name": "litellm", "version": peer::VERSION, "workers": 1}) } else { serde_json::Value::Null },
             "s4": {"warmup": p.s4_warmup, "streams": p.s4_streams, "max_s": p.s4_max.as_secs_f64(), "chunks": reference.deltas.len()},
             "s4a": {
                 "direct": "POST /v1/messages (Anthropic SSE), x-api-key checked",
@@ -563,6 +829,17 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         "results": report::rows_json(&rows),
         "paced_checks": {"S4a": paced_json(&r.s4a_paced), "S4b": paced_json(&r.s4b_paced)},
         "governance": gov_json,
+        "s3_steps": r.s3.iter().zip(TARGETS).filter(|(x, _)| !x.is_empty()).map(|(rounds, t)| json!({
+            "target": t,
+            "rounds": rounds.iter().map(|x| json!({
+                "ceiling_rps": x.ceiling_rps, "stopped_by": x.stopped_by,
+                "steps": x.steps.iter().map(|s| json!({"rate": s.rate, "sent": s.sent, "ok": s.ok, "refused": s.refused, "p50_ms": s.ok_p50_ms, "p99_ms": s.ok_p99_ms, "errors": s.errors.count})).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "s5_processes": r.s5.iter().flat_map(|x| x.1.iter().map(move |m| json!({
+            "target": TARGETS[x.0], "process": m.process, "idle_mb": m.idle_mb, "before_mb": m.before_mb, "load_mb": m.load_mb, "after_mb": m.after_mb,
+        }))).collect::<Vec<_>>(),
+        "checks": checks.iter().map(|c| json!({"ok": c.ok, "what": c.what})).collect::<Vec<_>>(),
         "errors": errors.iter().map(|(t, s, e)| json!({"target": t, "scenario": s, "count": e.count, "samples": e.samples})).collect::<Vec<_>>(),
         "gateway_logs": logs.iter().map(|(name, n, samples)| json!({"process": name, "warn_error_lines": n, "first": samples})).collect::<Vec<_>>(),
     });
@@ -572,6 +849,62 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
     std::fs::write(&args.out, serde_json::to_string_pretty(&json)? + "\n")
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     Ok(clean)
+}
+
+/// S5 against target `i`: `s5_streams` streams at once, each
+/// [`S5_CHUNKS`] chunks [`S5_GAP_MS`] apart, with the memory of each of the
+/// target's processes read before, every 200 ms during, and after.
+async fn s5(
+    target: &Arc<Target>,
+    body: &bytes::Bytes,
+    want: &Arc<Vec<String>>,
+    idle: &[f64],
+    i: usize,
+    p: &Params,
+    procs: &mut Procs,
+) -> anyhow::Result<S5Run> {
+    let labels = process_labels(i);
+    let pids: Vec<Option<u32>> = labels.iter().map(|l| procs.pid(l)).collect();
+    let read =
+        |pids: &[Option<u32>]| -> Vec<f64> { pids.iter().map(|p| p.map_or(f64::NAN, rss::rss_mb)).collect() };
+    let before = read(&pids);
+    let (t, b, w, pp) = (target.clone(), body.clone(), want.clone(), p.clone());
+    let run = tokio::spawn(async move { scenarios::streams(&t, &b, &w, pp.s5_streams, 1, &pp).await });
+    let mut peak = before.clone();
+    while !run.is_finished() {
+        for (m, now) in peak.iter_mut().zip(read(&pids)) {
+            *m = m.max(now);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let x = run.await??;
+    procs.check_alive()?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = read(&pids);
+    let rss: Vec<Rss> = labels
+        .iter()
+        .enumerate()
+        .map(|(k, l)| Rss {
+            process: (*l).to_owned(),
+            idle_mb: idle.get(k).copied().unwrap_or(f64::NAN),
+            before_mb: before[k],
+            load_mb: peak[k],
+            after_mb: after[k],
+        })
+        .collect();
+    let sum = |f: fn(&Rss) -> f64| rss.iter().map(f).sum::<f64>();
+    let what = format!(
+        "{} streams ({} bad, TTFT p99 {:.1} ms); RSS idle {:.1} MB, before {:.1}, under load {:.1}, after {:.1}",
+        x.measured,
+        x.errors.count,
+        x.ttft_p99_ms,
+        sum(|r| r.idle_mb),
+        sum(|r| r.before_mb),
+        sum(|r| r.load_mb),
+        sum(|r| r.after_mb)
+    );
+    note("S5", i, &what, &x.errors);
+    Ok((i, rss, x))
 }
 
 fn write_config(dir: &Path, name: &str, yaml: String) -> anyhow::Result<PathBuf> {
@@ -585,15 +918,15 @@ fn write_config(dir: &Path, name: &str, yaml: String) -> anyhow::Result<PathBuf>
 /// [`TARGETS`] order) and the direct stream's content chunks.
 async fn stream_rounds(
     scenario: &str,
-    targets: &[Arc<Target>; 3],
-    bodies: [&bytes::Bytes; 3],
+    targets: &[Arc<Target>],
+    bodies: &[&bytes::Bytes],
     want: &[String],
     p: &Params,
     procs: &mut Procs,
-) -> anyhow::Result<[Vec<S4Round>; 3]> {
-    let mut rounds: [Vec<S4Round>; 3] = Default::default();
+) -> anyhow::Result<[Vec<S4Round>; 4]> {
+    let mut rounds: [Vec<S4Round>; 4] = Default::default();
     for round in 0..p.rounds {
-        for i in order(round) {
+        for i in order(round, targets.len()) {
             let x = scenarios::s4(&targets[i], bodies[i], want, p).await?;
             procs.check_alive()?;
             let what = format!(
@@ -638,7 +971,7 @@ async fn router_rounds(
         )
     };
     for round in 0..p.rounds {
-        for i in order(round) {
+        for i in order(round, 3) {
             if i == 0 {
                 let x = scenarios::router(&targets[0], &bodies.chat, want, p, faults, false).await?;
                 progress("R", round, p, i, &show(&x), &x.run.errors);
@@ -732,10 +1065,68 @@ fn paced_json(checks: &[Paced]) -> serde_json::Value {
     v
 }
 
-/// Target order in a round: rotated each round, so no target always runs
-/// first (or right after another).
-fn order(round: usize) -> [usize; 3] {
-    [round % 3, (round + 1) % 3, (round + 2) % 3]
+/// The order of `n` targets in a round: rotated each round, so no target
+/// always runs first (or right after another).
+fn order(round: usize, n: usize) -> Vec<usize> {
+    (0..n).map(|k| (round + k) % n).collect()
+}
+
+/// The processes of target `i` (labels in [`Procs`]): the emulator for
+/// direct, the one gateway process, the five split ones, the peer.
+fn process_labels(i: usize) -> &'static [&'static str] {
+    match i {
+        0 => &["emulator"],
+        1 => &["one-process"],
+        2 => &[
+            "split-edge",
+            "split-auth",
+            "split-router",
+            "split-adapter",
+            "split-metering",
+        ],
+        _ => &[peer::LABEL],
+    }
+}
+
+/// Per target, `llmgw_gateway_overhead_seconds{kind="chat"}`'s sum and
+/// count from the edge's `/metrics` (zeros for direct and the peer, or
+/// when unreadable).
+async fn overhead_metrics(targets: &[Arc<Target>]) -> [(f64, f64); 4] {
+    let mut out = [(0.0, 0.0); 4];
+    for (i, t) in targets.iter().enumerate().take(3).skip(1) {
+        let Ok(mut conn) = client::Conn::open(t.addr).await else {
+            continue;
+        };
+        if let Ok((http::StatusCode::OK, body)) = conn.get(t, "/metrics").await {
+            out[i] = overhead_sum_count(&String::from_utf8_lossy(&body));
+        }
+    }
+    out
+}
+
+/// The sum and count of the chat overhead histogram in a Prometheus page.
+fn overhead_sum_count(page: &str) -> (f64, f64) {
+    let mut sum = 0.0;
+    let mut count = 0.0;
+    for line in page.lines() {
+        let Some(rest) = line.strip_prefix("llmgw_gateway_overhead_seconds_") else {
+            continue;
+        };
+        if !rest.contains("kind=\"chat\"") {
+            continue;
+        }
+        let value = line
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if rest.starts_with("sum") {
+            sum += value;
+        } else if rest.starts_with("count") {
+            count += value;
+        }
+    }
+    (sum, count)
 }
 
 fn progress(scenario: &str, round: usize, p: &Params, i: usize, what: &str, errors: &Errors) {
@@ -752,13 +1143,23 @@ fn progress(scenario: &str, round: usize, p: &Params, i: usize, what: &str, erro
     );
 }
 
-fn per_target<T>(rounds: &[Vec<T>; 3], f: impl Fn(&T) -> f64) -> [Vec<f64>; 3] {
-    [0, 1, 2].map(|i| rounds[i].iter().map(&f).collect())
+/// A line of progress for a scenario that runs once per target.
+fn note(scenario: &str, i: usize, what: &str, errors: &Errors) {
+    let errs = if errors.count > 0 {
+        format!(", {} errors", errors.count)
+    } else {
+        String::new()
+    };
+    eprintln!("{scenario} {:<11} {what}{errs}", TARGETS[i]);
+}
+
+fn per_target<T>(rounds: &[Vec<T>; 4], f: impl Fn(&T) -> f64) -> [Vec<f64>; 4] {
+    [0, 1, 2, 3].map(|i| rounds[i].iter().map(&f).collect())
 }
 
 /// `f(a) − f(b)` per round, for the gateways; direct has no value (n/a).
-fn per_target_diff<T>(a: &[Vec<T>; 3], b: &[Vec<T>; 3], f: impl Fn(&T) -> f64) -> [Vec<f64>; 3] {
-    [0, 1, 2].map(|i| {
+fn per_target_diff<T>(a: &[Vec<T>; 4], b: &[Vec<T>; 4], f: impl Fn(&T) -> f64) -> [Vec<f64>; 4] {
+    [0, 1, 2, 3].map(|i| {
         if i == 0 {
             return vec![f64::NAN; a[0].len()];
         }
@@ -779,8 +1180,8 @@ fn rows(r: &Rounds, p: &Params) -> Vec<Row> {
     ];
     let s2: [Metric<S2Round>; 4] = [
         ("throughput", "req/s", Ratio, |x| x.rps),
-        ("latency p50", "ms", Added, |x| x.p50_ms),
-        ("latency p99", "ms", Added, |x| x.p99_ms),
+        ("latency p50", "ms", AddedAndRatio, |x| x.p50_ms),
+        ("latency p99", "ms", AddedAndRatio, |x| x.p99_ms),
         ("errors", "count", Total, |x| x.errors.count as f64),
     ];
     let s4: [Metric<S4Round>; 8] = [
@@ -793,38 +1194,65 @@ fn rows(r: &Rounds, p: &Params) -> Vec<Row> {
         ("streams", "count", Total, |x| x.measured as f64),
         ("bad streams", "count", Total, |x| x.errors.count as f64),
     ];
-    let s2_name = if p.s2_clients == 64 {
-        "S2 64 clients"
-    } else {
-        "S2 concurrent"
-    };
     let mut rows = Vec::new();
     for (metric, unit, compare, f) in s1 {
         rows.push(Row {
-            scenario: "S1 sequential",
+            scenario: "S1 sequential".into(),
             metric,
             unit,
             values: per_target(&r.s1, f),
             compare,
         });
     }
-    for (metric, unit, compare, f) in s2 {
-        rows.push(Row {
-            scenario: s2_name,
-            metric,
-            unit,
-            values: per_target(&r.s2, f),
-            compare,
-        });
+    // The gateway's own account of its overhead (x-llmgw-overhead-ms).
+    rows.push(Row {
+        scenario: "S1 sequential".into(),
+        metric: "x-llmgw-overhead-ms p50",
+        unit: "ms",
+        values: per_target(&r.s1, |x| x.overhead_p50_ms),
+        compare: Compare::Plain { signed: false },
+    });
+    for case in &r.s2 {
+        for (metric, unit, compare, f) in s2 {
+            rows.push(Row {
+                scenario: format!("S2 upstream {} ms, {} clients", case.delay_ms, case.clients),
+                metric,
+                unit,
+                values: per_target(&case.rounds, f),
+                compare,
+            });
+        }
     }
+    s3_rows(r, &mut rows);
     for (metric, unit, compare, f) in s4 {
         rows.push(Row {
-            scenario: "S4 streaming",
+            scenario: "S4 streaming".into(),
             metric,
             unit,
             values: per_target(&r.s4, f),
             compare,
         });
+    }
+    let paced = [
+        (format!("S4 paced ({S4P_GAP_MS} ms), 1 at a time"), &r.s4p_one),
+        (
+            format!("S4 paced ({S4P_GAP_MS} ms), {} at once", p.s4p_clients),
+            &r.s4p_many,
+        ),
+    ];
+    for (scenario, rounds) in paced {
+        for (metric, unit, compare, f) in s4 {
+            if metric.starts_with("to [DONE]") {
+                continue;
+            }
+            rows.push(Row {
+                scenario: scenario.clone(),
+                metric,
+                unit,
+                values: per_target(rounds, f),
+                compare,
+            });
+        }
     }
     // The same figures; the end is message_stop / metadata direct, [DONE] via the gateway.
     for (scenario, rounds) in [("S4a anthropic stream", &r.s4a), ("S4b bedrock stream", &r.s4b)] {
@@ -835,7 +1263,7 @@ fn rows(r: &Rounds, p: &Params) -> Vec<Row> {
                 m => m,
             };
             rows.push(Row {
-                scenario,
+                scenario: scenario.into(),
                 metric,
                 unit,
                 values: per_target(rounds, f),
@@ -844,6 +1272,8 @@ fn rows(r: &Rounds, p: &Params) -> Vec<Row> {
         }
     }
     router_rows(r, &mut rows);
+    s5_rows(r, &mut rows);
+    s6_rows(r, &mut rows);
     // Scenarios left out by `--only` have no rounds.
     rows.retain(|row| row.values.iter().any(|v| !v.is_empty()));
     rows
@@ -919,7 +1349,7 @@ fn router_rows(r: &Rounds, rows: &mut Vec<Row>) {
     for (i, (scenario, rounds, metrics)) in groups.into_iter().enumerate() {
         for (metric, unit, compare, f) in metrics {
             rows.push(Row {
-                scenario,
+                scenario: scenario.into(),
                 metric,
                 unit,
                 values: per_target(rounds, f),
@@ -934,7 +1364,7 @@ fn router_rows(r: &Rounds, rows: &mut Vec<Row>) {
         };
         for &(scenario, metric, a, b, f) in here {
             rows.push(Row {
-                scenario,
+                scenario: scenario.into(),
                 metric,
                 unit: "ms",
                 values: per_target_diff(a, b, f),
@@ -942,6 +1372,186 @@ fn router_rows(r: &Rounds, rows: &mut Vec<Row>) {
             });
         }
     }
+}
+
+/// S3: the ceiling, as a ratio to direct and per gateway core.
+fn s3_rows(r: &Rounds, rows: &mut Vec<Row>) {
+    use Compare::{Plain, Ratio};
+    let scenario = || format!("S3 open loop, p99 < {S3_P99_MS} ms");
+    rows.push(Row {
+        scenario: scenario(),
+        metric: "ceiling",
+        unit: "req/s",
+        values: per_target(&r.s3, |x| x.ceiling_rps),
+        compare: Ratio,
+    });
+    rows.push(Row {
+        scenario: scenario(),
+        metric: "answered at the ceiling",
+        unit: "req/s",
+        values: per_target(&r.s3, |x| x.achieved_rps),
+        compare: Plain { signed: false },
+    });
+    let cores = r.gateway_cores as f64;
+    let mut per_core = per_target(&r.s3, |x| x.ceiling_rps / cores);
+    per_core[0] = vec![f64::NAN; per_core[0].len()];
+    rows.push(Row {
+        scenario: scenario(),
+        metric: "ceiling per gateway core",
+        unit: "req/s",
+        values: per_core,
+        compare: Plain { signed: false },
+    });
+}
+
+/// S5: each target's memory (the split's five processes summed; each is in
+/// the JSON).
+fn s5_rows(r: &Rounds, rows: &mut Vec<Row>) {
+    use Compare::{Plain, Total};
+    let plain = Plain { signed: false };
+    let one = |f: &dyn Fn(&S5Run) -> f64| {
+        let mut v: [Vec<f64>; 4] = Default::default();
+        for x in &r.s5 {
+            v[x.0] = vec![f(x)];
+        }
+        v
+    };
+    let memory: [Metric<Rss>; 4] = [
+        ("RSS idle", "MB", plain, |x| x.idle_mb),
+        ("RSS before", "MB", plain, |x| x.before_mb),
+        ("RSS under load", "MB", plain, |x| x.load_mb),
+        ("RSS after", "MB", plain, |x| x.after_mb),
+    ];
+    for (metric, unit, compare, f) in memory {
+        rows.push(Row {
+            scenario: "S5 concurrent streams".into(),
+            metric,
+            unit,
+            values: one(&|x| x.1.iter().map(f).sum()),
+            compare,
+        });
+    }
+    rows.push(Row {
+        scenario: "S5 concurrent streams".into(),
+        metric: "after / idle",
+        unit: "x",
+        values: one(&|x| {
+            x.1.iter().map(|m| m.after_mb).sum::<f64>() / x.1.iter().map(|m| m.idle_mb).sum::<f64>()
+        }),
+        compare: plain,
+    });
+    let streams: [Metric<S4Round>; 3] = [
+        ("streams", "count", Total, |x| x.measured as f64),
+        ("bad streams", "count", Total, |x| x.errors.count as f64),
+        ("TTFT p99", "ms", plain, |x| x.ttft_p99_ms),
+    ];
+    for (metric, unit, compare, f) in streams {
+        rows.push(Row {
+            scenario: "S5 concurrent streams".into(),
+            metric,
+            unit,
+            values: one(&|x| f(&x.2)),
+            compare,
+        });
+    }
+}
+
+/// S6: what twice the ceiling did to each gateway.
+fn s6_rows(r: &Rounds, rows: &mut Vec<Row>) {
+    use Compare::{Plain, Total};
+    let figures: [Metric<S6Run>; 12] = [
+        ("rate sent", "req/s", Plain { signed: false }, |x| x.run.rate),
+        ("sent", "count", Total, |x| x.run.sent as f64),
+        ("answered 200", "count", Total, |x| x.run.ok as f64),
+        ("refused 429/503", "count", Total, |x| x.run.refused as f64),
+        ("refused p99", "ms", Plain { signed: false }, |x| {
+            x.run.refused_p99_ms
+        }),
+        ("answered p50", "ms", Plain { signed: false }, |x| x.run.ok_p50_ms),
+        ("answered p99", "ms", Plain { signed: false }, |x| x.run.ok_p99_ms),
+        ("timeouts, other errors", "count", Total, |x| {
+            x.run.errors.count as f64
+        }),
+        ("no free client connection", "count", Total, |x| {
+            x.run.client_saturated as f64
+        }),
+        ("upstream calls (emulator)", "count", Total, |x| x.upstream as f64),
+        ("metered requests (usage API)", "count", Total, |x| {
+            x.metered.requests as f64
+        }),
+        ("upstream answers not metered", "count", Total, |x| {
+            x.unmetered_answers()
+        }),
+    ];
+    for (metric, unit, compare, f) in figures {
+        let mut values: [Vec<f64>; 4] = Default::default();
+        for (i, x) in &r.s6 {
+            values[*i] = vec![f(x)];
+        }
+        rows.push(Row {
+            scenario: "S6 twice the S3 ceiling".into(),
+            metric,
+            unit,
+            values,
+            compare,
+        });
+    }
+}
+
+/// A verdict the bench checks beside the errors.
+struct Check {
+    ok: bool,
+    what: String,
+}
+
+/// How far the gateway's own overhead figure may stray from the added
+/// latency the client sees (S1 p50): 0.2 ms, or half the added latency.
+const OVERHEAD_TOLERANCE_MS: f64 = 0.2;
+
+/// The checks: each gateway's `x-llmgw-overhead-ms` against the client's
+/// added latency (S1), and S6's metering against the emulator's count.
+fn checks(r: &Rounds) -> Vec<Check> {
+    let mut out = Vec::new();
+    for i in [1, 2] {
+        if r.s1[i].is_empty() || r.s1[0].is_empty() {
+            continue;
+        }
+        let added: Vec<f64> = r.s1[i]
+            .iter()
+            .zip(&r.s1[0])
+            .map(|(g, d)| g.p50_ms - d.p50_ms)
+            .collect();
+        let added = spread(&added).median;
+        let header = spread(&r.s1[i].iter().map(|x| x.overhead_p50_ms).collect::<Vec<_>>()).median;
+        let tolerance = OVERHEAD_TOLERANCE_MS.max(added.abs() / 2.0);
+        out.push(Check {
+            ok: (header - added).abs() <= tolerance,
+            what: format!(
+                "{} S1: x-llmgw-overhead-ms p50 {header:.4} ms vs client-side added p50 {added:+.4} ms \
+                 (within {tolerance:.2} ms); llmgw_gateway_overhead_seconds mean {:.4} ms",
+                TARGETS[i], r.overhead_metric_ms[i]
+            ),
+        });
+    }
+    for (i, x) in &r.s6 {
+        let unmetered = x.unmetered_answers();
+        out.push(Check {
+            ok: unmetered == 0.0 && x.run.ok <= x.upstream,
+            what: format!(
+                "{} S6: {} answered, {} upstream calls; metered {} requests, {} output tokens = {:.0} answers \
+                 of {} tokens ({unmetered:.0} upstream answers not metered; counted {:.1} s after the load)",
+                TARGETS[*i],
+                x.run.ok,
+                x.upstream,
+                x.metered.requests,
+                x.metered.output_tokens,
+                x.metered.output_tokens as f64 / x.answer_tokens.max(1) as f64,
+                x.answer_tokens,
+                x.metered_after_s
+            ),
+        });
+    }
+    out
 }
 
 /// Errors by target and scenario, merged over the rounds.
@@ -961,8 +1571,30 @@ fn error_samples(r: &Rounds) -> Vec<(&'static str, &'static str, Errors)> {
     let mut out = Vec::new();
     for (i, target) in TARGETS.iter().enumerate() {
         out.push((*target, "S1", merged(r.s1[i].iter().map(|x| &x.errors))));
-        out.push((*target, "S2", merged(r.s2[i].iter().map(|x| &x.errors))));
+        for case in &r.s2 {
+            out.push((*target, "S2", merged(case.rounds[i].iter().map(|x| &x.errors))));
+        }
         out.push((*target, "S4", merged(r.s4[i].iter().map(|x| &x.errors))));
+        out.push((
+            *target,
+            "S4 paced",
+            merged(r.s4p_one[i].iter().map(|x| &x.errors)),
+        ));
+        out.push((
+            *target,
+            "S4 paced",
+            merged(r.s4p_many[i].iter().map(|x| &x.errors)),
+        ));
+        out.push((
+            *target,
+            "S5",
+            merged(r.s5.iter().filter(|x| x.0 == i).map(|x| &x.2.errors)),
+        ));
+        out.push((
+            *target,
+            "S6",
+            merged(r.s6.iter().filter(|x| x.0 == i).map(|x| &x.1.run.errors)),
+        ));
         out.push((*target, "S4a", merged(r.s4a[i].iter().map(|x| &x.errors))));
         out.push((*target, "S4b", merged(r.s4b[i].iter().map(|x| &x.errors))));
         out.push((
@@ -1014,4 +1646,28 @@ fn meta(pinning: &Pinning, args: &Args, elapsed: f64) -> serde_json::Value {
         "quick": args.quick,
         "elapsed_s": elapsed,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_rotate_every_target() {
+        assert_eq!(order(0, 3), [0, 1, 2]);
+        assert_eq!(order(1, 4), [1, 2, 3, 0]);
+        assert_eq!(order(5, 3), [2, 0, 1]);
+    }
+
+    #[test]
+    fn overhead_is_read_from_the_chat_series() {
+        let page = "# TYPE llmgw_gateway_overhead_seconds histogram\n\
+            llmgw_gateway_overhead_seconds_bucket{kind=\"chat\",le=\"0.001\"} 9\n\
+            llmgw_gateway_overhead_seconds_sum{kind=\"chat\"} 0.002\n\
+            llmgw_gateway_overhead_seconds_count{kind=\"chat\"} 10\n\
+            llmgw_gateway_overhead_seconds_sum{kind=\"chat_stream\"} 5\n\
+            llmgw_gateway_overhead_seconds_count{kind=\"chat_stream\"} 7\n";
+        assert_eq!(overhead_sum_count(page), (0.002, 10.0));
+        assert_eq!(overhead_sum_count(""), (0.0, 0.0));
+    }
 }

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use http::StatusCode;
 
 use crate::client::{Conn, Target, snippet};
+use crate::load::{S6_MODEL, S6_PROFILE};
 
 /// The model every OpenAI scenario asks for, on the emulator and on the gateway.
 pub const MODEL: &str = "gpt-4o-mini";
@@ -30,6 +31,9 @@ pub const BEDROCK_UPSTREAM: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 /// emulator under its own fault profile, `/_f/pN/v1`, all asking for [`MODEL`].
 pub const ROUTER_SINGLE: &str = "single";
 pub const ROUTER_POOL: &str = "pool3";
+/// `edge.max_in_flight` of the gateways under test: room for S5's 1,000
+/// streams; beyond it the edge answers 503 at once (S6).
+pub const MAX_IN_FLIGHT: usize = 1200;
 
 /// How long a process may take to become ready.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -210,6 +214,41 @@ impl Procs {
         Ok(addr.parse()?)
     }
 
+    /// The process id of the process named `label` (the program itself:
+    /// `taskset` execs it).
+    pub fn pid(&self, label: &str) -> Option<u32> {
+        self.procs.iter().find(|p| p.name == label).map(|p| p.child.id())
+    }
+
+    /// Starts `program args` (pinned to `core`) named `label`, its output
+    /// in `label.log`, which is scanned for warnings like the gateway's.
+    pub fn spawn(
+        &mut self,
+        label: &str,
+        program: &Path,
+        core: Option<usize>,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let log = self.dir.join(format!("{label}.log"));
+        let child = command(program, core)
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(File::create(self.dir.join(format!("{label}.stdout")))?)
+            .stderr(File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("cannot start {}", program.display()))?;
+        self.procs.push(Proc {
+            name: label.to_owned(),
+            child,
+            log: Some(log),
+            _stdout: None,
+        });
+        Ok(())
+    }
+
     /// Starts another process (`label` names it; its stderr goes to a log).
     pub fn start_command(&mut self, label: &str, mut cmd: std::process::Command) -> anyhow::Result<()> {
         let log = self.dir.join(format!("{label}.log"));
@@ -352,6 +391,7 @@ pub fn gateway_config(
 edge:
   http_addr: {http}
   grpc_addr: {grpc}
+  max_in_flight: {MAX_IN_FLIGHT}
 providers:
   - name: emu
     type: openai
@@ -370,6 +410,7 @@ providers:
   - {{ name: p1, type: openai, base_url: "http://{emulator}/_f/p1/v1", api_key: "${{EMU_KEY}}" }}
   - {{ name: p2, type: openai, base_url: "http://{emulator}/_f/p2/v1", api_key: "${{EMU_KEY}}" }}
   - {{ name: p3, type: openai, base_url: "http://{emulator}/_f/p3/v1", api_key: "${{EMU_KEY}}" }}
+  - {{ name: s6, type: openai, base_url: "http://{emulator}/_f/{S6_PROFILE}/v1", api_key: "${{EMU_KEY}}" }}
 models:
   - name: {MODEL}
     target: emu/{MODEL}
@@ -387,6 +428,9 @@ models:
     strategy: weighted
     price: {{ input_per_mtok: 0.15, output_per_mtok: 0.60 }}
     targets: [{{ target: p1/{MODEL} }}, {{ target: p2/{MODEL} }}, {{ target: p3/{MODEL} }}]
+  - name: {S6_MODEL}
+    target: s6/{MODEL}
+    price: {{ input_per_mtok: 0.15, output_per_mtok: 0.60 }}
 "#
     );
     if let Some([auth, router, adapter, metering]) = services {

@@ -7,8 +7,10 @@
 
 use serde_json::{Value, json};
 
-/// The targets, in table order; index 0 is the baseline.
-pub const TARGETS: [&str; 3] = ["direct", "one-process", "split"];
+/// The targets, in table order; index 0 is the baseline, the last the peer
+/// (LiteLLM, only in S1, S2 and S4, and left out with `--no-peer`).
+pub const TARGETS: [&str; 4] = ["direct", "one-process", "split", PEER];
+pub const PEER: &str = "litellm";
 
 /// How a gateway figure is compared with direct.
 #[derive(Clone, Copy, Debug)]
@@ -27,11 +29,12 @@ pub enum Compare {
 }
 
 pub struct Row {
-    pub scenario: &'static str,
+    pub scenario: String,
     pub metric: &'static str,
     pub unit: &'static str,
-    /// Per-round values, by target.
-    pub values: [Vec<f64>; 3],
+    /// Per-round values, by target ([`TARGETS`] order; empty when a target
+    /// did not run the scenario).
+    pub values: [Vec<f64>; 4],
     pub compare: Compare,
 }
 
@@ -123,6 +126,9 @@ fn cell(values: &[f64], sign: bool, prefix: &str) -> String {
 }
 
 fn value_cell(row: &Row, i: usize) -> String {
+    if row.values[i].is_empty() {
+        return String::new();
+    }
     match row.compare {
         Compare::Total => format!("{}", row.values[i].iter().sum::<f64>()),
         Compare::Plain { signed } => cell(&row.values[i], signed, ""),
@@ -131,6 +137,9 @@ fn value_cell(row: &Row, i: usize) -> String {
 }
 
 fn vs_cell(row: &Row, i: usize) -> String {
+    if row.values[i].is_empty() {
+        return String::new();
+    }
     match row.compare {
         Compare::Total | Compare::Plain { .. } => String::new(),
         Compare::Added => cell(&added(row, i), true, ""),
@@ -145,9 +154,10 @@ fn vs_cell(row: &Row, i: usize) -> String {
     }
 }
 
-/// The table, ready to print.
+/// The table, ready to print (the peer's columns only when it ran).
 pub fn table(rows: &[Row]) -> String {
-    let header = [
+    let peer = rows.iter().any(|r| !r.values[3].is_empty());
+    let mut header = vec![
         "scenario",
         "metric",
         "direct",
@@ -156,16 +166,19 @@ pub fn table(rows: &[Row]) -> String {
         "split",
         "vs direct",
     ];
-    let mut lines: Vec<[String; 7]> = vec![header.map(str::to_owned)];
+    if peer {
+        header.extend([PEER, "vs direct"]);
+    }
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| (*h).to_owned()).collect()];
     let mut last_scenario = "";
     for row in rows {
         let scenario = if row.scenario == last_scenario {
             ""
         } else {
-            row.scenario
+            row.scenario.as_str()
         };
-        last_scenario = row.scenario;
-        lines.push([
+        last_scenario = row.scenario.as_str();
+        let mut line = vec![
             scenario.to_owned(),
             format!("{} ({})", row.metric, row.unit),
             value_cell(row, 0),
@@ -173,9 +186,14 @@ pub fn table(rows: &[Row]) -> String {
             vs_cell(row, 1),
             value_cell(row, 2),
             vs_cell(row, 2),
-        ]);
+        ];
+        if peer {
+            line.push(value_cell(row, 3));
+            line.push(vs_cell(row, 3));
+        }
+        lines.push(line);
     }
-    let mut widths = [0usize; 7];
+    let mut widths = vec![0usize; header.len()];
     for line in &lines {
         for (w, c) in widths.iter_mut().zip(line) {
             *w = (*w).max(c.chars().count());
@@ -185,8 +203,8 @@ pub fn table(rows: &[Row]) -> String {
     for (n, line) in lines.iter().enumerate() {
         let cells: Vec<String> = line
             .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
+            .zip(&widths)
+            .map(|(c, &w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
             .collect();
         out.push_str(cells.join(" | ").trim_end());
         out.push('\n');
@@ -207,6 +225,9 @@ pub fn rows_json(rows: &[Row]) -> Value {
         .map(|row| {
             let mut entry = json!({"scenario": row.scenario, "metric": row.metric, "unit": row.unit});
             for (i, name) in TARGETS.iter().enumerate() {
+                if row.values[i].is_empty() {
+                    continue;
+                }
                 let mut v = match row.compare {
                     Compare::Total => {
                         json!({"total": row.values[i].iter().sum::<f64>(), "rounds": row.values[i]})
@@ -248,15 +269,17 @@ mod tests {
     #[test]
     fn comparisons_are_per_round() {
         let row = Row {
-            scenario: "S1",
+            scenario: "S1".into(),
             metric: "p50",
             unit: "ms",
-            values: [vec![1.0, 2.0], vec![1.5, 2.1], vec![3.0, 4.0]],
+            values: [vec![1.0, 2.0], vec![1.5, 2.1], vec![3.0, 4.0], vec![]],
             compare: Compare::Added,
         };
         let a = added(&row, 1);
         assert!((a[0] - 0.5).abs() < 1e-9 && (a[1] - 0.1).abs() < 1e-9);
         assert_eq!(ratio(&row, 2), vec![3.0, 2.0]);
-        assert!(table(&[row]).contains("+0.300 (+0.100–+0.500)"));
+        let t = table(&[row]);
+        assert!(t.contains("+0.300 (+0.100–+0.500)"));
+        assert!(!t.contains(PEER), "no peer columns when it did not run");
     }
 }

@@ -22,7 +22,7 @@ use hdrhistogram::Histogram;
 use http::StatusCode;
 use tokio::task::JoinSet;
 
-use crate::client::{Conn, StreamOutcome, Target, message_content, snippet};
+use crate::client::{Answer, Conn, StreamOutcome, Target, message_content, snippet};
 use crate::procs::{ANTHROPIC_MODEL, ANTHROPIC_UPSTREAM, BEDROCK_MODEL};
 
 /// How much work each scenario does per round.
@@ -33,13 +33,30 @@ pub struct Params {
     pub s1_requests: usize,
     /// S1 stops early past this, so a slow target cannot stretch the run.
     pub s1_max: Duration,
-    pub s2_clients: usize,
+    /// S2's upstream delays (ms before the answer) and client counts: every
+    /// pair is one S2 case.
+    pub s2_delays_ms: Vec<u64>,
+    pub s2_clients: Vec<usize>,
     pub s2_warmup: Duration,
     pub s2_duration: Duration,
+    /// S3: rounds (at most `rounds`), the first rate, each step's factor
+    /// and length.
+    pub s3_rounds: usize,
+    pub s3_start_rps: f64,
+    pub s3_factor: f64,
+    pub s3_step: Duration,
     pub s4_warmup: usize,
     pub s4_streams: usize,
     /// S4 stops early past this.
     pub s4_max: Duration,
+    /// S4 paced (chunks [`S4P_GAP_MS`] apart): sequential streams a round,
+    /// and the concurrent case's clients (one stream each).
+    pub s4p_streams: usize,
+    pub s4p_clients: usize,
+    /// S5: concurrent streams.
+    pub s5_streams: usize,
+    /// S6: how long the overload lasts.
+    pub s6_duration: Duration,
     /// A request slower than this is an error (a stall), not a sample.
     pub request_timeout: Duration,
 }
@@ -51,29 +68,47 @@ impl Params {
             s1_warmup: 200,
             s1_requests: 2000,
             s1_max: Duration::from_secs(8),
-            s2_clients: 64,
+            s2_delays_ms: vec![20, 60],
+            s2_clients: vec![16, 64, 256],
             s2_warmup: Duration::from_millis(500),
-            s2_duration: Duration::from_secs(5),
+            s2_duration: Duration::from_secs(2),
+            s3_rounds: 3,
+            s3_start_rps: 250.0,
+            s3_factor: 1.2,
+            s3_step: Duration::from_millis(1500),
             s4_warmup: 40,
             s4_streams: 400,
             s4_max: Duration::from_secs(8),
+            s4p_streams: 3,
+            s4p_clients: 256,
+            s5_streams: 1000,
+            s6_duration: Duration::from_secs(60),
             request_timeout: Duration::from_secs(30),
         }
     }
 
-    /// A smoke run of about 30 s, for CI.
+    /// A short smoke run, every scenario on a small scale.
     pub fn quick() -> Self {
         Self {
             rounds: 2,
             s1_warmup: 50,
             s1_requests: 300,
             s1_max: Duration::from_secs(2),
-            s2_clients: 64,
-            s2_warmup: Duration::from_millis(300),
-            s2_duration: Duration::from_millis(1500),
+            s2_delays_ms: vec![20],
+            s2_clients: vec![16, 256],
+            s2_warmup: Duration::from_millis(200),
+            s2_duration: Duration::from_millis(800),
+            s3_rounds: 1,
+            s3_start_rps: 250.0,
+            s3_factor: 1.6,
+            s3_step: Duration::from_millis(500),
             s4_warmup: 10,
             s4_streams: 60,
             s4_max: Duration::from_secs(2),
+            s4p_streams: 1,
+            s4p_clients: 64,
+            s5_streams: 200,
+            s6_duration: Duration::from_secs(3),
             request_timeout: Duration::from_secs(30),
         }
     }
@@ -88,6 +123,11 @@ pub const STREAM_CHUNKS: usize = 64;
 pub const PACED_CHUNKS: usize = 8;
 pub const PACED_GAP_MS: u64 = 5;
 pub const PACED_STREAMS: usize = 3;
+/// S4 paced: the upstream sends [`STREAM_CHUNKS`] chunks this far apart.
+pub const S4P_GAP_MS: u64 = 20;
+/// S5: each stream sends this many chunks this far apart (6 s in all).
+pub const S5_CHUNKS: usize = 60;
+pub const S5_GAP_MS: u64 = 100;
 
 /// `max_tokens` of the S4a / S4b requests, sent both direct and through
 /// the gateway, so the emulator gets the same request either way.
@@ -149,15 +189,38 @@ impl NativeBodies {
 impl Bodies {
     /// S1's request (~200 B) for `model`; R sends it for its models too.
     pub fn chat(model: &str) -> Bytes {
+        Self::chat_delayed(model, 0)
+    }
+
+    /// S1's request with the upstream waiting `delay_ms` before answering
+    /// (S2); the answer is the same.
+    pub fn chat_delayed(model: &str, delay_ms: u64) -> Bytes {
+        let delay = if delay_ms > 0 {
+            format!(" [emu:delay_ms={delay_ms}]")
+        } else {
+            String::new()
+        };
         let chat = serde_json::json!({
             "model": model,
             "messages": [
                 {"role": "system", "content": "You are a concise assistant."},
-                {"role": "user", "content": format!("Describe load testing in one paragraph. [emu:words={ANSWER_WORDS}]")},
+                {"role": "user", "content": format!("Describe load testing in one paragraph. [emu:words={ANSWER_WORDS}]{delay}")},
             ],
             "temperature": 0.2,
         });
         Bytes::from(chat.to_string())
+    }
+
+    /// A streamed request for `model`: `words` chunks `gap_ms` apart.
+    pub fn stream_paced(model: &str, words: usize, gap_ms: u64) -> Bytes {
+        let stream = serde_json::json!({
+            "model": model,
+            "messages": [
+                {"role": "user", "content": format!("Stream a paragraph about latency. [emu:words={words}] [emu:chunk_delay_ms={gap_ms}]")},
+            ],
+            "stream": true,
+        });
+        Bytes::from(stream.to_string())
     }
 
     pub fn new(model: &str) -> Self {
@@ -214,8 +277,8 @@ impl Reference {
                 stream.done
             );
         }
-        let anthropic_deltas = native_reference(anthropic, bodies.native.anthropic_direct.clone()).await?;
-        let bedrock_deltas = native_reference(bedrock, bodies.native.bedrock_direct.clone()).await?;
+        let anthropic_deltas = stream_reference(anthropic, bodies.native.anthropic_direct.clone()).await?;
+        let bedrock_deltas = stream_reference(bedrock, bodies.native.bedrock_direct.clone()).await?;
         Ok(Self {
             content,
             deltas: stream.deltas,
@@ -225,8 +288,9 @@ impl Reference {
     }
 }
 
-/// The content chunks of a direct stream in a provider's own format.
-async fn native_reference(target: &Target, body: Bytes) -> anyhow::Result<Vec<String>> {
+/// The content chunks of a direct stream of [`STREAM_CHUNKS`] chunks, in
+/// the target's format (OpenAI's or a provider's own).
+pub async fn stream_reference(target: &Target, body: Bytes) -> anyhow::Result<Vec<String>> {
     let mut conn = Conn::open(target.addr).await?;
     let stream = conn.stream(target, body).await?;
     if !stream.done || stream.after_done > 0 || stream.deltas.len() != STREAM_CHUNKS {
@@ -250,7 +314,7 @@ pub struct Errors {
 }
 
 impl Errors {
-    fn add(&mut self, message: String) {
+    pub fn add(&mut self, message: String) {
         self.count += 1;
         if self.samples.len() < 5 && !self.samples.contains(&message) {
             self.samples.push(message);
@@ -267,17 +331,17 @@ impl Errors {
     }
 }
 
-fn histogram() -> anyhow::Result<Histogram<u64>> {
+pub fn histogram() -> anyhow::Result<Histogram<u64>> {
     // Nanoseconds, 1 ns to 10 min, 3 significant digits.
     Ok(Histogram::new_with_bounds(1, 600_000_000_000, 3)?)
 }
 
-fn record(h: &mut Histogram<u64>, d: Duration) {
+pub fn record(h: &mut Histogram<u64>, d: Duration) {
     h.saturating_record(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
 }
 
 /// A quantile of a nanosecond histogram, in milliseconds.
-fn ms(h: &Histogram<u64>, q: f64) -> f64 {
+pub fn ms(h: &Histogram<u64>, q: f64) -> f64 {
     if h.is_empty() {
         f64::NAN
     } else {
@@ -311,17 +375,16 @@ impl Client {
         self.conn.as_mut().context("no connection")
     }
 
-    /// POSTs the chat body; 200 with a body and the gateway's
-    /// `x-llmgw-attempts`, or an error. The connection is dropped on any
-    /// error, since its state is then unknown.
-    async fn post(&mut self, body: &Bytes, timeout: Duration) -> anyhow::Result<(Bytes, Option<u32>)> {
+    /// POSTs the chat body; a 200 answer, or an error. The connection is
+    /// dropped on any error, since its state is then unknown.
+    async fn post(&mut self, body: &Bytes, timeout: Duration) -> anyhow::Result<Answer> {
         let target = self.target.clone();
         let result = timed(timeout, async {
-            let (status, attempts, bytes) = self.conn().await?.post_attempts(&target, body.clone()).await?;
-            if status != StatusCode::OK {
-                bail!("status {status}: {}", snippet(&bytes));
+            let answer = self.conn().await?.post_answer(&target, body.clone()).await?;
+            if answer.status != StatusCode::OK {
+                bail!("status {}: {}", answer.status, snippet(&answer.body));
             }
-            Ok((bytes, attempts))
+            Ok(answer)
         })
         .await;
         if result.is_err() {
@@ -355,6 +418,9 @@ pub struct S1Round {
     pub multi_p50_ms: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// The median of the gateway's own `x-llmgw-overhead-ms` over the
+    /// measured answers (NaN when absent: direct, or another gateway).
+    pub overhead_p50_ms: f64,
     pub errors: Errors,
 }
 
@@ -387,6 +453,7 @@ pub async fn s1(
     }
     let mut h = histogram()?;
     let mut multi = histogram()?;
+    let mut overhead = histogram()?;
     let mut measured = 0;
     let mut ok = 0;
     let mut multi_attempt = 0;
@@ -398,16 +465,19 @@ pub async fn s1(
         }
         measured += 1;
         match client.post(body, p.request_timeout).await {
-            Ok((answer, attempts)) => {
+            Ok(answer) => {
                 let took = started.elapsed();
-                let fell_back = attempts.is_some_and(|n| n > 1);
+                let fell_back = answer.attempts.is_some_and(|n| n > 1);
                 if fell_back {
                     multi_attempt += 1;
                 }
-                match message_content(&answer) {
+                match message_content(&answer.body) {
                     Ok(c) if c == want => {
                         ok += 1;
                         record(&mut h, took);
+                        if let Some(own) = answer.overhead_ms.filter(|ms| ms.is_finite() && *ms >= 0.0) {
+                            record(&mut overhead, Duration::from_secs_f64(own / 1e3));
+                        }
                         if fell_back {
                             record(&mut multi, took);
                         }
@@ -430,6 +500,7 @@ pub async fn s1(
         multi_p50_ms: ms(&multi, 0.5),
         p50_ms: ms(&h, 0.5),
         p99_ms: ms(&h, 0.99),
+        overhead_p50_ms: ms(&overhead, 0.5),
         errors,
     })
 }
@@ -555,11 +626,11 @@ struct ClientTally {
     errors: Errors,
 }
 
-/// S2: `s2_clients` keep-alive clients send back to back for a fixed time;
-/// answers completed inside the measured window count.
-pub async fn s2(target: &Arc<Target>, bodies: &Bodies, p: &Params) -> anyhow::Result<S2Round> {
-    let mut conns = Vec::with_capacity(p.s2_clients);
-    for _ in 0..p.s2_clients {
+/// S2: `clients` keep-alive clients send `body` back to back for a fixed
+/// time; answers completed inside the measured window count.
+pub async fn s2(target: &Arc<Target>, body: &Bytes, clients: usize, p: &Params) -> anyhow::Result<S2Round> {
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
         conns.push(Conn::open(target.addr).await?);
     }
     let start = Instant::now();
@@ -568,7 +639,7 @@ pub async fn s2(target: &Arc<Target>, bodies: &Bodies, p: &Params) -> anyhow::Re
     let mut set = JoinSet::new();
     for conn in conns {
         let mut client = Client::new(target.clone(), Some(conn));
-        let body = bodies.chat.clone();
+        let body = body.clone();
         let timeout = p.request_timeout;
         let mut tally = ClientTally {
             ok: 0,
@@ -632,69 +703,139 @@ pub struct S4Round {
     pub errors: Errors,
 }
 
+/// The figures of good streams, and the problems of the others.
+struct StreamTally {
+    measured: u64,
+    ttft: Histogram<u64>,
+    gaps: Histogram<u64>,
+    done: Histogram<u64>,
+    errors: Errors,
+}
+
+impl StreamTally {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            measured: 0,
+            ttft: histogram()?,
+            gaps: histogram()?,
+            done: histogram()?,
+            errors: Errors::default(),
+        })
+    }
+
+    /// Counts one stream: its figures when complete and its chunks are
+    /// `want`'s, in order; otherwise an error.
+    fn add(&mut self, target: &Target, out: anyhow::Result<StreamOutcome>, want: &[String]) {
+        self.measured += 1;
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => return self.errors.add(format!("{e:#}")),
+        };
+        let end = target.wire.end_marker();
+        if !out.done {
+            self.errors.add(format!("stream ended without {end}"));
+        } else if out.after_done > 0 {
+            self.errors.add(format!("{} events after {end}", out.after_done));
+        } else if out.deltas != want {
+            let first_diff = out.deltas.iter().zip(want).position(|(a, b)| a != b);
+            self.errors.add(format!(
+                "chunks differ from direct: {} content chunks (want {}), first difference at {first_diff:?}",
+                out.deltas.len(),
+                want.len()
+            ));
+        } else if let Some(t) = out.ttft {
+            record(&mut self.ttft, t);
+            if let Some(d) = out.done_after {
+                record(&mut self.done, d);
+            }
+            for g in out.gaps {
+                record(&mut self.gaps, g);
+            }
+        }
+    }
+
+    fn merge(&mut self, other: Self) -> anyhow::Result<()> {
+        self.measured += other.measured;
+        self.ttft.add(&other.ttft)?;
+        self.gaps.add(&other.gaps)?;
+        self.done.add(&other.done)?;
+        self.errors.merge(other.errors);
+        Ok(())
+    }
+
+    fn round(self) -> S4Round {
+        S4Round {
+            measured: self.measured,
+            ttft_p50_ms: ms(&self.ttft, 0.5),
+            ttft_p99_ms: ms(&self.ttft, 0.99),
+            gap_p50_ms: ms(&self.gaps, 0.5),
+            gap_p99_ms: ms(&self.gaps, 0.99),
+            done_p50_ms: ms(&self.done, 0.5),
+            done_p99_ms: ms(&self.done, 0.99),
+            errors: self.errors,
+        }
+    }
+}
+
 /// S4 (and S4a / S4b): sequential streams of `body` over one connection,
 /// each checked against `want`, the direct stream's content chunks.
 pub async fn s4(target: &Arc<Target>, body: &Bytes, want: &[String], p: &Params) -> anyhow::Result<S4Round> {
     let mut client = Client::new(target.clone(), None);
-    let mut errors = Errors::default();
+    let mut tally = StreamTally::new()?;
     let warm_until = Instant::now() + p.s4_max / 4;
     for _ in 0..p.s4_warmup {
         if Instant::now() > warm_until {
             break;
         }
         if let Err(e) = client.stream(body, p.request_timeout).await {
-            errors.add(format!("{e:#}"));
+            tally.errors.add(format!("{e:#}"));
         }
     }
-    let mut ttft = histogram()?;
-    let mut gaps = histogram()?;
-    let mut done = histogram()?;
-    let mut measured = 0;
     let stop = Instant::now() + p.s4_max;
     for _ in 0..p.s4_streams {
         if Instant::now() > stop {
             break;
         }
-        measured += 1;
-        let out = match client.stream(body, p.request_timeout).await {
-            Ok(out) => out,
-            Err(e) => {
-                errors.add(format!("{e:#}"));
-                continue;
-            }
-        };
-        let end = target.wire.end_marker();
-        if !out.done {
-            errors.add(format!("stream ended without {end}"));
-        } else if out.after_done > 0 {
-            errors.add(format!("{} events after {end}", out.after_done));
-        } else if out.deltas != want {
-            let first_diff = out.deltas.iter().zip(want).position(|(a, b)| a != b);
-            errors.add(format!(
-                "chunks differ from direct: {} content chunks (want {}), first difference at {first_diff:?}",
-                out.deltas.len(),
-                want.len()
-            ));
-        } else if let Some(t) = out.ttft {
-            record(&mut ttft, t);
-            if let Some(d) = out.done_after {
-                record(&mut done, d);
-            }
-            for g in out.gaps {
-                record(&mut gaps, g);
-            }
-        }
+        let out = client.stream(body, p.request_timeout).await;
+        tally.add(target, out, want);
     }
-    Ok(S4Round {
-        measured,
-        ttft_p50_ms: ms(&ttft, 0.5),
-        ttft_p99_ms: ms(&ttft, 0.99),
-        gap_p50_ms: ms(&gaps, 0.5),
-        gap_p99_ms: ms(&gaps, 0.99),
-        done_p50_ms: ms(&done, 0.5),
-        done_p99_ms: ms(&done, 0.99),
-        errors,
-    })
+    Ok(tally.round())
+}
+
+/// S4 paced and S5: `clients` clients on their own connections, each
+/// streaming `body` `per_client` times in a row, all checked against
+/// `want`. The connections are opened first, so no stream waits for one.
+pub async fn streams(
+    target: &Arc<Target>,
+    body: &Bytes,
+    want: &Arc<Vec<String>>,
+    clients: usize,
+    per_client: usize,
+    p: &Params,
+) -> anyhow::Result<S4Round> {
+    let mut conns = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        conns.push(Conn::open(target.addr).await?);
+    }
+    let mut set = JoinSet::new();
+    for conn in conns {
+        let mut client = Client::new(target.clone(), Some(conn));
+        let (body, want, target) = (body.clone(), want.clone(), target.clone());
+        let mut tally = StreamTally::new()?;
+        let timeout = p.request_timeout;
+        set.spawn(async move {
+            for _ in 0..per_client {
+                let out = client.stream(&body, timeout).await;
+                tally.add(&target, out, &want);
+            }
+            tally
+        });
+    }
+    let mut all = StreamTally::new()?;
+    while let Some(tally) = set.join_next().await {
+        all.merge(tally?)?;
+    }
+    Ok(all.round())
 }
 
 /// The paced check: with the upstream spacing its events [`PACED_GAP_MS`]
