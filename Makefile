@@ -5,7 +5,7 @@ CONFIG ?= deploy/gateway.yaml
 DEBUG_BIN := $(CARGO_TARGET_DIR)/debug
 RELEASE_BIN := $(CARGO_TARGET_DIR)/release
 
-.PHONY: up up-cluster down test test-rust test-python bench soak lint fmt build
+.PHONY: up up-cluster down test test-rust test-python test-fuzz fuzz bench soak lint fmt build
 
 ## up: build and run every service in one process with deploy/gateway.yaml
 up:
@@ -22,8 +22,9 @@ up-cluster:
 down:
 	scripts/cluster.sh down
 
-## test: every test — Rust unit and end-to-end tests, then the Python SDK suite
-test: test-rust test-python
+## test: every test — Rust unit and end-to-end tests, the Python SDK suite,
+## then every fuzz target for a short while
+test: test-rust test-python test-fuzz
 
 # The storage tests run on SQLite and on throwaway PostgreSQL servers, whose
 # binaries setup-postgres.sh provides (installing them if needed); the
@@ -41,6 +42,16 @@ test-python:
 	VENV="$$(scripts/setup-python.sh)" && \
 	LLMGW_BIN=$(DEBUG_BIN)/llmgw EMULATOR_BIN=$(DEBUG_BIN)/openai-emulator \
 		"$$VENV/bin/python" -m pytest tests/python -q
+
+# Every fuzz target for FUZZ_SECONDS (10 s here); its own build (stable,
+# cargo-fuzz from setup-cargo-fuzz.sh) under $(CARGO_TARGET_DIR)/fuzz.
+test-fuzz:
+	FUZZ_SECONDS=$${FUZZ_SECONDS:-10} scripts/fuzz.sh
+
+## fuzz: every fuzz target for FUZZ_SECONDS each (default 20); a crash fails
+## and prints the reproducer's path
+fuzz:
+	scripts/fuzz.sh
 
 ## bench: direct vs gateway (one process and split), in one run
 bench:

@@ -12,7 +12,7 @@
 //! /v1/models` answers in Anthropic's shape to clients that send
 //! `anthropic-version`.
 
-mod read;
+pub(crate) mod read;
 #[cfg(test)]
 mod tests;
 mod write;

@@ -10,6 +10,8 @@
 mod anthropic;
 mod auth_cache;
 mod cache;
+#[doc(hidden)]
+pub mod fuzz;
 mod grpc;
 mod health;
 mod http;

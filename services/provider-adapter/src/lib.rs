@@ -29,6 +29,8 @@ use llmgw_proto::{
 use tracing::Instrument as _;
 
 mod fetch;
+#[doc(hidden)]
+pub mod fuzz;
 mod http;
 mod providers;
 

@@ -25,6 +25,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use eventsource_stream::{Event, EventStream, EventStreamError};
 use futures_util::Stream;
 use llmgw_kit::config::ProviderConfig;
@@ -141,7 +142,7 @@ impl Anthropic {
 
 /// A prompt over the model's context window is the client's to fix: say so in
 /// the words OpenAI clients look for, naming `messages`.
-fn refine(peer: &Peer, err: GwError) -> GwError {
+pub(crate) fn refine(peer: &Peer, err: GwError) -> GwError {
     if err.upstream_status() == Some(400) && err.message().contains("prompt is too long") {
         let said = err
             .message()
@@ -180,12 +181,11 @@ impl Provider for Anthropic {
         let response = tokio::time::timeout(timeout, self.send(request))
             .await
             .map_err(|_| self.peer.timeout_error(timeout))??;
-        Ok(Box::pin(Chunks {
-            events: EventStream::new(response.bytes_stream()),
-            translator: Translator::new(self.peer.clone(), json_mode),
-            ready: VecDeque::new(),
-            finished: false,
-        }))
+        Ok(Box::pin(decode_stream(
+            response.bytes_stream(),
+            self.peer.clone(),
+            json_mode,
+        )))
     }
 }
 
@@ -1305,6 +1305,24 @@ impl Translator {
             StreamEvent::ContentBlockStop {} | StreamEvent::Ping {} | StreamEvent::Other => {}
         }
         Ok(false)
+    }
+}
+
+/// A Messages stream's body as canonical chunks (its SSE framing included);
+/// apart from I/O, so the fuzz targets run it on bytes.
+pub(crate) fn decode_stream<S>(
+    body: S,
+    peer: Peer,
+    json_mode: bool,
+) -> impl Stream<Item = Result<ChatChunk, GwError>> + Send
+where
+    S: Stream<Item = reqwest::Result<Bytes>> + Send,
+{
+    Chunks {
+        events: EventStream::new(body),
+        translator: Translator::new(peer, json_mode),
+        ready: VecDeque::new(),
+        finished: false,
     }
 }
 

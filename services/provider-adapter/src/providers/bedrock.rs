@@ -346,14 +346,10 @@ impl Provider for Bedrock {
             .await
             .map_err(|_| self.peer.timeout_error(timeout))??;
         let id = request_id(response.headers());
-        Ok(Box::pin(Chunks {
-            body: response.bytes_stream(),
-            buf: BytesMut::new(),
-            decoder: MessageFrameDecoder::new(),
-            translator: Translator::new(self.peer.clone(), id, target.model.clone(), json_mode),
-            ready: VecDeque::new(),
-            finished: false,
-        }))
+        Ok(Box::pin(decode_stream(
+            response.bytes_stream(),
+            Translator::new(self.peer.clone(), id, target.model.clone(), json_mode),
+        )))
     }
 }
 
@@ -1349,6 +1345,25 @@ impl Translator {
         self.peer
             .error(code, format!("provider `{}`: {what}", self.peer.name()))
             .with_retryable(retryable)
+    }
+}
+
+/// A ConverseStream body (AWS event-stream frames) as canonical chunks;
+/// apart from I/O, so the fuzz targets run it on bytes.
+pub(crate) fn decode_stream<S>(
+    body: S,
+    translator: Translator,
+) -> impl Stream<Item = Result<ChatChunk, GwError>> + Send
+where
+    S: Stream<Item = reqwest::Result<Bytes>> + Send,
+{
+    Chunks {
+        body,
+        buf: BytesMut::new(),
+        decoder: MessageFrameDecoder::new(),
+        translator,
+        ready: VecDeque::new(),
+        finished: false,
     }
 }
 

@@ -53,6 +53,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use eventsource_stream::{Event, EventStream, EventStreamError};
 use futures_util::Stream;
 use llmgw_kit::config::{ProviderConfig, ProviderKind};
@@ -445,13 +446,12 @@ impl Provider for Gemini {
             .call_within(self.timeout(target), self.send(request))
             .await?;
         let name = self.peer.name();
-        let parsed: GenerateResponse = serde_json::from_slice(&body).map_err(|_| {
+        parse_response(&body, &target.model).ok_or_else(|| {
             self.peer.error(
                 ErrorCode::UpstreamError,
                 format!("provider `{name}` sent an invalid response"),
             )
-        })?;
-        Ok(response_from(parsed, &target.model))
+        })
     }
 
     async fn forward(&self, target: &Target, req: &ForwardRequest) -> Result<ForwardStream, GwError> {
@@ -467,11 +467,11 @@ impl Provider for Gemini {
         let response = tokio::time::timeout(timeout, self.send(request))
             .await
             .map_err(|_| self.peer.timeout_error(timeout))??;
-        Ok(Box::pin(Chunks {
-            events: EventStream::new(response.bytes_stream()),
-            peer: self.peer.clone(),
-            state: StreamState::new(&target.model),
-        }))
+        Ok(Box::pin(decode_stream(
+            response.bytes_stream(),
+            self.peer.clone(),
+            &target.model,
+        )))
     }
 }
 
@@ -494,7 +494,7 @@ struct GoogleError {
 
 /// Adds what only Google's error object says: the `RetryInfo` delay of a 429,
 /// and a too-long prompt named as such (param `messages`).
-fn refine_error(peer: &Peer, err: GwError, status: StatusCode, body: &[u8]) -> GwError {
+pub(crate) fn refine_error(peer: &Peer, err: GwError, status: StatusCode, body: &[u8]) -> GwError {
     let Ok(google) = serde_json::from_slice::<GoogleErrorEnvelope>(body) else {
         return err;
     };
@@ -1632,6 +1632,29 @@ impl StreamState {
             return None;
         }
         Some(self.chunk(choices, None))
+    }
+}
+
+/// A `generateContent` answer as a canonical response; `None` when it is not one.
+pub(crate) fn parse_response(body: &[u8], model: &str) -> Option<ChatResponse> {
+    let parsed: GenerateResponse = serde_json::from_slice(body).ok()?;
+    Some(response_from(parsed, model))
+}
+
+/// A `streamGenerateContent?alt=sse` body as canonical chunks (its SSE
+/// framing included); apart from I/O, so the fuzz targets run it on bytes.
+pub(crate) fn decode_stream<S>(
+    body: S,
+    peer: Peer,
+    model: &str,
+) -> impl Stream<Item = Result<ChatChunk, GwError>> + Send + use<S>
+where
+    S: Stream<Item = reqwest::Result<Bytes>> + Send,
+{
+    Chunks {
+        events: EventStream::new(body),
+        peer,
+        state: StreamState::new(model),
     }
 }
 

@@ -28,6 +28,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::Stream;
 use llmgw_kit::config::ProviderConfig;
 use llmgw_kit::grpc::MAX_MESSAGE_BYTES;
@@ -525,7 +526,7 @@ impl Ollama {
 
 /// Ollama's `{"error": "..."}` as the OpenAI error object the shared
 /// classifier reads.
-fn openai_error(body: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn openai_error(body: &[u8]) -> Option<Vec<u8>> {
     #[derive(Deserialize)]
     struct Error {
         error: String,
@@ -538,7 +539,7 @@ fn openai_error(body: &[u8]) -> Option<Vec<u8>> {
     )
 }
 
-fn response(body: &[u8]) -> Result<ChatResponse, String> {
+pub(crate) fn response(body: &[u8]) -> Result<ChatResponse, String> {
     let c: ChatIn = serde_json::from_slice(body).map_err(|e| e.to_string())?;
     if let Some(e) = &c.error {
         return Err(e.clone());
@@ -727,19 +728,32 @@ impl Provider for Ollama {
         let response = tokio::time::timeout(timeout, self.send(body, true))
             .await
             .map_err(|_| self.peer.timeout_error(timeout))??;
-        Ok(Box::pin(Lines {
-            body: response.bytes_stream(),
-            state: StreamState {
-                peer: self.peer.clone(),
-                id: next_id("chatcmpl-"),
-                created: unix_now(),
-                buf: Vec::new(),
-                pending: VecDeque::new(),
-                started: false,
-                tool_calls: 0,
-                finished: false,
-            },
-        }))
+        Ok(Box::pin(decode_stream(
+            response.bytes_stream(),
+            self.peer.clone(),
+        )))
+    }
+}
+
+/// An `/api/chat` stream's body (NDJSON) as canonical chunks; apart from
+/// I/O, so the fuzz targets run it on bytes.
+pub(crate) fn decode_stream<S>(body: S, peer: Peer) -> impl Stream<Item = Result<ChatChunk, GwError>> + Send
+where
+    S: Stream<Item = reqwest::Result<Bytes>> + Send,
+{
+    Lines {
+        body,
+        state: StreamState {
+            peer,
+            id: next_id("chatcmpl-"),
+            created: unix_now(),
+            buf: Vec::new(),
+            pending: VecDeque::new(),
+            started: false,
+            tool_calls: 0,
+            finished: false,
+            failed: None,
+        },
     }
 }
 
@@ -758,6 +772,9 @@ struct StreamState {
     tool_calls: u32,
     /// After `done: true` or an error: nothing more is read.
     finished: bool,
+    /// A line's error, yielded after the chunks of the lines before it that
+    /// came in the same read (as they would have, read apart).
+    failed: Option<GwError>,
 }
 
 impl StreamState {
@@ -901,6 +918,9 @@ where
             if let Some(chunk) = state.pending.pop_front() {
                 return Poll::Ready(Some(Ok(chunk)));
             }
+            if let Some(e) = state.failed.take() {
+                return Poll::Ready(Some(Err(e)));
+            }
             if state.finished {
                 return Poll::Ready(None);
             }
@@ -909,8 +929,7 @@ where
                     state.buf.extend_from_slice(bytes.as_ref());
                     if let Err(e) = state.lines() {
                         state.finished = true;
-                        state.pending.clear();
-                        return Poll::Ready(Some(Err(e)));
+                        state.failed = Some(e);
                     }
                 }
                 Some(Err(e)) => {

@@ -19,6 +19,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use eventsource_stream::{Event, EventStream, EventStreamError};
 use futures_util::Stream;
 use llmgw_kit::config::{CompatHost, ProviderConfig, ProviderKind};
@@ -116,7 +117,7 @@ fn mistral_call_id(id: &str) -> Option<String> {
 /// Mistral's error bodies (`{"object": "error", "message": "..." | {"detail":
 /// [{"loc": ["body", "seed"], "msg": "..."}]}, "type", "param", "code"}`, or
 /// `{"message": "..."}` from its gateway) as OpenAI's error object.
-fn mistral_error(body: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn mistral_error(body: &[u8]) -> Option<Vec<u8>> {
     use serde_json::{Value, json};
 
     let v: Value = serde_json::from_slice(body).ok()?;
@@ -163,7 +164,7 @@ fn mistral_error(body: &[u8]) -> Option<Vec<u8>> {
 
 /// Azure's 400 `content_filter` (a prompt its filters refused) says so
 /// plainly and names `messages` (Azure names `prompt`, which no client sent).
-fn azure_error(body: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn azure_error(body: &[u8]) -> Option<Vec<u8>> {
     let e = parse_upstream_error(body)?;
     if e.code.as_deref() != Some("content_filter") {
         return None;
@@ -178,7 +179,7 @@ fn azure_error(body: &[u8]) -> Option<Vec<u8>> {
 /// → `any`, `max_completion_tokens` → `max_tokens`, `developer` → `system`,
 /// tool-call ids Mistral accepts.
 /// The renamed fields travel in `extra_json` (written flat into the body).
-fn mistral_request(req: &mut ChatRequest) -> Result<(), GwError> {
+pub(crate) fn mistral_request(req: &mut ChatRequest) -> Result<(), GwError> {
     use llmgw_proto::{Role, ToolChoiceMode, tool_choice};
 
     let mut extra = match req.extra_json.take() {
@@ -431,12 +432,10 @@ impl Provider for OpenAi {
         let response = tokio::time::timeout(timeout, self.send(request))
             .await
             .map_err(|_| self.peer.timeout_error(timeout))??;
-        Ok(Box::pin(Chunks {
-            events: EventStream::new(response.bytes_stream()),
-            peer: self.peer.clone(),
-            finished: false,
-            usage: None,
-        }))
+        Ok(Box::pin(decode_stream(
+            response.bytes_stream(),
+            self.peer.clone(),
+        )))
     }
 
     async fn embed(&self, target: &Target, req: &EmbeddingsRequest) -> Result<EmbeddingsResponse, GwError> {
@@ -518,6 +517,20 @@ impl Provider for OpenAi {
             .await
             .map_err(|_| self.peer.timeout_error(timeout))??;
         Ok(passthrough::answer(&self.peer, response))
+    }
+}
+
+/// A chat completion stream's body as canonical chunks (its SSE framing
+/// included); apart from I/O, so the fuzz targets run it on bytes.
+pub(crate) fn decode_stream<S>(body: S, peer: Peer) -> impl Stream<Item = Result<ChatChunk, GwError>> + Send
+where
+    S: Stream<Item = reqwest::Result<Bytes>> + Send,
+{
+    Chunks {
+        events: EventStream::new(body),
+        peer,
+        finished: false,
+        usage: None,
     }
 }
 

@@ -334,6 +334,7 @@ fn state() -> StreamState {
         started: false,
         tool_calls: 0,
         finished: false,
+        failed: None,
     }
 }
 
@@ -380,6 +381,38 @@ fn an_error_line_ends_the_stream() {
         ),
         "{err:?}"
     );
+}
+
+/// Found by the `ollama_decode` fuzz target: an error line that came in the
+/// same read as the lines before it dropped their chunks, so what a client
+/// saw depended on how the network cut the body.
+#[tokio::test]
+async fn an_error_line_comes_after_the_lines_before_it_however_the_body_is_cut() {
+    let body: &[u8] = include_bytes!("../../../../../fuzz/corpus/ollama_decode/regression-error-after-lines");
+    for size in [1, 7, body.len()] {
+        let pieces: Vec<reqwest::Result<Bytes>> =
+            body.chunks(size).map(|p| Ok(Bytes::copy_from_slice(p))).collect();
+        let items: Vec<_> = decode_stream(futures_util::stream::iter(pieces), Peer::new("local", None))
+            .collect()
+            .await;
+        let contents: Vec<_> = items
+            .iter()
+            .map(|i| match i {
+                Ok(c) => c.choices[0].delta.as_ref().and_then(|d| d.content.clone()),
+                Err(e) => Some(e.message().to_owned()),
+            })
+            .collect();
+        assert_eq!(
+            contents,
+            [
+                Some(String::new()),
+                Some("Hel".to_owned()),
+                Some("provider `local`: out of memory".to_owned())
+            ],
+            "cut into {size}-byte pieces"
+        );
+        assert!(items[2].is_err());
+    }
 }
 
 fn image_request(url: &str) -> ChatRequest {
