@@ -377,6 +377,24 @@ pub fn parse_request(body: &[u8]) -> Result<pb::ChatRequest, GwError> {
     Ok(req)
 }
 
+/// `logit_bias` is passed on as written, so it is checked here: token ids
+/// to numbers from -100 to 100 (a number past f64's range would reach the
+/// provider as JSON it cannot read).
+fn check_logit_bias(text: &str) -> Result<(), GwError> {
+    let refused = || {
+        GwError::invalid(
+            "logit_bias",
+            "Invalid value for 'logit_bias': expected an object mapping token ids to numbers from -100 to 100.",
+        )
+    };
+    let bias: Option<std::collections::HashMap<String, f64>> =
+        serde_json::from_str(text).map_err(|_| refused())?;
+    match bias {
+        Some(b) if b.values().any(|v| !(-100.0..=100.0).contains(v)) => Err(refused()),
+        _ => Ok(()),
+    }
+}
+
 pub(super) fn malformed() -> GwError {
     GwError::new(
         crate::ErrorCode::InvalidRequest,
@@ -414,6 +432,9 @@ pub(super) fn describe(e: serde_path_to_error::Error<serde_json::Error>) -> GwEr
 }
 
 fn convert_request(raw: RequestIn) -> Result<pb::ChatRequest, GwError> {
+    if let Some(bias) = &raw.logit_bias {
+        check_logit_bias(bias.get())?;
+    }
     let messages = raw.messages.into_iter().map(convert_message).collect();
     let tools = raw
         .tools

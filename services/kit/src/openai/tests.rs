@@ -270,3 +270,19 @@ fn mutated_requests_never_panic() {
         }
     }
 }
+
+/// `logit_bias` reaches providers as written: only numbers from -100 to 100
+/// pass (the fuzzer found one past f64's range that did).
+#[test]
+fn logit_bias_values_are_numbers_in_range() {
+    let with = |bias: &str| {
+        let text =
+            format!(r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"logit_bias":{bias}}}"#);
+        parse_request(text.as_bytes())
+    };
+    assert!(with(r#"{"50256": -100, "7": 2.5}"#).is_ok());
+    assert!(with("null").is_ok());
+    for bad in [r#"{"1": -1e400}"#, r#"{"1": 101}"#, r#"{"1": "x"}"#, "[1]", "5"] {
+        assert_eq!(with(bad).unwrap_err().param(), Some("logit_bias"), "{bad}");
+    }
+}
