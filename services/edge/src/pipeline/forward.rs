@@ -193,17 +193,7 @@ impl Pipeline {
             })
             .await?;
         let price = target.price.unwrap_or_default();
-        let tap = Tap {
-            meter: req.meter,
-            streaming: req.streaming,
-            input_chars: req.input_chars,
-            kept: Vec::new(),
-            overflow: false,
-            line: Vec::new(),
-            text_chars: 0,
-            usage: None,
-            images: 0,
-        };
+        let tap = Tap::new(req.meter, req.streaming, req.input_chars);
         let body = tapped(
             rest,
             Running {
@@ -312,6 +302,21 @@ const IMAGE_KEYS: [&[u8]; 2] = [b"\"b64_json\"", b"\"url\""];
 const KEY_CARRY: usize = 9;
 
 impl Tap {
+    /// A tap that has seen nothing yet.
+    fn new(meter: Meter, streaming: bool, input_chars: usize) -> Self {
+        Self {
+            meter,
+            streaming,
+            input_chars,
+            kept: Vec::new(),
+            overflow: false,
+            line: Vec::new(),
+            text_chars: 0,
+            usage: None,
+            images: 0,
+        }
+    }
+
     fn feed(&mut self, data: &[u8]) {
         // Speech is metered from its input: its audio is not read.
         if matches!(self.meter, Meter::Characters(_)) {
@@ -498,17 +503,7 @@ mod tests {
 
     #[test]
     fn stream_usage_and_text_are_read_across_pieces() {
-        let mut tap = Tap {
-            meter: Meter::Tokens,
-            streaming: true,
-            input_chars: 8,
-            kept: Vec::new(),
-            overflow: false,
-            line: Vec::new(),
-            text_chars: 0,
-            usage: None,
-            images: 0,
-        };
+        let mut tap = Tap::new(Meter::Tokens, true, 8);
         tap.feed(b"data: {\"choices\":[{\"text\":\"hel");
         tap.feed(b"lo\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":2}}\n\ndata: [DONE]\n\n");
         assert_eq!(tap.text_chars, 5);
@@ -517,17 +512,7 @@ mod tests {
 
     #[test]
     fn images_of_an_answer_too_large_to_keep_are_counted_as_they_pass() {
-        let mut tap = Tap {
-            meter: Meter::Images { requested: 4 },
-            streaming: false,
-            input_chars: 0,
-            kept: Vec::new(),
-            overflow: false,
-            line: Vec::new(),
-            text_chars: 0,
-            usage: None,
-            images: 0,
-        };
+        let mut tap = Tap::new(Meter::Images { requested: 4 }, false, 0);
         let image = "A".repeat(600_000);
         let answer = format!(
             r#"{{"created":1,"data":[{{"b64_json":"{image}","revised_prompt":"say \"url\" "}},{{"b64_json":"{image}"}},{{"url":"https://x"}}]}}"#
