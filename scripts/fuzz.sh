@@ -45,7 +45,9 @@ for t in "${targets[@]}"; do
   else
     failed+=("$t")
     echo "fuzz: $t FAILED (log: $log)" >&2
-    grep -vE '^(#[0-9]+|INFO:|WARNING: Failed to find)' "$log" | head -60 >&2
+    # The end of the log holds the panic or libFuzzer's verdict; tail reads
+    # it all (head would stop early and fail the pipe under pipefail).
+    grep -vE '^(#[0-9]+|INFO:|WARNING: Failed to find|[[:space:]]*NEW_FUNC)' "$log" | tail -60 >&2 || true
     for a in $(grep -oE "Test unit written to [^ ]+" "$log" | awk '{print $5}'); do
       echo "fuzz: reproducer: $a" >&2
       echo "fuzz: reproduce:  $bin_dir/$t $a   (or: cargo fuzz run -s none $t $a)" >&2

@@ -253,6 +253,9 @@ pub fn parse_request(body: &[u8], route: Route) -> Result<pb::ChatRequest, GwErr
             });
         }
     };
+    if !llmgw_kit::openai::strings_decode(body) {
+        return Err(malformed());
+    }
     convert(raw, route)
 }
 

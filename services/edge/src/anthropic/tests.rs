@@ -91,6 +91,25 @@ fn tool_input_and_schemas_stay_raw_text() {
     );
 }
 
+/// Raw JSON passed on must decode: a lone surrogate escape in a tool's
+/// schema or input is refused (the fuzzer's find), a surrogate pair is not.
+#[test]
+fn raw_json_with_a_lone_surrogate_is_refused() {
+    let with = |text: &str| {
+        let body = format!(
+            r#"{{"model":"c","max_tokens":5,"messages":[{{"role":"assistant","content":[
+            {{"type":"tool_use","id":"t","name":"f","input":{{"q":"{text}"}}}}]}}],
+            "tools":[{{"name":"f","input_schema":{{"type":"object","title":"{text}"}}}}]}}"#
+        );
+        parse_request(body.as_bytes(), Route::Messages)
+    };
+    assert!(with(r"\ud83c\udf1e").is_ok());
+    for bad in [r"\ud800", r"\udfff"] {
+        let e = with(bad).expect_err(bad);
+        assert_eq!(e.code(), llmgw_kit::ErrorCode::InvalidRequest, "{bad}");
+    }
+}
+
 #[test]
 fn newer_sdk_fields_translate() {
     let req = parse(json!({

@@ -372,9 +372,68 @@ pub fn parse_request(body: &[u8]) -> Result<pb::ChatRequest, GwError> {
             });
         }
     };
+    if !strings_decode(body) {
+        return Err(malformed());
+    }
     let req = convert_request(raw)?;
     validate_request(&req)?;
     Ok(req)
+}
+
+/// Whether every string in the JSON text `body` decodes to Unicode. The
+/// typed parse already decodes the strings it reads; this is for the parts
+/// passed on as raw JSON (tool schemas, tool input, extra fields), where a
+/// lone surrogate escape such as `"\ud800"` would otherwise reach providers
+/// as text their JSON readers refuse. Bodies without a surrogate escape
+/// (almost all) are not parsed again.
+pub fn strings_decode(body: &[u8]) -> bool {
+    let surrogate = memchr::memmem::find_iter(body, b"\\u").any(|at| {
+        matches!(body.get(at + 2), Some(b'd' | b'D'))
+            && matches!(body.get(at + 3), Some(b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'))
+    });
+    !surrogate || serde_json::from_slice::<Decodable>(body).is_ok()
+}
+
+/// Any JSON value, read only to see that its strings decode.
+struct Decodable;
+
+impl<'de> Deserialize<'de> for Decodable {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Any;
+        impl<'de> Visitor<'de> for Any {
+            type Value = Decodable;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Decodable, E> {
+                Ok(Decodable)
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Decodable, E> {
+                Ok(Decodable)
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Decodable, E> {
+                Ok(Decodable)
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Decodable, E> {
+                Ok(Decodable)
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Decodable, E> {
+                Ok(Decodable)
+            }
+            fn visit_unit<E>(self) -> Result<Decodable, E> {
+                Ok(Decodable)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Decodable, A::Error> {
+                while seq.next_element::<Decodable>()?.is_some() {}
+                Ok(Decodable)
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Decodable, A::Error> {
+                while map.next_entry::<Decodable, Decodable>()?.is_some() {}
+                Ok(Decodable)
+            }
+        }
+        deserializer.deserialize_any(Any)
+    }
 }
 
 /// `logit_bias` is passed on as written, so it is checked here: token ids

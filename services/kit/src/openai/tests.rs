@@ -286,3 +286,37 @@ fn logit_bias_values_are_numbers_in_range() {
         assert_eq!(with(bad).unwrap_err().param(), Some("logit_bias"), "{bad}");
     }
 }
+
+/// Tool schemas travel as raw JSON, so a lone surrogate escape in one (which
+/// the typed parse never decodes) is refused as unreadable JSON rather than
+/// passed to providers; a surrogate pair (an emoji, as `json.dumps` writes
+/// it) is fine.
+#[test]
+fn raw_json_with_a_lone_surrogate_is_refused() {
+    let with = |description: &str| {
+        let text = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"x \ud83d\ude00"}}],
+            "tools":[{{"type":"function","function":{{"name":"f","parameters":{{"type":"object","description":"{description}"}}}}}}]}}"#
+        );
+        parse_request(text.as_bytes())
+    };
+    let req = with(r"sun \ud83c\udf1e").expect("a surrogate pair decodes");
+    let params = req.tools[0]
+        .function
+        .as_ref()
+        .unwrap()
+        .parameters_json
+        .as_deref()
+        .unwrap();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(params).is_ok(),
+        "{params}"
+    );
+    for bad in [r"\ud800", r"\uDC00 x", r"\ud83d\u0041", r"\ud83d"] {
+        let e = with(bad).expect_err(bad);
+        assert_eq!(e.code(), crate::ErrorCode::InvalidRequest, "{bad}");
+    }
+    // A decoded field was refused already, by the typed parse.
+    let text = r#"{"model":"m","messages":[{"role":"user","content":"\ud800"}]}"#;
+    assert!(parse_request(text.as_bytes()).is_err());
+}
