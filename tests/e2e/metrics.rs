@@ -391,6 +391,23 @@ async fn split_services_export_their_series_to_a_real_prometheus() {
         let (i, o) = tokens(&body["usage"]);
         (input, output, ok) = (input + i, output + o, ok + 1);
     }
+    // A provider that takes 400 ms: the adapter's measure of it crosses the
+    // gRPC hop, so the edge counts none of it as its own.
+    let (status, overhead, latency, body) = timed_chat(
+        &gw,
+        &gw.key,
+        &json!({"model": "gpt-4o-mini", "messages": user("slow [emu:delay_ms=400]")}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let overhead = overhead.expect("x-llmgw-overhead-ms");
+    assert!(latency >= 400.0, "{latency}");
+    assert!(
+        overhead < 200.0,
+        "overhead {overhead} ms of {latency} ms: the provider's 400 ms counted as the gateway's"
+    );
+    let (i, o) = tokens(&body["usage"]);
+    (input, output, ok) = (input + i, output + o, ok + 1);
 
     // ---- a stream, with usage.
     let r = gw

@@ -702,12 +702,16 @@ impl Pipeline {
                     error.type = tracing::field::Empty,
                     otel.status_code = tracing::field::Empty,
                 );
-                let result = tracing::Instrument::instrument(
-                    tokio::time::timeout_at(deadline, call(last, target.clone())),
+                let (result, upstream) = tracing::Instrument::instrument(
+                    llmgw_kit::upstream::measure(tokio::time::timeout_at(
+                        deadline,
+                        call(last, target.clone()),
+                    )),
                     span.clone(),
                 )
-                .await
-                .unwrap_or_else(|_| {
+                .await;
+                let upstream_ms = upstream.map(|d| d.as_secs_f64() * 1000.0);
+                let result = result.unwrap_or_else(|_| {
                     Err(GwError::new(
                         ErrorCode::UpstreamTimeout,
                         format!(
@@ -730,6 +734,7 @@ impl Pipeline {
                             error_type: None,
                             http_status: Some(200),
                             latency_ms,
+                            upstream_ms,
                         });
                         meta.used_provider.clone_from(&target.provider);
                         meta.used_model.clone_from(&target.model);
@@ -757,6 +762,7 @@ impl Pipeline {
                                 e.upstream_status().unwrap_or_else(|| e.http_status()),
                             )),
                             latency_ms,
+                            upstream_ms,
                         });
                         let retryable = e.retryable();
                         let too_long = e.code() == ErrorCode::ContextLengthExceeded;
@@ -975,11 +981,16 @@ fn provider_name(target: &pb::Target) -> metrics::Name {
 }
 
 /// The gateway's own time on a request that began at `started`: all of it
-/// but the tries' time with providers (`meta.attempts`); recorded in
+/// but the tries' time waiting on providers (`meta.attempts`, as the
+/// adapter measured it; a try it said nothing of counts whole); recorded in
 /// `llmgw_gateway_overhead_seconds{kind}` and returned, for the
 /// `x-llmgw-overhead-ms` header.
 pub fn overhead(kind: &'static str, started: Instant, meta: &pb::RoutingMetadata) -> Duration {
-    let upstream_ms: f64 = meta.attempts.iter().map(|a| a.latency_ms).sum();
+    let upstream_ms: f64 = meta
+        .attempts
+        .iter()
+        .map(|a| a.upstream_ms.unwrap_or(a.latency_ms))
+        .sum();
     let total = started.elapsed();
     let own = total.saturating_sub(Duration::from_secs_f64(upstream_ms.max(0.0) / 1000.0));
     metrics::edge().overhead(kind, own);

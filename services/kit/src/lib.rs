@@ -19,5 +19,6 @@ pub mod shutdown;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod upstream;
 
 pub use error::{ErrorCode, GwError};

@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status};
 use crate::error::GwError;
 use crate::grpc::MAX_MESSAGE_BYTES;
 use crate::telemetry::TraceInterceptor;
+use crate::upstream;
 
 /// Every internal client's channel: each call carries the caller's trace
 /// context (see [`TraceInterceptor`]).
@@ -267,17 +268,40 @@ impl GrpcAdapter {
     }
 }
 
+/// Adds the provider time a remote adapter reported in `resp`'s headers to
+/// the caller's clock ([`upstream`]); the answer itself is passed on.
+fn provider_time<T>(resp: Response<T>) -> T {
+    if let Some(spent) = resp
+        .metadata()
+        .get(upstream::HEADER)
+        .and_then(|v| upstream::from_header(v.as_bytes()))
+    {
+        upstream::add(spent);
+    }
+    resp.into_inner()
+}
+
+/// Waits for a remote stream's first message. The adapter sends it as soon
+/// as the provider's first piece arrives, so the wait counts as the
+/// provider's time.
+async fn first_message<T>(stream: &mut tonic::Streaming<T>) -> Result<Option<T>, Status> {
+    let started = std::time::Instant::now();
+    let first = stream.message().await;
+    upstream::add(started.elapsed());
+    first
+}
+
 #[async_trait]
 impl AdapterService for GrpcAdapter {
     async fn complete(&self, req: pb::AdapterRequest) -> Result<pb::ChatResponse, GwError> {
-        Ok(self.0.clone().complete(req).await?.into_inner())
+        Ok(provider_time(self.0.clone().complete(req).await?))
     }
 
     async fn stream(&self, req: pb::AdapterRequest) -> Result<ChunkStream, GwError> {
-        let mut stream = self.0.clone().stream(req).await?.into_inner();
+        let mut stream = provider_time(self.0.clone().stream(req).await?);
         // The server sends its first message (or error) only once the provider
         // answered, so waiting for it keeps pre-first-byte errors retryable.
-        let first = stream.message().await?;
+        let first = first_message(&mut stream).await?;
         let rest = stream.map(|item| item.map_err(GwError::from));
         Ok(match first {
             Some(first) => Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(rest)),
@@ -286,13 +310,13 @@ impl AdapterService for GrpcAdapter {
     }
 
     async fn embed(&self, req: pb::AdapterEmbeddingsRequest) -> Result<pb::EmbeddingsResponse, GwError> {
-        Ok(self.0.clone().embed(req).await?.into_inner())
+        Ok(provider_time(self.0.clone().embed(req).await?))
     }
 
     async fn forward(&self, req: pb::ForwardRequest) -> Result<ForwardStream, GwError> {
-        let mut stream = self.0.clone().forward(req).await?.into_inner();
+        let mut stream = provider_time(self.0.clone().forward(req).await?);
         // As for `stream`: the first message comes once the provider answered.
-        let first = stream.message().await?;
+        let first = first_message(&mut stream).await?;
         let rest = stream.map(|item| item.map_err(GwError::from));
         Ok(match first {
             Some(first) => Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(rest)),
@@ -392,12 +416,24 @@ pub struct AdapterGrpcServer(pub Adapter);
 
 type StatusStream = Pin<Box<dyn Stream<Item = Result<pb::ChatChunk, Status>> + Send + 'static>>;
 
+/// Runs one adapter call on its own provider clock and answers with the
+/// figure in the [`upstream::HEADER`] response header.
+async fn timed<T>(call: impl Future<Output = Result<T, GwError>>) -> Result<Response<T>, Status> {
+    let (answer, spent) = upstream::measure(call).await;
+    let mut resp = Response::new(answer?);
+    if let Some(spent) = spent {
+        resp.metadata_mut()
+            .insert(upstream::HEADER, upstream::to_header(spent).into());
+    }
+    Ok(resp)
+}
+
 #[async_trait]
 impl pb::adapter_server::Adapter for AdapterGrpcServer {
     async fn complete(&self, req: Request<pb::AdapterRequest>) -> Result<Response<pb::ChatResponse>, Status> {
         let req = req.into_inner();
         tracing::debug!(request_id = %req.request_id, "adapter serves complete");
-        Ok(Response::new(self.0.complete(req).await?))
+        timed(self.0.complete(req)).await
     }
 
     type StreamStream = StatusStream;
@@ -405,17 +441,18 @@ impl pb::adapter_server::Adapter for AdapterGrpcServer {
     async fn stream(&self, req: Request<pb::AdapterRequest>) -> Result<Response<Self::StreamStream>, Status> {
         let req = req.into_inner();
         tracing::debug!(request_id = %req.request_id, "adapter serves stream");
-        let stream = self.0.stream(req).await?;
-        Ok(Response::new(Box::pin(
-            stream.map(|item| item.map_err(|e| e.to_status())),
-        )))
+        timed(async {
+            let stream = self.0.stream(req).await?;
+            Ok::<Self::StreamStream, GwError>(Box::pin(stream.map(|item| item.map_err(|e| e.to_status()))))
+        })
+        .await
     }
 
     async fn embed(
         &self,
         req: Request<pb::AdapterEmbeddingsRequest>,
     ) -> Result<Response<pb::EmbeddingsResponse>, Status> {
-        Ok(Response::new(self.0.embed(req.into_inner()).await?))
+        timed(self.0.embed(req.into_inner())).await
     }
 
     type ForwardStream = Pin<Box<dyn Stream<Item = Result<pb::ForwardChunk, Status>> + Send + 'static>>;
@@ -424,10 +461,11 @@ impl pb::adapter_server::Adapter for AdapterGrpcServer {
         &self,
         req: Request<pb::ForwardRequest>,
     ) -> Result<Response<Self::ForwardStream>, Status> {
-        let stream = self.0.forward(req.into_inner()).await?;
-        Ok(Response::new(Box::pin(
-            stream.map(|item| item.map_err(|e| e.to_status())),
-        )))
+        timed(async {
+            let stream = self.0.forward(req.into_inner()).await?;
+            Ok::<Self::ForwardStream, GwError>(Box::pin(stream.map(|item| item.map_err(|e| e.to_status()))))
+        })
+        .await
     }
 }
 
@@ -472,5 +510,101 @@ impl pb::metering_server::Metering for MeteringGrpcServer {
         req: Request<pb::UsageQueryRequest>,
     ) -> Result<Response<pb::UsageReport>, Status> {
         Ok(Response::new(self.0.query_usage(req.into_inner()).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// An adapter whose provider "took" `spent` on every call (as the real
+    /// adapter's HTTP layer records it), and whose stream's first chunk
+    /// comes `first_after` later.
+    struct Timed {
+        spent: Option<Duration>,
+        first_after: Duration,
+    }
+
+    #[async_trait]
+    impl AdapterService for Timed {
+        async fn complete(&self, _: pb::AdapterRequest) -> Result<pb::ChatResponse, GwError> {
+            if let Some(spent) = self.spent {
+                upstream::add(spent);
+            }
+            Ok(pb::ChatResponse::default())
+        }
+
+        async fn stream(&self, _: pb::AdapterRequest) -> Result<ChunkStream, GwError> {
+            if let Some(spent) = self.spent {
+                upstream::add(spent);
+            }
+            let wait = self.first_after;
+            Ok(Box::pin(futures_util::stream::once(async move {
+                tokio::time::sleep(wait).await;
+                Ok(pb::ChatChunk::default())
+            })))
+        }
+
+        async fn embed(&self, _: pb::AdapterEmbeddingsRequest) -> Result<pb::EmbeddingsResponse, GwError> {
+            if let Some(spent) = self.spent {
+                upstream::add(spent);
+            }
+            Ok(pb::EmbeddingsResponse::default())
+        }
+
+        async fn forward(&self, _: pb::ForwardRequest) -> Result<ForwardStream, GwError> {
+            Err(GwError::internal("not used"))
+        }
+    }
+
+    /// A remote client of `adapter`, served over a real gRPC connection.
+    async fn remote(adapter: Timed) -> Adapter {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(pb::adapter_server::AdapterServer::new(AdapterGrpcServer(
+                    Arc::new(adapter),
+                )))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        GrpcAdapter::client(crate::grpc::channel(&format!("http://{addr}")).unwrap())
+    }
+
+    #[tokio::test]
+    async fn provider_time_crosses_the_grpc_hop() {
+        let adapter = remote(Timed {
+            spent: Some(Duration::from_millis(40)),
+            first_after: Duration::from_millis(50),
+        })
+        .await;
+        // Unary: exactly what the adapter measured; the hop itself is ours.
+        let (resp, spent) = upstream::measure(adapter.complete(pb::AdapterRequest::default())).await;
+        resp.unwrap();
+        assert_eq!(spent, Some(Duration::from_millis(40)));
+        let (resp, spent) = upstream::measure(adapter.embed(pb::AdapterEmbeddingsRequest::default())).await;
+        resp.unwrap();
+        assert_eq!(spent, Some(Duration::from_millis(40)));
+        // A stream: the adapter's figure plus the wait for the first chunk,
+        // which the adapter sends on as soon as the provider does.
+        let (stream, spent) = upstream::measure(adapter.stream(pb::AdapterRequest::default())).await;
+        assert_eq!(stream.unwrap().count().await, 1);
+        let spent = spent.unwrap();
+        assert!(spent >= Duration::from_millis(90), "{spent:?}");
+        assert!(spent < Duration::from_secs(5), "{spent:?}");
+    }
+
+    #[tokio::test]
+    async fn an_adapter_that_measured_nothing_says_nothing() {
+        let adapter = remote(Timed {
+            spent: None,
+            first_after: Duration::ZERO,
+        })
+        .await;
+        let (resp, spent) = upstream::measure(adapter.complete(pb::AdapterRequest::default())).await;
+        resp.unwrap();
+        assert_eq!(spent, None);
     }
 }

@@ -62,14 +62,23 @@ pub(crate) fn client() -> Result<reqwest::Client, GwError> {
         .map_err(|e| GwError::internal(format!("cannot build the http client: {}", root_cause(&e))))
 }
 
-/// Sends `request` — every upstream request goes through here. While spans
-/// are exported it carries the current span's W3C `traceparent` (and
-/// `tracestate`), and the span (the GenAI client span) learns
-/// `server.address` and `server.port`; otherwise it is `send` alone.
+/// Sends `request` — every upstream request goes through here — and waits
+/// for the answer's headers, time added to the request's provider clock
+/// ([`llmgw_kit::upstream`]). While spans are exported it carries the
+/// current span's W3C `traceparent` (and `tracestate`), and the span (the
+/// GenAI client span) learns `server.address` and `server.port`.
 pub(crate) async fn dispatch(request: reqwest::RequestBuilder) -> reqwest::Result<Response> {
-    if !llmgw_kit::telemetry::enabled() {
-        return request.send().await;
-    }
+    let started = std::time::Instant::now();
+    let sent = if llmgw_kit::telemetry::enabled() {
+        traced(request).await
+    } else {
+        request.send().await
+    };
+    llmgw_kit::upstream::add(started.elapsed());
+    sent
+}
+
+async fn traced(request: reqwest::RequestBuilder) -> reqwest::Result<Response> {
     let (client, request) = request.build_split();
     let mut request = request?;
     let span = tracing::Span::current();
@@ -138,7 +147,8 @@ impl Peer {
     }
 
     /// Reads the body of `response`, at most `limit` bytes: past it, an error
-    /// when `strict`, else the body is cut there.
+    /// when `strict`, else the body is cut there. The time counts as the
+    /// provider's ([`llmgw_kit::upstream`]).
     pub(crate) async fn read_limited(
         &self,
         response: &mut Response,
@@ -149,6 +159,19 @@ impl Peer {
             .content_length()
             .and_then(|n| usize::try_from(n).ok())
             .unwrap_or(0);
+        let started = std::time::Instant::now();
+        let read = self.read_body(response, limit, strict, hint).await;
+        llmgw_kit::upstream::add(started.elapsed());
+        read
+    }
+
+    async fn read_body(
+        &self,
+        response: &mut Response,
+        limit: usize,
+        strict: bool,
+        hint: usize,
+    ) -> Result<Vec<u8>, GwError> {
         let mut body = Vec::with_capacity(hint.min(limit));
         while let Some(chunk) = response.chunk().await.map_err(|e| self.body_error(&e))? {
             if body.len() + chunk.len() > limit {
