@@ -28,6 +28,31 @@ use tonic::service::Routes;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// mimalloc gives the memory of freed pages back to the OS only once a
+/// thread next works in the allocator after a delay, so a gateway that goes
+/// quiet after a burst would keep its peak. Once a second this thread lets
+/// it give back what has waited long enough.
+fn give_back_freed_memory() {
+    let spawned = std::thread::Builder::new()
+        .name("mi-collect".to_owned())
+        .spawn(|| {
+            loop {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                collect_allocator();
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("warning: cannot start the allocator's collector: {e}");
+    }
+}
+
+#[allow(unsafe_code)]
+fn collect_allocator() {
+    // SAFETY: `mi_collect` has no preconditions: any thread may call it at
+    // any time; without `force` it only frees what is already free.
+    unsafe { libmimalloc_sys::mi_collect(false) }
+}
+
 #[derive(Parser)]
 #[command(
     name = "llmgw",
@@ -136,6 +161,7 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    give_back_freed_memory();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
