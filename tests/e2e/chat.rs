@@ -300,3 +300,57 @@ async fn chat_in_one_process() {
 async fn chat_across_five_processes() {
     scenario(Shape::Split).await;
 }
+
+/// `upstream.idle_timeout`: pooled connections to a provider are closed
+/// once idle that long (counted at the emulator), and kept under the
+/// default.
+#[tokio::test]
+async fn idle_upstream_connections_close_after_upstream_idle_timeout() {
+    let (short, default) = tokio::join!(
+        Gateway::start_full(Shape::All, "", "", "upstream:\n  idle_timeout: 1s\n"),
+        Gateway::start(Shape::All),
+    );
+    // The emulator's count of open connections, less the one asking.
+    let open = async |gw: &Gateway| {
+        let ledger: Value = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client")
+            .get(format!("http://{}/_emu/ledger", gw.emu.addr))
+            .send()
+            .await
+            .expect("ledger")
+            .json()
+            .await
+            .expect("ledger json");
+        ledger["open_connections"].as_i64().expect("open_connections") - 1
+    };
+    // Three at once: three upstream connections, then pooled.
+    let three = async |gw: &Gateway| {
+        let one = || async {
+            let r = gw
+                .client
+                .post(gw.url("/v1/chat/completions"))
+                .bearer_auth(&gw.key)
+                .json(&json!({"model": "gpt-4o-mini", "messages": user("hi [emu:delay_ms=200]")}))
+                .send()
+                .await
+                .expect("chat");
+            assert_eq!(r.status(), 200);
+        };
+        tokio::join!(one(), one(), one());
+    };
+    tokio::join!(three(&short), three(&default));
+    assert!(open(&short).await >= 3, "pooled right after");
+    assert!(open(&default).await >= 3, "pooled right after");
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while open(&short).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle connections still open after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(open(&default).await >= 3, "the default keeps them (90 s)");
+}

@@ -71,6 +71,8 @@ struct RawConfig {
     shutdown: ShutdownConfig,
     #[serde(default)]
     cache: CacheConfig,
+    #[serde(default)]
+    upstream: UpstreamConfig,
 }
 
 /// The response cache (exact match, opt-in per request, key policy or
@@ -148,6 +150,29 @@ impl Default for ShutdownConfig {
         Self {
             drain: Duration::from_secs(30),
             deregister_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The provider-adapter's connections to providers, kept open between
+/// requests: reuse saves a TCP and TLS handshake, each idle connection
+/// costs some 30 KB.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpstreamConfig {
+    /// How long an idle connection is kept for reuse.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Idle connections kept per provider host; a burst beyond it closes
+    /// the extra ones as it ends.
+    pub max_idle_per_host: usize,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(90),
+            max_idle_per_host: 256,
         }
     }
 }
@@ -769,6 +794,8 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     /// The response cache.
     pub cache: CacheConfig,
+    /// Connections to providers.
+    pub upstream: UpstreamConfig,
 }
 
 const DEFAULT_PROVIDER_TIMEOUT: Duration = Duration::from_secs(600);
@@ -955,6 +982,7 @@ impl Config {
             telemetry,
             shutdown: raw.shutdown,
             cache: raw.cache,
+            upstream: raw.upstream,
         })
     }
 

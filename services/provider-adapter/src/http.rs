@@ -27,10 +27,6 @@ use reqwest::{Response, StatusCode, redirect};
 
 /// Longest a TCP (and TLS) connect may take; the per-try timeout covers the rest.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long an idle pooled connection is kept for reuse.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
-/// Idle connections kept per host: enough for bursts without hoarding sockets.
-const POOL_MAX_IDLE_PER_HOST: usize = 256;
 /// Keepalive probes so a silently dead peer is noticed on long streams.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
 /// The most of an error body we read: enough for any error object.
@@ -38,10 +34,17 @@ const ERROR_BODY_LIMIT: usize = 64 << 10;
 /// The longest upstream error message we pass on.
 const MESSAGE_LIMIT: usize = 1024;
 
+/// The shared client with the default pool (tests).
+#[cfg(test)]
+pub(crate) fn client() -> Result<reqwest::Client, GwError> {
+    pooled(&llmgw_kit::config::UpstreamConfig::default())
+}
+
 /// Builds the shared client: no redirects (no one may steer where we
 /// connect), TCP_NODELAY, a bounded connect and no total timeout (streams may
-/// run long; the per-try timeout is applied around each call).
-pub(crate) fn client() -> Result<reqwest::Client, GwError> {
+/// run long; the per-try timeout is applied around each call), idle
+/// connections kept as `pool` says.
+pub(crate) fn pooled(pool: &llmgw_kit::config::UpstreamConfig) -> Result<reqwest::Client, GwError> {
     // Once per process; a second call (or a provider installed by the binary) is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()
@@ -49,8 +52,8 @@ pub(crate) fn client() -> Result<reqwest::Client, GwError> {
         .tcp_nodelay(true)
         .tcp_keepalive(TCP_KEEPALIVE)
         .connect_timeout(CONNECT_TIMEOUT)
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .pool_idle_timeout(pool.idle_timeout)
+        .pool_max_idle_per_host(pool.max_idle_per_host)
         // Over HTTP/2, streams to one provider share a connection; h2 closes it
         // (`ENHANCE_YOUR_CALM`) once the small SSE frames held unread for slow
         // clients exceed half the connection window. A large connection window

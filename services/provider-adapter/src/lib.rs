@@ -68,7 +68,7 @@ type Built = (Instant, ProviderKind, Arc<dyn Provider>);
 
 impl ProviderAdapter {
     fn new(config: &Config, auth: Option<Auth>) -> Result<Self, GwError> {
-        let client = http::client()?;
+        let client = http::pooled(&config.upstream)?;
         let mut map = HashMap::with_capacity(config.providers.len());
         for p in &config.providers {
             map.insert(p.name.clone(), (p.kind, providers::build(p, &client)?));

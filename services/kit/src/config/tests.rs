@@ -581,3 +581,20 @@ routing:
     .to_string();
     assert!(e.contains("tll"), "{e}");
 }
+
+#[test]
+fn upstream_pool_settings() {
+    let c = Config::parse("", "g.yaml", &env(&[])).unwrap();
+    assert_eq!(c.upstream.idle_timeout, Duration::from_secs(90));
+    assert_eq!(c.upstream.max_idle_per_host, 256);
+    let c = Config::parse(
+        "upstream:\n  idle_timeout: 1500ms\n  max_idle_per_host: 8\n",
+        "g.yaml",
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(c.upstream.idle_timeout, Duration::from_millis(1500));
+    assert_eq!(c.upstream.max_idle_per_host, 8);
+    let e = Config::parse("upstream:\n  idle: 1s\n", "g.yaml", &env(&[])).unwrap_err();
+    assert!(e.to_string().contains("upstream"), "{e}");
+}
