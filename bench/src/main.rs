@@ -50,8 +50,8 @@ use crate::report::{Compare, Row, TARGETS, spread};
 use crate::rss::Rss;
 use crate::scenarios::{
     Bodies, Errors, Faults, PACED_CHUNKS, PACED_GAP_MS, PACED_STREAMS, Paced, Params, R2_FAIL_EVERY,
-    R2_STATUS, ROUTER_PROFILES, Reference, RouterRound, S1Round, S2Round, S4P_GAP_MS, S4Round, S5_CHUNKS,
-    S5_GAP_MS, STREAM_CHUNKS,
+    R2_STATUS, ROUTER_PROFILES, Reference, RouterRound, S1Round, S2Round, S4P_GAP_MS, S4P_STREAM, S4Round,
+    S5_CHUNKS, S5_GAP_MS, STREAM_CHUNKS,
 };
 
 /// The scenarios `--only` can pick.
@@ -240,9 +240,11 @@ struct Rounds {
     s2: Vec<S2Case>,
     s3: [Vec<S3Round>; 4],
     s4: [Vec<S4Round>; 4],
-    /// S4 paced: one stream at a time, and `s4p_clients` at once.
+    /// S4 paced: one stream at a time; `s4p_clients` in flight, their
+    /// starts spread out; as many started in the same instant.
     s4p_one: [Vec<S4Round>; 4],
     s4p_many: [Vec<S4Round>; 4],
+    s4p_burst: [Vec<S4Round>; 4],
     s4a: [Vec<S4Round>; 4],
     s4b: [Vec<S4Round>; 4],
     /// S5 by target: every process's memory, and the streams.
@@ -495,10 +497,19 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         let want = Arc::new(scenarios::stream_reference(&targets[0], paced.clone()).await?);
         for round in 0..p.rounds {
             for i in order(round, n) {
-                let one = scenarios::streams(&targets[i], &paced, &want, 1, p.s4p_streams, &p).await?;
-                let many = scenarios::streams(&targets[i], &paced, &want, p.s4p_clients, 1, &p).await?;
+                let t = &targets[i];
+                let one = scenarios::streams(t, &paced, &want, 1, p.s4p_streams, Duration::ZERO, &p).await?;
+                // Two streams per client, the starts spread over a stream's
+                // length: the second wave runs with all of them in flight.
+                let many = scenarios::streams(t, &paced, &want, p.s4p_clients, 2, S4P_STREAM, &p).await?;
+                let burst =
+                    scenarios::streams(t, &paced, &want, p.s4p_clients, 1, Duration::ZERO, &p).await?;
                 procs.check_alive()?;
-                for (what, x) in [("1 at a time", &one), ("at once", &many)] {
+                for (what, x) in [
+                    ("1 at a time", &one),
+                    ("in flight", &many),
+                    ("started together", &burst),
+                ] {
                     let line = format!(
                         "{} streams {what}, TTFT p99 {:.2} ms, gap p99 {:.2} ms",
                         x.measured, x.ttft_p99_ms, x.gap_p99_ms
@@ -507,6 +518,7 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
                 }
                 r.s4p_one[i].push(one);
                 r.s4p_many[i].push(many);
+                r.s4p_burst[i].push(burst);
             }
         }
     }
@@ -708,8 +720,9 @@ async fn run(args: Args, pinning: Pinning) -> anyhow::Result<bool> {
         println!(
             "S4: up to {} sequential streams of {} chunks a round, sent back to back by the upstream (a round stops \
              after {:.0} s): direct gaps are ~0 (one read), gateway gaps show how it paces chunks it forwards; \
-             S4 paced: {STREAM_CHUNKS} chunks {S4P_GAP_MS} ms apart, {} streams one at a time and {} at once, \
-             every chunk checked in order",
+             S4 paced: {STREAM_CHUNKS} chunks {S4P_GAP_MS} ms apart, {} streams one at a time; {} in flight \
+             (two each, their starts spread over a stream's length, as under a steady load: the target); as many \
+             started in the same instant (a burst: its TTFT is the queue of setups); every chunk checked in order",
             p.s4_streams,
             reference.deltas.len(),
             p.s4_max.as_secs_f64(),
@@ -869,7 +882,10 @@ async fn s5(
         |pids: &[Option<u32>]| -> Vec<f64> { pids.iter().map(|p| p.map_or(f64::NAN, rss::rss_mb)).collect() };
     let before = read(&pids);
     let (t, b, w, pp) = (target.clone(), body.clone(), want.clone(), p.clone());
-    let run = tokio::spawn(async move { scenarios::streams(&t, &b, &w, pp.s5_streams, 1, &pp).await });
+    let run =
+        tokio::spawn(
+            async move { scenarios::streams(&t, &b, &w, pp.s5_streams, 1, Duration::ZERO, &pp).await },
+        );
     let mut peak = before.clone();
     while !run.is_finished() {
         for (m, now) in peak.iter_mut().zip(read(&pids)) {
@@ -1236,8 +1252,12 @@ fn rows(r: &Rounds, p: &Params) -> Vec<Row> {
     let paced = [
         (format!("S4 paced ({S4P_GAP_MS} ms), 1 at a time"), &r.s4p_one),
         (
-            format!("S4 paced ({S4P_GAP_MS} ms), {} at once", p.s4p_clients),
+            format!("S4 paced ({S4P_GAP_MS} ms), {} in flight", p.s4p_clients),
             &r.s4p_many,
+        ),
+        (
+            format!("S4 paced ({S4P_GAP_MS} ms), {} started together", p.s4p_clients),
+            &r.s4p_burst,
         ),
     ];
     for (scenario, rounds) in paced {
@@ -1584,6 +1604,11 @@ fn error_samples(r: &Rounds) -> Vec<(&'static str, &'static str, Errors)> {
             *target,
             "S4 paced",
             merged(r.s4p_many[i].iter().map(|x| &x.errors)),
+        ));
+        out.push((
+            *target,
+            "S4 paced",
+            merged(r.s4p_burst[i].iter().map(|x| &x.errors)),
         ));
         out.push((
             *target,

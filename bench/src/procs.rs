@@ -372,6 +372,12 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<SocketAddr>> {
         .collect::<Result<Vec<_>, _>>()?)
 }
 
+/// How long the gateways keep an idle upstream connection: short, so that
+/// S5's "after" (2 s after the load) is what a gateway holds once the load
+/// and its connections are gone (the default, 90 s, keeps some 30 KB per
+/// connection longer). Load scenarios reuse connections within milliseconds.
+const UPSTREAM_IDLE_MS: u64 = 1000;
+
 /// A gateway config for the emulator at `emulator` (OpenAI and Anthropic
 /// providers, and R's p1–p3 under its fault profiles) and the unsigned one
 /// at `unsigned` (the Bedrock provider: the gateway signs, that emulator does
@@ -392,6 +398,8 @@ edge:
   http_addr: {http}
   grpc_addr: {grpc}
   max_in_flight: {MAX_IN_FLIGHT}
+upstream:
+  idle_timeout: {UPSTREAM_IDLE_MS}ms
 providers:
   - name: emu
     type: openai

@@ -125,6 +125,8 @@ pub const PACED_GAP_MS: u64 = 5;
 pub const PACED_STREAMS: usize = 3;
 /// S4 paced: the upstream sends [`STREAM_CHUNKS`] chunks this far apart.
 pub const S4P_GAP_MS: u64 = 20;
+/// S4 paced: one stream's length.
+pub const S4P_STREAM: Duration = Duration::from_millis(S4P_GAP_MS * STREAM_CHUNKS as u64);
 /// S5: each stream sends this many chunks this far apart (6 s in all).
 pub const S5_CHUNKS: usize = 60;
 pub const S5_GAP_MS: u64 = 100;
@@ -805,12 +807,16 @@ pub async fn s4(target: &Arc<Target>, body: &Bytes, want: &[String], p: &Params)
 /// S4 paced and S5: `clients` clients on their own connections, each
 /// streaming `body` `per_client` times in a row, all checked against
 /// `want`. The connections are opened first, so no stream waits for one.
+/// Client `k` starts `k / clients` of `stagger` late: with `stagger` one
+/// stream's length, the starts are spread as under a steady load of
+/// `clients` streams in flight; with zero, they all start together.
 pub async fn streams(
     target: &Arc<Target>,
     body: &Bytes,
     want: &Arc<Vec<String>>,
     clients: usize,
     per_client: usize,
+    stagger: Duration,
     p: &Params,
 ) -> anyhow::Result<S4Round> {
     let mut conns = Vec::with_capacity(clients);
@@ -818,12 +824,15 @@ pub async fn streams(
         conns.push(Conn::open(target.addr).await?);
     }
     let mut set = JoinSet::new();
-    for conn in conns {
+    let start = tokio::time::Instant::now();
+    for (k, conn) in conns.into_iter().enumerate() {
         let mut client = Client::new(target.clone(), Some(conn));
         let (body, want, target) = (body.clone(), want.clone(), target.clone());
         let mut tally = StreamTally::new()?;
         let timeout = p.request_timeout;
+        let late = stagger.mul_f64(k as f64 / clients as f64);
         set.spawn(async move {
+            tokio::time::sleep_until(start + late).await;
             for _ in 0..per_client {
                 let out = client.stream(&body, timeout).await;
                 tally.add(&target, out, &want);
