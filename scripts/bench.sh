@@ -9,7 +9,7 @@
 # a budget, in process and with Redis, against a plain key), prints the table and writes
 # bench/results/latest.json. Everything it starts it also stops.
 # S2 (20 / 60 ms upstream, 16 / 64 / 256 clients), S3 (open-loop ceiling at
-# p99 < 10 ms), S4 paced (64 chunks 20 ms apart, 1 and 256 at once), S5
+# p99 < 10 ms), S4 paced (64 chunks 20 ms apart: 1 at a time, 256 in flight, 256 started together), S5
 # (1,000 streams: RSS of every process) and S6 (twice the S3 ceiling:
 # refused at once, metering against the emulator's count) are described in
 # README "Performance". The peer, LiteLLM's proxy, is installed into its own

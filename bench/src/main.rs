@@ -14,7 +14,7 @@
 //! gateway answers by falling back; `--only R` runs just that.
 //! S2 runs closed-loop clients (16 / 64 / 256) against an upstream that
 //! waits 20 or 60 ms; S3 raises an open-loop rate until p99 reaches 10 ms;
-//! S4 also streams 64 chunks 20 ms apart, one stream and 256 at once; S5
+//! S4 also streams 64 chunks 20 ms apart: one at a time, 256 in flight (starts spread), 256 started together; S5
 //! holds 1,000 six-second streams and reads every process's RSS; S6 sends
 //! twice each gateway's S3 ceiling and checks the excess is refused at once
 //! and every answered request metered. S1 also compares the gateway's own
@@ -61,7 +61,7 @@ enum Scenario {
     S2,
     /// The open-loop ceiling.
     S3,
-    /// Back-to-back streams, and paced ones (1 and 256 at once).
+    /// Back-to-back streams, and paced ones (1 at a time, 256 in flight, 256 started together).
     S4,
     /// S4a and its paced check.
     S4a,
