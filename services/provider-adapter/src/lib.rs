@@ -189,6 +189,11 @@ fn build_byok(
 /// The span of one adapter call (`complete`, `stream`, `embed`): log
 /// context for everything the call does, BYOK credential lookup included.
 fn span(op: &'static str, req_id: &str, target: Option<&Target>) -> tracing::Span {
+    // Context for the adapter's debug logs and exported traces; otherwise
+    // its fields would be formatted on every request for nothing.
+    if !llmgw_kit::telemetry::enabled() && !tracing::enabled!(tracing::Level::DEBUG) {
+        return tracing::Span::none();
+    }
     let (provider, model) = target.map_or(("", ""), |t| (t.provider.as_str(), t.model.as_str()));
     tracing::info_span!(
         "provider",
