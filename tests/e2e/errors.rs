@@ -224,6 +224,37 @@ async fn errors(shape: Shape) {
         started.elapsed() < std::time::Duration::from_secs(2),
         "refused at once"
     );
+    // Admission comes first: at capacity nothing else is looked at, not
+    // even the key (the Anthropic door and embeddings too).
+    let r = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("sk-not-a-key")
+        .json(&ok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    for (path, body) in [
+        (
+            "/v1/embeddings",
+            json!({"model": "text-embedding-3-small", "input": "x"}),
+        ),
+        (
+            "/v1/messages",
+            json!({"model": "gpt-4o-mini", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}]}),
+        ),
+    ] {
+        let r = gw
+            .client
+            .post(gw.url(path))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 503, "{path}");
+    }
     drop(open);
 
     // Still serving after all of that: nothing panicked, and the permits of

@@ -66,12 +66,14 @@ async fn run(
     body: Body,
     started: std::time::Instant,
 ) -> Result<Response, GwError> {
+    let admitted = p.admit()?;
     require_json(headers)?;
     let principal = p.authenticate(Some(key(headers)?)).await?;
     let bytes = read_body(headers, body, p.max_body_bytes).await?;
     let req = read::parse_request(&bytes, read::Route::Messages)?;
     let estimate = if req.stream { prompt_estimate(&req) } else { 0 };
-    let hints = hints(&principal, headers);
+    let mut hints = hints(&principal, headers);
+    hints.admitted = Some(admitted);
     match p.chat(principal, req, hints).await? {
         ChatOutput::Complete(resp, quota) => {
             let json = write::message_json(&resp)?;

@@ -63,8 +63,10 @@ fn hints<T>(principal: &pb::Principal, req: &Request<T>) -> Hints {
 
 impl GatewayGrpc {
     async fn run(&self, req: Request<pb::ChatRequest>, stream: bool) -> Result<ChatOutput, GwError> {
+        let admitted = self.0.admit()?;
         let principal = self.0.authenticate(bearer(&req)).await?;
-        let hints = hints(&principal, &req);
+        let mut hints = hints(&principal, &req);
+        hints.admitted = Some(admitted);
         let mut chat = req.into_inner();
         chat.stream = stream;
         llmgw_kit::openai::validate_request(&chat)?;
@@ -113,8 +115,10 @@ impl pb::gateway_server::Gateway for GatewayGrpc {
         req: Request<pb::EmbeddingsRequest>,
     ) -> Result<Response<pb::EmbeddingsResponse>, Status> {
         let started = Instant::now();
+        let admitted = self.0.admit()?;
         let principal = self.0.authenticate(bearer(&req)).await?;
-        let hints = hints(&principal, &req);
+        let mut hints = hints(&principal, &req);
+        hints.admitted = Some(admitted);
         let embed = req.into_inner();
         if embed.model.trim().is_empty() {
             return Err(GwError::invalid("model", "Invalid value for 'model': it must not be empty.").into());

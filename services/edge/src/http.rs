@@ -510,11 +510,13 @@ async fn chat(
     body: Body,
     started: std::time::Instant,
 ) -> Result<Response, GwError> {
+    let admitted = p.admit()?;
     require_json(headers)?;
     let principal = p.authenticate(api_key(headers)).await?;
     let bytes = read_body(headers, body, p.max_body_bytes).await?;
     let req = llmgw_kit::openai::parse_request(&bytes)?;
-    let hints = hints(&principal, headers);
+    let mut hints = hints(&principal, headers);
+    hints.admitted = Some(admitted);
     match p.chat(principal, req, hints).await? {
         ChatOutput::Complete(resp, quota) => {
             let json = llmgw_kit::openai::response_json(&resp)?;
@@ -613,12 +615,14 @@ fn sse(
 async fn embeddings(State(p): State<Arc<Pipeline>>, headers: HeaderMap, body: Body) -> Response {
     let started = std::time::Instant::now();
     let result = async {
+        let admitted = p.admit()?;
         require_json(&headers)?;
         let principal = p.authenticate(api_key(&headers)).await?;
         let bytes = read_body(&headers, body, p.max_body_bytes).await?;
         let req = llmgw_kit::openai::parse_embeddings_request(&bytes)?;
         let format = req.encoding_format;
-        let hints = hints(&principal, &headers);
+        let mut hints = hints(&principal, &headers);
+        hints.admitted = Some(admitted);
         let resp = p.embed(principal, req, hints).await?;
         let json = llmgw_kit::openai::embeddings_response_json(&resp, format)?;
         let mut out = (

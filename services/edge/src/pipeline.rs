@@ -57,6 +57,9 @@ pub struct Hints {
     pub headers: HashMap<String, String>,
     /// What the request's `cache-control` asks of the response cache.
     pub cache: Directive,
+    /// The in-flight permit the door took as the request came in
+    /// ([`Pipeline::admit`]); without one, the pipeline takes it itself.
+    pub admitted: Option<OwnedSemaphorePermit>,
 }
 
 /// Headers never handed to routing rules: credentials.
@@ -91,6 +94,7 @@ impl Hints {
             config,
             headers,
             cache: Directive::default(),
+            admitted: None,
         }
     }
 }
@@ -579,7 +583,20 @@ impl Pipeline {
         }
     }
 
-    /// Admits a request (or answers 503 at once), names it and routes it.
+    /// One of the `max_in_flight` permits, or 503 at once. The doors take
+    /// it first thing, before authentication and the body, so that a
+    /// saturated gateway spends as little as it can on what it refuses.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, GwError> {
+        self.in_flight.clone().try_acquire_owned().map_err(|_| {
+            GwError::new(
+                ErrorCode::Unavailable,
+                "the gateway is at capacity; retry shortly",
+            )
+            .with_retry_after(1)
+        })
+    }
+
+    /// Admits a request (unless its door did), names it and routes it.
     async fn begin(
         &self,
         principal: &pb::Principal,
@@ -588,13 +605,10 @@ impl Pipeline {
         needed: pb::Capabilities,
         hints: Hints,
     ) -> Result<Begun, GwError> {
-        let permit = self.in_flight.clone().try_acquire_owned().map_err(|_| {
-            GwError::new(
-                ErrorCode::Unavailable,
-                "the gateway is at capacity; retry shortly",
-            )
-            .with_retry_after(1)
-        })?;
+        let permit = match hints.admitted {
+            Some(permit) => permit,
+            None => self.admit()?,
+        };
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
         let configured = hints.config.is_some() || principal.routing_config.is_some();
