@@ -12,6 +12,7 @@
 
 use std::fmt;
 
+use llmgw_kit::openai::raw_json;
 use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto as pb;
 use serde::Deserialize;
@@ -253,9 +254,6 @@ pub fn parse_request(body: &[u8], route: Route) -> Result<pb::ChatRequest, GwErr
             });
         }
     };
-    if !llmgw_kit::openai::strings_decode(body) {
-        return Err(malformed());
-    }
     convert(raw, route)
 }
 
@@ -348,7 +346,7 @@ fn convert(raw: RequestIn, route: Route) -> Result<pb::ChatRequest, GwError> {
             function: Some(pb::FunctionDef {
                 name: t.name,
                 description: t.description,
-                parameters_json: Some(schema.get().to_owned()),
+                parameters_json: Some(raw_json(&schema, || format!("tools.{i}.input_schema"))?),
                 strict: None,
             }),
         });
@@ -496,7 +494,7 @@ fn output_config(c: OutputConfigIn) -> Result<(Option<String>, Option<pb::Respon
                 format: Some(pb::response_format::Format::JsonSchema(pb::JsonSchemaFormat {
                     name: "output".to_owned(),
                     description: None,
-                    schema_json: Some(schema.get().to_owned()),
+                    schema_json: Some(raw_json(&schema, || "output_config.format.schema".to_owned())?),
                     strict: Some(true),
                 })),
             })
@@ -737,7 +735,7 @@ fn assistant_turn(content: TextOrBlocks, i: usize) -> Result<pb::Message, GwErro
                     r#type: "function".to_owned(),
                     function: Some(pb::FunctionCall {
                         name,
-                        arguments: input.get().to_owned(),
+                        arguments: raw_json(&input, || format!("{at}.input"))?,
                     }),
                 });
             }

@@ -107,7 +107,13 @@ fn raw_json_with_a_lone_surrogate_is_refused() {
     for bad in [r"\ud800", r"\udfff"] {
         let e = with(bad).expect_err(bad);
         assert_eq!(e.code(), llmgw_kit::ErrorCode::InvalidRequest, "{bad}");
+        assert_eq!(e.param(), Some("messages.0.content.0.input"), "{bad}");
     }
+    // A number past f64's range (the fuzzer's second find), named too.
+    let body = r#"{"model":"c","max_tokens":5,"messages":[{"role":"user","content":"x"}],
+        "tools":[{"name":"f","input_schema":{"type":"object","maximum":-1e3080}}]}"#;
+    let e = parse_request(body.as_bytes(), Route::Messages).unwrap_err();
+    assert_eq!(e.param(), Some("tools.0.input_schema"));
 }
 
 #[test]

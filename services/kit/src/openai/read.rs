@@ -372,26 +372,29 @@ pub fn parse_request(body: &[u8]) -> Result<pb::ChatRequest, GwError> {
             });
         }
     };
-    if !strings_decode(body) {
-        return Err(malformed());
-    }
     let req = convert_request(raw)?;
     validate_request(&req)?;
     Ok(req)
 }
 
-/// Whether every string in the JSON text `body` decodes to Unicode. The
-/// typed parse already decodes the strings it reads; this is for the parts
-/// passed on as raw JSON (tool schemas, tool input, extra fields), where a
-/// lone surrogate escape such as `"\ud800"` would otherwise reach providers
-/// as text their JSON readers refuse. Bodies without a surrogate escape
-/// (almost all) are not parsed again.
-pub fn strings_decode(body: &[u8]) -> bool {
-    let surrogate = memchr::memmem::find_iter(body, b"\\u").any(|at| {
-        matches!(body.get(at + 2), Some(b'd' | b'D'))
-            && matches!(body.get(at + 3), Some(b'8'..=b'9' | b'a'..=b'f' | b'A'..=b'F'))
-    });
-    !surrogate || serde_json::from_slice::<Decodable>(body).is_ok()
+/// The text of a value passed on as raw JSON (a tool's schema or input),
+/// once every string in it decodes and every number fits an f64. The raw
+/// read only checks the syntax, so a lone surrogate escape (`"\ud800"`) or
+/// `1e999` would otherwise reach providers as JSON their readers refuse;
+/// such a value is a 400 naming `param`.
+pub fn raw_json(raw: &RawValue, param: impl FnOnce() -> String) -> Result<String, GwError> {
+    let text = raw.get();
+    match serde_json::from_str::<Decodable>(text) {
+        Ok(Decodable) => Ok(text.to_owned()),
+        Err(e) => {
+            let param = param();
+            let message = format!(
+                "Invalid '{param}': {}.",
+                e.to_string().split(" at line ").next().unwrap_or_default()
+            );
+            Err(GwError::invalid(param, message))
+        }
+    }
 }
 
 /// Any JSON value, read only to see that its strings decode.
@@ -499,16 +502,24 @@ fn convert_request(raw: RequestIn) -> Result<pb::ChatRequest, GwError> {
         .tools
         .unwrap_or_default()
         .into_iter()
-        .map(|t| pb::Tool {
-            r#type: t.kind,
-            function: Some(pb::FunctionDef {
-                name: t.function.name,
-                description: t.function.description,
-                parameters_json: t.function.parameters.map(|p| p.get().to_owned()),
-                strict: t.function.strict,
-            }),
+        .enumerate()
+        .map(|(i, t)| {
+            let parameters_json = t
+                .function
+                .parameters
+                .map(|p| raw_json(&p, || format!("tools[{i}].function.parameters")))
+                .transpose()?;
+            Ok(pb::Tool {
+                r#type: t.kind,
+                function: Some(pb::FunctionDef {
+                    name: t.function.name,
+                    description: t.function.description,
+                    parameters_json,
+                    strict: t.function.strict,
+                }),
+            })
         })
-        .collect();
+        .collect::<Result<_, GwError>>()?;
     let tool_choice = raw.tool_choice.map(convert_tool_choice).transpose()?;
     let response_format = raw.response_format.map(convert_response_format).transpose()?;
     let extra_json = if raw.extra.is_empty() {
@@ -615,7 +626,10 @@ fn convert_response_format(f: ResponseFormatIn) -> Result<pb::ResponseFormat, Gw
             Format::JsonSchema(pb::JsonSchemaFormat {
                 name: s.name,
                 description: s.description,
-                schema_json: s.schema.map(|s| s.get().to_owned()),
+                schema_json: s
+                    .schema
+                    .map(|s| raw_json(&s, || "response_format.json_schema.schema".to_owned()))
+                    .transpose()?,
                 strict: s.strict,
             })
         }

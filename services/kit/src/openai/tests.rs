@@ -320,3 +320,26 @@ fn raw_json_with_a_lone_surrogate_is_refused() {
     let text = r#"{"model":"m","messages":[{"role":"user","content":"\ud800"}]}"#;
     assert!(parse_request(text.as_bytes()).is_err());
 }
+
+/// A number past f64's range in raw JSON is refused too, naming the field.
+#[test]
+fn raw_json_with_a_number_out_of_range_is_refused() {
+    let body = |n: &str| {
+        format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],
+            "tools":[{{"type":"function","function":{{"name":"f","parameters":{{"type":"number","maximum":{n}}}}}}}],
+            "response_format":{{"type":"json_schema","json_schema":{{"name":"o","schema":{{"maximum":1}}}}}}}}"#
+        )
+    };
+    assert!(parse_request(body("1e300").as_bytes()).is_ok());
+    for bad in ["-1e3080", "1e999", &"9".repeat(400)] {
+        let e = parse_request(body(bad).as_bytes()).expect_err(bad);
+        assert_eq!(e.param(), Some("tools[0].function.parameters"), "{bad}");
+    }
+    let text = r#"{"model":"m","messages":[{"role":"user","content":"x"}],
+        "response_format":{"type":"json_schema","json_schema":{"name":"o","schema":{"maximum":1e999}}}}"#;
+    assert_eq!(
+        parse_request(text.as_bytes()).unwrap_err().param(),
+        Some("response_format.json_schema.schema")
+    );
+}
