@@ -17,7 +17,7 @@ pub use embeddings::{
     embeddings_request_json, embeddings_response_json, parse_embeddings_request, parse_embeddings_response,
 };
 pub use read::{
-    UpstreamError, parse_chunk, parse_request, parse_response, parse_upstream_error, raw_json,
+    UpstreamError, parse_chunk, parse_request, parse_response, parse_upstream_error, raw_json, raw_strict,
     validate_request,
 };
 pub use write::{chunk_json, request_json, response_json};

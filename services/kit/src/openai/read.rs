@@ -377,6 +377,14 @@ pub fn parse_request(body: &[u8]) -> Result<pb::ChatRequest, GwError> {
     Ok(req)
 }
 
+/// `text` as raw JSON, if it is JSON whose strings all decode and whose
+/// numbers all fit an f64 (what every provider's reader accepts); for the
+/// writers that embed a client's text (tool arguments, tool results) as JSON.
+pub fn raw_strict(text: &str) -> Result<&RawValue, serde_json::Error> {
+    serde_json::from_str::<Decodable>(text)?;
+    serde_json::from_str(text)
+}
+
 /// The text of a value passed on as raw JSON (a tool's schema or input),
 /// once every string in it decodes and every number fits an f64. The raw
 /// read only checks the syntax, so a lone surrogate escape (`"\ud800"`) or

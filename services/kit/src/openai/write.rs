@@ -12,7 +12,7 @@ use crate::error::GwError;
 
 /// Raw JSON text emitted byte for byte (it was validated when read).
 fn raw(s: &str) -> Option<&RawValue> {
-    serde_json::from_str::<&RawValue>(s).ok()
+    super::read::raw_strict(s).ok()
 }
 
 fn skip_false(b: &bool) -> bool {

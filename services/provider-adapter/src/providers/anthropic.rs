@@ -739,7 +739,7 @@ fn tool_input(arguments: &str, i: usize, j: usize) -> Result<&RawValue, GwError>
     if arguments.trim().is_empty() {
         return serde_json::from_str("{}").map_err(|_| GwError::internal("empty object"));
     }
-    let raw: &RawValue = serde_json::from_str(arguments).map_err(|e| {
+    let raw: &RawValue = llmgw_kit::openai::raw_strict(arguments).map_err(|e| {
         GwError::invalid(
             param(),
             format!("the tool call's arguments are not valid json: {e}"),

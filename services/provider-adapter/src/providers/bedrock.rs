@@ -793,7 +793,7 @@ fn result_blocks<'a>(
     i: usize,
     provider: &str,
 ) -> Result<Vec<ResultBlock<'a>>, GwError> {
-    let text_block = |text: &'a str| match serde_json::from_str::<&RawValue>(text) {
+    let text_block = |text: &'a str| match llmgw_kit::openai::raw_strict(text) {
         Ok(raw) if raw.get().starts_with('{') => ResultBlock::Json(raw),
         _ => ResultBlock::Text(text),
     };
@@ -867,7 +867,7 @@ fn tool_input(arguments: &str, i: usize, j: usize) -> Result<&RawValue, GwError>
     if arguments.trim().is_empty() {
         return serde_json::from_str("{}").map_err(|_| GwError::internal("empty object"));
     }
-    let raw: &RawValue = serde_json::from_str(arguments).map_err(|e| {
+    let raw: &RawValue = llmgw_kit::openai::raw_strict(arguments).map_err(|e| {
         GwError::invalid(
             param(),
             format!("the tool call's arguments are not valid json: {e}"),

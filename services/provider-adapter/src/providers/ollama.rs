@@ -397,7 +397,7 @@ impl Ollama {
                 } else {
                     f.arguments.as_str()
                 };
-                let arguments = serde_json::from_str::<&RawValue>(args)
+                let arguments = llmgw_kit::openai::raw_strict(args)
                     .ok()
                     .filter(|raw| raw.get().trim_start().starts_with('{'))
                     .ok_or_else(|| {
@@ -440,7 +440,7 @@ impl Ollama {
                             parameters: f
                                 .parameters_json
                                 .as_deref()
-                                .and_then(|p| serde_json::from_str::<&RawValue>(p).ok()),
+                                .and_then(|p| llmgw_kit::openai::raw_strict(p).ok()),
                         },
                     })
                 })
@@ -451,14 +451,14 @@ impl Ollama {
         let format = match req.response_format.as_ref().and_then(|f| f.format.as_ref()) {
             Some(response_format::Format::JsonObject(true)) => Some(FormatOut::Json("json")),
             Some(response_format::Format::JsonSchema(s)) => match s.schema_json.as_deref() {
-                Some(schema) => Some(FormatOut::Schema(
-                    serde_json::from_str::<&RawValue>(schema).map_err(|_| {
+                Some(schema) => Some(FormatOut::Schema(llmgw_kit::openai::raw_strict(schema).map_err(
+                    |_| {
                         GwError::invalid(
                             "response_format.json_schema.schema",
                             "the schema is not valid JSON",
                         )
-                    })?,
-                )),
+                    },
+                )?)),
                 None => Some(FormatOut::Json("json")),
             },
             _ => None,

@@ -595,3 +595,15 @@ async fn completes_and_streams_against_the_emulator() {
         .unwrap();
     assert_eq!(e.param(), Some("messages"));
 }
+
+/// Tool-call arguments become Anthropic's `input` as JSON: text that is
+/// JSON by grammar but not by every reader (a number past f64, a lone
+/// surrogate) is refused naming the arguments, never sent.
+#[test]
+fn tool_arguments_must_read_as_json_everywhere() {
+    assert!(super::tool_input(r#"{"a": 1e300, "b": "\ud83d\ude00"}"#, 1, 0).is_ok());
+    for bad in [r#"{"a": 1e999}"#, r#"{"a": -1e3080}"#, r#"{"a": "\ud800"}"#] {
+        let e = super::tool_input(bad, 1, 0).expect_err(bad);
+        assert_eq!(e.param(), Some("messages[1].tool_calls[0].function.arguments"), "{bad}");
+    }
+}
