@@ -604,6 +604,10 @@ fn tool_arguments_must_read_as_json_everywhere() {
     assert!(super::tool_input(r#"{"a": 1e300, "b": "\ud83d\ude00"}"#, 1, 0).is_ok());
     for bad in [r#"{"a": 1e999}"#, r#"{"a": -1e3080}"#, r#"{"a": "\ud800"}"#] {
         let e = super::tool_input(bad, 1, 0).expect_err(bad);
-        assert_eq!(e.param(), Some("messages[1].tool_calls[0].function.arguments"), "{bad}");
+        assert_eq!(
+            e.param(),
+            Some("messages[1].tool_calls[0].function.arguments"),
+            "{bad}"
+        );
     }
 }
