@@ -161,7 +161,6 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    give_back_freed_memory();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -185,8 +184,9 @@ fn main() -> ExitCode {
 }
 
 /// Reads the config and starts logging, and for a service `role` (`all`,
-/// `edge`, …) span export when configured. Admin commands (no role) log only
-/// warnings, so their stdout and stderr stay readable, and export nothing.
+/// `edge`, …) span export when configured and the allocator's collector.
+/// Admin commands (no role) log only warnings, so their stdout and stderr
+/// stay readable, and export nothing.
 fn load(path: &Path, role: Option<&str>) -> anyhow::Result<Config> {
     let env: HashMap<String, String> = llmgw_kit::config::process_env();
     let config = Config::load(path, &env)?;
@@ -200,6 +200,9 @@ fn load(path: &Path, role: Option<&str>) -> anyhow::Result<Config> {
         role,
     });
     llmgw_kit::telemetry::init(env_filter, config_filter, export)?;
+    if role.is_some() {
+        give_back_freed_memory();
+    }
     for d in &config.disabled_providers {
         tracing::info!(provider = %d.name, reason = %d.reason, "provider disabled");
     }
