@@ -14,7 +14,7 @@ use llmgw_proto as pb;
 use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
-use crate::pipeline::{CONFIG_HEADER, ChatOutput, Hints, OVERHEAD_HEADER, Pipeline, overhead};
+use crate::pipeline::{CONFIG_HEADER, ChatOutput, Hints, OVERHEAD_HEADER, Pipeline, overhead, overhead_ms};
 
 pub fn routes(pipeline: Arc<Pipeline>) -> Routes {
     Routes::new(
@@ -29,7 +29,7 @@ struct GatewayGrpc(Arc<Pipeline>);
 /// `x-llmgw-overhead-ms` in the response's metadata, as on REST.
 fn with_overhead<T>(mut resp: Response<T>, overhead: Option<Duration>) -> Response<T> {
     if let Some(own) = overhead
-        && let Ok(v) = format!("{:.3}", own.as_secs_f64() * 1000.0).parse()
+        && let Ok(v) = overhead_ms(own).parse()
     {
         resp.metadata_mut().insert(OVERHEAD_HEADER, v);
     }

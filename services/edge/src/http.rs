@@ -25,14 +25,16 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt as _;
-use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt as _;
 use llmgw_kit::{ErrorCode, GwError};
 use llmgw_proto as pb;
 use serde::Serialize;
 
 use crate::grpc;
-use crate::pipeline::{CONFIG_HEADER, ChatOutput, Hints, OVERHEAD_HEADER, Pipeline, error_type, overhead};
+use crate::pipeline::{
+    CONFIG_HEADER, ChatOutput, Hints, OVERHEAD_HEADER, Pipeline, error_type, overhead, overhead_ms,
+};
 
 pub fn router(pipeline: Arc<Pipeline>) -> Router {
     let api = Router::new()
@@ -76,9 +78,9 @@ pub fn router(pipeline: Arc<Pipeline>) -> Router {
 
 /// `x-llmgw-overhead-ms`: the gateway's own time ([`crate::pipeline::overhead`]).
 pub(crate) fn overhead_header(resp: &mut Response, overhead: std::time::Duration) {
-    let ms = format!("{:.3}", overhead.as_secs_f64() * 1000.0);
-    if let Ok(v) = HeaderValue::from_str(&ms) {
-        resp.headers_mut().insert(OVERHEAD_HEADER, v);
+    if let Ok(v) = HeaderValue::try_from(overhead_ms(overhead)) {
+        resp.headers_mut()
+            .insert(HeaderName::from_static(OVERHEAD_HEADER), v);
     }
 }
 
@@ -405,23 +407,36 @@ pub(crate) fn hints(principal: &pb::Principal, headers: &HeaderMap) -> Hints {
 /// The routing metadata as response headers: what was used, how many tries
 /// it took (and each, compactly), the config and variant.
 pub(crate) fn routing_headers(resp: &mut Response, meta: &pb::RoutingMetadata) {
+    const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+    const PROVIDER: HeaderName = HeaderName::from_static("x-llmgw-provider");
+    const MODEL: HeaderName = HeaderName::from_static("x-llmgw-model");
+    const REQUESTED_MODEL: HeaderName = HeaderName::from_static("x-llmgw-requested-model");
+    const CONFIG: HeaderName = HeaderName::from_static("x-llmgw-config");
+    const CONFIG_VERSION: HeaderName = HeaderName::from_static("x-llmgw-config-version");
+    const VARIANT: HeaderName = HeaderName::from_static("x-llmgw-variant");
+    const STRATEGY: HeaderName = HeaderName::from_static("x-llmgw-strategy");
     let h = resp.headers_mut();
+    // Room for these and the overhead header, so the map grows once.
+    h.reserve(12);
     let version = meta.config_version.map(|v| v.to_string());
     for (name, value) in [
-        ("x-request-id", Some(&meta.request_id)),
-        ("x-llmgw-provider", Some(&meta.used_provider)),
-        ("x-llmgw-model", Some(&meta.used_model)),
-        ("x-llmgw-requested-model", Some(&meta.requested_model)),
-        ("x-llmgw-config", meta.config.as_ref()),
-        ("x-llmgw-config-version", version.as_ref()),
-        ("x-llmgw-variant", meta.variant.as_ref()),
-        ("x-llmgw-strategy", meta.strategy.as_ref()),
+        (REQUEST_ID, Some(&meta.request_id)),
+        (PROVIDER, Some(&meta.used_provider)),
+        (MODEL, Some(&meta.used_model)),
+        (REQUESTED_MODEL, Some(&meta.requested_model)),
+        (CONFIG, meta.config.as_ref()),
+        (CONFIG_VERSION, version.as_ref()),
+        (VARIANT, meta.variant.as_ref()),
+        (STRATEGY, meta.strategy.as_ref()),
     ] {
         if let Some(v) = value.and_then(|v| HeaderValue::from_str(v).ok()) {
             h.insert(name, v);
         }
     }
-    h.insert("x-llmgw-attempts", HeaderValue::from(meta.attempts.len()));
+    h.insert(
+        HeaderName::from_static("x-llmgw-attempts"),
+        HeaderValue::from(meta.attempts.len()),
+    );
     // The response cache: `x-llmgw-cache: hit|miss|bypass`, and on a hit
     // the entry's `age` in seconds (as HTTP caches say it).
     if let Some(v) = meta.cache.as_deref().and_then(|v| HeaderValue::from_str(v).ok()) {

@@ -15,7 +15,7 @@
 //! been seen). Labels come from codes and configured names only — never
 //! free text, never org or key ids.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -254,7 +254,23 @@ pub struct GenAi {
     duration: Histograms<OutcomeLabels>,
     ttft: Histograms<GenAiLabels>,
     cost: Family<GenAiLabels, Counter<f64, std::sync::atomic::AtomicU64>>,
+    /// A successful request's four series by label set, so that it costs
+    /// one lookup rather than four (each hashing every label). Keyed by the
+    /// labels' addresses: names are interned, so equal labels share them
+    /// (and labels that do not still find the same series, only cached twice).
+    ok: RwLock<HashMap<[usize; 4], Arc<OkSeries>>>,
 }
+
+/// The series a successful request records into.
+struct OkSeries {
+    input: Histogram,
+    output: Histogram,
+    duration: Histogram,
+    cost: Counter<f64, std::sync::atomic::AtomicU64>,
+}
+
+/// Label sets whose series [`GenAi`] keeps at hand; past it the cache starts over.
+const MAX_CACHED_SERIES: usize = 4096;
 
 static GEN_AI: LazyLock<GenAi> = LazyLock::new(|| {
     let m = GenAi {
@@ -262,6 +278,7 @@ static GEN_AI: LazyLock<GenAi> = LazyLock::new(|| {
         duration: histograms(DURATION_BUCKETS),
         ttft: histograms(TTFT_BUCKETS),
         cost: Family::default(),
+        ok: RwLock::new(HashMap::new()),
     };
     register(
         "gen_ai_client_token_usage",
@@ -301,6 +318,18 @@ impl GenAi {
         error_type: &'static str,
         cost_usd: f64,
     ) {
+        // The common case: a success with tokens and a cost.
+        if error_type.is_empty()
+            && cost_usd > 0.0
+            && let Some((input, output)) = tokens
+        {
+            let series = self.ok_series(labels);
+            series.input.observe(f64::from(input));
+            series.output.observe(f64::from(output));
+            series.duration.observe(duration.as_secs_f64());
+            series.cost.inc_by(cost_usd);
+            return;
+        }
         if let Some((input, output)) = tokens {
             let mut key = TokenLabels {
                 base: labels.clone(),
@@ -318,6 +347,42 @@ impl GenAi {
         if cost_usd > 0.0 {
             self.cost.get_or_create(labels).inc_by(cost_usd);
         }
+    }
+
+    /// The series of a successful request with `labels` and a cost.
+    fn ok_series(&self, labels: &GenAiLabels) -> Arc<OkSeries> {
+        let key = [
+            labels.gen_ai_operation_name.as_ptr() as usize,
+            Arc::as_ptr(&labels.gen_ai_provider_name).cast::<u8>() as usize,
+            Arc::as_ptr(&labels.gen_ai_request_model).cast::<u8>() as usize,
+            Arc::as_ptr(&labels.llmgw_provider).cast::<u8>() as usize,
+        ];
+        if let Some(series) = self.ok.read().unwrap_or_else(PoisonError::into_inner).get(&key) {
+            return series.clone();
+        }
+        let mut token = TokenLabels {
+            base: labels.clone(),
+            gen_ai_token_type: "input",
+        };
+        let input = self.tokens.get_or_create(&token).clone();
+        token.gen_ai_token_type = "output";
+        let output = self.tokens.get_or_create(&token).clone();
+        let outcome = OutcomeLabels {
+            base: labels.clone(),
+            error_type: "",
+        };
+        let series = Arc::new(OkSeries {
+            input,
+            output,
+            duration: self.duration.get_or_create(&outcome).clone(),
+            cost: self.cost.get_or_create(labels).clone(),
+        });
+        let mut ok = self.ok.write().unwrap_or_else(PoisonError::into_inner);
+        if ok.len() >= MAX_CACHED_SERIES {
+            ok.clear();
+        }
+        ok.insert(key, series.clone());
+        series
     }
 
     /// A stream's first chunk, `since` its admission.
@@ -1023,6 +1088,50 @@ mod tests {
             "{text}"
         );
         assert!(text.contains(r#"llmgw_cost_usd_total{"#), "{text}");
+    }
+
+    #[test]
+    fn successes_from_the_cache_and_other_outcomes_share_their_series() {
+        let labels = GenAiLabels {
+            gen_ai_operation_name: "chat",
+            gen_ai_provider_name: name("cache-test-p"),
+            gen_ai_request_model: name("cache-test-m"),
+            llmgw_provider: name("cache-test-e"),
+        };
+        // Equal labels that are not the interned names.
+        let copy = GenAiLabels {
+            gen_ai_provider_name: Arc::from("cache-test-p"),
+            ..labels.clone()
+        };
+        let ms = Duration::from_millis(10);
+        gen_ai().record(&labels, Some((2, 3)), ms, "", 0.25);
+        gen_ai().record(&labels, Some((2, 3)), ms, "", 0.25);
+        gen_ai().record(&copy, Some((2, 3)), ms, "", 0.25);
+        gen_ai().record(&labels, Some((2, 3)), ms, "upstream_error", 0.0);
+        let text = render();
+        let base = r#"gen_ai_operation_name="chat",gen_ai_provider_name="cache-test-p",gen_ai_request_model="cache-test-m",llmgw_provider="cache-test-e""#;
+        assert!(
+            text.contains(&format!(
+                r#"gen_ai_client_token_usage_sum{{{base},gen_ai_token_type="input"}} 8.0"#
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                r#"gen_ai_client_token_usage_sum{{{base},gen_ai_token_type="output"}} 12.0"#
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("llmgw_cost_usd_total{{{base}}} 0.75")),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!(
+                r#"gen_ai_client_operation_duration_seconds_count{{{base},error_type=""}} 3"#
+            )),
+            "{text}"
+        );
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! edge's client adds it to its own clock.
 
 use std::cell::Cell;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 tokio::task_local! {
@@ -24,13 +26,39 @@ pub const HEADER: &str = "x-llmgw-upstream-us";
 /// Runs `fut` with a clock of its own; returns its output and the provider
 /// time recorded within it, `None` when nothing was (an adapter that does
 /// not measure, such as a test double).
-pub async fn measure<F: Future>(fut: F) -> (F::Output, Option<Duration>) {
-    SPENT
-        .scope(Cell::new(None), async move {
-            let out = fut.await;
-            (out, SPENT.with(Cell::get))
-        })
-        .await
+///
+/// A plain future rather than an `async fn`: an `async` wrapper would hold
+/// `fut` twice (as its argument and as the future it awaits), and every
+/// level of the request's future above it would copy those bytes.
+pub fn measure<F: Future>(fut: F) -> Measured<F> {
+    Measured { fut, spent: None }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`measure`].
+    pub struct Measured<F> {
+        #[pin]
+        fut: F,
+        spent: Option<Duration>,
+    }
+}
+
+impl<F: Future> Future for Measured<F> {
+    type Output = (F::Output, Option<Duration>);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let spent = this.spent;
+        let fut = this.fut;
+        // The clock is this task's only while `fut` is polled, so clocks of
+        // nested or interleaved calls never mix.
+        let polled = SPENT.sync_scope(Cell::new(*spent), || {
+            let polled = fut.poll(cx);
+            *spent = SPENT.with(Cell::get);
+            polled
+        });
+        polled.map(|out| (out, *spent))
+    }
 }
 
 /// Adds `spent` to the clock of the calling task, if it has one.

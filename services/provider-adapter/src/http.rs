@@ -19,6 +19,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{FutureExt as _, TryFutureExt as _};
 use llmgw_kit::openai::parse_upstream_error;
 use llmgw_kit::secret::Secret;
 use llmgw_kit::{ErrorCode, GwError};
@@ -198,19 +199,21 @@ impl Peer {
     /// A non-streaming call: sends (through `send`, which may read a
     /// provider's own error shape) and reads the whole answer, both within
     /// the per-try `timeout`.
-    pub(crate) async fn call_within(
-        &self,
+    ///
+    /// Combinators rather than an `async fn`: an `async` wrapper would hold
+    /// `send` twice (its argument and the future it awaits), and the call's
+    /// future is moved whole at every level above it.
+    pub(crate) fn call_within<'a>(
+        &'a self,
         timeout: Duration,
-        send: impl Future<Output = Result<Response, GwError>>,
-    ) -> Result<Vec<u8>, GwError> {
-        let call = async {
-            let mut response = send.await?;
+        send: impl Future<Output = Result<Response, GwError>> + 'a,
+    ) -> impl Future<Output = Result<Vec<u8>, GwError>> + 'a {
+        let call = send.and_then(move |mut response| async move {
             self.read_limited(&mut response, llmgw_kit::grpc::MAX_MESSAGE_BYTES, true)
                 .await
-        };
+        });
         tokio::time::timeout(timeout, call)
-            .await
-            .map_err(|_| self.timeout_error(timeout))?
+            .map(move |done| done.unwrap_or_else(|_| Err(self.timeout_error(timeout))))
     }
 
     /// The per-try timeout expired before the provider answered.
