@@ -81,6 +81,9 @@ impl MeterSender {
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The in-memory queue gives its room back once empty above this many
+/// events (a backlog of up to `buffer` events may have grown it).
+const SHRINK_ABOVE: usize = 16_384;
 /// How long a shutdown waits for metering to take what is in memory before
 /// spooling it for the next start.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -245,7 +248,10 @@ impl Shipper {
                 self.spool_gauge();
                 if !self.spilling {
                     self.spilling = true;
-                    tracing::warn!(dir = %self.spool_dir.display(), "metering unreachable; spilling usage events to disk");
+                    tracing::warn!(
+                        dir = %self.spool_dir.display(),
+                        "metering unreachable or behind; spilling usage events to disk"
+                    );
                 }
                 if let Some(file) = closed {
                     sync(file).await;
@@ -288,7 +294,15 @@ impl Shipper {
         }
         self.retry_at = None;
         self.backoff = Duration::ZERO;
-        self.spilling = false;
+        // A spill ends when the spool has drained (below), not at each batch
+        // that goes through while metering is behind: one warning a spill.
+        if self.spool.as_ref().is_none_or(Spool::is_empty) {
+            self.spilling = false;
+        }
+        // A backlog that has gone leaves no peak-sized queue behind.
+        if self.pending.is_empty() && self.pending.capacity() > SHRINK_ABOVE {
+            self.pending.shrink_to(self.config.batch_size);
+        }
     }
 
     fn failed(&mut self, error: &llmgw_kit::GwError, events: usize) {
