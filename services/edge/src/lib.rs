@@ -68,7 +68,7 @@ impl Edge {
             .spool_dir
             .clone()
             .unwrap_or_else(|| config.data_dir.join("meter-spool").join("edge"));
-        let (meter, meter_task) = meter::spawn(deps.metering.clone(), config.metering.clone(), spool_dir);
+        let (meter, meter_task) = meter::spawn(deps.metering.clone(), config.metering.clone(), spool_dir)?;
         let cache = Arc::new(cache::Cache::new(&config.cache, config.redis_url.as_ref())?);
         let inner = Arc::new(pipeline::Pipeline::new(config, deps, meter, limiter, cache));
         Ok(Self { inner, meter_task })

@@ -1,7 +1,8 @@
 //! Ships usage events to `usage-metering`, off the response path.
 //!
 //! Request handlers hand events to [`MeterSender::send`], which never waits.
-//! One task batches them (up to `batch_size`, or every `flush_interval`) and
+//! One task, on a thread and runtime of its own so that request traffic never
+//! starves it, batches them (up to `batch_size`, or every `flush_interval`) and
 //! sends each batch over the client-streaming `Record` RPC. While metering is
 //! down it keeps failed batches and retries with backoff, holding up to
 //! `buffer` events in memory; beyond that, events spill to the on-disk
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use llmgw_kit::GwError;
 use llmgw_kit::config::MeteringConfig;
 use llmgw_kit::services::Metering;
 use llmgw_proto::UsageEvent;
@@ -81,6 +83,9 @@ impl MeterSender {
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// While events are waiting, the shipper takes the queue this often rather
+/// than being woken by each event.
+const GATHER: Duration = Duration::from_millis(10);
 /// The in-memory queue gives its room back once empty above this many
 /// events (a backlog of up to `buffer` events may have grown it).
 const SHRINK_ABOVE: usize = 16_384;
@@ -94,7 +99,7 @@ pub fn spawn(
     metering: Metering,
     config: MeteringConfig,
     spool_dir: PathBuf,
-) -> (MeterSender, JoinHandle<()>) {
+) -> Result<(MeterSender, JoinHandle<()>), GwError> {
     let (tx, rx) = mpsc::channel(config.buffer.max(MIN_QUEUE));
     let stats = Arc::new(MeterStats::default());
     let shipper = Shipper {
@@ -109,8 +114,30 @@ pub fn spawn(
         spilling: false,
         stats: stats.clone(),
     };
-    let task = tokio::spawn(shipper.run(rx));
-    (MeterSender { tx, stats }, task)
+    let task = run_apart(shipper, rx)
+        .map_err(|e| GwError::internal(format!("cannot start the metering shipper: {e}")))?;
+    Ok((MeterSender { tx, stats }, task))
+}
+
+/// Runs the shipper on a thread of its own, with a runtime of its own: on
+/// the request runtime each of its steps (a batch is several round trips to
+/// the store) would wait behind every request task queued, and at
+/// saturation metering would fall ever further behind. The handle ends when
+/// the shipper does.
+fn run_apart(shipper: Shipper, rx: mpsc::Receiver<UsageEvent>) -> std::io::Result<JoinHandle<()>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("llmgw-meter".to_owned())
+        .spawn(move || {
+            runtime.block_on(shipper.run(rx));
+            let _ = done_tx.send(());
+        })?;
+    Ok(tokio::spawn(async move {
+        let _ = done_rx.await;
+    }))
 }
 
 /// The oldest spool segment, read, and how much of it metering has taken.
@@ -182,12 +209,19 @@ impl Shipper {
                 Some(t) if t > now => t,
                 _ => flush_at,
             };
-            tokio::select! {
-                event = rx.recv() => match event {
-                    Some(event) => self.accept(event).await,
-                    None => open = false,
-                },
-                () = tokio::time::sleep_until(wake) => {}
+            if self.pending.is_empty() {
+                // Idle: the next event wakes the thread.
+                tokio::select! {
+                    event = rx.recv() => match event {
+                        Some(event) => self.accept(event).await,
+                        None => open = false,
+                    },
+                    () = tokio::time::sleep_until(wake) => {}
+                }
+            } else {
+                // Busy: gather for a moment and take the queue whole at the
+                // top of the loop, rather than waking the thread per event.
+                tokio::time::sleep_until(wake.min(now + GATHER)).await;
             }
         }
         self.shutdown().await;

@@ -128,7 +128,7 @@ async fn batches_survive_an_outage_in_order() {
         ..Default::default()
     });
     let dir = tempfile::tempdir().unwrap();
-    let (tx, task) = spawn(flaky.clone(), config(1000, 4), dir.path().into());
+    let (tx, task) = spawn(flaky.clone(), config(1000, 4), dir.path().into()).expect("the shipper starts");
     for i in 0..10 {
         tx.send(event(i));
     }
@@ -145,7 +145,7 @@ async fn batches_survive_an_outage_in_order() {
 async fn healthy_metering_never_touches_the_disk() {
     let flaky = Arc::new(Flaky::default());
     let dir = tempfile::tempdir().unwrap();
-    let (tx, task) = spawn(flaky.clone(), config(0, 4), dir.path().into());
+    let (tx, task) = spawn(flaky.clone(), config(0, 4), dir.path().into()).expect("the shipper starts");
     for i in 0..50 {
         tx.send(event(i));
     }
@@ -160,7 +160,7 @@ async fn healthy_metering_never_touches_the_disk() {
 async fn events_past_memory_spill_and_drain_oldest_first() {
     let flaky = Flaky::down();
     let dir = tempfile::tempdir().unwrap();
-    let (tx, task) = spawn(flaky.clone(), config(4, 3), dir.path().into());
+    let (tx, task) = spawn(flaky.clone(), config(4, 3), dir.path().into()).expect("the shipper starts");
     for i in 0..30 {
         tx.send(event(i));
     }
@@ -186,7 +186,7 @@ async fn a_segment_is_deleted_only_after_all_of_it_is_acknowledged() {
     let flaky = Flaky::down();
     let dir = tempfile::tempdir().unwrap();
     // Batches of one: the first segment takes several sends.
-    let (tx, task) = spawn(flaky.clone(), config(0, 1), dir.path().into());
+    let (tx, task) = spawn(flaky.clone(), config(0, 1), dir.path().into()).expect("the shipper starts");
     for i in 0..12 {
         tx.send(event(i));
     }
@@ -226,7 +226,7 @@ async fn a_spool_left_by_a_previous_run_is_replayed_at_start() {
     drop(f);
 
     let flaky = Arc::new(Flaky::default());
-    let (tx, task) = spawn(flaky.clone(), config(100, 4), dir.path().into());
+    let (tx, task) = spawn(flaky.clone(), config(100, 4), dir.path().into()).expect("the shipper starts");
     until("replayed", || flaky.seen().len() == 10).await;
     assert_eq!(flaky.seen(), ids(0..10));
     until("segments deleted", || segments(dir.path()).is_empty()).await;
@@ -238,7 +238,7 @@ async fn a_spool_left_by_a_previous_run_is_replayed_at_start() {
 async fn shutdown_while_metering_is_down_spools_memory_for_the_next_start() {
     let dir = tempfile::tempdir().unwrap();
     let flaky = Flaky::down();
-    let (tx, task) = spawn(flaky.clone(), config(100, 4), dir.path().into());
+    let (tx, task) = spawn(flaky.clone(), config(100, 4), dir.path().into()).expect("the shipper starts");
     for i in 0..5 {
         tx.send(event(i));
     }
@@ -247,7 +247,7 @@ async fn shutdown_while_metering_is_down_spools_memory_for_the_next_start() {
     assert!(!segments(dir.path()).is_empty());
 
     let flaky = Arc::new(Flaky::default());
-    let (tx, task) = spawn(flaky.clone(), config(100, 4), dir.path().into());
+    let (tx, task) = spawn(flaky.clone(), config(100, 4), dir.path().into()).expect("the shipper starts");
     until("replayed", || flaky.seen().len() == 5).await;
     assert_eq!(flaky.seen(), ids(0..5));
     drop(tx);
@@ -261,7 +261,7 @@ async fn a_full_spool_refuses_and_counts() {
     let mut cfg = config(0, 4);
     // Room for a handful of events only.
     cfg.spool_max_bytes = 120;
-    let (tx, task) = spawn(flaky.clone(), cfg, dir.path().into());
+    let (tx, task) = spawn(flaky.clone(), cfg, dir.path().into()).expect("the shipper starts");
     for i in 0..40 {
         tx.send(event(i));
     }
