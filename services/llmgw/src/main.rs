@@ -46,28 +46,6 @@ fn give_back_freed_memory() {
     }
 }
 
-/// A runtime worker about to go idle gives back its own freed pages (at
-/// most once a second): mimalloc keeps a heap per thread, and `mi_collect`
-/// on the collector's thread cannot reach a quiet worker's.
-fn collect_when_idle() {
-    thread_local! {
-        static LAST: std::cell::Cell<Option<std::time::Instant>> = const { std::cell::Cell::new(None) };
-    }
-    let now = std::time::Instant::now();
-    let due = LAST.with(|last| {
-        let due = last
-            .get()
-            .is_none_or(|at| now.duration_since(at) >= std::time::Duration::from_secs(1));
-        if due {
-            last.set(Some(now));
-        }
-        due
-    });
-    if due {
-        collect_allocator();
-    }
-}
-
 #[allow(unsafe_code)]
 fn collect_allocator() {
     // SAFETY: `mi_collect` has no preconditions: any thread may call it at
@@ -183,11 +161,7 @@ enum KeysCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .on_thread_park(collect_when_idle)
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
